@@ -1,0 +1,312 @@
+"""Typed configuration: one dataclass per concern, grouped in a `Recipe`.
+
+The same classes feed the YAML recipes in `recipes/`, the command line (`python -m clo train --help`
+lists every field as `--section.field`, plus the short aliases such as `--lang`) and the app's forms.
+
+    recipe = Recipe.load("recipes/demo.yaml", overrides={"data.target_lang": "sw"})
+    recipe.save("run.yaml")
+"""
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clo import CLOError
+
+METHODS = ("clo", "sft", "dpo", "orpo")
+
+
+def _f(default: Any, help: str, cli: str | None = None, choices: tuple | None = None, **kw) -> Any:
+    """A dataclass field carrying its help text, an optional short flag and the allowed values."""
+    meta = {"help": help, "cli": cli, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f("Qwen/Qwen2.5-0.5B-Instruct", "Base chat model π_ref: a hub id or a local folder.", cli="--model")
+    revision: str | None = _f(None, "Hub revision (branch, tag or commit) of the base model.")
+    load_in_4bit: str = _f(
+        "auto",
+        "QLoRA: load the base in 4-bit nf4. auto = when CUDA and bitsandbytes are present; true forces it (CPU works, slowly).",
+        choices=("auto", "true", "false"),
+    )
+    trust_remote_code: bool = _f(False, "Run modelling code shipped with the model repository. Off unless you trust it.")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(16, "LoRA rank.", cli="--lora-rank")
+    alpha: int = _f(32, "LoRA scaling α (the update is scaled by α / r).")
+    dropout: float = _f(0.05, "Dropout on the LoRA input.")
+    target_modules: list[str] = _f(
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "Modules that get LoRA. The paper trains the attention layers only.",
+    )
+
+
+@dataclass
+class DataConfig:
+    target_lang: str = _f("ko", "Target language l (ISO 639-1: ko, zh, de, id, sw, yo, ...).", cli="--lang")
+    source: str = _f(
+        "sample",
+        "English SFT pairs (x_en, y_en): 'sample' (shipped in assets/), a local .jsonl/.json/.csv file, "
+        "or a Hugging Face dataset id (OpenAssistant/oasst1 gets the paper's top-ranked single-turn selection).",
+        cli="--data",
+    )
+    split: str = _f("train", "Split of a hub dataset.")
+    prompt_field: str = _f("prompt_en", "Field holding the English instruction x_en.")
+    response_field: str = _f("response_en", "Field holding the English answer y_en.")
+    target_prompt_field: str = _f("prompt_{lang}", "Field holding x_l when the file carries its own translations.")
+    target_response_field: str = _f("response_{lang}", "Field holding y_l when the file carries its own translations.")
+    pairs: int = _f(200, "Number of cross-lingual pairs to train on (the paper: 6,400).", cli="--pairs")
+    seed: int = _f(42, "Seed of the pair selection.")
+    translator: str = _f(
+        "auto",
+        "How x_l, y_l are made: auto (translations in the file if present, else m2m100), file, m2m100 or nllb.",
+        choices=("auto", "file", "m2m100", "nllb"),
+    )
+    translator_model: str | None = _f(
+        None,
+        "Translation model; default facebook/m2m100_418M (m2m100) or facebook/nllb-200-distilled-600M (nllb). "
+        "The paper used facebook/m2m100_1.2B.",
+    )
+    translation_batch_size: int = _f(16, "Texts per translation batch.")
+    cache_dir: str = _f("cache", "Where translations and built datasets are cached (by content hash).")
+
+
+@dataclass
+class MethodConfig:
+    method: list[str] = _f(
+        ["clo"],
+        "Objective(s), one adapter each: clo (λ·L_SFT + (1−λ)·L_CL), sft, dpo (L_CL alone) or orpo.",
+        cli="--method",
+    )
+    lam: float = _f(0.5, "λ in L_CLO = λ·L_SFT + (1−λ)·L_CL. The paper: 0.5.")
+    beta: float = _f(0.1, "β of the cross-lingual DPO term L_CL (not published; 0.1 is the usual DPO default).")
+    orpo_lambda: float = _f(0.1, "Weight of the odds-ratio term in ORPO.")
+    sft_english: bool = _f(False, "SFT also trains on the English pairs (y_en | x_en), not only on y_l | x_l.")
+
+
+@dataclass
+class TrainingConfig:
+    name: str = _f(
+        "{method}-{lang}",
+        "Adapter folder under adapters_dir; {method} and {lang} are filled in.",
+        cli="--name",
+    )
+    adapters_dir: str = _f("adapters", "Where finished adapters are written.", cli="--adapters-dir")
+    runs_dir: str = _f("runs", "Where each run's JSONL log and checkpoints go while it trains.")
+    overwrite: bool = _f(False, "Replace an existing adapter of the same name.", cli="--overwrite")
+    max_steps: int = _f(-1, "Optimizer steps; -1 = train for `epochs`.", cli="--max-steps")
+    epochs: float = _f(1.0, "Passes over the pairs when max_steps is -1.", cli="--epochs")
+    batch_size: int = _f(4, "Cross-lingual pairs per device per forward.", cli="--batch-size")
+    grad_accum: int = _f(1, "Gradient accumulation steps (pairs per step = batch_size × grad_accum).")
+    learning_rate: float = _f(1e-4, "Peak learning rate.", cli="--lr")
+    lr_scheduler: str = _f("cosine", "Learning-rate schedule (transformers' names).")
+    warmup: float = _f(0.03, "Warm-up: a fraction of the steps if < 1, else a number of steps.")
+    max_length: int = _f(512, "Longest prompt + answer, in tokens.")
+    max_prompt_length: int = _f(256, "Longest prompt, in tokens (longer prompts keep their end).")
+    gradient_checkpointing: str = _f("auto", "auto = on with 4-bit, off otherwise.", choices=("auto", "true", "false"))
+    split_directions: bool = _f(
+        True,
+        "Back-propagate the x_l and the x_en direction in two passes: the same gradient, about half the activations.",
+    )
+    logging_steps: int = _f(1, "Log every N steps.")
+    save_steps: int = _f(0, "Checkpoint every N steps into runs_dir (0 = no checkpoints).")
+    seed: int = _f(42, "Seed of LoRA initialisation and data order.")
+
+
+SECTIONS = {
+    "model": ModelConfig,
+    "lora": LoraConfig,
+    "data": DataConfig,
+    "method": MethodConfig,
+    "training": TrainingConfig,
+}
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    # ---- building ----
+    @classmethod
+    def from_dict(cls, raw: dict, where: str = "recipe") -> "Recipe":
+        if not isinstance(raw, dict):
+            raise CLOError(f"{where}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
+        recipe = cls()
+        for section, values in raw.items():
+            if section not in SECTIONS:
+                raise CLOError(f"{where}: unknown section {section!r}; known: {', '.join(SECTIONS)}")
+            if values is None:
+                continue
+            if not isinstance(values, dict):
+                raise CLOError(f"{where}: section {section!r} must be a mapping")
+            for key, value in values.items():
+                recipe.set(f"{section}.{key}", value, where=where)
+        recipe.validate()
+        return recipe
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> "Recipe":
+        """Dataclass defaults, then the YAML file, then `overrides` ({"section.field": value})."""
+        raw: dict = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise CLOError(f"recipe file {path} does not exist")
+            try:
+                raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                line = f", line {mark.line + 1}" if mark else ""
+                raise CLOError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        recipe = cls.from_dict(raw, where=str(path or "recipe"))
+        for key, value in (overrides or {}).items():
+            recipe.set(key, value, where="command line")
+        recipe.validate()
+        return recipe
+
+    def set(self, dotted: str, value: Any, where: str = "recipe") -> None:
+        section, _, key = dotted.partition(".")
+        if section not in SECTIONS:
+            raise CLOError(f"{where}: unknown section {section!r} in {dotted!r}; known: {', '.join(SECTIONS)}")
+        obj = getattr(self, section)
+        fields = {f.name: f for f in dataclasses.fields(obj)}
+        if key not in fields:
+            raise CLOError(f"{where}: unknown key {dotted!r}; {section} has {', '.join(fields)}")
+        setattr(obj, key, coerce(fields[key], value, f"{where}: {dotted}"))
+
+    # ---- checking ----
+    def validate(self) -> None:
+        from clo.languages import language
+
+        language(self.data.target_lang)
+        if self.data.target_lang == "en":
+            raise CLOError("data.target_lang: the target language must not be English")
+        for m in self.method.method:
+            if m not in METHODS:
+                raise CLOError(f"method.method: unknown method {m!r}; choose from {', '.join(METHODS)}")
+        if not self.method.method:
+            raise CLOError("method.method: name at least one method")
+        if len(set(self.method.method)) != len(self.method.method):
+            raise CLOError(f"method.method: a method is named twice in {self.method.method}")
+        if not 0.0 <= self.method.lam <= 1.0:
+            raise CLOError(f"method.lam must be in [0, 1], got {self.method.lam}")
+        if self.method.beta <= 0:
+            raise CLOError(f"method.beta must be > 0, got {self.method.beta}")
+        for name in ("pairs", "translation_batch_size"):
+            if getattr(self.data, name) < 1:
+                raise CLOError(f"data.{name} must be ≥ 1, got {getattr(self.data, name)}")
+        t = self.training
+        for name in ("batch_size", "grad_accum", "max_length", "max_prompt_length", "logging_steps"):
+            if getattr(t, name) < 1:
+                raise CLOError(f"training.{name} must be ≥ 1, got {getattr(t, name)}")
+        if t.max_prompt_length >= t.max_length:
+            raise CLOError(f"training.max_prompt_length ({t.max_prompt_length}) must be below max_length ({t.max_length})")
+        if t.max_steps == 0 or t.max_steps < -1:
+            raise CLOError(f"training.max_steps must be -1 or ≥ 1, got {t.max_steps}")
+        if t.max_steps == -1 and t.epochs <= 0:
+            raise CLOError(f"training.epochs must be > 0, got {t.epochs}")
+        for m in self.method.method:
+            check_run_name(self.adapter_name(m))
+        if self.lora.r < 1 or not self.lora.target_modules:
+            raise CLOError("lora: r must be ≥ 1 and target_modules must name at least one module")
+
+    def adapter_name(self, method: str) -> str:
+        name = self.training.name.replace("{method}", method).replace("{lang}", self.data.target_lang)
+        if len(self.method.method) > 1 and "{method}" not in self.training.name:
+            name = f"{name}-{method}"  # one folder per method, never two methods in one folder
+        return name
+
+    # ---- writing ----
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        parts = []
+        for section in SECTIONS:
+            parts.append(f"# ---- {section} ----\n")
+            parts.append(yaml.safe_dump({section: dataclasses.asdict(getattr(self, section))}, sort_keys=False, allow_unicode=True))
+        return "".join(parts)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_run_name(name: str) -> str:
+    """A run / adapter name is one plain folder name: no '/', no '..', no leading dot."""
+    if "/" in name or "\\" in name or ".." in name or not _NAME_RE.match(name):
+        raise CLOError(
+            f"invalid run name {name!r}: use letters, digits, '.', '_' and '-' only "
+            "(no '/', no '..', not starting with a dot), at most 100 characters"
+        )
+    return name
+
+
+# ---- typing helpers shared by YAML, the command line and the UI ----
+
+def base_type(f: dataclasses.Field) -> tuple[type, bool]:
+    """(the field's scalar or list type, whether None is allowed)."""
+    tp = f.type
+    optional = False
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0]
+    return tp, optional
+
+
+def coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
+    """Turn a YAML or command-line value into the field's type, or say exactly what is wrong."""
+    tp, optional = base_type(f)
+    choices = f.metadata.get("choices")
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise CLOError(f"{where}: a value is required")
+    try:
+        if typing.get_origin(tp) is list:
+            items = value.split(",") if isinstance(value, str) else list(value)
+            out = [str(v).strip() for v in items if str(v).strip()]
+        elif tp is bool:
+            if isinstance(value, bool):
+                out = value
+            elif str(value).lower() in ("true", "1", "yes", "on"):
+                out = True
+            elif str(value).lower() in ("false", "0", "no", "off"):
+                out = False
+            else:
+                raise ValueError
+        elif tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            out = int(value)
+        elif tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            out = float(value)
+        else:
+            out = str(value).lower() if choices else str(value)
+    except (TypeError, ValueError):
+        name = getattr(tp, "__name__", str(tp))
+        raise CLOError(f"{where}: {value!r} is not a valid {name}") from None
+    if choices and out not in choices:
+        raise CLOError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    return out

@@ -1,0 +1,479 @@
+"""Training: setup -> fit -> save, one LoRA adapter per method, on transformers' Trainer.
+
+    from clo.config import Recipe
+    from clo.train import train
+    paths = train(Recipe.load("recipes/demo.yaml"))      # -> [Path("adapters/clo-ko"), ...]
+
+or `python -m clo train --config recipes/demo.yaml`. QLoRA (4-bit nf4, double quantisation, bf16
+compute, gradient checkpointing) when CUDA and bitsandbytes are present; LoRA in float32 on CPU.
+The reference π_ref is the same weights with the adapter disabled, evaluated once before training.
+Each run appends JSON lines to runs/<run>/log.jsonl; adapters are written to a temporary folder and
+renamed into adapters/<name>/ only when complete. SIGINT/SIGTERM stop at the next step, writing nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import resource
+import shutil
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+import clo
+from clo import CLOError
+from clo.config import Recipe
+from clo.data import CrossLingualData, build_pairs
+from clo.hub import explain_missing, locate
+from clo.objective import DIRECTIONS, KEYS, clo_loss, orpo_loss, sequence_logps, token_mean_nll
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md",
+                 "recipe.yaml", "manifest.json", "metrics.json", "train_log.jsonl")
+QUERY_ANSWER = {"tgt_tgt": ("prompt_tgt", "response_tgt"), "tgt_en": ("prompt_tgt", "response_en"),
+                "en_en": ("prompt_en", "response_en"), "en_tgt": ("prompt_en", "response_tgt")}
+
+
+class TrainingStopped(Exception):
+    """Raised after SIGINT/SIGTERM stopped a run; nothing was written to adapters/."""
+
+
+def needed_keys(method: str, sft_english: bool = False) -> tuple[str, ...]:
+    """The cross-lingual sequences a method evaluates under π_θ."""
+    if method == "sft":
+        return ("tgt_tgt", "en_en") if sft_english else ("tgt_tgt",)
+    return KEYS
+
+
+# ---- setup: model, tokenizer, tokenised rows ----
+
+def load_base(recipe: Recipe):
+    """(model, tokenizer, mode) with mode 'qlora-4bit' or 'lora-<dtype>'; the one line saying which runs is printed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    cfg = recipe.model
+    source = locate(cfg.name_or_path, kind="model", flag="--model")
+    cuda = torch.cuda.is_available()
+    want_4bit = cfg.load_in_4bit == "true" or (cfg.load_in_4bit == "auto" and cuda and _has_bitsandbytes())
+    if want_4bit and not _has_bitsandbytes():
+        raise CLOError("model.load_in_4bit is true but bitsandbytes is not installed (pip install bitsandbytes)")
+    compute = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda else torch.float32)
+    kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, local_files_only=source.local_files_only)
+    if want_4bit:
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+        )
+        kw["dtype"] = compute
+    else:
+        kw["dtype"] = compute if cuda else torch.float32
+    with explain_missing(source):
+        tokenizer = AutoTokenizer.from_pretrained(source.name, **{k: kw[k] for k in ("revision", "trust_remote_code", "local_files_only")})
+        model = AutoModelForCausalLM.from_pretrained(source.name, use_safetensors=True, device_map={"": 0} if cuda else None, **kw)
+    if tokenizer.chat_template is None:
+        raise CLOError(f"model {cfg.name_or_path} has no chat template; CLO needs a chat model")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    mode = "qlora-4bit" if want_4bit else f"lora-{str(kw['dtype']).removeprefix('torch.')}"
+    device = "cuda" if cuda else "cpu"
+    dtype = str(compute).removeprefix("torch.")
+    what = f"QLoRA: 4-bit nf4 base, {dtype} compute" if want_4bit else f"LoRA on a {str(kw['dtype']).removeprefix('torch.')} base"
+    print(f"[clo] mode: {mode} on {device} ({what}), model {cfg.name_or_path}", flush=True)
+    return model, tokenizer, mode
+
+
+def _has_bitsandbytes() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def encode(tokenizer, prompt: str, response: str, max_length: int, max_prompt_length: int) -> tuple[list[int], list[int]]:
+    """Token ids of the chat-formatted prompt + answer, and labels that are -100 on the prompt."""
+    messages = [{"role": "user", "content": prompt}]
+    prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+    answer_text = full_text[len(prompt_text):] if full_text.startswith(prompt_text) else response + tokenizer.eos_token
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False).input_ids[-max_prompt_length:]
+    answer_ids = tokenizer(answer_text, add_special_tokens=False).input_ids[: max_length - len(prompt_ids)]
+    return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+
+
+def tokenize_rows(rows: list[dict], tokenizer, keys, max_length: int, max_prompt_length: int) -> list[dict]:
+    """One feature per pair: {key}_input_ids and {key}_labels for each cross-lingual sequence in `keys`."""
+    features = []
+    for row in rows:
+        feature = {"id": row["id"]}
+        for key in keys:
+            q, a = QUERY_ANSWER[key]
+            feature[f"{key}_input_ids"], feature[f"{key}_labels"] = encode(tokenizer, row[q], row[a], max_length, max_prompt_length)
+        features.append(feature)
+    return features
+
+
+class PairCollator:
+    """Right-pads each sequence group of a batch separately; carries precomputed reference log-probs."""
+
+    def __init__(self, pad_token_id: int, keys):
+        self.pad_token_id, self.keys = pad_token_id, keys
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for key in self.keys:
+            ids = [f[f"{key}_input_ids"] for f in features]
+            width = max(map(len, ids))
+            batch[f"{key}_input_ids"] = torch.tensor([x + [self.pad_token_id] * (width - len(x)) for x in ids])
+            batch[f"{key}_attention_mask"] = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+            batch[f"{key}_labels"] = torch.tensor([f[f"{key}_labels"] + [-100] * (width - len(f[f"{key}_labels"])) for f in features])
+            if f"ref_{key}" in features[0]:
+                batch[f"ref_{key}"] = torch.tensor([f[f"ref_{key}"] for f in features], dtype=torch.float32)
+        return batch
+
+
+def group_logps(model, batch: dict, keys) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """One forward over the sequences of `keys`: key -> (summed answer log-probs [B], answer tokens [B]).
+
+    Logits are computed only from the first answer position of the batch on (`logits_to_keep`).
+    """
+    width = max(batch[f"{k}_input_ids"].shape[1] for k in keys)
+    pad = lambda t, value: F.pad(t, (0, width - t.shape[1]), value=value)  # noqa: E731
+    ids = torch.cat([pad(batch[f"{k}_input_ids"], 0) for k in keys])
+    mask = torch.cat([pad(batch[f"{k}_attention_mask"], 0) for k in keys])
+    labels = torch.cat([pad(batch[f"{k}_labels"], -100) for k in keys])
+    first_answer = int((labels != -100).int().argmax(-1).min())
+    keep = width - first_answer + 1
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
+    sums, counts = sequence_logps(logits[:, :-1], labels[:, width - keep + 1 :])
+    n = batch[f"{keys[0]}_input_ids"].shape[0]
+    return {k: (sums[i * n : (i + 1) * n], counts[i * n : (i + 1) * n]) for i, k in enumerate(keys)}
+
+
+@torch.no_grad()
+def add_reference_logps(model, features: list[dict], collator: PairCollator, batch_size: int, should_stop=lambda: False) -> None:
+    """π_ref log-probs of the four sequences of every pair, with the LoRA adapter disabled, stored in the features."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    with model.disable_adapter():
+        for start in tqdm(range(0, len(features), batch_size), desc="reference log-probs", unit="batch"):
+            if should_stop():
+                raise TrainingStopped()
+            chunk = features[start : start + batch_size]
+            batch = {k: v.to(model.device) for k, v in collator(chunk).items()}
+            for key, (sums, _) in group_logps(model, batch, KEYS).items():
+                for f, value in zip(chunk, sums.tolist()):
+                    f[f"ref_{key}"] = value
+    model.train(was_training)
+
+
+# ---- fit: the Trainer subclass that calls clo.objective ----
+
+class CLOTrainer(Trainer):
+    """transformers' Trainer with the loss of one method (clo, sft, dpo, orpo) on cross-lingual pairs."""
+
+    def __init__(self, *args, method: str, lam: float, beta: float, orpo_lambda: float,
+                 sft_english: bool, split_directions: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.method, self.lam, self.beta, self.orpo_lambda = method, lam, beta, orpo_lambda
+        self.keys = needed_keys(method, sft_english)
+        self.split_directions = split_directions and method != "sft"
+        self._metrics: dict[str, list[float]] = {}
+
+    def method_loss(self, logps: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """The method's loss from {key: (summed log-probs, token counts)} of the policy."""
+        target_nll = token_mean_nll(*logps["tgt_tgt"])
+        if self.method == "sft":
+            if "en_en" in logps:  # English mixed in: one token mean over both languages
+                both = [torch.cat([logps[k][i] for k in ("tgt_tgt", "en_en")]) for i in (0, 1)]
+                return token_mean_nll(*both), {"loss": token_mean_nll(*both).item(), "l_sft": target_nll.item()}
+            return target_nll, {"loss": target_nll.item(), "l_sft": target_nll.item()}
+        if self.method == "orpo":
+            means = {k: s / c.clamp(min=1) for k, (s, c) in logps.items()}
+            return orpo_loss(means, target_nll, self.orpo_lambda)
+        policy = {k: s for k, (s, _) in logps.items()}
+        reference = {k: batch[f"ref_{k}"] for k in KEYS}
+        return clo_loss(policy, reference, target_nll, beta=self.beta, lam=self.lam if self.method == "clo" else 0.0)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, metrics = self.method_loss(group_logps(model, inputs, self.keys), inputs)
+        self._store(metrics)
+        return (loss, None) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """With split_directions: back-propagate the x_l direction (with L_SFT) and the x_en direction separately.
+
+        Every loss here is a sum of a term of the x_l sequences and a term of the x_en sequences, so the two
+        passes give exactly the joint gradient, with half the activations alive at once. In each pass the
+        other direction's log-probs enter as detached values (or placeholders before they are known), which only
+        shifts the loss by a constant.
+        """
+        if not self.split_directions:
+            return super().training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        known: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for keys in DIRECTIONS.values():
+            with self.compute_loss_context_manager():
+                fresh = group_logps(model, inputs, keys)
+            logps = {k: fresh.get(k) or tuple(t.detach() for t in known.get(k, _placeholder(fresh[keys[0]]))) for k in KEYS}
+            loss, _ = self.method_loss(logps, inputs)
+            self.accelerator.backward(loss / self.current_gradient_accumulation_steps)
+            known.update({k: (s.detach(), c) for k, (s, c) in fresh.items()})
+        loss, metrics = self.method_loss(known, inputs)
+        self._store(metrics)
+        return loss.detach() / self.current_gradient_accumulation_steps
+
+    def _store(self, metrics: dict[str, float]) -> None:
+        if self.model.training:
+            for k, v in metrics.items():
+                self._metrics.setdefault(k, []).append(v)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: add the means of our metrics since the last one
+            logs.update({k: sum(v) / len(v) for k, v in self._metrics.items() if k != "loss"})  # Trainer's own loss stays
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+
+def _placeholder(like: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stand-in log-probs for a direction not yet evaluated: finite and < 0, so every loss stays defined."""
+    return -torch.ones_like(like[0]), torch.ones_like(like[1])
+
+
+class RunLog(TrainerCallback):
+    """Appends one JSON object per event to a JSONL file that a UI can poll; also stops on a signal."""
+
+    def __init__(self, path: Path, adapter: str, stop_requested):
+        self.path, self.adapter, self.stop_requested = path, adapter, stop_requested
+        self.started = time.time()
+
+    def write(self, event: str, **fields) -> None:
+        record = {"event": event, "adapter": self.adapter, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **fields}
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.started = time.time()
+        self.write("train_begin", max_steps=state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        elapsed = time.time() - self.started
+        step = max(state.global_step, 1)
+        eta = elapsed / step * max(state.max_steps - state.global_step, 0)
+        event = "train_end" if "train_runtime" in (logs or {}) else "log"
+        self.write(event, step=state.global_step, max_steps=state.max_steps, elapsed=round(elapsed, 2), eta=round(eta, 2), **(logs or {}))
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.stop_requested():
+            control.should_training_stop = True
+        return control
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Yield a function telling whether SIGINT/SIGTERM arrived; a second SIGINT aborts at once."""
+    flag = {"stop": False}
+    previous = {}
+
+    def handler(signum, frame):
+        if flag["stop"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+        print(f"\n[clo] {signal.Signals(signum).name}: stopping after this step; no adapter will be written", flush=True)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: no handlers, no signals
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield lambda: flag["stop"]
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def training_arguments(recipe: Recipe, output_dir: Path, quantized: bool) -> TrainingArguments:
+    t = recipe.training
+    cuda = torch.cuda.is_available()
+    gc = t.gradient_checkpointing == "true" or (t.gradient_checkpointing == "auto" and quantized)
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup,
+        max_steps=t.max_steps,
+        num_train_epochs=t.epochs,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        report_to=[],
+        remove_unused_columns=False,
+        seed=t.seed,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        fp16=cuda and not torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        gradient_checkpointing=gc and not quantized,  # prepare_model_for_kbit_training enables it for 4-bit
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        dataloader_num_workers=0,
+        optim="adamw_torch",
+    )
+
+
+# ---- save ----
+
+def save_adapter(model, dest: Path, recipe: Recipe, method: str, data: CrossLingualData, mode: str,
+                 metrics: dict, log_lines: list[str], overwrite: bool) -> Path:
+    """Write the adapter folder next to its destination, then rename it into place."""
+    import peft
+    import transformers
+
+    tmp = dest.parent / f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        single = Recipe.from_dict(recipe.to_dict())
+        single.method.method, single.training.name = [method], dest.name
+        single.save(tmp / "recipe.yaml")
+        config = model.get_base_model().config
+        manifest = {
+            "name": dest.name,
+            "method": method,
+            "target_lang": recipe.data.target_lang,
+            "base_model": {"name_or_path": recipe.model.name_or_path, "revision": recipe.model.revision,
+                           "commit": getattr(config, "_commit_hash", None), "architecture": (config.architectures or [None])[0]},
+            "mode": mode,
+            "data": data.manifest,
+            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "versions": {"clo": clo.__version__, "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        (tmp / "train_log.jsonl").write_text("".join(log_lines), encoding="utf-8")
+        old = None
+        if dest.exists():
+            if not overwrite:
+                raise CLOError(f"adapter folder {dest} already exists; pass --overwrite to replace it")
+            old = dest.parent / f".old-{dest.name}-{uuid.uuid4().hex[:8]}"
+            dest.rename(old)
+        tmp.rename(dest)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return dest
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ---- the whole run: setup -> fit -> save ----
+
+@dataclass
+class Setup:
+    model: object  # the base model (4-bit or full precision), no adapter
+    tokenizer: object
+    mode: str  # "qlora-4bit" or "lora-<dtype>"
+    features: list[dict]  # tokenised pairs; reference log-probs are added once, when a method needs them
+    data: CrossLingualData
+
+
+def setup(recipe: Recipe, data: CrossLingualData | None = None) -> Setup:
+    """Check everything that can be checked, then load the data, the model and tokenise the pairs."""
+    from peft import prepare_model_for_kbit_training
+
+    recipe.validate()
+    t = recipe.training
+    for method in recipe.method.method:
+        dest = Path(t.adapters_dir) / recipe.adapter_name(method)
+        if dest.exists() and not t.overwrite:
+            raise CLOError(f"adapter folder {dest} already exists; pass --overwrite to replace it")
+    locate(recipe.model.name_or_path, kind="model", flag="--model")  # fail fast on a missing path
+    data = data or build_pairs(recipe.data)
+    model, tokenizer, mode = load_base(recipe)
+    if mode == "qlora-4bit":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing != "false",
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    keys = KEYS if any(m != "sft" for m in recipe.method.method) else needed_keys("sft", recipe.method.sft_english)
+    return Setup(model, tokenizer, mode, tokenize_rows(data.rows, tokenizer, keys, t.max_length, t.max_prompt_length), data)
+
+
+def fit(s: Setup, recipe: Recipe, method: str, run_dir: Path, callbacks=(), stop_requested=lambda: False):
+    """Wrap the base in a fresh LoRA adapter and train it with `method`. Returns (peft_model, trainer)."""
+    from peft import LoraConfig, get_peft_model
+
+    t = recipe.training
+    torch.manual_seed(t.seed)  # the same LoRA initialisation for every method
+    lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
+                      target_modules=list(recipe.lora.target_modules), bias="none", task_type="CAUSAL_LM")
+    peft_model = get_peft_model(s.model, lora)
+    if method in ("clo", "dpo") and "ref_tgt_tgt" not in s.features[0]:
+        for cb in callbacks:
+            if isinstance(cb, RunLog):
+                cb.write("reference_begin", pairs=len(s.features))
+        add_reference_logps(peft_model, s.features, PairCollator(s.tokenizer.pad_token_id, KEYS), 2 * t.batch_size, stop_requested)
+    trainer = CLOTrainer(
+        model=peft_model,
+        args=training_arguments(recipe, run_dir / method, s.mode == "qlora-4bit"),
+        train_dataset=s.features,
+        data_collator=PairCollator(s.tokenizer.pad_token_id, needed_keys(method, recipe.method.sft_english)),
+        callbacks=list(callbacks),
+        method=method, lam=recipe.method.lam, beta=recipe.method.beta, orpo_lambda=recipe.method.orpo_lambda,
+        sft_english=recipe.method.sft_english, split_directions=t.split_directions,
+    )
+    trainer.train()
+    return peft_model, trainer
+
+
+def train(recipe: Recipe, data: CrossLingualData | None = None) -> list[Path]:
+    """Train one adapter per method of the recipe; returns the adapter folders."""
+    t = recipe.training
+    s = setup(recipe, data)
+    run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{recipe.data.target_lang}-{'-'.join(recipe.method.method)}"
+    run_dir = Path(t.runs_dir) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "log.jsonl"
+    print(f"[clo] run {run_id}: {len(s.features)} pairs, log {log_path}", flush=True)
+
+    written = []
+    with stop_on_signals() as stop_requested:
+        for method in recipe.method.method:
+            dest = Path(t.adapters_dir) / recipe.adapter_name(method)
+            log = RunLog(log_path, dest.name, stop_requested)
+            started = time.time()
+            peft_model, trainer = fit(s, recipe, method, run_dir, [log], stop_requested)
+            if stop_requested():
+                log.write("stopped", step=trainer.state.global_step)
+                raise TrainingStopped()
+            state = trainer.state
+            last = next((h for h in reversed(state.log_history) if "loss" in h), {})
+            pairs_seen = state.global_step * t.batch_size * t.grad_accum
+            metrics = {
+                "method": method, "steps": state.global_step, "pairs_seen": pairs_seen,
+                "train_loss": next((h["train_loss"] for h in state.log_history if "train_loss" in h), None),
+                "runtime_s": round(time.time() - started, 2),
+                "seconds_per_pair": round((time.time() - started) / max(pairs_seen, 1), 4),
+                "peak_memory_mb": round(peak_memory_mb(), 1),
+                "final": {k: v for k, v in last.items() if k not in ("step", "epoch")},
+            }
+            log.write("saving", step=state.global_step)
+            lines = [line for line in log_path.read_text(encoding="utf-8").splitlines(keepends=True)
+                     if json.loads(line).get("adapter") == dest.name]
+            written.append(save_adapter(peft_model, dest, recipe, method, s.data, s.mode, metrics, lines, t.overwrite))
+            log.write("done", path=str(dest), metrics=metrics)
+            print(f"[clo] wrote {dest}", flush=True)
+            s.model = peft_model.unload()  # the clean base again, for the next method
+    return written

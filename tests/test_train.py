@@ -1,0 +1,242 @@
+"""Training on a tiny random model: log-probs, gradients, the CLO effect, and the adapter folder."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, arithmetic_rows, write_jsonl
+
+from clo.config import Recipe
+from clo.data import build_pairs
+from clo.objective import DIRECTIONS, KEYS
+from clo.train import ADAPTER_FILES, PairCollator, fit, group_logps, setup, train
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+
+
+def recipe_for(model: Path, **overrides) -> Recipe:
+    base = {"model.name_or_path": str(model), "data.pairs": 8, "training.batch_size": 4, "training.max_steps": 3,
+            "training.max_length": 128, "training.max_prompt_length": 64, "training.learning_rate": 1e-3,
+            "training.warmup": 0, "lora.dropout": 0.0, "lora.r": 8}
+    return Recipe.load(overrides=base | overrides)
+
+
+def run_cli(*args, cwd, timeout=300):
+    return subprocess.run([sys.executable, "-m", "clo", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def test_padding_and_prompt_do_not_change_logps(project, tiny_model):
+    recipe = recipe_for(tiny_model)
+    s = setup(recipe)
+    model = s.model.eval()
+    collate = PairCollator(s.tokenizer.pad_token_id, KEYS)
+    with torch.no_grad():
+        together = group_logps(model, collate(s.features[:4]), KEYS)
+        for i in range(4):
+            alone = group_logps(model, collate([s.features[i]]), KEYS)
+            for key in KEYS:
+                assert torch.allclose(together[key][0][i], alone[key][0][0], atol=1e-4), key
+                assert together[key][1][i] == alone[key][1][0]
+    # the count is exactly the answer tokens
+    f = s.features[0]
+    assert together["tgt_tgt"][1][0] == sum(1 for x in f["tgt_tgt_labels"] if x != -100)
+
+
+def test_lora_changes_base_does_not(project, tiny_model):
+    recipe = recipe_for(tiny_model, **{"method.method": "clo"})
+    s = setup(recipe)
+    base_before = {k: v.clone() for k, v in s.model.state_dict().items()}
+    peft_model, trainer = fit(s, recipe, "clo", project / "runs")
+    assert trainer.state.global_step == 3
+    lora = {k: v for k, v in peft_model.named_parameters() if "lora_" in k}
+    assert lora and all(v.requires_grad for v in lora.values())
+    assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)  # B starts at zero
+    base_after = peft_model.unload().state_dict()
+    assert base_after.keys() == base_before.keys()
+    for k in base_before:
+        assert torch.equal(base_before[k], base_after[k]), k
+
+
+def test_reference_is_the_base_with_the_adapter_disabled(project, tiny_model):
+    recipe = recipe_for(tiny_model, **{"training.max_steps": 1, "training.learning_rate": 0.0})
+    s = setup(recipe)
+    peft_model, _ = fit(s, recipe, "clo", project / "runs")
+    batch = PairCollator(s.tokenizer.pad_token_id, KEYS)(s.features[:4])
+    with torch.no_grad():
+        peft_model.eval()
+        policy = group_logps(peft_model, batch, KEYS)
+    for key in KEYS:  # untrained LoRA (B = 0): π_θ = π_ref
+        assert torch.allclose(policy[key][0], batch[f"ref_{key}"], atol=1e-4)
+
+
+def test_split_directions_gives_the_joint_gradient(project, tiny_model):
+    grads = {}
+    for split in (True, False):
+        recipe = recipe_for(tiny_model, **{"training.split_directions": split, "training.max_steps": 1,
+                                           "training.learning_rate": 0.0, "training.name": f"s{split}"})
+        s = setup(recipe)
+        peft_model, trainer = fit(s, recipe, "clo", project / "runs")
+        # one more step by hand, on a model whose LoRA B is non-zero so every path carries gradient
+        with torch.no_grad():
+            for k, v in peft_model.named_parameters():
+                if "lora_B" in k:
+                    v.copy_(torch.linspace(-0.05, 0.05, v.numel()).view_as(v))
+        peft_model.zero_grad()
+        batch = PairCollator(s.tokenizer.pad_token_id, KEYS)(s.features[:4])
+        trainer.current_gradient_accumulation_steps = 1
+        loss = trainer.training_step(peft_model, batch)
+        grads[split] = (loss.item(), {k: v.grad.clone() for k, v in peft_model.named_parameters() if v.grad is not None})
+    (loss_split, g_split), (loss_joint, g_joint) = grads[True], grads[False]
+    assert loss_split == pytest.approx(loss_joint, rel=1e-5)
+    assert g_split.keys() == g_joint.keys() and g_split
+    for k in g_split:
+        assert torch.allclose(g_split[k], g_joint[k], atol=1e-6, rtol=1e-4), k
+
+
+def test_clo_raises_both_margins(project, tiny_model):
+    """On a tiny training set, CLO makes π_θ prefer y_l for x_l and y_en for x_en, relative to π_ref."""
+    recipe = recipe_for(tiny_model, **{"training.max_steps": 25, "training.learning_rate": 3e-3, "data.pairs": 8,
+                                       "method.beta": 0.5, "training.lr_scheduler": "constant"})
+    s = setup(recipe)
+    peft_model, trainer = fit(s, recipe, "clo", project / "runs")
+    peft_model.eval()
+    batch = PairCollator(s.tokenizer.pad_token_id, KEYS)(s.features)
+    with torch.no_grad():
+        policy = group_logps(peft_model, batch, KEYS)
+    for direction, (chosen, rejected) in DIRECTIONS.items():
+        margin = (policy[chosen][0] - batch[f"ref_{chosen}"]) - (policy[rejected][0] - batch[f"ref_{rejected}"])
+        assert margin.mean() > 1.0, direction
+        assert (margin > 0).float().mean() >= 0.75, direction
+    logs = [h for h in trainer.state.log_history if "tgt/margin" in h]
+    assert logs[-1]["tgt/margin"] > logs[0]["tgt/margin"] and logs[-1]["en/margin"] > logs[0]["en/margin"]
+
+
+def test_every_method_trains_and_reference_is_computed_once(project, tiny_model):
+    recipe = recipe_for(tiny_model, **{"method.method": "clo,sft,dpo,orpo", "training.max_steps": 2})
+    paths = train(recipe)
+    assert [p.name for p in paths] == ["clo-ko", "sft-ko", "dpo-ko", "orpo-ko"]
+    log = [json.loads(line) for line in next((project / "runs").glob("*/log.jsonl")).read_text().splitlines()]
+    assert sum(e["event"] == "reference_begin" for e in log) == 1
+    assert {e["adapter"] for e in log if e["event"] == "done"} == {"clo-ko", "sft-ko", "dpo-ko", "orpo-ko"}
+    orpo = json.loads((project / "adapters" / "orpo-ko" / "metrics.json").read_text())
+    assert "l_or" in orpo["final"]
+
+
+def test_qlora_4bit_step_on_cpu(project, tiny_model):
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
+    recipe = recipe_for(tiny_model, **{"model.load_in_4bit": "true", "training.max_steps": 2})
+    s = setup(recipe)
+    assert s.mode == "qlora-4bit"
+    peft_model, trainer = fit(s, recipe, "clo", project / "runs")
+    assert trainer.state.global_step == 2
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in peft_model.named_parameters())
+
+
+# ---- the command line, end to end ----
+
+def test_cli_train_writes_exactly_the_adapter_files(project, tiny_model):
+    r = run_cli("train", "--model", str(tiny_model), "--lang", "sw", "--method", "clo", "--pairs", "8",
+                "--max-steps", "3", "--batch-size", "4", "--name", "e2e", "--training.max_length", "128",
+                "--training.max_prompt_length", "64", cwd=project)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "mode: lora-float32 on cpu" in r.stdout
+    folder = project / "adapters" / "e2e"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(ADAPTER_FILES)
+    assert not [p for p in (project / "adapters").iterdir() if p.name.startswith(".")]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["method"] == "clo" and manifest["target_lang"] == "sw"
+    assert manifest["base_model"]["name_or_path"] == str(tiny_model)
+    assert manifest["data"]["pairs"] == 8 and len(manifest["data"]["rows_sha256"]) == 64
+    assert Recipe.load(folder / "recipe.yaml").method.method == ["clo"]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["peak_memory_mb"] > 0
+    events = [json.loads(line)["event"] for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert events[:2] == ["reference_begin", "train_begin"] and events.count("log") == 3
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        before = base(ids).logits
+        tuned = PeftModel.from_pretrained(base, folder)
+        after = tuned(ids).logits
+    assert not torch.allclose(before, after)
+    assert json.loads((folder / "adapter_config.json").read_text())["target_modules"]
+
+
+def test_existing_adapter_needs_overwrite(project, tiny_model):
+    args = ["train", "--model", str(tiny_model), "--method", "sft", "--pairs", "4", "--max-steps", "1", "--name", "x"]
+    assert run_cli(*args, cwd=project).returncode == 0
+    first = (project / "adapters" / "x" / "manifest.json").read_text()
+    r = run_cli(*args, cwd=project)
+    assert r.returncode == 2 and "already exists" in r.stderr and "--overwrite" in r.stderr
+    assert (project / "adapters" / "x" / "manifest.json").read_text() == first
+    time.sleep(1.1)
+    assert run_cli(*args, "--overwrite", cwd=project).returncode == 0
+    assert (project / "adapters" / "x" / "manifest.json").read_text() != first
+    assert sorted(p.name for p in (project / "adapters").iterdir()) == ["x"]
+
+
+def test_sigterm_stops_at_the_next_step_and_writes_nothing(project, tiny_model):
+    proc = subprocess.Popen([sys.executable, "-m", "clo", "train", "--model", str(tiny_model), "--method", "sft",
+                             "--pairs", "8", "--max-steps", "100000", "--name", "long"],
+                            cwd=project, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        logs = list((project / "runs").glob("*/log.jsonl"))
+        if logs and sum('"event": "log"' in line for line in logs[0].read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("training did not start")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "no adapter" in err
+    assert not (project / "adapters").exists() or not list((project / "adapters").iterdir())
+    events = [json.loads(line) for line in logs[0].read_text().splitlines()]
+    assert events[-1]["event"] == "stopped" and events[-1]["step"] < 100000
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--model", "/nonexistent/model"], "model path /nonexistent/model does not exist"),
+        (["--name", "../evil"], "invalid run name '../evil'"),
+        (["--lang", "qq"], "unknown language code 'qq'"),
+        (["--method", "rlhf"], "unknown method 'rlhf'"),
+        (["--pairs", "0"], "data.pairs must be ≥ 1"),
+        (["--max-steps", "x"], "'x' is not a valid int"),
+        (["--data", "missing.jsonl"], "data file missing.jsonl does not exist"),
+        (["--model", "Qwen/Qwen2.5-0.5B-Instruct"], "cannot load model 'Qwen/Qwen2.5-0.5B-Instruct': the Hugging Face hub is unreachable"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_writes_nothing(project, tiny_model, args, fragment):
+    base = ["train", "--model", str(tiny_model), "--pairs", "4", "--max-steps", "1"]
+    r = run_cli(*base, *args, cwd=project, timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert fragment in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (project / "adapters").exists() and not (project / "runs").exists()
+
+
+def test_cli_unknown_recipe_key(project, tiny_model):
+    (project / "r.yaml").write_text("training:\n  epoch: 3\n")
+    r = run_cli("train", "--config", "r.yaml", "--model", str(tiny_model), cwd=project)
+    assert r.returncode == 2 and "unknown key 'training.epoch'" in r.stderr
+
+
+def test_cli_prepare_previews_pairs(project):
+    r = run_cli("prepare", "--lang", "zh", "--pairs", "5", "--preview", "2", cwd=project)
+    assert r.returncode == 0, r.stderr
+    assert "5 pairs, en → zh" in r.stdout and "✓ y_zh" in r.stdout and "✗ y_en" in r.stdout
+    assert len(build_pairs(Recipe.load(overrides={"data.target_lang": "zh", "data.pairs": 5}).data)) == 5
