@@ -3,7 +3,9 @@
 All three train the same LoRA (r 16, α 32, no dropout, on q/k/v/o) of the same random model on the same
 cross-lingual rows of the shipped sample, in float32 on the CPU, side by side in one run:
 
-    clo  the project's path, clo.train.setup -> fit, method clo (λ·L_SFT + (1−λ)·L_CL, π_ref precomputed once)
+    clo            the project's path, clo.train.setup -> fit, method clo (λ·L_SFT + (1−λ)·L_CL, π_ref precomputed
+                   once), back-propagating one sequence at a time (training.backward = sequence, the default)
+    clo-direction  the same with training.backward = direction: the x_l pair, then the x_en pair
     sft  the same path, method sft (NLL of y_l | x_l only): the memory floor at the same pairs per step
     trl  trl.DPOTrainer, loss_type ["sigmoid", "sft"] with weights [0.5, 0.5] (mirrors λ = 0.5), two preference
          rows per pair (x_l: y_l ≻ y_en, x_en: y_en ≻ y_l), 2 × batch rows per step so it sees the same pairs per
@@ -16,8 +18,11 @@ Qwen2.5-0.5B(-Instruct) architecture (bench/configs/) with random weights and th
 clo.tiny: nothing is downloaded, and the times are those of the real shapes (vocabulary 151,936).
 By default the data is exactly one batch, so every step of every method trains on the same rows.
 
-    python bench/train_step.py                                   # Qwen2.5-0.5B shape, ~6 min on 2 CPU cores
-    python bench/train_step.py --shape tiny --pairs 8 --steps 2  # a few seconds: checks the plumbing
+    python bench/train_step.py                                   # Qwen2.5-0.5B shape, ~3.5 min on 2 idle CPU cores
+    python bench/train_step.py --batch-size 2 --steps 3          # closer to training; twice the work per step
+    python bench/train_step.py --shape tiny --pairs 8 --steps 2  # under a minute: checks the plumbing
+
+Timings need the cores to themselves: the report warns when another process shared them during the steps.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = Path(__file__).resolve().parent / "configs"
 sys.path.insert(0, str(ROOT))  # `python bench/train_step.py` from anywhere finds clo/
-METHODS = ("clo", "sft", "trl")
+METHODS = ("clo", "clo-direction", "sft", "trl")  # clo-direction: CLO with training.backward = direction
 # (what, numerator, denominator, result key, target: the ratio must be ≤ this)
 TARGETS = (
     ("CLO/TRL time per pair, training step", "clo", "trl", "s_per_pair", 0.8),
@@ -47,6 +52,9 @@ TARGETS = (
     ("CLO/TRL peak above model", "clo", "trl", "above_model_mb", 1.0),
     ("CLO/SFT peak RSS", "clo", "sft", "peak_mb", 1.3),
     ("CLO/SFT peak above model", "clo", "sft", "above_model_mb", 1.3),
+    ("CLO-direction/TRL time per pair, training step", "clo-direction", "trl", "s_per_pair", 0.8),
+    ("CLO-direction/SFT peak RSS", "clo-direction", "sft", "peak_mb", 1.3),
+    ("CLO-direction/SFT peak above model", "clo-direction", "sft", "above_model_mb", 1.3),
 )
 
 
@@ -131,6 +139,7 @@ def recipe_for(method: str, args, model_dir: Path, work: Path):
     return Recipe.load(overrides={
         "model.name_or_path": str(model_dir), "model.load_in_4bit": "false",
         "method.method": "sft" if method == "sft" else "clo",
+        "training.backward": "direction" if method == "clo-direction" else "sequence",
         "data.source": args.data, "data.target_lang": "ko", "data.pairs": args.pairs, "data.cache_dir": str(work / "cache"),
         "lora.r": 16, "lora.alpha": 32, "lora.dropout": 0.0, "lora.target_modules": "q_proj,k_proj,v_proj,o_proj",
         "training.max_steps": args.warmup + args.steps, "training.batch_size": args.batch_size, "training.grad_accum": 1,
@@ -150,7 +159,7 @@ def worker(method: str, args, model_dir: Path, work: Path) -> dict:
 
     recipe = recipe_for(method, args, model_dir, work)
     timer, result = step_timer(), {"method": method, "pairs": recipe.data.pairs}
-    if method in ("clo", "sft"):
+    if method in ("clo", "clo-direction", "sft"):
         s = clo.train.setup(recipe)
         make_resident(s.model)
         result["loaded_mb"] = rss_mb()
@@ -162,15 +171,17 @@ def worker(method: str, args, model_dir: Path, work: Path) -> dict:
             result["reference_s"], result["reference_peak_mb"] = time.perf_counter() - started, peak_rss_mb()
 
         clo.train.add_reference_logps = timed_reference
-        clo.train.fit(s, recipe, method, work / "runs", callbacks=[timer])
-        result["tokens_per_pair"] = sum(len(f[f"{k}_input_ids"]) for f in s.features for k in clo.train.needed_keys(method)) / len(s.features)
+        clo.train.fit(s, recipe, recipe.method.method[0], work / "runs", callbacks=[timer])
+        keys = clo.train.needed_keys(recipe.method.method[0])  # the sequences π_θ sees per pair
+        result["tokens_per_pair"] = sum(len(f[f"{k}_input_ids"]) for f in s.features for k in keys) / len(s.features)
     else:
         result.update(run_trl(recipe, timer, work))
     step_s = statistics.median(timer.seconds[args.warmup:])  # the median: robust to a step slowed by another process
+    pairs_per_step = recipe.training.batch_size
     result.update(
-        step_times_s=timer.seconds, step_cpu_times_s=timer.cpu_seconds, warmup=args.warmup,
-        cpu_s_per_step=statistics.median(timer.cpu_seconds[args.warmup:]), pairs_per_step=recipe.training.batch_size, s_per_step=step_s,
-        s_per_pair=step_s / recipe.training.batch_size, reference_s_per_pair=result.get("reference_s", 0.0) / recipe.data.pairs,
+        step_times_s=timer.seconds, step_cpu_times_s=timer.cpu_seconds, warmup=args.warmup, pairs_per_step=pairs_per_step,
+        s_per_step=step_s, cpu_s_per_step=statistics.median(timer.cpu_seconds[args.warmup:]), s_per_pair=step_s / pairs_per_step,
+        reference_s_per_pair=result.get("reference_s", 0.0) / recipe.data.pairs,
         peak_mb=peak_rss_mb(), torch_threads=torch.get_num_threads(),
     )
     result["s_per_pair_with_reference"] = result["s_per_pair"] + result["reference_s_per_pair"]
@@ -238,8 +249,9 @@ def run_workers(args, model_dir: Path, work: Path) -> dict[str, dict]:
         if code != 0:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
             sys.exit(f"worker {method} failed (exit {code}); the end of its log:\n{tail}")
-        results[method] = json.loads(out.read_text())
-        print(f"  {method}: done in {time.perf_counter() - started:.0f} s", flush=True)
+        r = results[method] = json.loads(out.read_text())
+        print(f"  {method}: done in {time.perf_counter() - started:.0f} s; {cores_busy(r):.1f} of {r['torch_threads']} "
+              "threads busy during its steps", flush=True)
     return results
 
 
@@ -248,21 +260,34 @@ def passthrough(args) -> list[str]:
             "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--data", args.data]
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def cores_busy(r: dict) -> float:
+    """CPU seconds per wall second of the timed steps: below the thread count, another process shared the cores."""
+    return r["cpu_s_per_step"] / r["s_per_step"]
+
+
 def report(results: dict[str, dict]) -> tuple[str, list[dict]]:
     lines = ["| method | s/step | CPU s/step | s/pair | π_ref s/pair (once) | tokens/pair | peak RSS MB | peak above model MB |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for m, r in results.items():
         ref = f"{r['reference_s_per_pair']:.2f}" if "reference_s" in r else "—"
-        lines.append(f"| {m} | {r['s_per_step']:.2f} | {r['cpu_s_per_step']:.2f} | {r['s_per_pair']:.2f} | {ref} | {r['tokens_per_pair']:.0f} "
-                     f"| {r['peak_mb']:.0f} | {r['above_model_mb']:.0f} |")
+        lines.append(f"| {m} | {r['s_per_step']:.2f} | {r['cpu_s_per_step']:.2f} | {r['s_per_pair']:.2f} | {ref} "
+                     f"| {r['tokens_per_pair']:.0f} | {r['peak_mb']:.0f} | {r['above_model_mb']:.0f} |")
     clo = results["clo"]
-    lines.append(f"\nCLO's π_ref pass ({clo['pairs']} pairs, once): {clo['reference_s']:.1f} s, peak RSS so far "
+    lines.append(f"\nCLO's π_ref pass ({plural(clo['pairs'], 'pair')}, once): {clo['reference_s']:.1f} s, peak RSS so far "
                  f"{clo['reference_peak_mb']:.0f} MB ({clo['reference_peak_mb'] - clo['loaded_mb']:.0f} above model)\n")
     ratios = []
     for name, num, den, key, target in TARGETS:
         value = results[num][key] / results[den][key]
         ratios.append({"name": name, "ratio": value, "target": target, "pass": value <= target})
         lines.append(f"- {name}: {value:.2f}×  (target ≤ {target:.1f})  {'PASS' if value <= target else 'MISS'}")
+    shared = [m for m, r in results.items() if cores_busy(r) < 0.75 * r["torch_threads"]]
+    if shared:
+        lines.append(f"\nWARNING: {', '.join(shared)} ran with the cores shared by another process "
+                     "(CPU s/step well below threads × s/step): the time ratios are not comparable; rerun on a quiet machine.")
     return "\n".join(lines), ratios
 
 
@@ -293,8 +318,8 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     print(f"# CLO vs SFT vs TRL DPO(sigmoid+sft): one training step, per pair ({dt.date.today()})")
     print(f"machine: {os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"no GPU used; shape {args.shape}, {args.batch_size} pairs/step, {args.pairs} pairs, max_length {args.max_length}, "
-          f"{args.warmup} warm-up + {args.steps} timed steps", flush=True)
+          f"no GPU used; shape {args.shape}, {plural(args.batch_size, 'pair')}/step, {plural(args.pairs, 'pair')} in the data, "
+          f"max_length {args.max_length}, {args.warmup} warm-up + {args.steps} timed steps", flush=True)
     with tempfile.TemporaryDirectory(prefix="clo-bench-") as tmp:
         work = Path(tmp)
         model_dir = build_model(args.shape, work / "model")

@@ -1,7 +1,9 @@
-"""Command line: `python -m clo prepare|train|tiny`.
+"""Command line: `python -m clo prepare|train|generate|tiny`.
 
     python -m clo prepare --lang ko --pairs 50               # build + cache the cross-lingual pairs, preview them
     python -m clo train --config recipes/demo.yaml --method clo,sft --max-steps 20
+    python -m clo generate --adapters sft-ko,clo-ko --lang ko "서울에서 가 볼 만한 곳은?"   # side by side
+    python -m clo generate --lang ko --prompts sample        # language fidelity per variant
     python -m clo tiny models/tiny                           # a tiny random model for offline smoke runs
 
 Every recipe field is an option (`--section.field VALUE`); the common ones have short aliases.
@@ -12,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import sys
 import typing
+from pathlib import Path
 
 from clo import CLOError
 from clo.config import SECTIONS, Recipe, base_type
@@ -69,6 +73,56 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(path)
 
 
+def cmd_generate(args: argparse.Namespace) -> None:
+    import shutil
+    import textwrap
+
+    from clo.engines import BASE, Request, Sampling, load_engine
+    from clo.langid import detect, fidelity
+
+    if not args.prompt and not args.prompts:
+        raise CLOError("give a prompt, or --prompts sample|FILE for language fidelity over many")
+    engine = load_engine(args.engine, model=args.model, adapters_dir=args.adapters_dir,
+                         adapters=[a for a in args.adapters.split(",") if a] if args.adapters else None, url=args.url)
+    variants = [BASE, *[v for v in engine.variants() if v != BASE]]
+    sampling = Sampling(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    if args.prompts:
+        prompts = load_prompts(args.prompts, args.lang, args.limit)
+        answers = engine.generate([Request(v, [{"role": "user", "content": p}], sampling) for p in prompts for v in variants])
+        print(f"language fidelity over {len(prompts)} {args.lang} prompts (share of judged answers in {args.lang}):")
+        for v in variants:
+            f = fidelity((args.lang, a.text) for a in answers if a.variant == v)
+            print(f"  {v:<16} {f['fidelity']:.0%}  ({f['judged']} judged, {f['unknown']} unknown)")
+        return
+    answers = engine.generate([Request(v, [{"role": "user", "content": args.prompt}], sampling) for v in variants])
+    width = max(24, shutil.get_terminal_size((120, 20)).columns // len(answers) - 2)
+    columns = []
+    for a in answers:
+        d = detect(a.text)
+        mark = "" if not args.lang or d.code == "unknown" else (" ✓" if d.code == args.lang else " ✗")
+        head = [f"{a.variant}", f"[{d.code}{mark}] {a.tokens} tok, {a.tokens_per_second:.1f} tok/s", "-" * width]
+        body = [line for para in a.text.splitlines() or [""] for line in textwrap.wrap(para, width) or [""]]
+        columns.append(head + body)
+    for row in itertools.zip_longest(*columns, fillvalue=""):
+        print("  ".join(cell.ljust(width) for cell in row).rstrip())
+
+
+def load_prompts(source: str, lang: str, limit: int) -> list[str]:
+    """Prompts in `lang`: from the shipped sample (its translations), or a JSONL with prompt_<lang> or prompt fields."""
+    from clo.data import SAMPLE, read_records
+
+    path = SAMPLE if source == "sample" else Path(source)
+    if not path.is_file():
+        raise CLOError(f"prompt file {path} does not exist")
+    prompts = []
+    for where, record in read_records(path):
+        text = record.get(f"prompt_{lang}") or record.get("prompt")
+        if not isinstance(text, str) or not text.strip():
+            raise CLOError(f"{where}: no 'prompt_{lang}' or 'prompt' field")
+        prompts.append(text)
+    return prompts[:limit]
+
+
 def cmd_tiny(args: argparse.Namespace) -> None:
     from clo.tiny import build_tiny_model
 
@@ -87,6 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one LoRA adapter per method into adapters/<name>/")
     add_recipe_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="answer a prompt with the base model and each adapter, side by side")
+    p.add_argument("prompt", nargs="?", help="the user message")
+    p.add_argument("--model", default="Qwen/Qwen2.5-0.5B-Instruct", help="base model: hub id or local folder")
+    p.add_argument("--adapters", help="comma-separated adapter names under --adapters-dir (default: all there)")
+    p.add_argument("--adapters-dir", default="adapters")
+    p.add_argument("--engine", default="auto", choices=("auto", "vllm", "remote", "peft"))
+    p.add_argument("--url", help="the vLLM server for --engine remote, e.g. http://127.0.0.1:8000")
+    p.add_argument("--lang", help="the prompt's language: each answer is marked ✓ when it is in it, ✗ when not")
+    p.add_argument("--prompts", metavar="sample|FILE", help="instead of one prompt: language fidelity over these prompts")
+    p.add_argument("--limit", type=int, default=20, help="with --prompts: how many")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("tiny", help="write a tiny random Llama-style chat model (for offline smoke runs)")
     p.add_argument("path", help="output folder")

@@ -116,9 +116,12 @@ class TrainingConfig:
     max_length: int = _f(512, "Longest prompt + answer, in tokens.")
     max_prompt_length: int = _f(256, "Longest prompt, in tokens (longer prompts keep their end).")
     gradient_checkpointing: str = _f("auto", "auto = on with 4-bit, off otherwise.", choices=("auto", "true", "false"))
-    split_directions: bool = _f(
-        True,
-        "Back-propagate the x_l and the x_en direction in two passes: the same gradient, about half the activations.",
+    backward: str = _f(
+        "sequence",
+        "How a pair's four sequences are back-propagated, all giving the same gradient: pair (one pass, most memory), "
+        "direction (x_l then x_en: half the activations) or sequence (one at a time, plus a no-grad pass over the "
+        "rejected answers: the least memory, about 1/6 more compute).",
+        choices=("pair", "direction", "sequence"),
     )
     logging_steps: int = _f(1, "Log every N steps.")
     save_steps: int = _f(0, "Checkpoint every N steps into runs_dir (0 = no checkpoints).")

@@ -1,4 +1,4 @@
-"""A tiny random Llama-style chat model with a locally trained tokenizer, built in seconds, offline.
+"""A tiny random Llama-style chat model with a locally trained tokenizer, and random LoRA adapters, offline.
 
 For tests, benchmarks and smoke runs where no hub is reachable. Its answers are noise.
 
@@ -83,3 +83,30 @@ def build_tiny_model(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def build_random_adapter(model_path: str | Path, folder: str | Path, seed: int = 0, rank: int = 8,
+                         scale: float = 0.3, base_name: str | None = None) -> Path:
+    """Write a LoRA adapter (q/k/v/o) with random non-zero weights for `model_path`, plus a manifest.
+
+    Its answers differ from the base model's, which is what serving tests and benchmarks need.
+    `base_name` overrides the base model recorded in the manifest (to test mismatches).
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    lora = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                      init_lora_weights=False)
+    peft = get_peft_model(model, lora)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, scale)
+    peft.save_pretrained(folder)
+    manifest = {"method": "random", "target_lang": None, "base_model": {"name_or_path": base_name or str(model_path)}}
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return folder

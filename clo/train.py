@@ -31,7 +31,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 import clo
 from clo import CLOError
-from clo.config import Recipe
+from clo.config import ModelConfig, Recipe
 from clo.data import CrossLingualData, build_pairs
 from clo.hub import explain_missing, locate
 from clo.objective import DIRECTIONS, KEYS, clo_loss, orpo_loss, sequence_logps, token_mean_nll
@@ -40,6 +40,9 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md"
                  "recipe.yaml", "manifest.json", "metrics.json", "train_log.jsonl")
 QUERY_ANSWER = {"tgt_tgt": ("prompt_tgt", "response_tgt"), "tgt_en": ("prompt_tgt", "response_en"),
                 "en_en": ("prompt_en", "response_en"), "en_tgt": ("prompt_en", "response_tgt")}
+
+
+BACKWARD_PASSES = {"pair": (KEYS,), "direction": tuple(DIRECTIONS.values()), "sequence": tuple((k,) for k in KEYS)}
 
 
 class TrainingStopped(Exception):
@@ -55,11 +58,10 @@ def needed_keys(method: str, sft_english: bool = False) -> tuple[str, ...]:
 
 # ---- setup: model, tokenizer, tokenised rows ----
 
-def load_base(recipe: Recipe):
+def load_base(cfg: ModelConfig, verbose: bool = True):
     """(model, tokenizer, mode) with mode 'qlora-4bit' or 'lora-<dtype>'; the one line saying which runs is printed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    cfg = recipe.model
     source = locate(cfg.name_or_path, kind="model", flag="--model")
     cuda = torch.cuda.is_available()
     want_4bit = cfg.load_in_4bit == "true" or (cfg.load_in_4bit == "auto" and cuda and _has_bitsandbytes())
@@ -85,7 +87,8 @@ def load_base(recipe: Recipe):
     device = "cuda" if cuda else "cpu"
     dtype = str(compute).removeprefix("torch.")
     what = f"QLoRA: 4-bit nf4 base, {dtype} compute" if want_4bit else f"LoRA on a {str(kw['dtype']).removeprefix('torch.')} base"
-    print(f"[clo] mode: {mode} on {device} ({what}), model {cfg.name_or_path}", flush=True)
+    if verbose:
+        print(f"[clo] mode: {mode} on {device} ({what}), model {cfg.name_or_path}", flush=True)
     return model, tokenizer, mode
 
 
@@ -182,11 +185,11 @@ class CLOTrainer(Trainer):
     """transformers' Trainer with the loss of one method (clo, sft, dpo, orpo) on cross-lingual pairs."""
 
     def __init__(self, *args, method: str, lam: float, beta: float, orpo_lambda: float,
-                 sft_english: bool, split_directions: bool, **kwargs):
+                 sft_english: bool, backward: str = "sequence", **kwargs):
         super().__init__(*args, **kwargs)
         self.method, self.lam, self.beta, self.orpo_lambda = method, lam, beta, orpo_lambda
         self.keys = needed_keys(method, sft_english)
-        self.split_directions = split_directions and method != "sft"
+        self.passes = BACKWARD_PASSES["pair" if method == "sft" else backward]
         self._metrics: dict[str, list[float]] = {}
 
     def method_loss(self, logps: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -210,22 +213,27 @@ class CLOTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        """With split_directions: back-propagate the x_l direction (with L_SFT) and the x_en direction separately.
+        """Back-propagate the pair's sequences in the passes of `backward` (default "sequence": one at a time).
 
-        Every loss here is a sum of a term of the x_l sequences and a term of the x_en sequences, so the two
-        passes give exactly the joint gradient, with half the activations alive at once. In each pass the
-        other direction's log-probs enter as detached values (or placeholders before they are known), which only
-        shifts the loss by a constant.
+        Every loss here is a sum of an x_l term and an x_en term, each coupling only its own chosen and
+        rejected answer. So a pass may stand in detached values for sequences it does not evaluate: for its
+        own direction the true values (computed without gradient first, in "sequence" mode), for the other
+        direction anything finite, which only shifts the loss by a constant. The passes' gradients add up to
+        the joint gradient exactly (with dropout, each pass draws its own mask).
         """
-        if not self.split_directions:
+        if len(self.passes) == 1:
             return super().training_step(model, inputs, num_items_in_batch)
         model.train()
         inputs = self._prepare_inputs(inputs)
         known: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for keys in DIRECTIONS.values():
+        if len(self.passes) == len(KEYS):  # one sequence per pass: first the rejected answers' values
+            with torch.no_grad(), self.compute_loss_context_manager():
+                known.update(group_logps(model, inputs, tuple(r for _, r in DIRECTIONS.values())))
+        for keys in self.passes:
             with self.compute_loss_context_manager():
                 fresh = group_logps(model, inputs, keys)
-            logps = {k: fresh.get(k) or tuple(t.detach() for t in known.get(k, _placeholder(fresh[keys[0]]))) for k in KEYS}
+            stand_in = _placeholder(fresh[keys[0]])
+            logps = {k: fresh.get(k) or known.get(k) or stand_in for k in KEYS}
             loss, _ = self.method_loss(logps, inputs)
             self.accelerator.backward(loss / self.current_gradient_accumulation_steps)
             known.update({k: (s.detach(), c) for k, (s, c) in fresh.items()})
@@ -374,10 +382,11 @@ def save_adapter(model, dest: Path, recipe: Recipe, method: str, data: CrossLing
     return dest
 
 
-def peak_memory_mb() -> float:
+def peak_memory_mb() -> dict[str, float]:
+    """Peak CUDA memory since the last reset (per method), or the process's peak RSS on CPU (not resettable)."""
     if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+        return {"peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+    return {"peak_rss_mb_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # KiB on Linux
 
 
 # ---- the whole run: setup -> fit -> save ----
@@ -403,7 +412,7 @@ def setup(recipe: Recipe, data: CrossLingualData | None = None) -> Setup:
             raise CLOError(f"adapter folder {dest} already exists; pass --overwrite to replace it")
     locate(recipe.model.name_or_path, kind="model", flag="--model")  # fail fast on a missing path
     data = data or build_pairs(recipe.data)
-    model, tokenizer, mode = load_base(recipe)
+    model, tokenizer, mode = load_base(recipe.model)
     if mode == "qlora-4bit":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing != "false",
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -432,7 +441,7 @@ def fit(s: Setup, recipe: Recipe, method: str, run_dir: Path, callbacks=(), stop
         data_collator=PairCollator(s.tokenizer.pad_token_id, needed_keys(method, recipe.method.sft_english)),
         callbacks=list(callbacks),
         method=method, lam=recipe.method.lam, beta=recipe.method.beta, orpo_lambda=recipe.method.orpo_lambda,
-        sft_english=recipe.method.sft_english, split_directions=t.split_directions,
+        sft_english=recipe.method.sft_english, backward=t.backward,
     )
     trainer.train()
     return peft_model, trainer
@@ -454,6 +463,8 @@ def train(recipe: Recipe, data: CrossLingualData | None = None) -> list[Path]:
             dest = Path(t.adapters_dir) / recipe.adapter_name(method)
             log = RunLog(log_path, dest.name, stop_requested)
             started = time.time()
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
             peft_model, trainer = fit(s, recipe, method, run_dir, [log], stop_requested)
             if stop_requested():
                 log.write("stopped", step=trainer.state.global_step)
@@ -466,7 +477,7 @@ def train(recipe: Recipe, data: CrossLingualData | None = None) -> list[Path]:
                 "train_loss": next((h["train_loss"] for h in state.log_history if "train_loss" in h), None),
                 "runtime_s": round(time.time() - started, 2),
                 "seconds_per_pair": round((time.time() - started) / max(pairs_seen, 1), 4),
-                "peak_memory_mb": round(peak_memory_mb(), 1),
+                **peak_memory_mb(),
                 "final": {k: v for k, v in last.items() if k not in ("step", "epoch")},
             }
             log.write("saving", step=state.global_step)

@@ -75,24 +75,28 @@ def test_reference_is_the_base_with_the_adapter_disabled(project, tiny_model):
         assert torch.allclose(policy[key][0], batch[f"ref_{key}"], atol=1e-4)
 
 
-def test_split_directions_gives_the_joint_gradient(project, tiny_model):
-    grads = {}
-    for split in (True, False):
-        recipe = recipe_for(tiny_model, **{"training.split_directions": split, "training.max_steps": 1,
-                                           "training.learning_rate": 0.0, "training.name": f"s{split}"})
-        s = setup(recipe)
-        peft_model, trainer = fit(s, recipe, "clo", project / "runs")
-        # one more step by hand, on a model whose LoRA B is non-zero so every path carries gradient
-        with torch.no_grad():
-            for k, v in peft_model.named_parameters():
-                if "lora_B" in k:
-                    v.copy_(torch.linspace(-0.05, 0.05, v.numel()).view_as(v))
-        peft_model.zero_grad()
-        batch = PairCollator(s.tokenizer.pad_token_id, KEYS)(s.features[:4])
-        trainer.current_gradient_accumulation_steps = 1
-        loss = trainer.training_step(peft_model, batch)
-        grads[split] = (loss.item(), {k: v.grad.clone() for k, v in peft_model.named_parameters() if v.grad is not None})
-    (loss_split, g_split), (loss_joint, g_joint) = grads[True], grads[False]
+def one_step_gradient(tiny_model, method: str, backward: str):
+    recipe = recipe_for(tiny_model, **{"training.backward": backward, "training.max_steps": 1, "method.method": method,
+                                       "training.learning_rate": 0.0, "training.name": f"g-{backward}"})
+    s = setup(recipe)
+    peft_model, trainer = fit(s, recipe, method, Path("runs"))
+    # a LoRA with B ≠ 0, so that every path carries gradient
+    with torch.no_grad():
+        for k, v in peft_model.named_parameters():
+            if "lora_B" in k:
+                v.copy_(torch.linspace(-0.05, 0.05, v.numel()).view_as(v))
+    peft_model.zero_grad()
+    batch = PairCollator(s.tokenizer.pad_token_id, KEYS)(s.features[:4])
+    trainer.current_gradient_accumulation_steps = 1
+    loss = trainer.training_step(peft_model, batch)
+    return loss.item(), {k: v.grad.clone() for k, v in peft_model.named_parameters() if v.grad is not None}
+
+
+@pytest.mark.parametrize("method", ["clo", "orpo"])
+@pytest.mark.parametrize("backward", ["direction", "sequence"])
+def test_backward_passes_give_the_joint_gradient(project, tiny_model, method, backward):
+    loss_joint, g_joint = one_step_gradient(tiny_model, method, "pair")
+    loss_split, g_split = one_step_gradient(tiny_model, method, backward)
     assert loss_split == pytest.approx(loss_joint, rel=1e-5)
     assert g_split.keys() == g_joint.keys() and g_split
     for k in g_split:
@@ -155,7 +159,7 @@ def test_cli_train_writes_exactly_the_adapter_files(project, tiny_model):
     assert manifest["data"]["pairs"] == 8 and len(manifest["data"]["rows_sha256"]) == 64
     assert Recipe.load(folder / "recipe.yaml").method.method == ["clo"]
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["steps"] == 3 and metrics["peak_memory_mb"] > 0
+    assert metrics["steps"] == 3 and metrics["peak_rss_mb_process"] > 0
     events = [json.loads(line)["event"] for line in (folder / "train_log.jsonl").read_text().splitlines()]
     assert events[:2] == ["reference_begin", "train_begin"] and events.count("log") == 3
 

