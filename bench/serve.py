@@ -42,6 +42,15 @@ def timed(engine, requests, repeats: int) -> tuple[float, int]:
     return statistics.median(seconds), tokens
 
 
+def first_token_s(engine, requests) -> float:
+    """Seconds until every answer of the batch has its first token: the prefill, mostly."""
+    started, seconds = time.perf_counter(), None
+    for snapshot in engine.stream(requests):
+        if seconds is None and all(a.tokens for a in snapshot):
+            seconds = time.perf_counter() - started
+    return seconds
+
+
 def measure(engine, prompts: dict[str, str], max_tokens: int, repeats: int) -> dict:
     from clo.engines import BASE, Request, Sampling
 
@@ -52,6 +61,7 @@ def measure(engine, prompts: dict[str, str], max_tokens: int, repeats: int) -> d
     batched, batched_tokens = timed(engine, requests, repeats)
     sequential = sum(timed(engine, [r], 1)[0] for r in requests)
     return {"single_s": single, "batched_s": batched, "sequential_s": sequential, "single_tokens": single_tokens,
+            "single_first_token_s": first_token_s(engine, requests[:1]), "batched_first_token_s": first_token_s(engine, requests),
             "batched_tokens": batched_tokens, "batched_vs_single": batched / single, "sequential_vs_batched": sequential / batched}
 
 
@@ -105,11 +115,13 @@ def main() -> None:
                 results.append(r)
                 print(f"  {shape} / {kind}: loaded in {load_s:.0f} s", flush=True)
 
-    print("\n| model | engine | 1 request s | 6 in one batch s | 6 sequential s | batch / single | sequential / batch |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("\n| model | engine | 1 request s | 6 in one batch s | 6 sequential s | batch / single | sequential / batch "
+          "| first token: 1 / 6 s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['shape']} | {r['engine']} | {r['single_s']:.2f} | {r['batched_s']:.2f} | {r['sequential_s']:.2f} "
-              f"| {r['batched_vs_single']:.2f}× | {r['sequential_vs_batched']:.2f}× |")
+              f"| {r['batched_vs_single']:.2f}× | {r['sequential_vs_batched']:.2f}× "
+              f"| {r['single_first_token_s']:.2f} / {r['batched_first_token_s']:.2f} |")
     print()
     for r in results:
         if r["engine"] == "peft":
