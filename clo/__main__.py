@@ -1,9 +1,11 @@
-"""Command line: `python -m clo prepare|train|generate|tiny`.
+"""Command line: `python -m clo prepare|train|generate|votes|leaderboard|tiny`.
 
     python -m clo prepare --lang ko --pairs 50               # build + cache the cross-lingual pairs, preview them
     python -m clo train --config recipes/demo.yaml --method clo,sft --max-steps 20
     python -m clo generate --adapters sft-ko,clo-ko --lang ko "서울에서 가 볼 만한 곳은?"   # side by side
     python -m clo generate --lang ko --prompts sample        # language fidelity per variant
+    python -m clo votes export --format parquet              # the votes, for analysis
+    python -m clo leaderboard --lang ko                      # W/T/L, win rates, Bradley–Terry, Elo
     python -m clo tiny models/tiny                           # a tiny random model for offline smoke runs
 
 Every recipe field is an option (`--section.field VALUE`); the common ones have short aliases.
@@ -123,6 +125,33 @@ def load_prompts(source: str, lang: str, limit: int) -> list[str]:
     return prompts[:limit]
 
 
+def cmd_votes_export(args: argparse.Namespace) -> None:
+    from clo.votes import export_votes, open_store
+
+    store = open_store(args.db)
+    out = args.out or f"votes.{args.format}"
+    path = export_votes(store, out, args.format, args.lang)
+    print(f"wrote {len(store.votes(args.lang))} votes to {path}")
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from clo.ratings import leaderboard
+    from clo.votes import open_store
+
+    battles = open_store(args.db).votes()
+    if battles.empty:
+        print(f"no votes in {args.db} yet")
+        return
+    tables = leaderboard(battles, language=args.lang, focus=args.focus, n_bootstrap=args.bootstrap)
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.3g}".format):
+        for title, key in (("votes", "summary"), (f"{args.focus} wins / ties / losses", "wtl"),
+                           ("win rate (row beats column; ties count half)", "win_rate"),
+                           ("Bradley–Terry rating, 95% bootstrap interval", "bradley_terry"), ("Elo (K = 4)", "elo")):
+            print(f"\n## {title}{f' — {args.lang}' if args.lang else ''}\n{tables[key].to_string()}")
+
+
 def cmd_tiny(args: argparse.Namespace) -> None:
     from clo.tiny import build_tiny_model
 
@@ -156,6 +185,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("votes", help="the vote store: export the votes")
+    votes = p.add_subparsers(dest="votes_command", required=True, metavar="ACTION")
+    e = votes.add_parser("export", help="write the votes as CSV, JSONL or Parquet")
+    e.add_argument("--db", default="votes.db", help="vote store: a file path or sqlite:///... / postgresql://...")
+    e.add_argument("--format", default="parquet", choices=("csv", "jsonl", "parquet"))
+    e.add_argument("--out", help="output file (default votes.FORMAT)")
+    e.add_argument("--lang", help="only votes on prompts in this language")
+    e.set_defaults(func=cmd_votes_export)
+
+    p = sub.add_parser("leaderboard", help="W/T/L, win rates, Bradley–Terry and Elo from the blind votes")
+    p.add_argument("--db", default="votes.db", help="vote store: a file path or sqlite:///... / postgresql://...")
+    p.add_argument("--lang", help="only prompts in this language (default: all)")
+    p.add_argument("--focus", default="clo", help="the variant whose wins / ties / losses are tabulated")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("tiny", help="write a tiny random Llama-style chat model (for offline smoke runs)")
     p.add_argument("path", help="output folder")

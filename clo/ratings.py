@@ -1,0 +1,346 @@
+"""Ratings from blind pairwise votes: W/T/L, win-rate matrix, Bradley–Terry with bootstrap intervals, Elo.
+
+Pure functions over a DataFrame of battles, one row per vote, in the order the votes were cast:
+
+    variant_a  the variant shown on the left  ("base", or an adapter's name such as "clo-ko")
+    variant_b  the variant shown on the right
+    outcome    "a"         the left answer (variant_a) is better
+               "b"         the right answer (variant_b) is better
+               "tie"       both are equally good
+               "both_bad"  neither is acceptable: reported, never counted as a tie; it is left out of the
+                           win rates, Bradley–Terry and Elo, which rank answers that were judged against each other
+    language   ISO 639-1 code of the prompt ("ko", "zh", ...)
+    blind      optional bool: the voter did not know which variant was which. Only blind votes are rated;
+               named votes (blind False) are stored and counted in `vote_summary`, and nothing else.
+
+Every function takes `language` (None = all languages). Conventions, for variant i against opponent j:
+
+    wins, ties, losses  counted from i's side, whichever side of the screen i was shown on
+    win rate        W_ij = (wins + ½·ties) / (wins + ties + losses)                      both_bad excluded
+    Bradley–Terry   P(i beats j) = σ(θ_i − θ_j), θ by maximum likelihood on the aggregated counts, a tie
+                    counting as half a win for each side, both_bad excluded;
+                    rating_i = anchor_rating + 400·log10(e)·(θ_i − θ_anchor): 400 points = 10:1 odds.
+                    95% interval: percentile bootstrap that redraws each pair's (wins, ties, losses)
+                    ~ Multinomial(n_ij, observed shares) and refits, 1,000 times.
+    Elo             online, K = 4, in row order, every variant starting at 1000 (FastChat's reference).
+
+    >>> from clo.ratings import leaderboard
+    >>> tables = leaderboard(battles, language="ko")     # {"summary", "wtl", "win_rate", "battles", ...}
+    >>> tables["wtl"]                                     # CLO wins / ties / losses against each opponent
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+from scipy.special import expit
+
+from clo import CLOError
+
+OUTCOMES = ("a", "b", "tie", "both_bad")
+COLUMNS = ("variant_a", "variant_b", "outcome", "language")
+BASE = "base"  # the base model's variant name (clo.engines.base.BASE): the default Bradley–Terry anchor
+PRIOR_SD = 10.0  # θ ~ N(0, 10²) in log-odds (1,737 points): it only matters if a variant won or lost every battle
+COUNTS = ("wins", "ties", "losses", "both_bad")
+
+
+class BattlesError(CLOError, ValueError):
+    """Malformed battles (a missing column, an unknown outcome): a ValueError the command line prints in one line."""
+
+
+# ---- input ----
+
+def check_battles(battles: pd.DataFrame) -> pd.DataFrame:
+    """The battles with their columns checked; raises BattlesError naming what is wrong (rows by position).
+
+    A frame with no rows is empty whatever its columns (an empty vote store), and gives empty tables.
+    """
+    if len(battles) == 0:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS})
+    missing = [c for c in COLUMNS if c not in battles.columns]
+    if missing:
+        have = ", ".join(map(str, battles.columns))
+        raise BattlesError(f"battles lack column(s) {', '.join(missing)} (have: {have})")
+    unknown = ~battles["outcome"].isin(OUTCOMES).to_numpy()
+    if unknown.any():
+        row = int(unknown.argmax())
+        others = f" and {unknown.sum() - 1} more" if unknown.sum() > 1 else ""
+        raise BattlesError(f"unknown outcome {battles['outcome'].iloc[row]!r} in row {row}{others}; "
+                           f"expected one of {', '.join(map(repr, OUTCOMES))}")
+    for side in ("variant_a", "variant_b"):
+        if battles[side].isna().any():
+            raise BattlesError(f"row {int(battles[side].isna().to_numpy().argmax())} has no {side}")
+    same = (battles["variant_a"] == battles["variant_b"]).to_numpy()
+    if same.any():
+        row = int(same.argmax())
+        raise BattlesError(f"row {row} puts {battles['variant_a'].iloc[row]!r} against itself")
+    return battles
+
+
+def _blind(battles: pd.DataFrame) -> pd.Series:
+    if "blind" not in battles.columns:
+        return pd.Series(True, index=battles.index)
+    return battles["blind"].astype(object).where(battles["blind"].notna(), False).astype(bool)
+
+
+def rated_battles(battles: pd.DataFrame, language: str | None = None) -> pd.DataFrame:
+    """The battles that count toward ratings: checked, blind only, of one language (None = all)."""
+    battles = check_battles(battles)
+    keep = _blind(battles)
+    if language is not None:
+        keep &= battles["language"] == language
+    return battles[keep]
+
+
+def vote_summary(battles: pd.DataFrame, language: str | None = None) -> pd.DataFrame:
+    """Votes per language, then an "all" row: stored, named (excluded from ratings), rated (blind), and the
+    rated ones by outcome (a, b, tie, both_bad)."""
+    battles = check_battles(battles)
+    if language is not None:
+        battles = battles[battles["language"] == language]
+    blind = _blind(battles)
+    frame = pd.DataFrame({"language": battles["language"].astype(object).fillna("?"), "stored": 1,
+                          "named": (~blind).astype(int), "rated": blind.astype(int)})
+    for outcome in OUTCOMES:
+        frame[outcome] = (blind & (battles["outcome"] == outcome)).astype(int)
+    table = frame.groupby("language", sort=True).sum().reset_index()
+    if language is None:
+        table = pd.concat([table, frame.drop(columns="language").sum().to_frame().T.assign(language="all")])
+    columns = ["language", "stored", "named", "rated", *OUTCOMES]
+    return table[columns].astype({c: int for c in columns[1:]}).reset_index(drop=True)
+
+
+# ---- counts ----
+
+def pair_counts(battles: pd.DataFrame, language: str | None = None) -> pd.DataFrame:
+    """Outcome counts of every pair of variants that met, in both orientations (rated battles only).
+
+    One row per (variant, opponent): wins, ties, losses of `variant` against `opponent` whichever side it
+    was shown on, both_bad, and battles = all four. The row (j, i) mirrors (i, j): its wins are (i, j)'s losses.
+    """
+    rated = rated_battles(battles, language)
+    columns = ["variant", "opponent", *COUNTS, "battles"]
+    if rated.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object if c in ("variant", "opponent") else int) for c in columns})
+    per_side = rated.groupby(["variant_a", "variant_b", "outcome"], observed=True).size().unstack(fill_value=0)
+    per_side = per_side.reindex(columns=list(OUTCOMES), fill_value=0).reset_index()
+    left = pd.DataFrame({"variant": per_side["variant_a"], "opponent": per_side["variant_b"], "wins": per_side["a"],
+                         "ties": per_side["tie"], "losses": per_side["b"], "both_bad": per_side["both_bad"]})
+    right = left.rename(columns={"variant": "opponent", "opponent": "variant", "wins": "losses", "losses": "wins"})
+    both = pd.concat([left, right]).astype({"variant": object, "opponent": object})
+    table = both.groupby(["variant", "opponent"], sort=True)[list(COUNTS)].sum().reset_index()
+    table["battles"] = table[list(COUNTS)].sum(axis=1)
+    return table[columns].astype({c: int for c in (*COUNTS, "battles")})
+
+
+def _is_focus(variants: pd.Series, focus: str) -> pd.Series:
+    return (variants == focus) | variants.str.startswith(f"{focus}-")
+
+
+def _wtl(counts: pd.DataFrame, focus: str) -> pd.DataFrame:
+    mine = counts[_is_focus(counts["variant"], focus) & ~_is_focus(counts["opponent"], focus)]
+    table = mine.groupby("opponent", sort=True)[[*COUNTS, "battles"]].sum().reset_index()
+    judged = (table["wins"] + table["ties"] + table["losses"]).replace(0, np.nan)
+    for name, column in (("win", "wins"), ("tie", "ties"), ("loss", "losses")):
+        table[f"{name}_pct"] = 100 * table[column] / judged
+    table["both_bad_pct"] = 100 * table["both_bad"] / table["battles"].replace(0, np.nan)
+    return table.astype({c: int for c in (*COUNTS, "battles")})
+
+
+def wtl_table(battles: pd.DataFrame, focus: str = "clo", language: str | None = None) -> pd.DataFrame:
+    """Wins / ties / losses of the focus variant against each opponent, as in the Korean-transfer study's
+    "CLO wins / tie / CLO losses" table.
+
+    focus: a variant name, or a method name that also covers the variants named `{focus}-{lang}` (the default
+    adapter names), so "clo" gathers clo-ko and clo-zh; battles between two focus variants are left out.
+    One row per opponent: wins, ties, losses, both_bad, battles (all four), then win_pct + tie_pct + loss_pct = 100
+    over the judged battles (both_bad excluded) and both_bad_pct over all battles.
+    """
+    return _wtl(pair_counts(battles, language), focus)
+
+
+def _matrix(counts: pd.DataFrame, values: pd.Series) -> pd.DataFrame:
+    names = sorted(set(counts["variant"]))
+    matrix = counts.assign(value=values).pivot(index="variant", columns="opponent", values="value")
+    return matrix.reindex(index=names, columns=names).rename_axis(index="variant", columns="opponent")
+
+
+def win_rate_matrix(battles: pd.DataFrame, language: str | None = None) -> pd.DataFrame:
+    """W[i, j] = (wins + ½·ties) / (wins + ties + losses) of variant i (row) against opponent j (column).
+
+    both_bad battles are left out; W[i, j] + W[j, i] = 1; NaN on the diagonal and where a pair never met
+    (or met only in both_bad battles).
+    """
+    return _win_rates(pair_counts(battles, language))
+
+
+def _win_rates(counts: pd.DataFrame) -> pd.DataFrame:
+    judged = (counts["wins"] + counts["ties"] + counts["losses"]).replace(0, np.nan)
+    return _matrix(counts, (counts["wins"] + 0.5 * counts["ties"]) / judged)
+
+
+def count_matrix(battles: pd.DataFrame, language: str | None = None) -> pd.DataFrame:
+    """Number of judged battles (wins + ties + losses, both_bad excluded) behind each cell of `win_rate_matrix`."""
+    return _judged_counts(pair_counts(battles, language))
+
+
+def _judged_counts(counts: pd.DataFrame) -> pd.DataFrame:
+    return _matrix(counts, counts["wins"] + counts["ties"] + counts["losses"]).fillna(0).astype(int)
+
+
+# ---- Bradley–Terry ----
+
+def fit_bradley_terry(i: np.ndarray, j: np.ndarray, wins: np.ndarray, totals: np.ndarray, n_variants: int
+                      ) -> np.ndarray:
+    """Maximum-likelihood Bradley–Terry strengths θ (natural log-odds) from aggregated counts.
+
+    i, j: [P] variant indices of each pair; wins: [P] or [B, P] wins of i over j, ties counted ½;
+    totals: [P] or [B, P] judged battles of the pair. With a leading batch axis B the B problems are fitted
+    together, as one sum, in a single L-BFGS run (the bootstrap's resamples). Returns θ [V] or [B, V].
+
+        −log L = Σ_p  n_p·softplus(−d_p) + (n_p − w_p)·d_p,   d_p = θ_i − θ_j
+        plus Σ θ² / (2·PRIOR_SD²), which only keeps θ finite when a variant won or lost every battle.
+    """
+    batched = np.ndim(wins) == 2
+    wins = np.atleast_2d(np.asarray(wins, dtype=float))
+    totals = np.broadcast_to(np.atleast_2d(np.asarray(totals, dtype=float)), wins.shape)
+    batch = wins.shape[0]
+    incidence = np.zeros((len(i), n_variants))
+    incidence[np.arange(len(i)), i] += 1.0
+    incidence[np.arange(len(i)), j] -= 1.0
+    scale = totals.sum(axis=1, keepdims=True).clip(min=1.0)  # each problem's loss per battle, so gradients are O(1)
+    ridge = 1.0 / PRIOR_SD**2
+
+    def loss_and_grad(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        theta = flat.reshape(batch, n_variants)
+        d = theta @ incidence.T
+        loss = (totals * np.logaddexp(0.0, -d) + (totals - wins) * d).sum(axis=1) + 0.5 * ridge * (theta**2).sum(1)
+        grad_d = totals * expit(d) - wins
+        grad = grad_d @ incidence + ridge * theta
+        return float((loss / scale[:, 0]).sum()), (grad / scale).ravel()
+
+    result = minimize(loss_and_grad, np.zeros(batch * n_variants), jac=True, method="L-BFGS-B",
+                      options={"maxiter": 1000, "gtol": 1e-9, "ftol": 1e-14})
+    theta = result.x.reshape(batch, n_variants)
+    return theta if batched else theta[0]
+
+
+def bradley_terry(
+    battles: pd.DataFrame,
+    language: str | None = None,
+    anchor: str | None = None,
+    anchor_rating: float = 1000.0,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Bradley–Terry ratings with percentile-bootstrap intervals, best first.
+
+    anchor: the variant pinned at `anchor_rating` (its interval is then that point); None = "base" when it has
+    judged battles, else the ratings are centred on `anchor_rating`. Columns: variant, rating (the fit on the
+    observed counts), lower, upper (the `confidence` percentile interval over `n_bootstrap` resamples; NaN with
+    0 resamples), battles (judged battles of the variant). The bootstrap redraws each pair's (wins, ties, losses)
+    from a multinomial with the pair's total and observed shares (numpy Generator seeded with `seed`), so its
+    cost does not grow with the number of votes.
+    """
+    return _bradley_terry(pair_counts(battles, language), anchor, anchor_rating, n_bootstrap, confidence, seed)
+
+
+def _bradley_terry(counts: pd.DataFrame, anchor: str | None, anchor_rating: float, n_bootstrap: int,
+                   confidence: float, seed: int) -> pd.DataFrame:
+    counts = counts[counts["variant"] < counts["opponent"]]
+    outcomes = counts[["wins", "ties", "losses"]].to_numpy(dtype=float)
+    judged = outcomes.sum(axis=1)
+    counts, outcomes, judged = counts[judged > 0], outcomes[judged > 0], judged[judged > 0]
+    names = sorted(set(counts["variant"]) | set(counts["opponent"]))
+    columns = ["variant", "rating", "lower", "upper", "battles"]
+    if not names:
+        return pd.DataFrame({c: pd.Series(dtype=object if c == "variant" else float) for c in columns})
+    if anchor is not None and anchor not in names:
+        raise BattlesError(f"anchor {anchor!r} has no judged battles; rated variants: {', '.join(names)}")
+    if anchor is None and BASE in names:
+        anchor = BASE
+    index = {name: k for k, name in enumerate(names)}
+    i, j = counts["variant"].map(index).to_numpy(), counts["opponent"].map(index).to_numpy()
+
+    def to_ratings(theta: np.ndarray) -> np.ndarray:
+        origin = theta[..., [index[anchor]]] if anchor is not None else theta.mean(axis=-1, keepdims=True)
+        return anchor_rating + 400.0 / math.log(10.0) * (theta - origin)
+
+    wins = outcomes[:, 0] + 0.5 * outcomes[:, 1]
+    rating = to_ratings(fit_bradley_terry(i, j, wins, judged, len(names)))
+    lower = upper = np.full(len(names), np.nan)
+    if n_bootstrap > 0:
+        rng = np.random.default_rng(seed)
+        draws = rng.multinomial(judged.astype(np.int64), outcomes / judged[:, None], size=(n_bootstrap, len(judged)))
+        theta = fit_bradley_terry(i, j, draws[..., 0] + 0.5 * draws[..., 1], judged, len(names))
+        alpha = 100 * (1 - confidence) / 2
+        lower, upper = np.percentile(to_ratings(theta), [alpha, 100 - alpha], axis=0)
+    per_variant = np.bincount(i, judged, len(names)) + np.bincount(j, judged, len(names))
+    table = pd.DataFrame({"variant": names, "rating": rating, "lower": lower, "upper": upper,
+                          "battles": per_variant.astype(int)})
+    return table.sort_values("rating", ascending=False, kind="stable").reset_index(drop=True)
+
+
+# ---- Elo ----
+
+def elo_ratings(battles: pd.DataFrame, language: str | None = None, k: float = 4.0, initial: float = 1000.0
+                ) -> pd.DataFrame:
+    """Online Elo in row order (sort the battles by time first), for reference next to Bradley–Terry.
+
+    E_a = 1 / (1 + 10^((R_b − R_a)/400)),  R_a += K·(S_a − E_a),  R_b += K·(E_a − S_a),
+    S_a = 1, ½, 0 for a, tie, b; both_bad battles are skipped. K = 4 as in FastChat's reference implementation:
+    it depends on the order of the votes, which Bradley–Terry does not. Columns: variant, rating, battles.
+    """
+    rated = rated_battles(battles, language)
+    rated = rated[rated["outcome"] != "both_bad"]
+    ratings: dict[str, float] = {}
+    played: dict[str, int] = {}
+    score = {"a": 1.0, "tie": 0.5, "b": 0.0}
+    for a, b, outcome in zip(rated["variant_a"].tolist(), rated["variant_b"].tolist(), rated["outcome"].tolist()):
+        ra, rb = ratings.get(a, initial), ratings.get(b, initial)
+        delta = k * (score[outcome] - 1.0 / (1.0 + 10.0 ** ((rb - ra) / 400.0)))
+        ratings[a], ratings[b] = ra + delta, rb - delta
+        played[a], played[b] = played.get(a, 0) + 1, played.get(b, 0) + 1
+    table = pd.DataFrame({"variant": pd.Series(list(ratings), dtype=object),
+                          "rating": pd.Series(list(ratings.values()), dtype=float),
+                          "battles": pd.Series([played[v] for v in ratings], dtype=int)})
+    return table.sort_values(["rating", "variant"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+# ---- everything at once ----
+
+def leaderboard(
+    battles: pd.DataFrame,
+    language: str | None = None,
+    focus: str = "clo",
+    anchor: str | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, pd.DataFrame]:
+    """Every table for one language (None = all), for the command line and the app's leaderboard tab.
+
+    summary        vote_summary: stored / named / rated votes and outcomes per language
+    wtl            wtl_table for `focus`
+    win_rate       win_rate_matrix, rows and columns ordered by Bradley–Terry rating
+    battles        count_matrix (judged battles behind each win rate), same order
+    counts         pair_counts: wins / ties / losses / both_bad per (variant, opponent); the only table,
+                   with summary, that shows a variant whose battles were all both_bad
+    bradley_terry  rating with lower / upper bootstrap bounds
+    elo            online Elo, K = 4
+    """
+    counts = pair_counts(battles, language)  # checks the battles and aggregates the rated ones once
+    bt = _bradley_terry(counts, anchor, 1000.0, n_bootstrap, 0.95, seed)
+    order = list(bt["variant"])
+    return {
+        "summary": vote_summary(battles, language),
+        "wtl": _wtl(counts, focus),
+        "win_rate": _win_rates(counts).reindex(index=order, columns=order),
+        "battles": _judged_counts(counts).reindex(index=order, columns=order),
+        "counts": counts,
+        "bradley_terry": bt,
+        "elo": elo_ratings(battles, language),
+    }

@@ -1,0 +1,365 @@
+"""Human pairwise judgments: a durable vote store and blind battles.
+
+    store = open_store("sqlite:///votes.db")                      # or postgresql://user@host/db for many replicas
+    battle = store.create_battle(voter="session-1", language="ko", prompt="...", answers={"sft-ko": "...", "clo-ko": "..."})
+    battle.answer_a, battle.answer_b                              # what the voter sees; identities stay here
+    reveal = store.vote(battle.id, "a", voter="session-1")        # once per battle -> {"variant_a": ..., ...}
+    store.votes()                                                 # a DataFrame for clo.ratings
+
+A battle's identities are kept on the server and returned only by `vote`. Battle ids are random UUIDs tied
+to the voter (hashed, never a raw IP), so a vote cannot be cast on someone else's battle or twice: the votes
+table holds at most one row per battle (a UNIQUE constraint, so it holds across processes and replicas).
+SQLite runs in WAL mode with synchronous=FULL: a vote that `vote` returned from survives a crash.
+Outcomes: "a" (left better), "b" (right better), "tie", "both_bad".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import random
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from clo import CLOError
+
+OUTCOMES = ("a", "b", "tie", "both_bad")
+APPLICATION_ID = 0x434C4F31  # "CLO1" in the SQLite header: our files are recognisable, foreign ones refused
+VOTE_COLUMNS = ("id", "battle_id", "created_utc", "voter", "language", "prompt", "variant_a", "variant_b", "answer_a",
+                "answer_b", "left_variant", "outcome", "engine", "hash_a", "hash_b", "blind")
+
+# Each migration brings the schema from version i to i + 1; never edit one that has shipped.
+MIGRATIONS = [
+    """
+    CREATE TABLE battles (
+        id TEXT PRIMARY KEY, created_utc TEXT NOT NULL, expires_utc TEXT NOT NULL, voter TEXT NOT NULL,
+        language TEXT NOT NULL, prompt TEXT NOT NULL, variant_a TEXT NOT NULL, variant_b TEXT NOT NULL,
+        answer_a TEXT NOT NULL, answer_b TEXT NOT NULL, hash_a TEXT, hash_b TEXT, engine TEXT, blind INTEGER NOT NULL
+    );
+    CREATE TABLE votes (
+        id TEXT PRIMARY KEY, battle_id TEXT NOT NULL UNIQUE REFERENCES battles(id), created_utc TEXT NOT NULL,
+        voter TEXT NOT NULL, language TEXT NOT NULL, prompt TEXT NOT NULL, variant_a TEXT NOT NULL,
+        variant_b TEXT NOT NULL, answer_a TEXT NOT NULL, answer_b TEXT NOT NULL, left_variant TEXT NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('a', 'b', 'tie', 'both_bad')), engine TEXT, hash_a TEXT,
+        hash_b TEXT, blind INTEGER NOT NULL
+    );
+    CREATE INDEX votes_voter_time ON votes (voter, created_utc);
+    CREATE INDEX votes_language ON votes (language);
+    """,
+]
+
+
+def hash_voter(raw: str, salt: str = "clo") -> str:
+    """A stable pseudonym for a session or IP; the raw value is never stored."""
+    return hashlib.sha256(f"{salt}:{raw}".encode()).hexdigest()[:24]
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class Battle:
+    """What a voter may see: an id and two anonymous answers (identities are kept in the store)."""
+
+    id: str
+    language: str
+    prompt: str
+    answer_a: str
+    answer_b: str
+    expires_utc: str
+
+
+@dataclass
+class Limits:
+    max_prompt_chars: int = 4000
+    battle_ttl_s: float = 3600.0
+    votes_per_window: int = 60  # per voter
+    window_s: float = 600.0
+
+
+class VoteStore:
+    """A vote store on SQLite (`sqlite:///path`) or PostgreSQL (`postgresql://...`)."""
+
+    def __init__(self, url: str, limits: Limits | None = None, seed: int | None = None):
+        self.url, self.limits = url, limits or Limits()
+        self.rng = random.Random(seed)
+        self.local = threading.local()  # one connection per thread
+        parsed = urlparse(url)
+        if parsed.scheme == "sqlite":
+            self.kind, self.path, self.ph = "sqlite", Path(url.split("sqlite:///", 1)[-1]), "?"
+            self._check_sqlite_file()
+        elif parsed.scheme in ("postgresql", "postgres"):
+            self.kind, self.path, self.ph = "postgresql", None, "%s"
+        else:
+            raise CLOError(f"unknown vote store URL {url!r}: use sqlite:///path/votes.db or postgresql://user@host/db")
+        self._migrate()
+
+    # ---- connections ----
+    def _connect(self):
+        conn = getattr(self.local, "conn", None)
+        if conn is not None:
+            return conn
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        else:
+            import psycopg
+
+            try:
+                conn = psycopg.connect(self.url, autocommit=True)
+            except psycopg.OperationalError as e:
+                raise CLOError(f"cannot connect to the vote store {self.url}: {str(e).splitlines()[0]}") from None
+        self.local.conn = conn
+        return conn
+
+    def _check_sqlite_file(self) -> None:
+        """Refuse a file that is not ours: not SQLite at all, or another application's database."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return
+        with open(self.path, "rb") as fh:
+            header = fh.read(100)
+        if not header.startswith(b"SQLite format 3\x00"):
+            raise CLOError(f"{self.path} is not a vote store (not an SQLite database); it was left untouched")
+        try:  # read-only: nothing about a foreign file may change, not even its journal mode
+            probe = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            try:
+                app_id = probe.execute("PRAGMA application_id").fetchone()[0]
+                tables = probe.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            finally:
+                probe.close()
+        except sqlite3.DatabaseError as e:
+            raise CLOError(f"{self.path} is not a usable vote store ({e}); it was left untouched") from None
+        if app_id != APPLICATION_ID and tables:
+            raise CLOError(f"{self.path} is an SQLite database of another application (application_id {app_id:#x}); "
+                           "it was left untouched: choose another --db")
+
+    def _transaction(self):
+        conn = self._connect()
+        return _Transaction(conn, self.kind)
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self.ph)
+
+    def _migrate(self) -> None:
+        with self._transaction() as cur:
+            cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            cur.execute("SELECT version FROM schema_version")
+            row = cur.fetchone()
+            version = row[0] if row else 0
+            if version > len(MIGRATIONS):
+                raise CLOError(f"the vote store {self.url} has schema version {version}, newer than this code "
+                               f"({len(MIGRATIONS)}): upgrade clo")
+            for migration in MIGRATIONS[version:]:
+                for statement in filter(str.strip, migration.split(";")):
+                    cur.execute(statement)
+            if row is None:
+                cur.execute(self._sql("INSERT INTO schema_version VALUES (?)"), (len(MIGRATIONS),))
+            else:
+                cur.execute(self._sql("UPDATE schema_version SET version = ?"), (len(MIGRATIONS),))
+            if self.kind == "sqlite":
+                cur.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+    # ---- battles ----
+    def vote_counts(self, language: str) -> dict[frozenset, int]:
+        with self._transaction() as cur:
+            cur.execute(self._sql("SELECT variant_a, variant_b, COUNT(*) FROM votes WHERE language = ? AND blind = 1 "
+                                  "GROUP BY variant_a, variant_b"), (language,))
+            counts: dict[frozenset, int] = {}
+            for a, b, n in cur.fetchall():
+                counts[frozenset((a, b))] = counts.get(frozenset((a, b)), 0) + n
+            return counts
+
+    def draw_pair(self, variants: list[str], language: str) -> tuple[str, str]:
+        """Two variants, favouring pairs with fewer blind votes in `language` (weight 1 / (1 + votes))."""
+        if len(set(variants)) < 2:
+            raise CLOError("a battle needs at least two variants")
+        counts = self.vote_counts(language)
+        pairs = [(a, b) for i, a in enumerate(sorted(set(variants))) for b in sorted(set(variants))[i + 1 :]]
+        weights = [1.0 / (1 + counts.get(frozenset(p), 0)) for p in pairs]
+        return self.rng.choices(pairs, weights)[0]
+
+    def create_battle(self, voter: str, language: str, prompt: str, answers: dict[str, str],
+                      hashes: dict[str, str | None] | None = None, engine: str | None = None, blind: bool = True) -> Battle:
+        """Store a battle between the two variants of `answers`, placed left/right at random."""
+        if len(answers) != 2:
+            raise CLOError(f"a battle has exactly two answers, got {len(answers)}")
+        self._check_prompt(prompt)
+        left, right = self.rng.sample(sorted(answers), 2)
+        created = now_utc()
+        battle = Battle(str(uuid.uuid4()), language, prompt, answers[left], answers[right],
+                        (created + dt.timedelta(seconds=self.limits.battle_ttl_s)).isoformat())
+        hashes = hashes or {}
+        with self._transaction() as cur:
+            cur.execute(self._sql("INSERT INTO battles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                        (battle.id, created.isoformat(), battle.expires_utc, hash_voter(voter), language, prompt, left, right,
+                         battle.answer_a, battle.answer_b, hashes.get(left), hashes.get(right), engine, int(blind)))
+        return battle
+
+    def _check_prompt(self, prompt: str) -> None:
+        if not prompt or not prompt.strip():
+            raise CLOError("empty prompt")
+        if len(prompt) > self.limits.max_prompt_chars:
+            raise CLOError(f"prompt of {len(prompt)} characters is over the limit of {self.limits.max_prompt_chars}")
+
+    # ---- votes ----
+    def vote(self, battle_id: str, outcome: str, voter: str) -> dict:
+        """Record the voter's judgment of a battle, once; returns the reveal (both variants and the outcome)."""
+        if outcome not in OUTCOMES:
+            raise CLOError(f"unknown outcome {outcome!r}; use one of {', '.join(OUTCOMES)}")
+        who = hash_voter(voter)
+        now = now_utc()
+        with self._transaction() as cur:
+            cur.execute(self._sql("SELECT * FROM battles WHERE id = ?"), (str(battle_id),))
+            row = cur.fetchone()
+            if row is None:
+                raise CLOError(f"unknown battle {battle_id!r}")
+            b = dict(zip([d[0] for d in cur.description], row))
+            if b["voter"] != who:
+                raise CLOError(f"battle {battle_id} belongs to another session")
+            if dt.datetime.fromisoformat(b["expires_utc"]) < now:
+                raise CLOError(f"battle {battle_id} expired at {b['expires_utc']}; start a new one")
+            cur.execute(self._sql("SELECT 1 FROM votes WHERE battle_id = ?"), (b["id"],))
+            if cur.fetchone():
+                raise CLOError(f"battle {battle_id} already has a vote")
+            since = (now - dt.timedelta(seconds=self.limits.window_s)).isoformat()
+            cur.execute(self._sql("SELECT COUNT(*) FROM votes WHERE voter = ? AND created_utc > ?"), (who, since))
+            if cur.fetchone()[0] >= self.limits.votes_per_window:
+                raise CLOError(f"too many votes: at most {self.limits.votes_per_window} per {self.limits.window_s:.0f} s")
+            record = (str(uuid.uuid4()), b["id"], now.isoformat(), who, b["language"], b["prompt"], b["variant_a"],
+                      b["variant_b"], b["answer_a"], b["answer_b"], b["variant_a"], outcome, b["engine"], b["hash_a"],
+                      b["hash_b"], b["blind"])
+            try:
+                cur.execute(self._sql(f"INSERT INTO votes ({', '.join(VOTE_COLUMNS)}) VALUES ({', '.join('?' * len(VOTE_COLUMNS))})"),
+                            record)
+            except Exception as e:  # the UNIQUE constraint, when another process won the race
+                if "unique" in str(e).lower():
+                    raise CLOError(f"battle {battle_id} already has a vote") from None
+                raise
+        return {"battle_id": b["id"], "variant_a": b["variant_a"], "variant_b": b["variant_b"], "outcome": outcome}
+
+    def votes(self, language: str | None = None):
+        """All votes as a pandas DataFrame (columns VOTE_COLUMNS; blind as bool)."""
+        import pandas as pd
+
+        query, args = f"SELECT {', '.join(VOTE_COLUMNS)} FROM votes", ()
+        if language:
+            query, args = query + " WHERE language = ?", (language,)
+        with self._transaction() as cur:
+            cur.execute(self._sql(query + " ORDER BY created_utc, id"), args)
+            frame = pd.DataFrame(cur.fetchall(), columns=list(VOTE_COLUMNS))
+        frame["blind"] = frame["blind"].astype(bool)
+        return frame
+
+    def close(self) -> None:
+        conn = getattr(self.local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self.local.conn = None
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE (SQLite: take the write lock up front) or a PostgreSQL transaction; commit or roll back."""
+
+    def __init__(self, conn, kind: str):
+        self.conn, self.kind = conn, kind
+
+    def __enter__(self):
+        if self.kind == "sqlite":
+            self.cur = self.conn.cursor()
+            self.cur.execute("BEGIN IMMEDIATE")
+            return self.cur
+        self.tx = self.conn.transaction()
+        self.tx.__enter__()
+        self.cur = self.conn.cursor()
+        return self.cur
+
+    def __exit__(self, kind, value, tb):
+        if self.kind == "sqlite":
+            self.cur.execute("COMMIT" if kind is None else "ROLLBACK")
+            return False
+        return self.tx.__exit__(kind, value, tb)
+
+
+def open_store(url_or_path: str, **kwargs) -> VoteStore:
+    """A store from a URL, or from a plain file path (SQLite)."""
+    if "://" not in url_or_path:
+        url_or_path = f"sqlite:///{url_or_path}"
+    try:
+        return VoteStore(url_or_path, **kwargs)
+    except sqlite3.DatabaseError as e:
+        raise CLOError(f"{url_or_path} is not a usable vote store ({e}); it was left untouched") from None
+
+
+# ---- export and hub sync ----
+
+EXPORT_FORMATS = ("csv", "jsonl", "parquet")
+
+
+def export_votes(store: VoteStore, path: str | Path, fmt: str | None = None, language: str | None = None) -> Path:
+    """Write the votes as CSV, JSONL or Parquet (by `fmt` or the file's suffix); written whole or not at all."""
+    path = Path(path)
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    if fmt not in EXPORT_FORMATS:
+        raise CLOError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    frame = store.votes(language)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if fmt == "csv":
+        frame.to_csv(tmp, index=False)
+    elif fmt == "jsonl":
+        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+    else:
+        frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+class HubSync:
+    """Mirror the votes to a Hugging Face dataset repo: an append-only JSONL file per replica, committed every
+    `every` minutes by huggingface_hub's CommitScheduler. Off unless a repo id and a token are given.
+
+        sync = HubSync.from_settings(repo_id="me/clo-votes", token=os.environ.get("HF_TOKEN"), folder="data/sync")
+        sync.append(store.votes())    # new rows only; call after votes, or periodically
+    """
+
+    def __init__(self, folder: str | Path, replica: str, scheduler=None):
+        self.folder, self.replica, self.scheduler = Path(folder), replica, scheduler
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.file = self.folder / f"votes-{replica}.jsonl"
+        self.seen: set[str] = set()
+        if self.file.exists():
+            import json
+
+            self.seen = {json.loads(line)["id"] for line in self.file.read_text(encoding="utf-8").splitlines() if line}
+
+    @classmethod
+    def from_settings(cls, repo_id: str | None, token: str | None, folder: str | Path, every_minutes: float = 5,
+                      replica: str | None = None) -> "HubSync | None":
+        if not repo_id or not token:
+            return None
+        from huggingface_hub import CommitScheduler
+
+        scheduler = CommitScheduler(repo_id=repo_id, repo_type="dataset", folder_path=folder, every=every_minutes,
+                                    token=token, path_in_repo="votes", private=True)
+        return cls(folder, replica or uuid.uuid4().hex[:8], scheduler)
+
+    def append(self, votes) -> int:
+        """Append the votes not yet in this replica's file; returns how many were added."""
+        import contextlib
+
+        fresh = votes[~votes["id"].isin(self.seen)]
+        if fresh.empty:
+            return 0
+        lock = self.scheduler.lock if self.scheduler is not None else contextlib.nullcontext()
+        with lock, self.file.open("a", encoding="utf-8") as fh:
+            fh.write(fresh.to_json(orient="records", lines=True, force_ascii=False))
+        self.seen |= set(fresh["id"])
+        return len(fresh)

@@ -1,0 +1,229 @@
+"""clo.ratings on a literal table worked out by hand; Bradley–Terry and Elo on battles from known strengths."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clo.ratings import (
+    bradley_terry,
+    count_matrix,
+    elo_ratings,
+    fit_bradley_terry,
+    leaderboard,
+    pair_counts,
+    vote_summary,
+    win_rate_matrix,
+    wtl_table,
+)
+
+POINTS = 400 / math.log(10)  # rating points per unit of θ (log-odds)
+
+# (variant_a, variant_b, outcome, language, blind); the comment says what it means for CLO. Rows numbered from 1.
+BATTLES = pd.DataFrame(
+    [
+        ("clo-ko", "base", "a", "ko", True),  # CLO on the left, wins
+        ("base", "clo-ko", "b", "ko", True),  # CLO on the right, wins
+        ("base", "clo-ko", "a", "ko", True),  # CLO on the right, loses
+        ("clo-ko", "base", "tie", "ko", True),  # tie
+        ("clo-ko", "base", "both_bad", "ko", True),  # both bad: reported, not a tie
+        ("sft-ko", "clo-ko", "b", "ko", True),  # CLO wins against SFT
+        ("clo-ko", "sft-ko", "tie", "ko", True),  # tie with SFT
+        ("sft-ko", "base", "a", "ko", True),  # no CLO: SFT beats base
+        ("clo-zh", "base", "b", "zh", True),  # Chinese: CLO loses
+        ("clo-ko", "base", "b", "ko", False),  # named vote: stored, never rated
+    ],
+    columns=["variant_a", "variant_b", "outcome", "language", "blind"],
+)
+
+
+def row(table: pd.DataFrame, **where) -> pd.Series:
+    mask = np.logical_and.reduce([table[k] == v for k, v in where.items()])
+    assert mask.sum() == 1, where
+    return table[mask].iloc[0]
+
+
+def simulate(theta: dict[str, float], n: int, seed: int, both_bad: float = 0.0, language: str = "ko") -> pd.DataFrame:
+    """n battles between random pairs on random sides, decided by P(a wins) = σ(θ_a − θ_b); a share `both_bad`
+    of them is then marked both_bad at random."""
+    rng = np.random.default_rng(seed)
+    names = np.array(list(theta))
+    strength = np.array(list(theta.values()))
+    a = rng.integers(0, len(names), n)
+    b = (a + rng.integers(1, len(names), n)) % len(names)
+    a_wins = rng.random(n) < 1 / (1 + np.exp(-(strength[a] - strength[b])))
+    outcome = np.where(rng.random(n) < both_bad, "both_bad", np.where(a_wins, "a", "b"))
+    return pd.DataFrame({"variant_a": names[a], "variant_b": names[b], "outcome": outcome, "language": language})
+
+
+# ---- hand-computed tables ----
+
+def test_wtl_orients_the_focus_variant_whichever_side_it_was_on():
+    table = wtl_table(BATTLES, focus="clo")
+    assert list(table["opponent"]) == ["base", "sft-ko"]
+    base = row(table, opponent="base")  # clo-ko: rows 1-5; clo-zh: row 9; the named row 10 is left out
+    assert (base["wins"], base["ties"], base["losses"], base["both_bad"], base["battles"]) == (2, 1, 2, 1, 6)
+    assert (base["win_pct"], base["tie_pct"], base["loss_pct"]) == pytest.approx((40.0, 20.0, 40.0))
+    assert base["both_bad_pct"] == pytest.approx(100 / 6)
+    sft = row(table, opponent="sft-ko")
+    assert (sft["wins"], sft["ties"], sft["losses"], sft["both_bad"]) == (1, 1, 0, 0)
+    assert (sft["win_pct"], sft["tie_pct"], sft["loss_pct"]) == pytest.approx((50.0, 50.0, 0.0))
+
+
+def test_wtl_focus_by_exact_name_and_per_language():
+    ko = row(wtl_table(BATTLES, focus="clo", language="ko"), opponent="base")
+    assert (ko["wins"], ko["ties"], ko["losses"], ko["both_bad"]) == (2, 1, 1, 1)
+    assert (ko["win_pct"], ko["tie_pct"], ko["loss_pct"], ko["both_bad_pct"]) == pytest.approx((50, 25, 25, 20))
+    zh = wtl_table(BATTLES, focus="clo-zh")
+    assert list(zh["opponent"]) == ["base"] and (zh["wins"][0], zh["losses"][0]) == (0, 1)
+    sft = wtl_table(BATTLES, focus="sft")  # sft-ko: beat base once, against CLO one loss and one tie
+    assert row(sft, opponent="base")["wins"] == 1
+    assert tuple(row(sft, opponent="clo-ko")[["wins", "ties", "losses"]]) == (0, 1, 1)
+    assert wtl_table(BATTLES, focus="orpo").empty
+
+
+def test_win_rate_counts_ties_half_and_leaves_both_bad_out():
+    rates, battles = win_rate_matrix(BATTLES, language="ko"), count_matrix(BATTLES, language="ko")
+    # clo-ko vs base: 2 wins, 1 tie, 1 loss (+1 both_bad, left out) → (2 + ½) / 4
+    assert rates.loc["clo-ko", "base"] == pytest.approx(0.625)
+    assert rates.loc["base", "clo-ko"] == pytest.approx(0.375)
+    assert rates.loc["clo-ko", "sft-ko"] == pytest.approx(0.75)  # 1 win, 1 tie
+    assert rates.loc["sft-ko", "base"] == 1.0 and rates.loc["base", "sft-ko"] == 0.0
+    assert np.isnan(rates.loc["base", "base"])
+    assert battles.loc["clo-ko", "base"] == battles.loc["base", "clo-ko"] == 4
+    assert battles.loc["clo-ko", "sft-ko"] == 2 and battles.loc["sft-ko", "base"] == 1
+    everywhere = win_rate_matrix(BATTLES)
+    assert everywhere.loc["base", "clo-zh"] == 1.0 and np.isnan(everywhere.loc["clo-zh", "sft-ko"])
+
+
+def test_pair_counts_mirror_each_other():
+    counts = pair_counts(BATTLES)
+    clo, base = row(counts, variant="clo-ko", opponent="base"), row(counts, variant="base", opponent="clo-ko")
+    assert tuple(clo[["wins", "ties", "losses", "both_bad", "battles"]]) == (2, 1, 1, 1, 5)
+    assert tuple(base[["wins", "ties", "losses", "both_bad", "battles"]]) == (1, 1, 2, 1, 5)
+
+
+def test_named_votes_are_stored_but_not_rated():
+    summary = vote_summary(BATTLES)
+    assert list(summary["language"]) == ["ko", "zh", "all"]
+    assert tuple(row(summary, language="ko")[["stored", "named", "rated", "a", "b", "tie", "both_bad"]]) == (
+        9, 1, 8, 3, 2, 2, 1)
+    assert tuple(row(summary, language="all")[["stored", "named", "rated"]]) == (10, 1, 9)
+    assert list(vote_summary(BATTLES, language="zh")["language"]) == ["zh"]
+    # without the blind column every vote counts: the named loss of row 10 appears
+    unblinded = BATTLES.drop(columns="blind")
+    assert row(wtl_table(unblinded), opponent="base")["losses"] == 3
+    assert row(wtl_table(BATTLES), opponent="base")["losses"] == 2
+    assert win_rate_matrix(unblinded, language="ko").loc["clo-ko", "base"] == pytest.approx(2.5 / 5)
+    # clo-ko's judged blind battles: 4 against base (the both_bad and the named one left out), 2 against SFT
+    assert row(elo_ratings(BATTLES), variant="clo-ko")["battles"] == 6
+    assert row(bradley_terry(BATTLES, n_bootstrap=0), variant="clo-ko")["battles"] == 6
+
+
+def test_language_filter():
+    tables = leaderboard(BATTLES, language="zh", n_bootstrap=20)
+    assert set(tables) == {"summary", "wtl", "win_rate", "battles", "counts", "bradley_terry", "elo"}
+    assert set(tables["bradley_terry"]["variant"]) == {"clo-zh", "base"}
+    assert list(tables["win_rate"].index) == ["base", "clo-zh"]  # ordered by rating: base won the one battle
+    assert row(tables["wtl"], opponent="base")["losses"] == 1
+    assert set(leaderboard(BATTLES, language="ko", n_bootstrap=0)["elo"]["variant"]) == {"clo-ko", "base", "sft-ko"}
+    assert leaderboard(BATTLES, language="sw", n_bootstrap=20)["bradley_terry"].empty
+
+
+# ---- bad and empty input ----
+
+def test_unknown_outcome_names_the_value():
+    bad = BATTLES.assign(outcome=["a", "draw", *BATTLES["outcome"][2:]])
+    with pytest.raises(ValueError, match="unknown outcome 'draw' in row 1;"):
+        leaderboard(bad)
+
+
+@pytest.mark.parametrize("column", ["variant_a", "outcome", "language"])
+def test_missing_column_is_named(column):
+    with pytest.raises(ValueError, match=f"lack column.*{column}"):
+        wtl_table(BATTLES.drop(columns=column))
+
+
+def test_self_battle_is_refused():
+    with pytest.raises(ValueError, match="'base' against itself"):
+        win_rate_matrix(pd.concat([BATTLES, BATTLES.iloc[:1].assign(variant_a="base")]))
+
+
+@pytest.mark.parametrize("empty", [pd.DataFrame(), BATTLES.iloc[:0]])
+def test_empty_input_gives_empty_tables(empty):
+    tables = leaderboard(empty)
+    for name in ("wtl", "win_rate", "battles", "counts", "bradley_terry", "elo"):
+        assert tables[name].empty, name
+    assert {"lower", "upper"} <= set(tables["bradley_terry"].columns)
+    assert tuple(tables["summary"].iloc[0][["language", "stored", "rated"]]) == ("all", 0, 0)
+
+
+# ---- Bradley–Terry and Elo against known strengths ----
+
+TRUTH = {"base": 0.0, "sft-ko": 0.5, "clo-ko": 1.2}
+
+
+def test_bradley_terry_recovers_known_strengths():
+    battles = simulate(TRUTH, 3000, seed=0, both_bad=0.1)
+    bt = bradley_terry(battles, seed=0)
+    assert list(bt["variant"]) == ["clo-ko", "sft-ko", "base"]
+    assert bt["battles"].sum() == 2 * (battles["outcome"] != "both_bad").sum()
+    rating = dict(zip(bt["variant"], bt["rating"]))
+    assert rating["base"] == 1000.0  # the default anchor
+    for name, theta in TRUTH.items():
+        assert rating[name] - 1000 == pytest.approx(POINTS * theta, abs=40)  # ≈ 3.5 standard errors
+        lower, upper = row(bt, variant=name)[["lower", "upper"]]
+        assert lower <= POINTS * theta + 1000 <= upper
+        assert lower <= rating[name] <= upper
+
+
+def test_bootstrap_interval_shrinks_with_more_data():
+    def widths(n):
+        bt = bradley_terry(simulate(TRUTH, n, seed=1), seed=1, n_bootstrap=300)
+        return (bt["upper"] - bt["lower"])[bt["variant"] != "base"].to_numpy()
+
+    small, large = widths(1500), widths(6000)
+    assert (large < 0.7 * small).all()  # ~ 1/√4 = 0.5 in theory
+
+
+def test_ties_count_half_and_both_bad_counts_nothing():
+    def rating_of_x(outcomes: list[str]) -> float:  # x always on the left, y anchored at 1000
+        battles = pd.DataFrame({"variant_a": "x", "variant_b": "y", "outcome": outcomes * 10, "language": "ko"})
+        bt = bradley_terry(battles, anchor="y", n_bootstrap=20)
+        return float(bt.set_index("variant")["rating"]["x"])
+
+    assert rating_of_x(["tie"]) == pytest.approx(1000, abs=1e-3)
+    assert rating_of_x(["tie", "tie"]) == pytest.approx(rating_of_x(["a", "b"]), abs=1e-3)
+    three_to_one = rating_of_x(["a", "a", "a", "b"])
+    assert three_to_one == pytest.approx(1000 + POINTS * math.log(3), abs=0.5)  # 3:1 odds (the prior: < 0.5 points)
+    assert rating_of_x(["a", "a", "tie", "tie"]) == pytest.approx(three_to_one, abs=1e-3)  # 2 + ½ + ½ : ½ + ½
+    assert rating_of_x(["a", "a", "a", "b", "both_bad", "both_bad"]) == pytest.approx(three_to_one, abs=1e-3)
+
+
+def test_anchor_and_its_errors():
+    battles = simulate(TRUTH, 600, seed=2)
+    bt = bradley_terry(battles, anchor="clo-ko", anchor_rating=1200, n_bootstrap=50)
+    assert row(bt, variant="clo-ko")["rating"] == 1200 and (bt["rating"] <= 1200 + 1e-9).all()
+    centred = bradley_terry(battles.replace({"base": "llama"}), n_bootstrap=0)  # no "base": mean 1000
+    assert centred["rating"].mean() == pytest.approx(1000)
+    with pytest.raises(ValueError, match="anchor 'gpt' has no judged battles"):
+        bradley_terry(battles, anchor="gpt")
+
+
+def test_batched_fit_equals_separate_fits():
+    i, j = np.array([0, 0, 1]), np.array([1, 2, 2])
+    wins = np.array([[30.0, 55.5, 40.0], [20.0, 60.0, 45.5], [35.0, 50.0, 30.0]])
+    totals = np.array([60.0, 80.0, 70.0])
+    together = fit_bradley_terry(i, j, wins, totals, 3)
+    for b in range(3):
+        alone = fit_bradley_terry(i, j, wins[b], totals, 3)
+        assert together[b] - together[b, 0] == pytest.approx(alone - alone[0], abs=1e-6)
+
+
+def test_elo_ranks_a_clearly_better_variant_first():
+    battles = simulate({"base": 0.0, "sft-ko": 0.2, "clo-ko": 1.5}, 2000, seed=3)
+    elo = elo_ratings(battles)
+    assert elo["variant"][0] == "clo-ko"
+    assert elo["rating"].mean() == pytest.approx(1000)  # zero-sum updates
+    assert elo["battles"].sum() == 2 * len(battles)

@@ -1,0 +1,307 @@
+"""The vote store: blind battles, one vote per battle, durability under concurrency and crashes, bad input."""
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+from clo import CLOError
+from clo.votes import Limits, hash_voter, open_store
+
+ANSWERS = {"sft-ko": "첫째 답입니다", "clo-ko": "둘째 답입니다"}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store(str(tmp_path / "votes.db"), seed=0)
+    yield s
+    s.close()
+
+
+def battle(store, voter="v1", prompt="서울에서 뭘 볼까?", **kw):
+    return store.create_battle(voter=voter, language="ko", prompt=prompt, answers=ANSWERS,
+                               hashes={"sft-ko": "h-sft", "clo-ko": "h-clo"}, engine="peft", **kw)
+
+
+def test_battle_hides_identities_until_the_vote(store):
+    b = battle(store)
+    assert {b.answer_a, b.answer_b} == set(ANSWERS.values())
+    assert set(vars(b)) == {"id", "language", "prompt", "answer_a", "answer_b", "expires_utc"}
+    assert not any(name in str(value) for value in vars(b).values() for name in ANSWERS)
+    reveal = store.vote(b.id, "a", voter="v1")
+    assert {reveal["variant_a"], reveal["variant_b"]} == set(ANSWERS)
+    assert ANSWERS[reveal["variant_a"]] == b.answer_a  # the reveal matches what was on the left
+    row = store.votes().iloc[0]
+    assert row.outcome == "a" and row.left_variant == row.variant_a and row.blind
+    assert row.voter == hash_voter("v1") and row.voter != "v1"
+    assert {row.hash_a, row.hash_b} == {"h-sft", "h-clo"} and row.engine == "peft"
+    assert row.prompt == "서울에서 뭘 볼까?" and row.language == "ko"
+
+
+def test_sides_are_random(store):
+    lefts = set()
+    for i in range(30):
+        b = battle(store)
+        lefts.add(store.vote(b.id, "tie", voter="v1")["variant_a"])
+    assert lefts == set(ANSWERS)
+
+
+def test_second_vote_refused_and_nothing_written(store):
+    b = battle(store)
+    store.vote(b.id, "b", voter="v1")
+    with pytest.raises(CLOError, match="already has a vote"):
+        store.vote(b.id, "a", voter="v1")
+    assert len(store.votes()) == 1 and store.votes().iloc[0].outcome == "b"
+
+
+@pytest.mark.parametrize("battle_id, outcome, voter, message", [
+    ("no-such-battle", "a", "v1", "unknown battle 'no-such-battle'"),
+    (None, "left", "v1", "unknown outcome 'left'"),
+    (None, "a", "someone-else", "belongs to another session"),
+])
+def test_bad_votes_are_refused(store, battle_id, outcome, voter, message):
+    b = battle(store)
+    with pytest.raises(CLOError, match=message):
+        store.vote(battle_id or b.id, outcome, voter=voter)
+    assert store.votes().empty
+
+
+def test_expired_battle(tmp_path):
+    s = open_store(str(tmp_path / "v.db"), limits=Limits(battle_ttl_s=0.05))
+    b = battle(s)
+    time.sleep(0.1)
+    with pytest.raises(CLOError, match="expired"):
+        s.vote(b.id, "a", voter="v1")
+    assert s.votes().empty
+
+
+def test_prompt_limits(tmp_path):
+    s = open_store(str(tmp_path / "v.db"), limits=Limits(max_prompt_chars=100))
+    with pytest.raises(CLOError, match="over the limit of 100"):
+        battle(s, prompt="x" * 101)
+    with pytest.raises(CLOError, match="empty prompt"):
+        battle(s, prompt="  ")
+
+
+def test_rate_limit_per_voter(tmp_path):
+    s = open_store(str(tmp_path / "v.db"), limits=Limits(votes_per_window=3, window_s=60))
+    for _ in range(3):
+        s.vote(battle(s, voter="fast").id, "a", voter="fast")
+    with pytest.raises(CLOError, match="too many votes"):
+        s.vote(battle(s, voter="fast").id, "a", voter="fast")
+    s.vote(battle(s, voter="other").id, "a", voter="other")  # others are not limited
+    assert len(s.votes()) == 4
+
+
+def test_pairs_with_fewer_votes_are_drawn_more(store):
+    variants = ["base", "sft-ko", "clo-ko"]
+    for _ in range(20):  # many votes on base vs sft
+        b = store.create_battle(voter="v", language="ko", prompt="p", answers={"base": "x", "sft-ko": "y"})
+        store.vote(b.id, "tie", voter="v")
+    draws = [frozenset(store.draw_pair(variants, "ko")) for _ in range(300)]
+    assert draws.count(frozenset({"base", "sft-ko"})) < draws.count(frozenset({"base", "clo-ko"})) / 5
+    # other languages are unaffected
+    other = [frozenset(store.draw_pair(variants, "sw")) for _ in range(300)]
+    assert other.count(frozenset({"base", "sft-ko"})) > 60
+
+
+def test_named_votes_are_flagged(store):
+    b = battle(store, blind=False)
+    store.vote(b.id, "a", voter="v1")
+    assert not store.votes().iloc[0].blind
+
+
+def test_foreign_and_corrupt_files_are_left_untouched(tmp_path):
+    text = tmp_path / "notes.db"
+    text.write_text("these are my notes, not a database")
+    foreign = tmp_path / "other.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    corrupt = tmp_path / "corrupt.db"
+    open_store(str(corrupt)).close()
+    data = bytearray(corrupt.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)  # smash the first page after the header
+    corrupt.write_bytes(bytes(data))
+    for path, message in ((text, "not an SQLite database"), (foreign, "another application"), (corrupt, "not a usable vote store")):
+        before = path.read_bytes()
+        with pytest.raises(CLOError, match=message):
+            open_store(str(path))
+        assert path.read_bytes() == before, path.name
+
+
+def test_reopen_keeps_votes_and_schema(tmp_path):
+    path = str(tmp_path / "v.db")
+    s = open_store(path)
+    s.vote(battle(s).id, "a", voter="v1")
+    s.close()
+    again = open_store(path)
+    assert len(again.votes()) == 1
+
+
+WRITER = """
+import sys
+from clo.votes import open_store, Limits
+store = open_store(sys.argv[1], limits=Limits(votes_per_window=10**9))
+for i in range(int(sys.argv[2])):
+    b = store.create_battle(voter=sys.argv[3], language="ko", prompt=f"p{i}", answers={"x": "1", "y": "2"})
+    store.vote(b.id, "a", voter=sys.argv[3])
+    print(b.id, flush=True)
+"""
+
+
+def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
+    path = str(tmp_path / "v.db")
+    open_store(path).close()
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, path, "500", f"w{i}"], stdout=subprocess.PIPE, text=True, env=ENV)
+             for i in range(8)]
+    acknowledged = set()
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0
+        acknowledged |= set(out.split())
+    votes = open_store(path).votes()
+    assert len(votes) == 4000 == len(acknowledged)
+    assert votes.battle_id.is_unique and votes.id.is_unique
+    assert set(votes.battle_id) == acknowledged
+
+
+def test_sigkill_loses_no_acknowledged_vote(tmp_path):
+    path = str(tmp_path / "v.db")
+    open_store(path).close()
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, path, "100000", "k"], stdout=subprocess.PIPE, text=True, env=ENV)
+    acknowledged = []
+    while len(acknowledged) < 300:
+        acknowledged.append(proc.stdout.readline().strip())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    acknowledged += proc.stdout.read().split()  # everything it printed before dying was acknowledged
+    stored = set(open_store(path).votes().battle_id)
+    assert set(acknowledged) <= stored
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return str(candidates[-1]) if candidates else None
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL server on a loopback port, in a temporary folder (Debian's postgresql package)."""
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
+    pytest.importorskip("psycopg", reason="psycopg is not installed")
+    import socket
+
+    data = tmp_path_factory.mktemp("pg") / "data"
+    user = []
+    if os.geteuid() == 0:  # the server refuses to run as root: run it as an unprivileged account
+        import pwd
+
+        account = next((n for n in ("postgres", "nobody") if n in {p.pw_name for p in pwd.getpwall()}))
+        entry = pwd.getpwnam(account)
+        os.chown(data.parent, entry.pw_uid, entry.pw_gid)
+        for parent in data.parents:  # the account must be able to reach the folder
+            if parent == Path(parent.anchor):
+                break
+            os.chmod(parent, os.stat(parent).st_mode | 0o711)
+        user = ["runuser", "-u", account, "--"]
+    subprocess.run([*user, initdb, "-D", str(data), "-U", "clo", "--auth=trust"], check=True, capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*user, pg_ctl, "-D", str(data), "-o", f"-p {port} -k {data} -h 127.0.0.1", "-l", str(data / "log"), "-w",
+                    "start"], check=True, capture_output=True)
+    yield f"postgresql://clo@127.0.0.1:{port}/postgres"
+    subprocess.run([*user, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+
+
+def test_postgresql_store(postgres):
+    s = open_store(postgres, seed=1)
+    b = battle(s)
+    reveal = s.vote(b.id, "tie", voter="v1")
+    with pytest.raises(CLOError, match="already has a vote"):
+        s.vote(b.id, "a", voter="v1")
+    votes = s.votes()
+    assert len(votes) == 1 and votes.iloc[0].outcome == "tie" and votes.iloc[0].variant_a == reveal["variant_a"]
+    # a second replica on the same database sees the vote and cannot vote again
+    replica = open_store(postgres)
+    with pytest.raises(CLOError, match="already has a vote"):
+        replica.vote(b.id, "b", voter="v1")
+    assert len(replica.votes()) == 1
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_export_round_trips(store, tmp_path, fmt):
+    import pandas as pd
+
+    for outcome in ("a", "b", "tie", "both_bad"):
+        store.vote(battle(store).id, outcome, voter="v1")
+    out = tmp_path / f"votes.{fmt}"
+    from clo.votes import export_votes
+
+    export_votes(store, out)
+    back = {"csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True), "parquet": pd.read_parquet}[fmt](out)
+    assert sorted(back.outcome) == ["a", "b", "both_bad", "tie"]
+    assert set(back.columns) >= {"battle_id", "variant_a", "variant_b", "answer_a", "left_variant", "hash_a", "blind"}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_export_unknown_format(store, tmp_path):
+    from clo.votes import export_votes
+
+    with pytest.raises(CLOError, match="unknown export format 'xlsx'"):
+        export_votes(store, tmp_path / "v.xlsx")
+
+
+def test_hub_sync_is_off_without_settings_and_appends_only_new_rows(store, tmp_path):
+    from clo.votes import HubSync
+
+    assert HubSync.from_settings(repo_id=None, token="x", folder=tmp_path / "s") is None
+    assert HubSync.from_settings(repo_id="me/votes", token=None, folder=tmp_path / "s") is None
+    sync = HubSync(tmp_path / "s", replica="r1")  # the local half; the scheduler's pushes need the hub
+    store.vote(battle(store).id, "a", voter="v1")
+    assert sync.append(store.votes()) == 1
+    store.vote(battle(store).id, "b", voter="v1")
+    assert sync.append(store.votes()) == 1 and sync.append(store.votes()) == 0
+    assert len(HubSync(tmp_path / "s", replica="r1").seen) == 2  # a restarted replica does not duplicate
+    assert len((tmp_path / "s" / "votes-r1.jsonl").read_text().splitlines()) == 2
+
+
+def test_cli_export_and_leaderboard(tmp_path):
+    db = str(tmp_path / "votes.db")
+    store = open_store(db, seed=3)
+    for i in range(40):  # clo wins most battles against base
+        b = store.create_battle(voter="v", language="ko", prompt=f"p{i}", answers={"base": "x", "clo-ko": "y"})
+        clo_left = store.vote(b.id, "tie", voter="v") if i % 10 == 0 else None
+        if clo_left is None:
+            side = "a" if store_left_is(store, b.id, "clo-ko") else "b"
+            store.vote(b.id, side, voter="v")
+    named = store.create_battle(voter="v", language="ko", prompt="named", answers={"base": "x", "clo-ko": "y"}, blind=False)
+    store.vote(named.id, "a", voter="v")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "clo", *a], capture_output=True, text=True, env=ENV, cwd=tmp_path)  # noqa: E731
+    r = run("votes", "export", "--db", db, "--format", "csv", "--out", "v.csv")
+    assert r.returncode == 0 and "wrote 41 votes" in r.stdout and (tmp_path / "v.csv").is_file()
+    r = run("leaderboard", "--db", db, "--lang", "ko", "--bootstrap", "200")
+    assert r.returncode == 0, r.stderr
+    assert "clo wins / ties / losses" in r.stdout and "Bradley–Terry" in r.stdout
+    wtl = r.stdout.split("## clo wins")[1].split("##")[0]
+    row = next(line.split() for line in wtl.splitlines() if " base " in f" {line} ")
+    assert row[1:7] == ["base", "36", "4", "0", "0", "40"]  # wins, ties, losses, both_bad, battles; the named vote is not rated
+
+
+def store_left_is(store, battle_id, variant) -> bool:
+    with store._transaction() as cur:
+        cur.execute("SELECT variant_a FROM battles WHERE id = ?", (battle_id,))
+        return cur.fetchone()[0] == variant
