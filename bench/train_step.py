@@ -209,7 +209,7 @@ def run_trl(recipe, timer, work: Path) -> dict:
                      "rejected": turn("assistant", r["response_tgt"])})
     name = recipe.model.name_or_path
     tokenizer = AutoTokenizer.from_pretrained(name)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True)  # as clo.train.load_base on CPU
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True)  # as clo.models.load_base on CPU
     make_resident(model)
     loaded = rss_mb()
     t, lora = recipe.training, recipe.lora

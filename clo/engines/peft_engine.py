@@ -43,7 +43,7 @@ class PeftEngine(Engine):
 
     def __init__(self, model: str, adapters: list[Adapter] = (), load_in_4bit: str = "false",
                  trust_remote_code: bool = False, revision: str | None = None):
-        from clo.train import load_base
+        from clo.models import load_base
 
         super().__init__(model)
         self.base, self.tokenizer, self.mode = load_base(

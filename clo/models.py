@@ -1,0 +1,56 @@
+"""Loading a base chat model: local folder or hub id, QLoRA (4-bit nf4) or full precision, one line saying which.
+
+Kept apart from clo.train so that serving does not import the training stack.
+
+    model, tokenizer, mode = load_base(ModelConfig(name_or_path="Qwen/Qwen2.5-0.5B-Instruct"))
+"""
+
+from __future__ import annotations
+
+import torch
+
+from clo import CLOError
+from clo.config import ModelConfig
+from clo.hub import explain_missing, locate
+
+
+def load_base(cfg: ModelConfig, verbose: bool = True):
+    """(model, tokenizer, mode) with mode 'qlora-4bit' or 'lora-<dtype>'; the one line saying which runs is printed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    source = locate(cfg.name_or_path, kind="model", flag="--model")
+    cuda = torch.cuda.is_available()
+    want_4bit = cfg.load_in_4bit == "true" or (cfg.load_in_4bit == "auto" and cuda and _has_bitsandbytes())
+    if want_4bit and not _has_bitsandbytes():
+        raise CLOError("model.load_in_4bit is true but bitsandbytes is not installed (pip install bitsandbytes)")
+    compute = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda else torch.float32)
+    kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, local_files_only=source.local_files_only)
+    if want_4bit:
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+        )
+        kw["dtype"] = compute
+    else:
+        kw["dtype"] = compute if cuda else torch.float32
+    with explain_missing(source):
+        tokenizer = AutoTokenizer.from_pretrained(source.name, **{k: kw[k] for k in ("revision", "trust_remote_code", "local_files_only")})
+        model = AutoModelForCausalLM.from_pretrained(source.name, use_safetensors=True, device_map={"": 0} if cuda else None, **kw)
+    if tokenizer.chat_template is None:
+        raise CLOError(f"model {cfg.name_or_path} has no chat template; CLO needs a chat model")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    mode = "qlora-4bit" if want_4bit else f"lora-{str(kw['dtype']).removeprefix('torch.')}"
+    device = "cuda" if cuda else "cpu"
+    dtype = str(compute).removeprefix("torch.")
+    what = f"QLoRA: 4-bit nf4 base, {dtype} compute" if want_4bit else f"LoRA on a {str(kw['dtype']).removeprefix('torch.')} base"
+    if verbose:
+        print(f"[clo] mode: {mode} on {device} ({what}), model {cfg.name_or_path}", flush=True)
+    return model, tokenizer, mode
+
+
+def _has_bitsandbytes() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:
+        return False
+    return True

@@ -1,0 +1,73 @@
+"""The Gradio app, one module per tab; `build_app(services)` assembles them (app.py calls it).
+
+    from clo.ui import build_app
+    from clo.ui.services import Services, Settings
+    demo = build_app(Services(Settings(model="models/tiny")))
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+import gradio as gr
+
+from clo.ui import arena, compare, data, leaderboard, train
+from clo.ui.services import Services
+
+ON_SPACE = bool(os.environ.get("SPACE_ID"))
+CSS = ".answer { min-height: 6em; padding: 0.5em; border: 1px solid var(--border-color-primary); border-radius: 8px; }"
+
+
+def build_app(services: Services) -> gr.Blocks:
+    s = services.settings
+    with gr.Blocks(title="Cross-Lingual Optimization") as demo:
+        gr.Markdown(
+            "# Cross-Lingual Optimization (CLO)\n"
+            "Lee et al., ACL 2025: an English-centric chat model learns a target language from English instruction data "
+            "and a translation model, and keeps its English. Compare the base model, SFT and CLO, judge them blind, "
+            f"and watch the tally.\n\n**Running on:** {services.running_on}"
+        )
+        with gr.Tabs() as tabs:
+            with gr.Tab("Compare", id="compare"):
+                compare_lang, compare_prompt, to_arena = compare.build(services)
+            with gr.Tab("Arena", id="arena"):
+                arena_prompt, arena_lang = arena.build(services, default_lang=next(iter(services.examples), "ko"))
+            with gr.Tab("Leaderboard", id="leaderboard"):
+                board_lang, board_update, board_outputs = leaderboard.build(services)
+            with gr.Tab("Train", id="train"):
+                locked = s.demo_mode
+                with gr.Row(visible=locked) as gate:
+                    password = gr.Textbox(type="password", label="Admin password", scale=3)
+                    unlock = gr.Button("Unlock training", scale=1)
+                    if ON_SPACE:  # Hugging Face OAuth exists only on a Space
+                        gr.LoginButton(scale=1)
+                panel, jobs, on_preview, train_inputs, train_preview = train.build(services, visible=not locked)
+            with gr.Tab("Data", id="data"):
+                data_lang, data_pairs, data_table = data.build(list(services.examples) or ["ko"])
+
+        def check_password(given):
+            if s.admin_password and hmac.compare_digest(given or "", s.admin_password):
+                return gr.update(visible=False), gr.update(visible=True)
+            raise gr.Error("wrong password")
+
+        def on_load(profile: gr.OAuthProfile | None = None):
+            allowed = profile is not None and profile.username in s.allowed_users
+            show = not s.demo_mode or allowed
+            return gr.update(visible=not show), gr.update(visible=show)
+
+        if not ON_SPACE:
+            on_load_local = on_load
+
+            def on_load(request: gr.Request):  # noqa: F811 (no OAuth off a Space)
+                return on_load_local(None)
+
+        to_arena.click(lambda p, code: (p, code, gr.Tabs(selected="arena")), [compare_prompt, compare_lang],
+                       [arena_prompt, arena_lang, tabs], api_visibility="private")
+        unlock.click(check_password, password, [gate, panel], api_visibility="private")
+        demo.load(on_load, None, [gate, panel], api_visibility="private")
+        demo.load(on_preview, train_inputs, train_preview, api_visibility="private")
+        demo.load(data.preview_pairs, [data_lang, data_pairs], data_table, api_visibility="private")
+        demo.load(board_update, board_lang, board_outputs, api_visibility="private")
+    demo.queue(default_concurrency_limit=s.concurrency, max_size=s.queue_size)
+    return demo

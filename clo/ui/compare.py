@@ -1,0 +1,117 @@
+"""Compare tab: the base, SFT and CLO answers side by side, streamed, in the target language and in English.
+
+API: `/compare` (prompt, language[, english]) -> {"target": [...], "english": [...]}, one labelled answer per variant.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from clo import CLOError
+from clo.engines import Answer
+from clo.langid import detect
+from clo.languages import LANGUAGES
+from clo.ui.services import Services
+
+SLOTS = ("base", "sft", "clo")
+TITLES = {"base": "Base", "sft": "SFT", "clo": "CLO"}
+
+
+def describe(answer: Answer | None, variant: str | None, expected: str) -> str:
+    """An answer as markdown with its detected language, token count and speed."""
+    if variant is None:
+        return "*no adapter of this kind for this language yet: train one in the Train tab*"
+    if answer is None:
+        return "*…*"
+    d = detect(answer.text) if answer.finish_reason else None
+    mark = "" if d is None else f"`{d.code}`{' ✓' if d.code == expected else (' ✗' if d.code != 'unknown' else '')} · "
+    return f"{answer.text}\n\n<sub>{mark}{answer.tokens} tokens · {answer.tokens_per_second:.1f} tok/s · `{variant}`</sub>"
+
+
+def compare_stream(services: Services, prompt: str, lang: str, english: str | None):
+    """Yield (slot -> markdown) for the target-language prompt and its English version, as tokens arrive."""
+    prompt = services.check_prompt(prompt)
+    lang = services.check_lang(lang)
+    english = (english or "").strip() or services.english_of(prompt, lang)
+    slots = services.slots(lang)
+    variants = [v for v in slots.values() if v]
+    requests = services.requests(prompt, variants)
+    if english:
+        requests += services.requests(services.check_prompt(english), variants)
+    for snapshot in services.stream(requests):
+        target = dict(zip(variants, snapshot[: len(variants)]))
+        en = dict(zip(variants, snapshot[len(variants):]))
+        yield ({s: describe(target.get(v), v, lang) for s, v in slots.items()},
+               {s: describe(en.get(v), v, "en") if english else "*no English version: pick an example or type one*"
+                for s, v in slots.items()})
+
+
+def compare_api(services: Services, prompt: str, lang: str, english: str | None = None) -> dict:
+    prompt = services.check_prompt(prompt)
+    lang = services.check_lang(lang)
+    english = (english or "").strip() or services.english_of(prompt, lang)
+    slots = {s: v for s, v in services.slots(lang).items() if v}
+    sides = [("target", prompt)] + ([("english", services.check_prompt(english))] if english else [])
+    requests = [r for _, text in sides for r in services.requests(text, list(slots.values()))]
+    answers = iter(services.generate(requests))  # both languages in one batch
+    out = {"language": lang, "target": [], "english": []}
+    for side, _ in sides:
+        for (slot, variant), a in zip(slots.items(), answers):
+            out[side].append({"slot": slot, "variant": variant, "text": a.text, "language": detect(a.text).code,
+                              "tokens": a.tokens, "tokens_per_second": round(a.tokens_per_second, 2)})
+    return out
+
+
+def build(services: Services):
+    langs = [(f"{LANGUAGES[c].name} ({c})", c) for c in services.examples] + [
+        (f"{x.name} ({c})", c) for c, x in LANGUAGES.items() if c not in services.examples and c != "en"]
+    with gr.Row():
+        lang = gr.Dropdown(langs, value=next(iter(services.examples), "ko"), label="Target language", scale=1)
+        example = gr.Dropdown([], label="Example prompt (from assets/sample)", scale=3, allow_custom_value=False)
+    prompt = gr.Textbox(label="Prompt in the target language", lines=2, max_length=services.settings.max_prompt_chars)
+    english = gr.Textbox(label="The same prompt in English (filled in for examples)", lines=1)
+    with gr.Row():
+        go = gr.Button("Compare", variant="primary")
+        to_arena = gr.Button("Send to Arena")
+    target_boxes, english_boxes = {}, {}
+    gr.Markdown("### In the target language")
+    with gr.Row(equal_height=True):
+        for s in SLOTS:
+            with gr.Column():
+                gr.Markdown(f"**{TITLES[s]}**")
+                target_boxes[s] = gr.Markdown(elem_classes=["answer"])
+    gr.Markdown("### In English")
+    with gr.Row(equal_height=True):
+        for s in SLOTS:
+            with gr.Column():
+                gr.Markdown(f"**{TITLES[s]}**")
+                english_boxes[s] = gr.Markdown(elem_classes=["answer"])
+
+    def examples_for(code):
+        return gr.update(choices=[p for p, _ in services.examples.get(code, [])], value=None)
+
+    def pick(code, chosen):
+        return chosen or "", services.english_of(chosen, code) or "" if chosen else ""
+
+    def run(p, code, en):
+        try:
+            for target, eng in compare_stream(services, p, code, en):
+                yield [target[s] for s in SLOTS] + [eng[s] for s in SLOTS]
+        except CLOError as e:
+            raise gr.Error(str(e)) from None
+
+    lang.change(examples_for, lang, example, api_visibility="private")
+    example.change(pick, [lang, example], [prompt, english], api_visibility="private")
+    outputs = [target_boxes[s] for s in SLOTS] + [english_boxes[s] for s in SLOTS]
+    go.click(run, [prompt, lang, english], outputs, api_visibility="private")
+    prompt.submit(run, [prompt, lang, english], outputs, api_visibility="private")
+
+    def api(prompt: str, language: str, english: str = "") -> dict:
+        """Answers of every variant (base, SFT, CLO) to the prompt and to its English version, labelled."""
+        try:
+            return compare_api(services, prompt, language, english)
+        except CLOError as e:
+            raise gr.Error(str(e)) from None
+
+    gr.api(api, api_name="compare")
+    return lang, prompt, to_arena

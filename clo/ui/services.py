@@ -1,0 +1,148 @@
+"""What the app's tabs share: settings (flags and environment variables), the engine, the vote store, examples.
+
+Every flag of `python app.py` can also come from an environment variable (for Spaces):
+
+    --model CLO_MODEL   --adapters-dir CLO_ADAPTERS_DIR   --db CLO_DB   --engine CLO_ENGINE
+    --host CLO_HOST     --port CLO_PORT                   --demo-mode CLO_DEMO_MODE
+    --max-prompt-chars CLO_MAX_PROMPT_CHARS                --max-tokens CLO_MAX_TOKENS
+    admin password: CLO_ADMIN_PASSWORD   allowed Hugging Face users: CLO_ALLOWED_USERS (comma-separated)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clo import CLOError
+from clo.data import SAMPLE
+from clo.engines import BASE, Engine, Request, Sampling, load_engine
+from clo.languages import LANGUAGES
+from clo.votes import Limits, open_store
+
+DATA = Path("/data")  # a Space's persistent storage, when it has one
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))  # set on Hugging Face ZeroGPU Spaces
+
+
+def on_gpu(fn, duration: int = 60):
+    """`spaces.GPU` on a ZeroGPU Space, where the GPU exists only inside such calls; a no-op elsewhere."""
+    if not ZERO_GPU:
+        return fn
+    import spaces
+
+    return spaces.GPU(duration=duration)(fn)
+
+
+def _default(sub: str) -> str:
+    return str(DATA / sub) if DATA.is_dir() and os.access(DATA, os.W_OK) else sub
+
+
+@dataclass
+class Settings:
+    model: str = "Qwen/Qwen2.5-0.5B-Instruct"
+    adapters_dir: str = field(default_factory=lambda: _default("adapters"))
+    db: str = field(default_factory=lambda: _default("votes.db"))
+    engine: str = "auto"
+    url: str | None = None  # the remote engine's server
+    host: str = "127.0.0.1"
+    port: int = 7860
+    demo_mode: bool = False
+    admin_password: str | None = None
+    allowed_users: tuple[str, ...] = ()
+    max_prompt_chars: int = 4000
+    max_tokens: int = 256
+    concurrency: int = 4
+    queue_size: int = 64
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> "Settings":
+        env = os.environ.get
+        d = cls()
+        p = argparse.ArgumentParser(prog="python app.py", description="CLO demo: train, compare, judge blind, tally.")
+        p.add_argument("--model", default=env("CLO_MODEL", d.model), help="base model: hub id or local folder")
+        p.add_argument("--adapters-dir", default=env("CLO_ADAPTERS_DIR", d.adapters_dir))
+        p.add_argument("--db", default=env("CLO_DB", d.db), help="vote store: a path, sqlite:///... or postgresql://...")
+        p.add_argument("--engine", default=env("CLO_ENGINE", d.engine), choices=("auto", "vllm", "remote", "peft"))
+        p.add_argument("--url", default=env("CLO_URL"), help="vLLM server for --engine remote")
+        p.add_argument("--host", default=env("CLO_HOST", d.host))
+        p.add_argument("--port", type=int, default=int(env("CLO_PORT", d.port)))
+        p.add_argument("--demo-mode", action="store_true", default=env("CLO_DEMO_MODE", "0").lower() in ("1", "true", "yes"),
+                       help="hide Train unless the visitor is an allowed user or gives the admin password")
+        p.add_argument("--max-prompt-chars", type=int, default=int(env("CLO_MAX_PROMPT_CHARS", d.max_prompt_chars)))
+        p.add_argument("--max-tokens", type=int, default=int(env("CLO_MAX_TOKENS", d.max_tokens)), help="per answer")
+        a = p.parse_args(argv)
+        users = tuple(u.strip() for u in env("CLO_ALLOWED_USERS", "").split(",") if u.strip())
+        return cls(model=a.model, adapters_dir=a.adapters_dir, db=a.db, engine=a.engine, url=a.url, host=a.host, port=a.port,
+                   demo_mode=a.demo_mode, admin_password=env("CLO_ADMIN_PASSWORD"), allowed_users=users,
+                   max_prompt_chars=a.max_prompt_chars, max_tokens=a.max_tokens)
+
+
+def sample_examples() -> dict[str, list[tuple[str, str]]]:
+    """Per language, (target-language prompt, its English original) pairs from the shipped sample."""
+    rows = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    langs = sorted(k.removeprefix("prompt_") for k in rows[0] if k.startswith("prompt_") and k != "prompt_en")
+    return {lang: [(r[f"prompt_{lang}"], r["prompt_en"]) for r in rows] for lang in langs}
+
+
+class Services:
+    """The engine (base + adapters), the vote store and the examples, built once per app."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None, running_on: str = ""):
+        self.settings = settings
+        Path(settings.adapters_dir).mkdir(parents=True, exist_ok=True)
+        self.engine = engine or load_engine(settings.engine, model=settings.model, adapters_dir=settings.adapters_dir,
+                                            url=settings.url)
+        self.running_on = running_on or f"{settings.model} on the {self.engine.kind} engine"
+        self.store = open_store(settings.db, limits=Limits(max_prompt_chars=settings.max_prompt_chars))
+        self.examples = sample_examples()
+
+    # ---- variants ----
+    def slots(self, lang: str) -> dict[str, str | None]:
+        """The variants Compare and Arena use for `lang`: {"base": "base", "sft": name or None, "clo": name or None}.
+
+        The newest adapter of each method trained for `lang` (from its manifest) fills its slot.
+        """
+        chosen: dict[str, tuple[float, str]] = {}
+        for name, adapter in self.engine.adapters.items():
+            if adapter.target_lang in (lang, None) and adapter.method in ("sft", "clo"):
+                mtime = adapter.path.stat().st_mtime if adapter.path.exists() else 0.0
+                if adapter.method not in chosen or mtime > chosen[adapter.method][0]:
+                    chosen[adapter.method] = (mtime, name)
+        return {"base": BASE, "sft": chosen.get("sft", (0, None))[1], "clo": chosen.get("clo", (0, None))[1]}
+
+    def battle_variants(self, lang: str) -> list[str]:
+        return [v for v in self.slots(lang).values() if v]
+
+    # ---- checks shared by every tab and endpoint ----
+    def check_prompt(self, prompt: str | None) -> str:
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise CLOError("write a prompt first")
+        if len(prompt) > self.settings.max_prompt_chars:
+            raise CLOError(f"the prompt has {len(prompt):,} characters; the limit is {self.settings.max_prompt_chars:,}")
+        return prompt
+
+    @staticmethod
+    def check_lang(lang: str | None) -> str:
+        if lang not in LANGUAGES or lang == "en":
+            raise CLOError(f"unknown target language {lang!r}")
+        return lang
+
+    def english_of(self, prompt: str, lang: str) -> str | None:
+        """The English original of a sample prompt, else None (the app does not machine-translate on the fly)."""
+        return next((en for tgt, en in self.examples.get(lang, []) if tgt == prompt), None)
+
+    def generate(self, requests: list[Request]):
+        return on_gpu(self.engine.generate)(requests)
+
+    def stream(self, requests: list[Request]):
+        return on_gpu(lambda r: list(self.engine.stream(r)))(requests) if ZERO_GPU else self.engine.stream(requests)
+
+    def requests(self, prompt: str, variants: list[str]) -> list[Request]:
+        sampling = Sampling(max_tokens=self.settings.max_tokens)
+        return [Request(v, [{"role": "user", "content": prompt}], sampling) for v in variants]

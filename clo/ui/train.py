@@ -1,0 +1,271 @@
+"""Train tab: a form built from the recipe dataclasses, `python -m clo train` as a subprocess, live progress.
+
+The run outlives the page: its state is a small JSON file next to its log, so a reloaded page re-attaches.
+Stop ends the whole process group. A finished adapter is hot-loaded into the serving engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import typing
+import uuid
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from clo import CLOError
+from clo.config import METHODS, SECTIONS, Recipe, base_type
+from clo.ui.services import ROOT, ZERO_GPU, Services, on_gpu
+
+# the recipe fields the form shows, in order; their widgets, labels and help come from the dataclasses
+FORM = ("model.name_or_path", "data.target_lang", "data.source", "data.pairs", "method.method", "training.max_steps",
+        "training.epochs", "lora.r", "model.load_in_4bit", "training.name")
+RUNS = Path("runs") / "ui"
+UPLOADS = Path("uploads")
+
+
+def field_of(dotted: str) -> dataclasses.Field:
+    section, name = dotted.split(".")
+    return next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
+
+
+def widget(dotted: str, default) -> gr.components.Component:
+    f = field_of(dotted)
+    tp, _ = base_type(f)
+    label, info = dotted.split(".")[1].replace("_", " "), f.metadata["help"]
+    if dotted == "method.method":
+        return gr.CheckboxGroup(list(METHODS), value=default, label="methods", info=info)
+    if f.metadata.get("choices"):
+        return gr.Dropdown(list(f.metadata["choices"]), value=default, label=label, info=info)
+    if tp is bool:
+        return gr.Checkbox(value=default, label=label, info=info)
+    if tp in (int, float):
+        return gr.Number(value=default, label=label, info=info, precision=0 if tp is int else None)
+    if typing.get_origin(tp) is list:
+        return gr.Textbox(value=",".join(default), label=label, info=info)
+    return gr.Textbox(value=default, label=label, info=info)
+
+
+def recipe_from_form(values: dict[str, object]) -> Recipe:
+    overrides = {k: (",".join(v) if isinstance(v, list) else v) for k, v in values.items() if v not in (None, "")}
+    return Recipe.load(overrides=overrides)  # validates every value, with the CLI's messages
+
+
+def command(recipe_path: Path) -> list[str]:
+    return [sys.executable, "-m", "clo", "train", "--config", str(recipe_path)]
+
+
+class Jobs:
+    """At most one training subprocess; its state lives in runs/ui/job.json so any page can re-attach."""
+
+    def __init__(self, services: Services):
+        self.services = services
+        self.state_file = RUNS / "job.json"
+        self.loaded: set[str] = set()
+        self.proc: subprocess.Popen | None = None
+        self.thread = None  # ZeroGPU: the in-process run
+
+    def current(self) -> dict | None:
+        if not self.state_file.is_file():
+            return None
+        return json.loads(self.state_file.read_text(encoding="utf-8"))
+
+    def running(self) -> bool:
+        if self.thread is not None:
+            return self.thread.is_alive()
+        if self.proc is not None:  # started by this server: it is our child
+            return self.proc.poll() is None
+        job = self.current()  # started before a restart of the server
+        if not job:
+            return False
+        try:
+            os.kill(job["pid"], 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def start(self, recipe: Recipe) -> dict:
+        if self.running():
+            raise CLOError("a training run is already going: wait for it or stop it first")
+        if ZERO_GPU:  # the GPU exists only inside spaces.GPU calls of this process: train here, in a thread
+            return self._start_in_process(recipe)
+        job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
+        folder = RUNS / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        recipe.training.runs_dir = str(folder)
+        recipe.training.adapters_dir = self.services.settings.adapters_dir
+        recipe.save(folder / "recipe.yaml")
+        cmd = command(folder / "recipe.yaml")
+        out = open(folder / "output.log", "w")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        self.proc = proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        job = {"id": job_id, "pid": proc.pid, "folder": str(folder), "command": shlex.join(cmd), "started": time.time()}
+        self.state_file.write_text(json.dumps(job), encoding="utf-8")
+        return job
+
+    def _start_in_process(self, recipe: Recipe) -> dict:
+        import threading
+
+        from clo.train import train
+
+        job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
+        folder = RUNS / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        recipe.training.runs_dir, recipe.training.adapters_dir = str(folder), self.services.settings.adapters_dir
+        self.thread = threading.Thread(target=on_gpu(train, duration=600), args=(recipe,), daemon=True)
+        self.thread.start()
+        job = {"id": job_id, "pid": os.getpid(), "folder": str(folder), "command": "clo.train.train (in process, ZeroGPU)",
+               "started": time.time()}
+        self.state_file.write_text(json.dumps(job), encoding="utf-8")
+        return job
+
+    def stop(self) -> str:
+        job = self.current()
+        if not job or not self.running():
+            raise CLOError("nothing is running")
+        if self.thread is not None:
+            raise CLOError("an in-process ZeroGPU run cannot be stopped; it ends within its GPU time limit")
+        os.killpg(job["pid"], signal.SIGTERM)  # clo stops at the next step and writes no adapter
+        for _ in range(100):
+            if not self.running():
+                return "stopped"
+            time.sleep(0.1)
+        os.killpg(job["pid"], signal.SIGKILL)
+        return "killed"
+
+    def events(self) -> list[dict]:
+        job = self.current()
+        if not job:
+            return []
+        logs = sorted(Path(job["folder"]).glob("*/log.jsonl"))
+        return [json.loads(line) for log in logs for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def hot_load(self) -> list[str]:
+        """Serve every adapter this job finished and the engine does not have yet."""
+        added = []
+        for e in self.events():
+            if e["event"] == "done" and e["path"] not in self.loaded:
+                self.services.engine.add_adapter(e["path"])
+                self.loaded.add(e["path"])
+                added.append(Path(e["path"]).name)
+        return added
+
+    def tail(self, lines: int = 20) -> str:
+        job = self.current()
+        if not job:
+            return ""
+        path = Path(job["folder"]) / "output.log"
+        text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+        return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+
+def progress(events: list[dict]) -> tuple[str, pd.DataFrame]:
+    logs = [e for e in events if e["event"] == "log"]
+    if not logs:
+        return "waiting for the first step…", pd.DataFrame(columns=["step", "value", "series"])
+    last = logs[-1]
+    share = last["step"] / max(last["max_steps"], 1)
+    bar = "█" * int(share * 30) + "░" * (30 - int(share * 30))
+    text = f"`{last['adapter']}` {bar} {share:.0%} · step {last['step']}/{last['max_steps']} · ETA {last['eta']:.0f} s"
+    series = ("loss", "l_sft", "l_cl", "tgt/margin", "en/margin")
+    rows = [{"step": e["step"], "value": e[k], "series": f"{e['adapter']} {k}"} for e in logs for k in series if k in e]
+    return text, pd.DataFrame(rows)
+
+
+def build(services: Services, visible: bool = True):
+    jobs = Jobs(services)
+    defaults = Recipe.load(overrides={"model.name_or_path": services.settings.model})
+    with gr.Column(visible=visible) as panel:
+        widgets = {}
+        with gr.Row():
+            for dotted in FORM[:5]:
+                section, name = dotted.split(".")
+                widgets[dotted] = widget(dotted, getattr(getattr(defaults, section), name))
+        with gr.Row():
+            for dotted in FORM[5:]:
+                section, name = dotted.split(".")
+                widgets[dotted] = widget(dotted, getattr(getattr(defaults, section), name))
+        upload = gr.File(label="…or upload a JSONL of English pairs (prompt_en / response_en)", file_types=[".jsonl"])
+        preview = gr.Code(label="The command that will run", language="shell")
+        with gr.Row():
+            start = gr.Button("Start", variant="primary")
+            stop = gr.Button("Stop", variant="stop")
+        status = gr.Markdown(elem_id="train-status")
+        plot = gr.LinePlot(x="step", y="value", color="series", label="loss, L_SFT, L_CL, margins")
+        tail = gr.Code(label="Log", language=None)
+    timer = gr.Timer(2)
+    keys = list(widgets)
+
+    def values_of(args) -> dict:
+        return dict(zip(keys, args))
+
+    def on_upload(file):
+        if file is None:
+            return gr.update()
+        src = Path(file if isinstance(file, str) else file.name)
+        from clo.data import read_records
+
+        try:
+            rows = list(read_records(src))
+        except CLOError as e:
+            raise gr.Error(str(e)) from None
+        if not rows or not all(r.get("prompt_en") and r.get("response_en") for _, r in rows):
+            raise gr.Error("the upload needs fields prompt_en and response_en on every line")
+        UPLOADS.mkdir(exist_ok=True)
+        dest = UPLOADS / f"{uuid.uuid4().hex[:8]}.jsonl"
+        shutil.copy(src, dest)
+        return str(dest)
+
+    def on_preview(*args):
+        try:
+            recipe = recipe_from_form(values_of(args))
+        except CLOError as e:
+            return f"# {e}"
+        flags = " ".join(f"--{k} {shlex.quote(','.join(v) if isinstance(v, list) else str(v))}" for k, v in values_of(args).items()
+                         if v not in (None, ""))
+        return f"python -m clo train {flags}\n# = {', '.join(recipe.adapter_name(m) for m in recipe.method.method)}"
+
+    def on_start(*args):
+        try:
+            job = jobs.start(recipe_from_form(values_of(args)))
+        except CLOError as e:
+            raise gr.Error(str(e)) from None
+        return f"started: `{job['command']}`"
+
+    def on_stop():
+        try:
+            return f"training {jobs.stop()}; no adapter was written"
+        except CLOError as e:
+            raise gr.Error(str(e)) from None
+
+    def on_tick():
+        events = jobs.events()
+        if not events and not jobs.current():
+            return gr.update(), gr.update(), gr.update()
+        text, frame = progress(events)
+        added = jobs.hot_load()
+        if added:
+            text += f"\n\n✅ now serving {', '.join(added)} in Compare and Arena"
+        elif not jobs.running() and any(e["event"] == "stopped" for e in events):
+            text = "stopped; no adapter was written"
+        elif not jobs.running() and any(e["event"] == "done" for e in events):
+            text += "\n\n✅ finished"
+        return text, frame, jobs.tail()
+
+    inputs = [widgets[k] for k in keys]
+    upload.change(on_upload, upload, widgets["data.source"], api_visibility="private")
+    for w in inputs:
+        w.change(on_preview, inputs, preview, api_visibility="private")
+    start.click(on_start, inputs, status, api_visibility="private")
+    stop.click(on_stop, None, status, api_visibility="private")
+    timer.tick(on_tick, None, [status, plot, tail], api_visibility="private")
+    return panel, jobs, on_preview, inputs, preview
