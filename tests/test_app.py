@@ -170,3 +170,39 @@ def test_stop_ends_the_process_tree(tiny_model, project):
     assert jobs.stop() in ("stopped", "killed")
     assert not jobs.running()
     assert not (project / "adapters" / "long").exists()
+
+
+def test_offline_app_starts_on_a_tiny_model_and_says_so(tmp_path):
+    """No hub and no local copy of the default model: the app still builds, on a tiny random model."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "CLO_ENGINE": "peft", "CLO_DB": str(tmp_path / "v.db"),
+           "CLO_ADAPTERS_DIR": str(tmp_path / "adapters"), "CLO_MODEL": "Qwen/Qwen2.5-0.5B-Instruct"}
+    code = "import app; print('TITLE', app.services.running_on); print('BLOCKS', type(app.demo).__name__)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "TITLE a tiny random model" in r.stdout and "hub is unreachable" in r.stdout and "BLOCKS Blocks" in r.stdout
+    assert (tmp_path / "models" / "tiny" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json at all\n", "not valid JSON"),
+    ('{"prompt": "only one field"}\n', "prompt_en and response_en"),
+])
+def test_bad_upload_is_a_message(tiny_model, project, content, message):
+    import gradio as gr
+
+    from clo.ui.train import upload_jsonl
+
+    path = project / "up.jsonl"
+    path.write_text(content)
+    with pytest.raises(gr.Error, match=message):
+        upload_jsonl(str(path))
+    assert not (project / "uploads").exists()
+
+
+def test_good_upload_is_copied_into_the_project(project):
+    from clo.ui.train import upload_jsonl
+
+    src = project / "up.jsonl"
+    src.write_text(json.dumps({"prompt_en": "Hi", "response_en": "Hello!"}) + "\n")
+    dest = Path(upload_jsonl(str(src)))
+    assert dest.parent.name == "uploads" and dest.read_text() == src.read_text()

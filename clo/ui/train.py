@@ -168,6 +168,22 @@ class Jobs:
         return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
 
 
+def upload_jsonl(src: str) -> str:
+    """Check an uploaded JSONL of English pairs and copy it into the project's uploads/ folder; returns the copy."""
+    from clo.data import read_records
+
+    try:
+        rows = list(read_records(Path(src)))
+    except CLOError as e:
+        raise gr.Error(str(e)) from None
+    if not rows or not all(r.get("prompt_en") and r.get("response_en") for _, r in rows):
+        raise gr.Error("the upload needs fields prompt_en and response_en on every line")
+    UPLOADS.mkdir(exist_ok=True)
+    dest = UPLOADS / f"{uuid.uuid4().hex[:8]}.jsonl"
+    shutil.copy(src, dest)
+    return str(dest)
+
+
 def progress(events: list[dict]) -> tuple[str, pd.DataFrame]:
     logs = [e for e in events if e["event"] == "log"]
     if not logs:
@@ -209,21 +225,7 @@ def build(services: Services, visible: bool = True):
         return dict(zip(keys, args))
 
     def on_upload(file):
-        if file is None:
-            return gr.update()
-        src = Path(file if isinstance(file, str) else file.name)
-        from clo.data import read_records
-
-        try:
-            rows = list(read_records(src))
-        except CLOError as e:
-            raise gr.Error(str(e)) from None
-        if not rows or not all(r.get("prompt_en") and r.get("response_en") for _, r in rows):
-            raise gr.Error("the upload needs fields prompt_en and response_en on every line")
-        UPLOADS.mkdir(exist_ok=True)
-        dest = UPLOADS / f"{uuid.uuid4().hex[:8]}.jsonl"
-        shutil.copy(src, dest)
-        return str(dest)
+        return gr.update() if file is None else upload_jsonl(file if isinstance(file, str) else file.name)
 
     def on_preview(*args):
         try:
