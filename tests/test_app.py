@@ -32,36 +32,39 @@ def make_adapters(model: Path, folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def app_url(tiny_model, tmp_path_factory):
-    """`python app.py` on the tiny model with an SFT and a CLO adapter, on a loopback port."""
-    work = tmp_path_factory.mktemp("app")
-    make_adapters(tiny_model, work / "adapters")
+def launch_app(model: Path, work: Path, **extra_env):
+    """Start `python app.py` in `work` on a loopback port; returns (process, url) once a client can connect."""
+    from gradio_client import Client
+
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "CLO_MODEL": str(tiny_model), "CLO_ENGINE": "peft",
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "CLO_MODEL": str(model), "CLO_ENGINE": "peft",
            "CLO_ADAPTERS_DIR": str(work / "adapters"), "CLO_DB": str(work / "votes.db"), "CLO_PORT": str(port),
-           "CLO_MAX_PROMPT_CHARS": "2000"}
+           "CLO_MAX_PROMPT_CHARS": "2000", **extra_env}
     log = open(work / "app.log", "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    from gradio_client import Client
-
     deadline = time.time() + 120
     while time.time() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"app.py exited: {(work / 'app.log').read_text()[-2000:]}")
         try:
             Client(url, verbose=False)
-            break
+            return proc, url
         except Exception:  # noqa: BLE001 (not up yet)
             time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("app.py did not start in 120 s")
+    proc.kill()
+    pytest.fail("app.py did not start in 120 s")
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_model, tmp_path_factory):
+    """`python app.py` on the tiny model with an SFT and a CLO adapter, on a loopback port."""
+    work = tmp_path_factory.mktemp("app")
+    make_adapters(tiny_model, work / "adapters")
+    proc, url = launch_app(tiny_model, work)
     yield url, work
     proc.terminate()
     proc.wait(timeout=30)
-    log.close()
 
 
 @pytest.fixture

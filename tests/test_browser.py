@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_app import app_url  # noqa: F401 (the launched app fixture)
+from test_app import app_url, launch_app  # noqa: F401 (the launched app fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -40,3 +40,29 @@ def test_battle_in_the_browser(app_url):  # noqa: F811
         page.screenshot(path=str(ARTIFACTS / "arena.png"), full_page=True)
         browser.close()
     assert (ARTIFACTS / "arena.png").stat().st_size > 10_000
+
+
+def test_demo_mode_hides_train_until_the_admin_password(tiny_model, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
+    proc, url = launch_app(tiny_model, tmp_path, CLO_DEMO_MODE="1", CLO_ADMIN_PASSWORD="s3cret")
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu",
+                                                                        "--disable-background-networking"])
+            page = browser.new_page()
+            page.goto(url)
+            page.get_by_role("tab", name="Train").click()
+            start = page.get_by_role("button", name="Start", exact=True)
+            sync_api.expect(page.get_by_label("Admin password")).to_be_visible(timeout=30_000)
+            sync_api.expect(start).to_be_hidden()
+            page.get_by_label("Admin password").fill("wrong")
+            page.get_by_role("button", name="Unlock training").click()
+            sync_api.expect(page.get_by_text("wrong password").first).to_be_visible(timeout=10_000)
+            sync_api.expect(start).to_be_hidden()
+            page.get_by_label("Admin password").fill("s3cret")
+            page.get_by_role("button", name="Unlock training").click()
+            sync_api.expect(start).to_be_visible(timeout=10_000)
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
