@@ -11,7 +11,7 @@ from pathlib import Path
 
 from clo import CLOError
 from clo.hub import hub_online, locate
-from clo.ui import build_app
+from clo.ui import CSS, build_app
 from clo.ui.services import Services, Settings
 
 TINY = Path("models") / "tiny"
@@ -53,4 +53,4 @@ print(f"[clo] running on {services.running_on}", flush=True)
 demo = build_app(services)
 
 if __name__ == "__main__":
-    demo.launch(server_name=settings.host, server_port=settings.port)
+    demo.launch(server_name=settings.host, server_port=settings.port, css=CSS)

@@ -62,30 +62,33 @@ def compare_api(services: Services, prompt: str, lang: str, english: str | None 
     return out
 
 
+def answer_row(heading: str) -> dict[str, gr.Markdown]:
+    """A heading and one answer pane per slot (base, SFT, CLO), side by side."""
+    gr.Markdown(f"### {heading}")
+    panes = {}
+    with gr.Row(equal_height=True):
+        for slot in SLOTS:
+            with gr.Column():
+                gr.Markdown(f"**{TITLES[slot]}**")
+                panes[slot] = gr.Markdown(elem_classes=["answer"])
+    return panes
+
+
 def build(services: Services):
     langs = [(f"{LANGUAGES[c].name} ({c})", c) for c in services.examples] + [
         (f"{x.name} ({c})", c) for c, x in LANGUAGES.items() if c not in services.examples and c != "en"]
+    default = next(iter(services.examples), "ko")
     with gr.Row():
-        lang = gr.Dropdown(langs, value=next(iter(services.examples), "ko"), label="Target language", scale=1)
-        example = gr.Dropdown([], label="Example prompt (from assets/sample)", scale=3, allow_custom_value=False)
+        lang = gr.Dropdown(langs, value=default, label="Target language", scale=1)
+        example = gr.Dropdown([p for p, _ in services.examples.get(default, [])], value=None, scale=3,
+                              label="Example prompt (from assets/sample)", allow_custom_value=False)
     prompt = gr.Textbox(label="Prompt in the target language", lines=2, max_length=services.settings.max_prompt_chars)
     english = gr.Textbox(label="The same prompt in English (filled in for examples)", lines=1)
     with gr.Row():
         go = gr.Button("Compare", variant="primary")
         to_arena = gr.Button("Send to Arena")
-    target_boxes, english_boxes = {}, {}
-    gr.Markdown("### In the target language")
-    with gr.Row(equal_height=True):
-        for s in SLOTS:
-            with gr.Column():
-                gr.Markdown(f"**{TITLES[s]}**")
-                target_boxes[s] = gr.Markdown(elem_classes=["answer"])
-    gr.Markdown("### In English")
-    with gr.Row(equal_height=True):
-        for s in SLOTS:
-            with gr.Column():
-                gr.Markdown(f"**{TITLES[s]}**")
-                english_boxes[s] = gr.Markdown(elem_classes=["answer"])
+    target_boxes = answer_row("In the target language")
+    english_boxes = answer_row("In English")
 
     def examples_for(code):
         return gr.update(choices=[p for p, _ in services.examples.get(code, [])], value=None)
