@@ -49,7 +49,8 @@ def build_app(services: Services) -> gr.Blocks:
         def check_password(given):
             if s.admin_password and hmac.compare_digest(given or "", s.admin_password):
                 return gr.update(visible=False), gr.update(visible=True)
-            raise gr.Error("wrong password")
+            gr.Warning("wrong password")  # a toast: the gate stays usable for another try
+            return gr.update(), gr.update()
 
         def on_load(profile: gr.OAuthProfile | None = None):
             allowed = profile is not None and profile.username in s.allowed_users
@@ -64,7 +65,7 @@ def build_app(services: Services) -> gr.Blocks:
 
         to_arena.click(lambda p, code: (p, code, gr.Tabs(selected="arena")), [compare_prompt, compare_lang],
                        [arena_prompt, arena_lang, tabs], api_visibility="private")
-        unlock.click(check_password, password, [gate, panel], api_visibility="private")
+        unlock.click(check_password, password, [gate, panel], api_visibility="private", show_progress="hidden")
         demo.load(on_load, None, [gate, panel], api_visibility="private")
         demo.load(on_preview, train_inputs, train_preview, api_visibility="private")
         demo.load(data.preview_pairs, [data_lang, data_pairs], data_table, api_visibility="private")
