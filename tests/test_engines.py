@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT
 
 from clo import CLOError
-from clo.engines import BASE, Request, Sampling, find_adapters, load_engine, read_adapter
+from clo.engines import BASE, Request, Sampling, find_adapters, read_adapter
 from clo.engines.peft_engine import PeftEngine
 from clo.engines.remote import RemoteEngine
 from clo.engines.vllm_engine import vllm_usable

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, arithmetic_rows, write_jsonl
+from conftest import ROOT
 
 from clo.config import Recipe
 from clo.data import build_pairs
