@@ -3,36 +3,42 @@
     python app.py [--model ID_OR_PATH] [--adapters-dir DIR] [--db URL_OR_PATH] [--engine auto|vllm|remote|peft]
                   [--host H] [--port N] [--demo-mode]          # every flag also reads CLO_* environment variables
 
-With no hub access and no local copy of the model, the app starts on a tiny random model and says so.
+With no hub access and no local copy of the model, the app serves the synthetic miniature (clo.miniature: an
+English-centric base model and its SFT and CLO adapters on an invented language, built once on CPU) and says so.
+`--model miniature` asks for it outright.
 """
 
+import json
 import sys
-from pathlib import Path
 
 from clo import CLOError
 from clo.hub import hub_online, locate
 from clo.ui import CSS, build_app
 from clo.ui.services import Services, Settings
 
-TINY = Path("models") / "tiny"
-
-
 def resolve_model(settings: Settings) -> str:
     """The model to serve, and a sentence saying plainly what it is."""
-    try:
-        source = locate(settings.model, kind="model", flag="--model")
-    except CLOError as e:
-        sys.exit(f"error: {e}")
-    if source.local or hub_online() or _cached(settings.model):
-        return f"{settings.model} on the {{engine}} engine"
-    from clo.tiny import build_tiny_model
+    asked = settings.model
+    if asked != "miniature":
+        try:
+            source = locate(asked, kind="model", flag="--model")
+        except CLOError as e:
+            sys.exit(f"error: {e}")
+        if source.local or hub_online() or _cached(asked):
+            return f"{asked} on the {{engine}} engine"
+    from clo.miniature.experiment import app_models
 
-    if not (TINY / "config.json").is_file():
-        build_tiny_model(TINY)
-    note = (f"a tiny random model ({TINY}) — the Hugging Face hub is unreachable and {settings.model} is not cached here, "
-            "so answers are noise; start with --model PATH for a real model")
-    settings.model = str(TINY)
-    return note
+    base, adapters = app_models()
+    settings.model = str(base)
+    if settings.adapters_dir == Settings().adapters_dir:  # not chosen by the user: the miniature's own adapters
+        settings.adapters_dir = str(adapters)
+    size = json.loads((base / "miniature.json").read_text(encoding="utf-8"))["parameters"] / 1e6
+    what = (f"the **synthetic miniature** ({base}): a {size:.1f}M-parameter English-centric model and its SFT and CLO adapters, "
+            "trained here on an invented target language (its lexicon is in the Data tab)")
+    if asked == "miniature":
+        return what + ", on the {engine} engine"
+    return (what + f". The Hugging Face hub is unreachable and {asked} is not cached here; "
+            "start with --model PATH to serve a real model")
 
 
 def _cached(model_id: str) -> bool:

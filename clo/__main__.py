@@ -1,4 +1,4 @@
-"""Command line: `python -m clo prepare|train|generate|votes|leaderboard|tiny`.
+"""Command line: `python -m clo prepare|train|generate|votes|leaderboard|miniature|tiny`.
 
     python -m clo prepare --lang ko --pairs 50               # build + cache the cross-lingual pairs, preview them
     python -m clo train --config recipes/demo.yaml --method clo,sft --max-steps 20
@@ -6,6 +6,7 @@
     python -m clo generate --lang ko --prompts sample        # language fidelity per variant
     python -m clo votes export --format parquet              # the votes, for analysis
     python -m clo leaderboard --lang ko                      # W/T/L, win rates, Bradley–Terry, Elo
+    python -m clo miniature                                  # SFT vs CLO on a synthetic language, offline, ~5 min
     python -m clo tiny models/tiny                           # a tiny random model for offline smoke runs
 
 Every recipe field is an option (`--section.field VALUE`); the common ones have short aliases.
@@ -158,6 +159,49 @@ def cmd_tiny(args: argparse.Namespace) -> None:
     print(build_tiny_model(args.path, seed=args.seed))
 
 
+def cmd_miniature(args: argparse.Namespace) -> None:
+    from clo.miniature.base import base_model
+    from clo.miniature.experiment import MiniatureConfig, run
+
+    cfg = MiniatureConfig()
+    for f in dataclasses.fields(MiniatureConfig):
+        value = getattr(args, f"mini_{f.name}", None)
+        if value is not None:
+            setattr(cfg, f.name, value)
+    if args.no_app_adapters:
+        cfg.app_adapters = None
+    if args.rebuild_base or args.only_base:
+        base_model(cfg.base_path, rebuild=args.rebuild_base)
+    if not args.only_base:
+        run(cfg)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers ≥ 0, got {text!r}")
+    return values
+
+
+def add_miniature_options(p: argparse.ArgumentParser) -> None:
+    from clo.miniature.experiment import MiniatureConfig
+
+    for f in dataclasses.fields(MiniatureConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = _int_list if isinstance(default, list) and f.name != "methods" else (
+            (lambda t: [x for x in t.split(",") if x]) if f.name == "methods" else type(default) if default is not None else str)
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f"mini_{f.name}", type=kind, default=None,
+                       metavar="A,B,..." if isinstance(default, list) else type(default).__name__.upper() if default is not None else "PATH",
+                       help=f"{f.metadata['help']} (default: {shown})".replace("%", "%%"))
+    p.add_argument("--no-app-adapters", action="store_true", help="leave models/miniature/adapters as they are")
+    p.add_argument("--rebuild-base", action="store_true", help="pretrain the base model again even if it is cached")
+    p.add_argument("--only-base", action="store_true", help="build (or check) the cached base model and stop")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m clo", description="Cross-Lingual Optimization: data, training and tools.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -201,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--focus", default="clo", help="the variant whose wins / ties / losses are tabulated")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("miniature", help="the paper in miniature: SFT vs CLO on a synthetic language, offline, on CPU",
+                       description="Pretrain (once, cached) an English-centric miniature base, fine-tune it with SFT and "
+                       "CLO at several data sizes, and measure target / English fidelity and accuracy on held-out tasks.")
+    add_miniature_options(p)
+    p.set_defaults(func=cmd_miniature)
 
     p = sub.add_parser("tiny", help="write a tiny random Llama-style chat model (for offline smoke runs)")
     p.add_argument("path", help="output folder")

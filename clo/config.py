@@ -58,8 +58,8 @@ class DataConfig:
     target_lang: str = _f("ko", "Target language l (ISO 639-1: ko, zh, de, id, sw, yo, ...).", cli="--lang")
     source: str = _f(
         "sample",
-        "English SFT pairs (x_en, y_en): 'sample' (shipped in assets/), a local .jsonl/.json/.csv file, "
-        "or a Hugging Face dataset id (OpenAssistant/oasst1 gets the paper's top-ranked single-turn selection).",
+        "English SFT pairs (x_en, y_en): 'sample' (shipped in assets/), 'miniature' (synthetic tasks with an exact "
+        "translation, --lang mini), a local .jsonl/.json/.csv file, or a Hugging Face dataset id (OpenAssistant/oasst1 gets the paper's top-ranked single-turn selection).",
         cli="--data",
     )
     split: str = _f("train", "Split of a hub dataset.")

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "assets" / "sample" / "pairs.jsonl"
 DEFAULT_TRANSLATORS = {"m2m100": "facebook/m2m100_418M", "nllb": "facebook/nllb-200-distilled-600M"}
 OASST_COLUMNS = {"message_id", "parent_id", "role", "text", "rank", "lang"}
+MINIATURE_POOL = 1000  # synthetic training-side examples that --data miniature draws its pairs from
 FORMAT_VERSION = 1  # bump when the built rows change shape, so old caches are not reused
 
 
@@ -125,6 +126,8 @@ def load_english(cfg: DataConfig) -> tuple[list[dict], dict]:
     """
     tgt_prompt = cfg.target_prompt_field.replace("{lang}", cfg.target_lang)
     tgt_response = cfg.target_response_field.replace("{lang}", cfg.target_lang)
+    if cfg.source == "miniature":
+        return _load_miniature(cfg)
     if cfg.source == "sample":
         path = SAMPLE
     elif Path(cfg.source).expanduser().is_file() or Path(cfg.source).suffix.lower() in (".jsonl", ".json", ".csv", ".ndjson"):
@@ -154,6 +157,20 @@ def load_english(cfg: DataConfig) -> tuple[list[dict], dict]:
         raise CLOError(f"{path}: no usable rows")
     source = {"source": "sample" if path == SAMPLE else str(path), "sha256": _file_hash(path)}
     return rows, source
+
+
+def _load_miniature(cfg: DataConfig) -> tuple[list[dict], dict]:
+    """The miniature's training side: synthetic tasks, each already in both languages (the translation is exact)."""
+    from clo.miniature.world import CODE, WORLD, generate
+
+    if cfg.target_lang != CODE:
+        raise CLOError(f"--data miniature is in the miniature's own language: use --lang {CODE}, not {cfg.target_lang!r}")
+    try:
+        pool = generate(max(cfg.pairs, MINIATURE_POOL), seed=0, split="train")
+    except ValueError as e:
+        raise CLOError(f"--data miniature: {e}") from None
+    rows = [{k: v for k, v in ex.row().items() if k != "task"} | {"where": f"miniature {ex.id}"} for ex in pool]
+    return rows, {"source": "miniature", "world": WORLD.fingerprint, "pool": len(pool)}
 
 
 def _load_hub(cfg: DataConfig, tgt_prompt: str, tgt_response: str) -> tuple[list[dict], dict]:
@@ -239,7 +256,10 @@ class HFTranslator:
 
     def _code(self, lang: str) -> str:
         entry = language(lang)
-        return entry.m2m100 if self.family == "m2m100" else entry.nllb
+        code = entry.m2m100 if self.family == "m2m100" else entry.nllb
+        if code is None:
+            raise CLOError(f"no translation model knows {entry.name} ({lang!r}); its pairs come from --data miniature")
+        return code
 
     def _target_token_id(self, lang: str) -> int:
         code = self._code(lang)

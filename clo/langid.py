@@ -41,14 +41,31 @@ def _letters(text: str) -> int:
 
 
 def detect(text: str) -> Detection:
-    """The language of `text` without its code spans; "unknown" when too short or unsure."""
+    """The language of `text` without its code spans; "unknown" when too short or unsure.
+
+    A text written only in the miniature's vocabulary (clo.miniature) is judged by its words: "mini" or "en",
+    exactly; no statistical detector knows the invented language.
+    """
     prose = _CODE.sub(" ", text or "")
+    mini = _miniature(prose)
+    if mini is not None:
+        return mini
     if _letters(prose) < MIN_LETTERS:
         return Detection(UNKNOWN, 0.0)
     best = _detector().compute_language_confidence_values(prose)[0]
     if best.value < MIN_CONFIDENCE:
         return Detection(UNKNOWN, 0.0)
     return Detection(best.language.iso_code_639_1.name.lower(), round(best.value, 3))
+
+
+def _miniature(text: str) -> Detection | None:
+    from clo.miniature.world import CODE, WORLD, tokens
+
+    words = [w for w in tokens(text) if w.isalpha()]
+    if not words or not all(w in WORLD.lexicon or w in WORLD.inverse for w in words):
+        return None
+    lang = WORLD.language_of(text)
+    return Detection(lang, 1.0) if lang in (CODE, "en") else Detection(UNKNOWN, 0.0)  # else: words of both
 
 
 def fidelity(pairs: Iterable[tuple[str, str]]) -> dict[str, float | int]:

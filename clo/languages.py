@@ -1,4 +1,4 @@
-"""Target languages: ISO 639-1 codes and each translator's own code, in one table.
+"""Target languages: ISO 639-1 codes and each translator's own code, in one table (plus the miniature's "mini").
 
     >>> from clo.languages import language
     >>> language("ko").nllb
@@ -16,9 +16,9 @@ from clo import CLOError
 class Language:
     code: str  # ISO 639-1
     name: str
-    m2m100: str  # M2M100 language code (its tokenizer's `__xx__` token without the underscores)
-    nllb: str  # NLLB-200 / FLORES-200 code
-    tier: str  # resource tier in the CLO paper's sense: high, mid or low
+    m2m100: str | None  # M2M100 language code (its tokenizer's `__xx__` token without the underscores)
+    nllb: str | None  # NLLB-200 / FLORES-200 code
+    tier: str  # resource tier in the CLO paper's sense: high, mid or low; "synthetic" for the miniature
 
 
 _TABLE = [
@@ -43,6 +43,8 @@ _TABLE = [
     Language("bn", "Bengali", "bn", "ben_Beng", "low"),
     Language("ha", "Hausa", "ha", "hau_Latn", "low"),
     Language("am", "Amharic", "am", "amh_Ethi", "low"),
+    # the invented language of clo.miniature; its translation is a function (--data miniature), not a model
+    Language("mini", "Miniature (synthetic)", None, None, "synthetic"),
 ]
 
 LANGUAGES: dict[str, Language] = {lang.code: lang for lang in _TABLE}

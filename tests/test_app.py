@@ -32,14 +32,17 @@ def make_adapters(model: Path, folder: Path) -> Path:
     return folder
 
 
-def launch_app(model: Path, work: Path, **extra_env):
-    """Start `python app.py` in `work` on a loopback port; returns (process, url) once a client can connect."""
+def launch_app(model: Path | str, work: Path, **extra_env):
+    """Start `python app.py` in `work` on a loopback port; returns (process, url) once a client can connect.
+
+    `extra_env` adds or overrides variables; None removes one."""
     from gradio_client import Client
 
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "CLO_MODEL": str(model), "CLO_ENGINE": "peft",
            "CLO_ADAPTERS_DIR": str(work / "adapters"), "CLO_DB": str(work / "votes.db"), "CLO_PORT": str(port),
            "CLO_MAX_PROMPT_CHARS": "2000", **extra_env}
+    env = {k: v for k, v in env.items() if v is not None}
     log = open(work / "app.log", "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -173,17 +176,6 @@ def test_stop_ends_the_process_tree(tiny_model, project):
     assert jobs.stop() in ("stopped", "killed")
     assert not jobs.running()
     assert not (project / "adapters" / "long").exists()
-
-
-def test_offline_app_starts_on_a_tiny_model_and_says_so(tmp_path):
-    """No hub and no local copy of the default model: the app still builds, on a tiny random model."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "CLO_ENGINE": "peft", "CLO_DB": str(tmp_path / "v.db"),
-           "CLO_ADAPTERS_DIR": str(tmp_path / "adapters"), "CLO_MODEL": "Qwen/Qwen2.5-0.5B-Instruct"}
-    code = "import app; print('TITLE', app.services.running_on); print('BLOCKS', type(app.demo).__name__)"
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "TITLE a tiny random model" in r.stdout and "hub is unreachable" in r.stdout and "BLOCKS Blocks" in r.stdout
-    assert (tmp_path / "models" / "tiny" / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("content, message", [

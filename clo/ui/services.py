@@ -89,6 +89,18 @@ def sample_examples() -> dict[str, list[tuple[str, str]]]:
     return {lang: [(r[f"prompt_{lang}"], r["prompt_en"]) for r in rows] for lang in langs}
 
 
+def miniature_examples(n: int = 60) -> dict[str, list[tuple[str, str]]]:
+    """Held-out miniature queries (target language, English), for a model built by clo.miniature."""
+    from clo.miniature.experiment import EVAL_SEED
+    from clo.miniature.world import CODE, generate
+
+    return {CODE: [(ex.prompt_tgt, ex.prompt_en) for ex in generate(n, seed=EVAL_SEED, split="eval")]}
+
+
+def is_miniature(model: str) -> bool:
+    return (Path(model) / "miniature.json").is_file()
+
+
 class Services:
     """The engine (base + adapters), the vote store and the examples, built once per app."""
 
@@ -99,7 +111,7 @@ class Services:
                                             url=settings.url)
         self.running_on = running_on or f"{settings.model} on the {self.engine.kind} engine"
         self.store = open_store(settings.db, limits=Limits(max_prompt_chars=settings.max_prompt_chars))
-        self.examples = sample_examples()
+        self.examples = miniature_examples() if is_miniature(settings.model) else sample_examples()
 
     # ---- variants ----
     def slots(self, lang: str) -> dict[str, str | None]:

@@ -98,17 +98,39 @@ class Jobs:
             raise CLOError("a training run is already going: wait for it or stop it first")
         if ZERO_GPU:  # the GPU exists only inside spaces.GPU calls of this process: train here, in a thread
             return self._start_in_process(recipe)
-        job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
-        folder = RUNS / job_id
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self._new_folder()
         recipe.training.runs_dir = str(folder)
         recipe.training.adapters_dir = self.services.settings.adapters_dir
         recipe.save(folder / "recipe.yaml")
-        cmd = command(folder / "recipe.yaml")
+        return self._launch(command(folder / "recipe.yaml"), folder, "train")
+
+    def start_miniature(self) -> dict:
+        """`python -m clo miniature` (SFT vs CLO at four data sizes); when the app serves the miniature, its
+        adapters are replaced by the new run's and reloaded at the end."""
+        if self.running():
+            raise CLOError("a run is already going: wait for it or stop it first")
+        from clo.ui.services import is_miniature
+
+        folder = self._new_folder()
+        cmd = [sys.executable, "-m", "clo", "miniature", "--out-dir", str(folder)]
+        if is_miniature(self.services.settings.model):
+            cmd += ["--base-path", self.services.settings.model, "--app-adapters", self.services.settings.adapters_dir]
+        else:
+            cmd += ["--no-app-adapters"]
+        return self._launch(cmd, folder, "miniature")
+
+    @staticmethod
+    def _new_folder() -> Path:
+        folder = RUNS / (time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4])
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _launch(self, cmd: list[str], folder: Path, kind: str) -> dict:
         out = open(folder / "output.log", "w")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         self.proc = proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        job = {"id": job_id, "pid": proc.pid, "folder": str(folder), "command": shlex.join(cmd), "started": time.time()}
+        job = {"id": folder.name, "kind": kind, "pid": proc.pid, "folder": str(folder), "command": shlex.join(cmd),
+               "started": time.time()}
         self.state_file.write_text(json.dumps(job), encoding="utf-8")
         return job
 
@@ -117,13 +139,12 @@ class Jobs:
 
         from clo.train import train
 
-        job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
-        folder = RUNS / job_id
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self._new_folder()
         recipe.training.runs_dir, recipe.training.adapters_dir = str(folder), self.services.settings.adapters_dir
         self.thread = threading.Thread(target=on_gpu(train, duration=600), args=(recipe,), daemon=True)
         self.thread.start()
-        job = {"id": job_id, "pid": os.getpid(), "folder": str(folder), "command": "clo.train.train (in process, ZeroGPU)",
+        job = {"id": folder.name, "kind": "train", "pid": os.getpid(), "folder": str(folder),
+               "command": "clo.train.train (in process, ZeroGPU)",
                "started": time.time()}
         self.state_file.write_text(json.dumps(job), encoding="utf-8")
         return job
@@ -146,11 +167,15 @@ class Jobs:
         job = self.current()
         if not job:
             return []
-        logs = sorted(Path(job["folder"]).glob("*/log.jsonl"))
+        logs = sorted(Path(job["folder"]).rglob("log.jsonl"))  # a miniature job has one per data size and seed
         return [json.loads(line) for log in logs for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def hot_load(self) -> list[str]:
-        """Serve every adapter this job finished and the engine does not have yet."""
+        """Serve every adapter this job finished and the engine does not have yet (for a miniature job: the
+        adapters it published for the app, once it has ended)."""
+        job = self.current() or {}
+        if job.get("kind") == "miniature":
+            return self._reload_miniature(job)
         added = []
         for e in self.events():
             if e["event"] == "done" and e["path"] not in self.loaded:
@@ -158,6 +183,23 @@ class Jobs:
                 self.loaded.add(e["path"])
                 added.append(Path(e["path"]).name)
         return added
+
+    def _reload_miniature(self, job: dict) -> list[str]:
+        if self.running() or job["id"] in self.loaded or not self.result():
+            return []
+        self.loaded.add(job["id"])
+        names = [n for n, a in self.services.engine.adapters.items() if a.path.parent == Path(self.services.settings.adapters_dir).resolve()]
+        for name in names:
+            self.services.engine.add_adapter(str(self.services.engine.adapters[name].path))
+        return names
+
+    def result(self) -> tuple[str, str] | None:
+        """(summary markdown, plot path) of a finished miniature job, else None."""
+        job = self.current() or {}
+        summaries = sorted(Path(job.get("folder", ".")).glob("*/summary.md")) if job.get("kind") == "miniature" else []
+        if not summaries:
+            return None
+        return summaries[-1].read_text(encoding="utf-8"), str(summaries[-1].with_name("plot.png"))
 
     def tail(self, lines: int = 20) -> str:
         job = self.current()
@@ -218,6 +260,16 @@ def build(services: Services, visible: bool = True):
         status = gr.Markdown(elem_id="train-status")
         plot = gr.LinePlot(x="step", y="value", color="series", label="loss, L_SFT, L_CL, margins")
         tail = gr.Code(label="Log", language=None)
+        with gr.Accordion("The paper in miniature: SFT vs CLO on a synthetic language, on CPU", open=False):
+            gr.Markdown(
+                "Runs `python -m clo miniature`: an English-centric miniature base (pretrained once, cached) is fine-tuned "
+                "with SFT and with CLO on 50, 100, 200 and 400 pairs of an invented language with an exact translation, "
+                "and both are checked on held-out tasks in both languages. A few minutes on two CPU cores; "
+                "when the app serves the miniature, Compare and Arena switch to the new adapters when it ends."
+            )
+            mini_start = gr.Button("Run the miniature experiment")
+            mini_summary = gr.Markdown()
+            mini_plot = gr.Image(label="CLO vs SFT by data size", type="filepath", interactive=False)
     timer = gr.Timer(2)
     keys = list(widgets)
 
@@ -249,19 +301,28 @@ def build(services: Services, visible: bool = True):
         except CLOError as e:
             raise gr.Error(str(e)) from None
 
+    def on_mini_start():
+        try:
+            job = jobs.start_miniature()
+        except CLOError as e:
+            raise gr.Error(str(e)) from None
+        return f"started: `{job['command']}`", "", None
+
     def on_tick():
         events = jobs.events()
         if not events and not jobs.current():
-            return gr.update(), gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
         text, frame = progress(events)
         added = jobs.hot_load()
+        result = jobs.result()
         if added:
             text += f"\n\n✅ now serving {', '.join(added)} in Compare and Arena"
         elif not jobs.running() and any(e["event"] == "stopped" for e in events):
             text = "stopped; no adapter was written"
-        elif not jobs.running() and any(e["event"] == "done" for e in events):
+        elif not jobs.running() and (result or any(e["event"] == "done" for e in events)):
             text += "\n\n✅ finished"
-        return text, frame, jobs.tail()
+        summary, image = result if result else (gr.update(), gr.update())
+        return text, frame, jobs.tail(), summary, image
 
     inputs = [widgets[k] for k in keys]
     upload.change(on_upload, upload, widgets["data.source"], api_visibility="private")
@@ -269,5 +330,6 @@ def build(services: Services, visible: bool = True):
         w.change(on_preview, inputs, preview, api_visibility="private")
     start.click(on_start, inputs, status, api_visibility="private")
     stop.click(on_stop, None, status, api_visibility="private")
-    timer.tick(on_tick, None, [status, plot, tail], api_visibility="private")
+    mini_start.click(on_mini_start, None, [status, mini_summary, mini_plot], api_visibility="private")
+    timer.tick(on_tick, None, [status, plot, tail, mini_summary, mini_plot], api_visibility="private")
     return panel, jobs, on_preview, inputs, preview
