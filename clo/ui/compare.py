@@ -81,7 +81,7 @@ def build(services: Services):
     with gr.Row():
         lang = gr.Dropdown(langs, value=default, label="Target language", scale=1)
         example = gr.Dropdown([p for p, _ in services.examples.get(default, [])], value=None, scale=3,
-                              label="Example prompt (from assets/sample)", allow_custom_value=False)
+                              label="Example prompt", allow_custom_value=False)
     prompt = gr.Textbox(label="Prompt in the target language", lines=2, max_length=services.settings.max_prompt_chars)
     english = gr.Textbox(label="The same prompt in English (filled in for examples)", lines=1)
     with gr.Row():

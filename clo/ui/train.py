@@ -104,15 +104,15 @@ class Jobs:
         recipe.save(folder / "recipe.yaml")
         return self._launch(command(folder / "recipe.yaml"), folder, "train")
 
-    def start_miniature(self) -> dict:
-        """`python -m clo miniature` (SFT vs CLO at four data sizes); when the app serves the miniature, its
+    def start_miniature(self, options: list[str] = ()) -> dict:
+        """`python -m clo miniature [options]` (SFT vs CLO by data size); when the app serves the miniature, its
         adapters are replaced by the new run's and reloaded at the end."""
         if self.running():
             raise CLOError("a run is already going: wait for it or stop it first")
         from clo.ui.services import is_miniature
 
         folder = self._new_folder()
-        cmd = [sys.executable, "-m", "clo", "miniature", "--out-dir", str(folder)]
+        cmd = [sys.executable, "-m", "clo", "miniature", "--out-dir", str(folder), *options]
         if is_miniature(self.services.settings.model):
             cmd += ["--base-path", self.services.settings.model, "--app-adapters", self.services.settings.adapters_dir]
         else:
