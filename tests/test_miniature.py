@@ -277,3 +277,22 @@ def test_vllm_serves_the_miniature_like_peft(miniature, monkeypatch):
     peft_answers = PeftEngine(base, adapters).generate(requests)
     for r, a, b in zip(requests, vllm_answers, peft_answers):
         assert tokens(a.text) == tokens(b.text), (r.variant, r.messages[0]["content"])
+
+
+def test_app_models_retrain_adapters_older_than_the_base(miniature, project):
+    """A rebuilt base makes the published adapters stale: the app's first start trains them again."""
+    import shutil
+
+    from clo.miniature.experiment import app_models
+
+    work, _ = miniature
+    shutil.copytree(work / "models", project / "models")
+    base = project / "models/miniature/base"
+    adapter = project / f"models/miniature/adapters/clo-{CODE}/adapter_model.safetensors"
+    before = adapter.read_bytes()
+    app_models(log=lambda *_: None)  # current: nothing to do
+    assert adapter.read_bytes() == before
+    os.utime(base / "model.safetensors")  # the base is now newer than its adapters
+    app_models(log=lambda *_: None)
+    assert adapter.read_bytes() != before
+    assert json.loads(adapter.with_name("metrics.json").read_text())["pairs_seen"] >= 400

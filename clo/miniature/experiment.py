@@ -237,8 +237,9 @@ def app_models(base_path: str | Path = DEFAULT_PATH, adapters_dir: str | Path = 
         log("[clo] building the miniature once (pretraining the base, then SFT and CLO adapters); later starts reuse it")
         base_model(base_path, log=log)
     cfg = MiniatureConfig(base_path=str(base_path), app_adapters=str(adapters_dir))
-    wanted = [adapters_dir / f"{m}-{CODE}" for m in cfg.methods]
-    if not all((p / "adapter_model.safetensors").is_file() for p in wanted):
+    built = (base_path / "model.safetensors").stat().st_mtime
+    wanted = [adapters_dir / f"{m}-{CODE}" / "adapter_model.safetensors" for m in cfg.methods]
+    if not all(p.is_file() and p.stat().st_mtime >= built for p in wanted):  # missing, or older than the base
         size = max(cfg.sizes)
         scratch = Path(cfg.out_dir) / "app"
         shutil.rmtree(scratch, ignore_errors=True)
