@@ -50,7 +50,7 @@ class MiniatureConfig:
     lam: float = _f(0.5, "λ in L_CLO = λ·L_SFT + (1−λ)·L_CL.")
     beta: float = _f(0.1, "β of the cross-lingual DPO term.")
     eval_examples: int = _f(180, "Held-out queries, each asked in both languages.")
-    max_new_tokens: int = _f(24, "Longest answer, in tokens.")
+    max_new_tokens: int = _f(16, "Longest answer, in tokens (a right one has at most 10, end included).")
     out_dir: str = _f("runs/miniature", "Where each experiment's folder is written.")
     base_path: str = _f(str(DEFAULT_PATH), "The cached base model (pretrained here when missing).")
     app_adapters: str | None = _f(str(APP_ADAPTERS), "Where the largest seed-0 SFT and CLO adapters go for the app.")
