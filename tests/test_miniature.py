@@ -296,3 +296,28 @@ def test_app_models_retrain_adapters_older_than_the_base(miniature, project):
     app_models(log=lambda *_: None)
     assert adapter.read_bytes() != before
     assert json.loads(adapter.with_name("metrics.json").read_text())["pairs_seen"] >= 400
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(sizes=[0]), "data.pairs must be ≥ 1"),
+    (dict(methods=["sft", "magic"]), "unknown method 'magic'"),
+    (dict(seeds=[]), "at least one size, one seed and one method"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(project, change, message):
+    from clo import CLOError
+    from clo.miniature.experiment import MiniatureConfig, run
+
+    cfg = MiniatureConfig(base_path=str(project / "no-base-yet"), out_dir="out", app_adapters="apps")
+    for k, v in change.items():
+        setattr(cfg, k, v)
+    with pytest.raises(CLOError, match=message):
+        run(cfg, log=lambda *_: None)
+    assert list(project.iterdir()) == []  # no base pretrained, no folder made
+
+
+def test_data_tab_lexicon_lists_every_word_once():
+    from clo.ui.data import lexicon
+
+    table = lexicon()
+    assert len(table) == len(WORLD.lexicon) and table["English"].is_unique and table.iloc[:, 1].is_unique
+    assert set(table[table["clause-final"] == "yes"]["English"]) == HEADS

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from clo import CLOError
 from clo.config import _f
 from clo.miniature.base import DEFAULT_PATH, base_model
 from clo.miniature.world import CODE, WORLD, Example, check, generate, solved
@@ -167,18 +168,20 @@ def run(cfg: MiniatureConfig = MiniatureConfig(), log=print) -> dict:
     from clo.train import train
 
     started = time.time()
-    hf_logging.set_verbosity_error()
-    base = base_model(cfg.base_path, log=log)  # the cached one, whatever its pretraining settings (in its miniature.json)
-    cfg.base_path = str(base)
+    if not cfg.sizes or not cfg.seeds or not cfg.methods:
+        raise CLOError("the miniature needs at least one size, one seed and one method")
     folder = Path(cfg.out_dir) / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     adapters_dir, runs_dir = folder / "adapters", folder / "runs"
+    recipes = {(seed, size): recipe_for(cfg, size, seed, adapters_dir, runs_dir)  # every setting checked first
+               for seed in cfg.seeds for size in cfg.sizes}
+    hf_logging.set_verbosity_error()
+    base = base_model(cfg.base_path, log=log)  # the cached one, whatever its pretraining settings (in its miniature.json)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
 
-    for seed in cfg.seeds:
-        for size in cfg.sizes:
-            log(f"[clo] miniature: {', '.join(cfg.methods)} on {size} pairs, seed {seed}")
-            train(recipe_for(cfg, size, seed, adapters_dir, runs_dir))
+    for (seed, size), recipe in recipes.items():
+        log(f"[clo] miniature: {', '.join(cfg.methods)} on {size} pairs, seed {seed}")
+        train(recipe)
     trained_s = time.time() - started
 
     examples = generate(cfg.eval_examples, seed=EVAL_SEED, split="eval")
