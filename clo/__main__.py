@@ -186,16 +186,20 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def add_miniature_options(p: argparse.ArgumentParser) -> None:
     from clo.miniature.experiment import MiniatureConfig
 
     for f in dataclasses.fields(MiniatureConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        kind = _int_list if isinstance(default, list) and f.name != "methods" else (
-            (lambda t: [x for x in t.split(",") if x]) if f.name == "methods" else type(default) if default is not None else str)
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f"mini_{f.name}", type=kind, default=None,
-                       metavar="A,B,..." if isinstance(default, list) else type(default).__name__.upper() if default is not None else "PATH",
+        if isinstance(default, list):  # sizes and seeds are integers, methods are names
+            kind, metavar, shown = (_int_list if isinstance(default[0], int) else _names), "A,B,...", ",".join(map(str, default))
+        else:
+            kind, metavar, shown = type(default), type(default).__name__.upper(), default
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f"mini_{f.name}", type=kind, default=None, metavar=metavar,
                        help=f"{f.metadata['help']} (default: {shown})".replace("%", "%%"))
     p.add_argument("--no-app-adapters", action="store_true", help="leave models/miniature/adapters as they are")
     p.add_argument("--rebuild-base", action="store_true", help="pretrain the base model again even if it is cached")

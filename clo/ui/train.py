@@ -94,8 +94,7 @@ class Jobs:
         return True
 
     def start(self, recipe: Recipe) -> dict:
-        if self.running():
-            raise CLOError("a training run is already going: wait for it or stop it first")
+        self._check_idle()
         if ZERO_GPU:  # the GPU exists only inside spaces.GPU calls of this process: train here, in a thread
             return self._start_in_process(recipe)
         folder = self._new_folder()
@@ -107,9 +106,9 @@ class Jobs:
     def start_miniature(self, options: list[str] = ()) -> dict:
         """`python -m clo miniature [options]` (SFT vs CLO by data size); when the app serves the miniature, its
         adapters are replaced by the new run's and reloaded at the end."""
-        if self.running():
-            raise CLOError("a run is already going: wait for it or stop it first")
         from clo.ui.services import is_miniature
+
+        self._check_idle()
 
         folder = self._new_folder()
         cmd = [sys.executable, "-m", "clo", "miniature", "--out-dir", str(folder), *options]
@@ -118,6 +117,10 @@ class Jobs:
         else:
             cmd += ["--no-app-adapters"]
         return self._launch(cmd, folder, "miniature")
+
+    def _check_idle(self) -> None:
+        if self.running():
+            raise CLOError("a run is already going: wait for it or stop it first")
 
     @staticmethod
     def _new_folder() -> Path:
