@@ -150,6 +150,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
         for title, key in (("votes", "summary"), (f"{args.focus} wins / ties / losses", "wtl"),
                            ("win rate (row beats column; ties count half)", "win_rate"),
                            ("Bradley–Terry rating, 95% bootstrap interval", "bradley_terry"), ("Elo (K = 4)", "elo")):
+            if key in ("bradley_terry", "elo") and tables["note"]:
+                print(f"\n## {title}\n{tables['note']}")
+                continue
             print(f"\n## {title}{f' — {args.lang}' if args.lang else ''}\n{tables[key].to_string()}")
 
 

@@ -22,9 +22,10 @@ from clo import CLOError
 METHODS = ("clo", "sft", "dpo", "orpo")
 
 
-def _f(default: Any, help: str, cli: str | None = None, choices: tuple | None = None, **kw) -> Any:
-    """A dataclass field carrying its help text, an optional short flag and the allowed values."""
-    meta = {"help": help, "cli": cli, "choices": choices}
+def _f(default: Any, help: str, cli: str | None = None, choices: tuple | None = None, label: str | None = None,
+       **kw) -> Any:
+    """A dataclass field carrying its help text, an optional short flag, the allowed values and a form label."""
+    meta = {"help": help, "cli": cli, "choices": choices, "label": label}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -32,19 +33,20 @@ def _f(default: Any, help: str, cli: str | None = None, choices: tuple | None = 
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = _f("Qwen/Qwen2.5-0.5B-Instruct", "Base chat model π_ref: a hub id or a local folder.", cli="--model")
+    name_or_path: str = _f("Qwen/Qwen2.5-0.5B-Instruct", "Base chat model π_ref: a hub id or a local folder.", cli="--model", label="Base model π_ref")
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) of the base model.")
     load_in_4bit: str = _f(
         "auto",
         "QLoRA: load the base in 4-bit nf4. auto = when CUDA and bitsandbytes are present; true forces it (CPU works, slowly).",
         choices=("auto", "true", "false"),
+        label="4-bit base (QLoRA)",
     )
     trust_remote_code: bool = _f(False, "Run modelling code shipped with the model repository. Off unless you trust it.")
 
 
 @dataclass
 class LoraConfig:
-    r: int = _f(16, "LoRA rank.", cli="--lora-rank")
+    r: int = _f(16, "LoRA rank.", cli="--lora-rank", label="LoRA rank r")
     alpha: int = _f(32, "LoRA scaling α (the update is scaled by α / r).")
     dropout: float = _f(0.05, "Dropout on the LoRA input.")
     target_modules: list[str] = _f(
@@ -55,19 +57,20 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    target_lang: str = _f("ko", "Target language l (ISO 639-1: ko, zh, de, id, sw, yo, ...).", cli="--lang")
+    target_lang: str = _f("ko", "Target language l (ISO 639-1: ko, zh, de, id, sw, yo, ...).", cli="--lang", label="Target language l")
     source: str = _f(
         "sample",
         "English SFT pairs (x_en, y_en): 'sample' (shipped in assets/), 'miniature' (synthetic tasks with an exact "
         "translation, --lang mini), a local .jsonl/.json/.csv file, or a Hugging Face dataset id (OpenAssistant/oasst1 gets the paper's top-ranked single-turn selection).",
         cli="--data",
+        label="English pairs (x_en, y_en)",
     )
     split: str = _f("train", "Split of a hub dataset.")
     prompt_field: str = _f("prompt_en", "Field holding the English instruction x_en.")
     response_field: str = _f("response_en", "Field holding the English answer y_en.")
     target_prompt_field: str = _f("prompt_{lang}", "Field holding x_l when the file carries its own translations.")
     target_response_field: str = _f("response_{lang}", "Field holding y_l when the file carries its own translations.")
-    pairs: int = _f(200, "Number of cross-lingual pairs to train on (the paper: 6,400).", cli="--pairs")
+    pairs: int = _f(200, "Number of cross-lingual pairs to train on (the paper: 6,400).", cli="--pairs", label="Cross-lingual pairs")
     seed: int = _f(42, "Seed of the pair selection.")
     translator: str = _f(
         "auto",
@@ -89,6 +92,7 @@ class MethodConfig:
         ["clo"],
         "Objective(s), one adapter each: clo (λ·L_SFT + (1−λ)·L_CL), sft, dpo (L_CL alone) or orpo.",
         cli="--method",
+        label="Methods (one adapter each)",
     )
     lam: float = _f(0.5, "λ in L_CLO = λ·L_SFT + (1−λ)·L_CL. The paper: 0.5.")
     beta: float = _f(0.1, "β of the cross-lingual DPO term L_CL (not published; 0.1 is the usual DPO default).")
@@ -102,12 +106,13 @@ class TrainingConfig:
         "{method}-{lang}",
         "Adapter folder under adapters_dir; {method} and {lang} are filled in.",
         cli="--name",
+        label="Adapter name",
     )
     adapters_dir: str = _f("adapters", "Where finished adapters are written.", cli="--adapters-dir")
     runs_dir: str = _f("runs", "Where each run's JSONL log and checkpoints go while it trains.")
     overwrite: bool = _f(False, "Replace an existing adapter of the same name.", cli="--overwrite")
-    max_steps: int = _f(-1, "Optimizer steps; -1 = train for `epochs`.", cli="--max-steps")
-    epochs: float = _f(1.0, "Passes over the pairs when max_steps is -1.", cli="--epochs")
+    max_steps: int = _f(-1, "Optimizer steps; -1 = train for `epochs`.", cli="--max-steps", label="Max steps (−1: by epochs)")
+    epochs: float = _f(1.0, "Passes over the pairs when max_steps is -1.", cli="--epochs", label="Epochs")
     batch_size: int = _f(4, "Cross-lingual pairs per device per forward.", cli="--batch-size")
     grad_accum: int = _f(1, "Gradient accumulation steps (pairs per step = batch_size × grad_accum).")
     learning_rate: float = _f(1e-4, "Peak learning rate.", cli="--lr")

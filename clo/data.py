@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Protocol
 
 from clo import CLOError
 from clo.config import DataConfig
+from clo.files import atomic_write
 from clo.hub import explain_missing, locate
 from clo.languages import language
 
@@ -387,8 +388,8 @@ def build_pairs(cfg: DataConfig, translator_factory: Callable[[DataConfig], Tran
         "rows_sha256": _hash(out),
         "cache_file": str(cached),
     }
-    _write_atomic(cached.with_suffix(".manifest.json"), json.dumps(manifest, indent=2, ensure_ascii=False))
-    _write_atomic(cached, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
+    atomic_write(cached.with_suffix(".manifest.json"), json.dumps(manifest, indent=2, ensure_ascii=False))
+    atomic_write(cached, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
     return CrossLingualData(out, manifest)
 
 
@@ -415,9 +416,3 @@ def _hash(obj) -> str:
 def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

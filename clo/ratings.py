@@ -12,6 +12,9 @@ Pure functions over a DataFrame of battles, one row per vote, in the order the v
     language   ISO 639-1 code of the prompt ("ko", "zh", ...)
     blind      optional bool: the voter did not know which variant was which. Only blind votes are rated;
                named votes (blind False) are stored and counted in `vote_summary`, and nothing else.
+    hash_a, hash_b  optional: the adapter hash behind each side (None for the base). A variant is rated by
+               (name, hash): a name whose votes carry two hashes (an adapter retrained under the same name)
+               becomes two variants, `clo-ko@1a2b3c` and `clo-ko@4d5e6f`, whose votes never mix.
 
 Every function takes `language` (None = all languages). Conventions, for variant i against opponent j:
 
@@ -21,7 +24,11 @@ Every function takes `language` (None = all languages). Conventions, for variant
                     counting as half a win for each side, both_bad excluded;
                     rating_i = anchor_rating + 400·log10(e)·(θ_i − θ_anchor): 400 points = 10:1 odds.
                     95% interval: percentile bootstrap that redraws each pair's (wins, ties, losses)
-                    ~ Multinomial(n_ij, observed shares) and refits, 1,000 times.
+                    ~ Multinomial(n_ij, (counts + ½) / (n_ij + 3/2)) and refits, 1,000 times. The ½ per outcome
+                    (Jeffreys) keeps a one-way pair from resampling as certain; the interval always holds the
+                    estimate and is wide when votes are few. The anchor has no interval (it is fixed, not measured).
+                    Ratings are given only once they mean something: every pair that met has at least
+                    MIN_PAIR_BATTLES judged battles and all rated variants are linked by battles (`rating_note`).
     Elo             online, K = 4, in row order, every variant starting at 1000 (FastChat's reference).
 
     >>> from clo.ratings import leaderboard
@@ -43,8 +50,11 @@ from clo import CLOError
 OUTCOMES = ("a", "b", "tie", "both_bad")
 COLUMNS = ("variant_a", "variant_b", "outcome", "language")
 BASE = "base"  # the base model's variant name (clo.engines.base.BASE): the default Bradley–Terry anchor
-PRIOR_SD = 10.0  # θ ~ N(0, 10²) in log-odds (1,737 points): it only matters if a variant won or lost every battle
+PRIOR_SD = 2.0  # θ ~ N(0, 2²) in log-odds (347 points): keeps few one-way votes modest (5 straight wins: +460, not +910);
+#                 with 100 votes a pair it moves a rating by a point or two
 COUNTS = ("wins", "ties", "losses", "both_bad")
+MIN_PAIR_BATTLES = 5  # judged battles every pair that met needs before Bradley–Terry and Elo are shown
+SMOOTHING = 0.5  # pseudo-count per outcome in the bootstrap's resampling shares (Jeffreys)
 
 
 class BattlesError(CLOError, ValueError):
@@ -86,13 +96,34 @@ def _blind(battles: pd.DataFrame) -> pd.Series:
     return battles["blind"].astype(object).where(battles["blind"].notna(), False).astype(bool)
 
 
+def version_keys(battles: pd.DataFrame) -> pd.DataFrame:
+    """The battles with each variant named by (name, adapter hash): a name that appears with more than one hash
+    (in hash_a / hash_b) becomes `name@<first 6 hex digits>` per hash (`name@?` where a vote has none), so the
+    votes on a retrained adapter stay apart from the old one's. Without hash columns, names are left as they are."""
+    if len(battles) == 0 or not {"hash_a", "hash_b"} <= set(battles.columns):
+        return battles
+    sides = pd.concat([pd.DataFrame({"name": battles["variant_a"], "hash": battles["hash_a"]}),
+                       pd.DataFrame({"name": battles["variant_b"], "hash": battles["hash_b"]})])
+    versions = sides.astype(object).where(sides.notna(), None).groupby("name")["hash"].agg(lambda h: len(set(h)))
+    several = set(versions[versions > 1].index)
+    if not several:
+        return battles
+    out = battles.copy()
+    for side in ("a", "b"):
+        name, digest = out[f"variant_{side}"], out[f"hash_{side}"]
+        tag = digest.astype(object).map(lambda h: str(h)[:6] if isinstance(h, str) and h else "?")
+        out[f"variant_{side}"] = name.where(~name.isin(several), name + "@" + tag)
+    return out
+
+
 def rated_battles(battles: pd.DataFrame, language: str | None = None) -> pd.DataFrame:
-    """The battles that count toward ratings: checked, blind only, of one language (None = all)."""
+    """The battles that count toward ratings: checked, blind only, of one language (None = all), variants named
+    by `version_keys`."""
     battles = check_battles(battles)
     keep = _blind(battles)
     if language is not None:
         keep &= battles["language"] == language
-    return battles[keep]
+    return version_keys(battles[keep])
 
 
 def vote_summary(battles: pd.DataFrame, language: str | None = None) -> pd.DataFrame:
@@ -137,7 +168,7 @@ def pair_counts(battles: pd.DataFrame, language: str | None = None) -> pd.DataFr
 
 
 def _is_focus(variants: pd.Series, focus: str) -> pd.Series:
-    return (variants == focus) | variants.str.startswith(f"{focus}-")
+    return (variants == focus) | variants.str.startswith(f"{focus}-") | variants.str.startswith(f"{focus}@")
 
 
 def _wtl(counts: pd.DataFrame, focus: str) -> pd.DataFrame:
@@ -202,7 +233,8 @@ def fit_bradley_terry(i: np.ndarray, j: np.ndarray, wins: np.ndarray, totals: np
     together, as one sum, in a single L-BFGS run (the bootstrap's resamples). Returns θ [V] or [B, V].
 
         −log L = Σ_p  n_p·softplus(−d_p) + (n_p − w_p)·d_p,   d_p = θ_i − θ_j
-        plus Σ θ² / (2·PRIOR_SD²), which only keeps θ finite when a variant won or lost every battle.
+        plus Σ θ² / (2·PRIOR_SD²), a weak prior: it keeps θ finite and modest when a variant won or lost every
+        battle, and moves well-measured ratings by a point or two.
     """
     batched = np.ndim(wins) == 2
     wins = np.atleast_2d(np.asarray(wins, dtype=float))
@@ -275,14 +307,52 @@ def _bradley_terry(counts: pd.DataFrame, anchor: str | None, anchor_rating: floa
     lower = upper = np.full(len(names), np.nan)
     if n_bootstrap > 0:
         rng = np.random.default_rng(seed)
-        draws = rng.multinomial(judged.astype(np.int64), outcomes / judged[:, None], size=(n_bootstrap, len(judged)))
+        shares = (outcomes + SMOOTHING) / (judged + 3 * SMOOTHING)[:, None]
+        draws = rng.multinomial(judged.astype(np.int64), shares, size=(n_bootstrap, len(judged)))
         theta = fit_bradley_terry(i, j, draws[..., 0] + 0.5 * draws[..., 1], judged, len(names))
         alpha = 100 * (1 - confidence) / 2
         lower, upper = np.percentile(to_ratings(theta), [alpha, 100 - alpha], axis=0)
+        lower, upper = np.minimum(lower, rating), np.maximum(upper, rating)  # the interval holds the estimate
+        if anchor is not None:  # pinned by definition: no interval rather than a zero-width one
+            lower[index[anchor]] = upper[index[anchor]] = np.nan
     per_variant = np.bincount(i, judged, len(names)) + np.bincount(j, judged, len(names))
     table = pd.DataFrame({"variant": names, "rating": rating, "lower": lower, "upper": upper,
                           "battles": per_variant.astype(int)})
     return table.sort_values("rating", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def rating_note(counts: pd.DataFrame, min_battles: int = MIN_PAIR_BATTLES) -> str | None:
+    """Why ratings cannot be given yet (None when they can), from `pair_counts`.
+
+    Ratings need two variants or more, at least `min_battles` judged battles (both_bad excluded) for every pair
+    that met, and one connected set of variants: two groups that never met have no common scale. A pair that
+    never met is fine when others link it (base–SFT and SFT–CLO rate base against CLO).
+    """
+    pairs = counts[counts["variant"] < counts["opponent"]]
+    judged = pairs["wins"] + pairs["ties"] + pairs["losses"]
+    pairs, judged = pairs[judged > 0], judged[judged > 0]
+    n = int(judged.sum())
+    if pairs.empty:
+        return f"not enough votes to rate yet (n = {n})"
+    short = judged < min_battles
+    if short.any():
+        k = int(short.to_numpy().argmax())
+        few = f"{pairs['variant'].iloc[k]} vs {pairs['opponent'].iloc[k]} has {int(judged.iloc[k])}"
+        return f"not enough votes to rate yet (n = {n}): every pair that met needs {min_battles} judged votes; {few}"
+    group = {v: v for v in set(pairs["variant"]) | set(pairs["opponent"])}
+
+    def root(v: str) -> str:
+        while group[v] != v:
+            v = group[v]
+        return v
+
+    for a, b in zip(pairs["variant"], pairs["opponent"]):
+        group[root(a)] = root(b)
+    roots = {root(v) for v in group}
+    if len(roots) > 1:
+        parts = " | ".join(sorted(", ".join(sorted(v for v in group if root(v) == r)) for r in roots))
+        return f"no common scale yet (n = {n}): these groups of variants never met: {parts}"
+    return None
 
 
 # ---- Elo ----
@@ -320,7 +390,8 @@ def leaderboard(
     anchor: str | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
-) -> dict[str, pd.DataFrame]:
+    min_battles: int = MIN_PAIR_BATTLES,
+) -> dict[str, pd.DataFrame | str | None]:
     """Every table for one language (None = all), for the command line and the app's leaderboard tab.
 
     summary        vote_summary: stored / named / rated votes and outcomes per language
@@ -329,18 +400,22 @@ def leaderboard(
     battles        count_matrix (judged battles behind each win rate), same order
     counts         pair_counts: wins / ties / losses / both_bad per (variant, opponent); the only table,
                    with summary, that shows a variant whose battles were all both_bad
-    bradley_terry  rating with lower / upper bootstrap bounds
-    elo            online Elo, K = 4
+    bradley_terry  rating with lower / upper bootstrap bounds; empty while `note` says why ratings are not given
+    elo            online Elo, K = 4; empty likewise
+    note           None, or the sentence saying why there are no ratings yet (`rating_note`)
     """
     counts = pair_counts(battles, language)  # checks the battles and aggregates the rated ones once
-    bt = _bradley_terry(counts, anchor, 1000.0, n_bootstrap, 0.95, seed)
-    order = list(bt["variant"])
+    note = rating_note(counts, min_battles)
+    bt = _bradley_terry(counts.iloc[:0] if note else counts, anchor, 1000.0, n_bootstrap, 0.95, seed)
+    elo = elo_ratings(battles, language)
+    order = list(bt["variant"]) or sorted(set(counts["variant"]))
     return {
+        "note": note,
         "summary": vote_summary(battles, language),
         "wtl": _wtl(counts, focus),
         "win_rate": _win_rates(counts).reindex(index=order, columns=order),
         "battles": _judged_counts(counts).reindex(index=order, columns=order),
         "counts": counts,
         "bradley_terry": bt,
-        "elo": elo_ratings(battles, language),
+        "elo": elo.iloc[:0] if note else elo,
     }

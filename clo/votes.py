@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from clo import CLOError
+from clo.files import atomic_path
 
 OUTCOMES = ("a", "b", "tie", "both_bad")
 APPLICATION_ID = 0x434C4F31  # "CLO1" in the SQLite header: our files are recognisable, foreign ones refused
@@ -177,12 +178,16 @@ class VoteStore:
                 counts[frozenset((a, b))] = counts.get(frozenset((a, b)), 0) + n
             return counts
 
-    def draw_pair(self, variants: list[str], language: str) -> tuple[str, str]:
-        """Two variants, favouring pairs with fewer blind votes in `language` (weight 1 / (1 + votes))."""
+    def draw_pair(self, variants: list[str], language: str, exclude=()) -> tuple[str, str]:
+        """Two variants, favouring pairs with fewer blind votes in `language` (weight 1 / (1 + votes)); pairs in
+        `exclude` (a collection of frozensets) are not drawn."""
         if len(set(variants)) < 2:
             raise CLOError("a battle needs at least two variants")
         counts = self.vote_counts(language)
-        pairs = [(a, b) for i, a in enumerate(sorted(set(variants))) for b in sorted(set(variants))[i + 1 :]]
+        names = sorted(set(variants))
+        pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :] if frozenset((a, b)) not in exclude]
+        if not pairs:
+            raise CLOError("every pair of variants has been tried")
         weights = [1.0 / (1 + counts.get(frozenset(p), 0)) for p in pairs]
         return self.rng.choices(pairs, weights)[0]
 
@@ -208,6 +213,12 @@ class VoteStore:
             raise CLOError("empty prompt")
         if len(prompt) > self.limits.max_prompt_chars:
             raise CLOError(f"prompt of {len(prompt)} characters is over the limit of {self.limits.max_prompt_chars}")
+
+    def discard(self, battle_id: str, voter: str) -> None:
+        """Drop a battle its voter skipped: it records nothing and can no longer be voted on."""
+        with self._transaction() as cur:
+            cur.execute(self._sql("DELETE FROM battles WHERE id = ? AND voter = ? AND id NOT IN "
+                                  "(SELECT battle_id FROM votes)"), (str(battle_id), hash_voter(voter)))
 
     # ---- votes ----
     def vote(self, battle_id: str, outcome: str, voter: str) -> dict:
@@ -310,15 +321,13 @@ def export_votes(store: VoteStore, path: str | Path, fmt: str | None = None, lan
     if fmt not in EXPORT_FORMATS:
         raise CLOError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
     frame = store.votes(language)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if fmt == "csv":
-        frame.to_csv(tmp, index=False)
-    elif fmt == "jsonl":
-        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
-    else:
-        frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        if fmt == "csv":
+            frame.to_csv(tmp, index=False)
+        elif fmt == "jsonl":
+            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        else:
+            frame.to_parquet(tmp, index=False)
     return path
 
 

@@ -14,7 +14,8 @@ from conftest import ROOT
 from clo.data import SAMPLE
 from clo.tiny import build_random_adapter
 
-SAMPLE_ROW = json.loads(SAMPLE.read_text(encoding="utf-8").splitlines()[0])
+SAMPLE_ROWS = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
+SAMPLE_ROW = SAMPLE_ROWS[0]
 
 
 def free_port() -> int:
@@ -94,9 +95,10 @@ def test_compare_returns_one_answer_per_variant(client):
 
 def test_battle_vote_leaderboard(client, app_url):
     b = client.predict("", "ko", api_name="/battle")
-    assert set(b) == {"battle_id", "language", "prompt", "answer_a", "answer_b"}
-    # nothing but the two answers' own text could name a variant (a random model's text may contain "base" by chance)
-    leak = json.dumps({k: v for k, v in b.items() if k not in ("answer_a", "answer_b")})
+    assert set(b) == {"battle_id", "language", "prompt", "english", "answer_a", "answer_b"}
+    assert b["english"] == next(r["prompt_en"] for r in SAMPLE_ROWS if r["prompt_ko"] == b["prompt"])
+    # nothing but the answers' and the prompt's own text could name a variant (a random model's text may say "base")
+    leak = json.dumps({k: v for k, v in b.items() if k not in ("answer_a", "answer_b", "english")})
     assert not any(name in leak for name in ("sft-ko", "clo-ko", "base", "variant", "hash"))
     reveal = client.predict(b["battle_id"], "a", api_name="/vote")
     assert {reveal["variant_a"], reveal["variant_b"]} <= {"base", "sft-ko", "clo-ko"} and reveal["outcome"] == "a"
@@ -104,7 +106,8 @@ def test_battle_vote_leaderboard(client, app_url):
         client.predict(b["battle_id"], "b", api_name="/vote")
     board = client.predict("ko", api_name="/leaderboard")
     assert board["summary"][0]["rated"] >= 1
-    assert {row["variant"] for row in board["bradley_terry"]} >= {reveal["variant_a"], reveal["variant_b"]}
+    assert {row["variant"] for row in board["counts"]} >= {reveal["variant_a"], reveal["variant_b"]}
+    assert board["note"].startswith("not enough votes to rate yet") and board["bradley_terry"] == []
 
 
 def test_another_client_cannot_vote_on_my_battle(client, app_url):
@@ -157,9 +160,44 @@ def test_train_job_runs_to_the_end_and_is_hot_loaded(tiny_model, project):
     text, frame = progress(jobs.events())
     assert "100%" in text and "step 3/3" in text and not frame.empty
     assert jobs.hot_load() == ["ui-clo-ko"]
-    assert services.slots("ko")["clo"] == "ui-clo-ko"
+    assert services.slots("ko")["clo"] is None  # loaded and listed, not promoted: the speaker chooses
+    assert services.lineup.candidates("ko", "clo") == ["ui-clo-ko"]
     answers = services.engine.generate(services.requests("안녕하세요", ["base", "ui-clo-ko"]))
     assert len(answers) == 2 and all(a.tokens for a in answers)
+    with pytest.raises(Exception, match="an adapter named 'ui-clo-ko' exists already"):
+        jobs.start(recipe)  # refused at once, not after the subprocess has started
+    from clo.ui.train import free_name
+
+    assert free_name(services, recipe) == "ui-{method}-{lang}-2"
+
+
+def test_the_train_form_fits_the_served_model(tiny_model, project):
+    from clo.config import Recipe
+    from clo.ui.services import Services, Settings
+    from clo.ui.train import form_defaults, misfit
+
+    services = Services(Settings(model=str(tiny_model), engine="peft", adapters_dir="adapters", db="votes.db"))
+    make_adapters(tiny_model, project / "adapters")
+    recipe = form_defaults(services)
+    assert recipe.model.name_or_path == str(tiny_model) and recipe.data.target_lang == "ko"
+    assert recipe.adapter_name("clo") == "clo-ko-2"  # clo-ko is taken
+    assert misfit(recipe, services) is None
+    other = Recipe.load(overrides={"model.name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"})
+    assert "could not be served here" in misfit(other, services)
+
+
+def test_the_loss_chart_shows_the_adapter_training_now_under_fixed_series_names():
+    from clo.ui.train import SERIES, progress
+
+    def logs(adapter, log, steps):
+        return [{"event": "log", "adapter": adapter, "log": log, "step": k, "max_steps": steps, "eta": 0, "loss": 1.0 / k,
+                 "l_sft": 0.5, "l_cl": 0.6, "tgt/margin": 0.1 * k, "en/margin": 0.2 * k} for k in range(1, steps + 1)]
+
+    first, second = logs("clo-ko", "runs/a/log.jsonl", 3), logs("clo-ko-2", "runs/b/log.jsonl", 2)
+    text, frame = progress(first + [{"event": "done", "adapter": "clo-ko", "path": "adapters/clo-ko"}] + second)
+    assert "clo-ko-2" in text and "step 2/2" in text
+    assert set(frame["series"]) == set(SERIES.values()) and frame["step"].max() == 2 and len(frame) == 2 * len(SERIES)
+    assert list(progress([])[1].columns) == ["step", "value", "series"]
 
 
 def test_stop_ends_the_process_tree(tiny_model, project):
@@ -202,3 +240,34 @@ def test_good_upload_is_copied_into_the_project(project):
     src.write_text(json.dumps({"prompt_en": "Hi", "response_en": "Hello!"}) + "\n")
     dest = Path(upload_jsonl(str(src)))
     assert dest.parent.name == "uploads" and dest.read_text() == src.read_text()
+
+
+def test_the_train_form_on_the_miniature_trains_its_own_language(tmp_path):
+    from types import SimpleNamespace
+
+    from clo.config import Recipe
+    from clo.ui.train import form_defaults, misfit, widget
+
+    base = tmp_path / "miniature-base"
+    base.mkdir()
+    (base / "miniature.json").write_text("{}")  # what marks a folder as the miniature's base (clo.ui.services)
+    services = SimpleNamespace(settings=SimpleNamespace(model=str(base), adapters_dir=str(tmp_path / "adapters")),
+                               examples={"mini": []})
+    recipe = form_defaults(services)
+    assert (recipe.data.target_lang, recipe.data.source) == ("mini", "miniature") and misfit(recipe, services) is None
+    korean = Recipe.load(overrides={"model.name_or_path": str(base)})
+    assert "word-level tokenizer" in misfit(korean, services)
+    assert widget("lora.r", 16).label == "LoRA rank r" and widget("model.load_in_4bit", "auto").label == "4-bit base (QLoRA)"
+
+
+def test_empty_leaderboard_tables_keep_their_headers_and_numbers_are_rounded():
+    import pandas as pd
+
+    from clo.ui.leaderboard import shown
+
+    assert list(shown("bradley_terry", None).columns) == ["variant", "rating", "lower", "upper", "battles"]
+    assert "win %" in shown("wtl", None).columns
+    bt = pd.DataFrame({"variant": ["clo-ko"], "rating": [1123.4567], "lower": [987.654], "upper": [1300.01], "battles": [7]})
+    assert shown("bradley_terry", bt).iloc[0]["rating"] == 1123.0
+    win = pd.DataFrame([[float("nan"), 2 / 3], [1 / 3, float("nan")]], index=["a", "b"], columns=["a", "b"])
+    assert shown("win_rate", win).iloc[0]["b (%)"] == 66.7

@@ -217,8 +217,14 @@ def test_app_starts_on_the_miniature_with_no_network(miniature):
         assert [a["variant"] for a in out["target"]] == ["base", f"sft-{CODE}", f"clo-{CODE}"]
         assert [a["variant"] for a in out["english"]] == ["base", f"sft-{CODE}", f"clo-{CODE}"]  # its English is known
         assert all(a["language"] in ("en", CODE, "unknown") for a in out["target"] + out["english"])
-        battle = client.predict("", CODE, api_name="/battle")
-        assert battle["prompt"] and battle["answer_a"] is not None
+        # the fixture's adapters had two steps of training, so every variant may still answer alike: then the Arena
+        # says so rather than show two identical answers
+        try:
+            battle = client.predict("", CODE, api_name="/battle")
+        except Exception as e:  # noqa: BLE001 (gradio_client's AppError)
+            assert "every variant gave the same answer" in str(e)
+        else:
+            assert battle["prompt"] and battle["english"] and battle["answer_a"] != battle["answer_b"]
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -7,12 +7,15 @@ import pandas as pd
 import pytest
 
 from clo.ratings import (
+    MIN_PAIR_BATTLES,
     bradley_terry,
     count_matrix,
     elo_ratings,
     fit_bradley_terry,
     leaderboard,
     pair_counts,
+    rating_note,
+    version_keys,
     vote_summary,
     win_rate_matrix,
     wtl_table,
@@ -122,12 +125,14 @@ def test_named_votes_are_stored_but_not_rated():
 
 
 def test_language_filter():
-    tables = leaderboard(BATTLES, language="zh", n_bootstrap=20)
-    assert set(tables) == {"summary", "wtl", "win_rate", "battles", "counts", "bradley_terry", "elo"}
+    tables = leaderboard(BATTLES, language="zh", n_bootstrap=20, min_battles=1)
+    assert set(tables) == {"note", "summary", "wtl", "win_rate", "battles", "counts", "bradley_terry", "elo"}
     assert set(tables["bradley_terry"]["variant"]) == {"clo-zh", "base"}
     assert list(tables["win_rate"].index) == ["base", "clo-zh"]  # ordered by rating: base won the one battle
     assert row(tables["wtl"], opponent="base")["losses"] == 1
-    assert set(leaderboard(BATTLES, language="ko", n_bootstrap=0)["elo"]["variant"]) == {"clo-ko", "base", "sft-ko"}
+    ko = leaderboard(BATTLES, language="ko", n_bootstrap=0, min_battles=1)
+    assert set(ko["elo"]["variant"]) == {"clo-ko", "base", "sft-ko"}
+    assert leaderboard(BATTLES, language="zh")["note"].startswith("not enough votes to rate yet (n = 1)")
     assert leaderboard(BATTLES, language="sw", n_bootstrap=20)["bradley_terry"].empty
 
 
@@ -174,6 +179,9 @@ def test_bradley_terry_recovers_known_strengths():
     for name, theta in TRUTH.items():
         assert rating[name] - 1000 == pytest.approx(POINTS * theta, abs=40)  # ≈ 3.5 standard errors
         lower, upper = row(bt, variant=name)[["lower", "upper"]]
+        if name == "base":  # the anchor is fixed, not measured: no interval rather than a zero-width one
+            assert np.isnan(lower) and np.isnan(upper)
+            continue
         assert lower <= POINTS * theta + 1000 <= upper
         assert lower <= rating[name] <= upper
 
@@ -189,14 +197,14 @@ def test_bootstrap_interval_shrinks_with_more_data():
 
 def test_ties_count_half_and_both_bad_counts_nothing():
     def rating_of_x(outcomes: list[str]) -> float:  # x always on the left, y anchored at 1000
-        battles = pd.DataFrame({"variant_a": "x", "variant_b": "y", "outcome": outcomes * 10, "language": "ko"})
+        battles = pd.DataFrame({"variant_a": "x", "variant_b": "y", "outcome": outcomes * 100, "language": "ko"})
         bt = bradley_terry(battles, anchor="y", n_bootstrap=20)
         return float(bt.set_index("variant")["rating"]["x"])
 
     assert rating_of_x(["tie"]) == pytest.approx(1000, abs=1e-3)
     assert rating_of_x(["tie", "tie"]) == pytest.approx(rating_of_x(["a", "b"]), abs=1e-3)
     three_to_one = rating_of_x(["a", "a", "a", "b"])
-    assert three_to_one == pytest.approx(1000 + POINTS * math.log(3), abs=0.5)  # 3:1 odds (the prior: < 0.5 points)
+    assert three_to_one == pytest.approx(1000 + POINTS * math.log(3), abs=0.5)  # 3:1 odds (the prior: < 0.5 points at 400 votes)
     assert rating_of_x(["a", "a", "tie", "tie"]) == pytest.approx(three_to_one, abs=1e-3)  # 2 + ½ + ½ : ½ + ½
     assert rating_of_x(["a", "a", "a", "b", "both_bad", "both_bad"]) == pytest.approx(three_to_one, abs=1e-3)
 
@@ -227,3 +235,96 @@ def test_elo_ranks_a_clearly_better_variant_first():
     assert elo["variant"][0] == "clo-ko"
     assert elo["rating"].mean() == pytest.approx(1000)  # zero-sum updates
     assert elo["battles"].sum() == 2 * len(battles)
+
+
+# ---- little data: the first votes of an audience ----
+
+def one_way(n: int, winner: str = "clo-ko", loser: str = "base") -> pd.DataFrame:
+    """n votes, all for `winner`, shown on alternating sides."""
+    rows = [(winner, loser, "a") if k % 2 == 0 else (loser, winner, "b") for k in range(n)]
+    return pd.DataFrame(rows, columns=["variant_a", "variant_b", "outcome"]).assign(language="ko")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_few_one_way_votes_say_not_enough_instead_of_rating(n):
+    tables = leaderboard(one_way(n))
+    assert tables["note"].startswith(f"not enough votes to rate yet (n = {n})")
+    assert tables["bradley_terry"].empty and tables["elo"].empty
+    assert {"rating", "lower", "upper"} <= set(tables["bradley_terry"].columns)
+    assert tuple(row(tables["wtl"], opponent="base")[["wins", "ties", "losses"]]) == (n, 0, 0)  # counts are shown
+    assert tables["win_rate"].loc["clo-ko", "base"] == 1.0
+
+
+def test_one_way_votes_at_the_minimum_give_a_modest_rating_and_an_interval_that_holds_it():
+    bt = bradley_terry(one_way(MIN_PAIR_BATTLES), n_bootstrap=500).set_index("variant")
+    rating, lower, upper = bt.loc["clo-ko", ["rating", "lower", "upper"]]
+    assert 1000 < rating < 1000 + POINTS * math.log(MIN_PAIR_BATTLES * 20)  # finite, under 100:1 odds
+    assert lower <= rating <= upper and upper - lower > 200  # five votes: a wide interval, never zero-width
+    assert lower < 1000 + POINTS * math.log(2)  # five straight wins do not prove better than 2:1 odds
+    assert leaderboard(one_way(MIN_PAIR_BATTLES))["note"] is None
+
+
+def test_intervals_widen_when_votes_are_few():
+    def width(n):
+        battles = pd.concat([one_way(3 * n), one_way(n, winner="base", loser="clo-ko")])
+        bt = bradley_terry(battles, n_bootstrap=500).set_index("variant")
+        rating, lower, upper = bt.loc["clo-ko", ["rating", "lower", "upper"]]
+        assert lower <= rating <= upper
+        return upper - lower
+
+    assert width(2) > 1.8 * width(20) > 0
+
+
+def test_all_ties_rate_equal_with_an_interval_around_it():
+    battles = pd.DataFrame({"variant_a": ["clo-ko", "base"] * 4, "variant_b": ["base", "clo-ko"] * 4,
+                            "outcome": "tie", "language": "ko"})
+    assert leaderboard(battles.iloc[:3])["note"].startswith("not enough votes to rate yet (n = 3)")
+    tables = leaderboard(battles)
+    bt = tables["bradley_terry"].set_index("variant")
+    assert tables["note"] is None
+    assert bt.loc["clo-ko", "rating"] == pytest.approx(1000, abs=1e-6)
+    assert bt.loc["clo-ko", "lower"] < 1000 < bt.loc["clo-ko", "upper"]
+
+
+def test_a_pair_never_compared_is_rated_through_the_others_and_shows_no_win_rate():
+    battles = pd.concat([one_way(6, "sft-ko", "base"), one_way(6, "clo-ko", "sft-ko")])
+    tables = leaderboard(battles)
+    assert tables["note"] is None
+    assert list(tables["bradley_terry"]["variant"]) == ["clo-ko", "sft-ko", "base"]  # transitive through SFT
+    assert np.isnan(tables["win_rate"].loc["clo-ko", "base"]) and tables["battles"].loc["clo-ko", "base"] == 0
+
+
+def test_groups_that_never_met_have_no_common_scale():
+    battles = pd.concat([one_way(6, "sft-ko", "base"), one_way(6, "clo-ko", "dpo-ko")])
+    tables = leaderboard(battles)
+    assert tables["note"].startswith("no common scale yet (n = 12)") and "base, sft-ko" in tables["note"]
+    assert tables["bradley_terry"].empty
+
+
+def test_rating_note_counts_only_judged_votes():
+    battles = pd.concat([one_way(4), one_way(6).assign(outcome="both_bad")])
+    assert rating_note(pair_counts(battles)).startswith("not enough votes to rate yet (n = 4)")
+
+
+# ---- (name, hash): a retrained adapter's votes stay apart ----
+
+def test_votes_on_a_retrained_adapter_are_rated_apart():
+    old = one_way(6).assign(hash_a=lambda f: np.where(f.variant_a == "clo-ko", "1a2b3c4d", None),
+                            hash_b=lambda f: np.where(f.variant_b == "clo-ko", "1a2b3c4d", None))
+    new = one_way(6, winner="base", loser="clo-ko").assign(
+        hash_a=lambda f: np.where(f.variant_a == "clo-ko", "9f8e7d6c", None),
+        hash_b=lambda f: np.where(f.variant_b == "clo-ko", "9f8e7d6c", None))
+    tables = leaderboard(pd.concat([old, new], ignore_index=True))
+    wtl = tables["wtl"]
+    assert tables["note"] is None
+    assert set(tables["bradley_terry"]["variant"]) == {"base", "clo-ko@1a2b3c", "clo-ko@9f8e7d"}
+    assert tuple(row(tables["counts"], variant="clo-ko@1a2b3c", opponent="base")[["wins", "losses"]]) == (6, 0)
+    assert tuple(row(tables["counts"], variant="clo-ko@9f8e7d", opponent="base")[["wins", "losses"]]) == (0, 6)
+    assert wtl["wins"].sum() == 6 and wtl["losses"].sum() == 6  # the focus "clo" still gathers both versions
+    assert tables["note"] is None or "never met" not in tables["note"]
+
+
+def test_one_hash_per_name_keeps_plain_names():
+    battles = one_way(3).assign(hash_a=lambda f: np.where(f.variant_a == "clo-ko", "abc", None),
+                                hash_b=lambda f: np.where(f.variant_b == "clo-ko", "abc", None))
+    assert set(version_keys(battles)["variant_a"]) == {"clo-ko", "base"}

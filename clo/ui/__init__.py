@@ -21,19 +21,20 @@ CSS = ".answer { min-height: 6em; padding: 0.5em; border: 1px solid var(--border
 
 def build_app(services: Services) -> gr.Blocks:
     s = services.settings
-    with gr.Blocks(title="Cross-Lingual Optimization") as demo:
+    # delete_cache: files served to visitors (vote exports, plots) are dropped after an hour, checked hourly
+    with gr.Blocks(title="Cross-Lingual Optimization", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "# Cross-Lingual Optimization (CLO)\n"
             "Lee et al., ACL 2025: an English-centric chat model learns a target language from English instruction data "
             "and a translation model, and keeps its English. Compare the base model, SFT and CLO, judge them blind, "
             f"and watch the tally.\n\n**Running on:** {services.running_on}"
         )
-        with gr.Tabs() as tabs:
+        with gr.Tabs(overflow_behavior="wrap") as tabs:  # on a phone every tab stays in sight
             with gr.Tab("Compare", id="compare"):
                 compare_lang, compare_prompt, to_arena = compare.build(services)
             with gr.Tab("Arena", id="arena"):
-                arena_prompt, arena_lang = arena.build(services, default_lang=next(iter(services.examples), "ko"))
-            with gr.Tab("Leaderboard", id="leaderboard"):
+                arena_prompt, arena_lang = arena.build(services, default_lang=(services.target_languages() or ["ko"])[0])
+            with gr.Tab("Leaderboard", id="leaderboard") as board_tab:
                 board_lang, board_update, board_outputs = leaderboard.build(services)
             with gr.Tab("Train", id="train"):
                 locked = s.demo_mode
@@ -42,33 +43,38 @@ def build_app(services: Services) -> gr.Blocks:
                     unlock = gr.Button("Unlock training", scale=1)
                     if ON_SPACE:  # Hugging Face OAuth exists only on a Space
                         gr.LoginButton(scale=1)
-                panel, jobs, on_preview, train_inputs, train_preview = train.build(services, visible=not locked)
+                (panel, train_timer, on_preview, train_inputs, train_preview, serving_lang, serving_refresh,
+                 serving_outputs) = train.build(services, visible=not locked)
             with gr.Tab("Data", id="data"):
                 data_lang, data_pairs, data_table = data.build(list(services.examples) or ["ko"])
 
-        def check_password(given):
+        def check_password(given, request: gr.Request):
             if s.admin_password and hmac.compare_digest(given or "", s.admin_password):
-                return gr.update(visible=False), gr.update(visible=True)
+                services.grant(request)  # the server remembers this session: every admin handler checks it
+                return gr.update(visible=False), gr.update(visible=True), gr.Timer(active=True)
             gr.Warning("wrong password")  # a toast: the gate stays usable for another try
-            return gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update()
 
-        def on_load(profile: gr.OAuthProfile | None = None):
-            allowed = profile is not None and profile.username in s.allowed_users
-            show = not s.demo_mode or allowed
-            return gr.update(visible=not show), gr.update(visible=show)
+        def on_load(request: gr.Request, profile: gr.OAuthProfile | None = None):
+            if profile is not None and profile.username in s.allowed_users:
+                services.grant(request)
+            show = services.is_admin(request)
+            return gr.update(visible=not show), gr.update(visible=show), gr.Timer(active=show)
 
         if not ON_SPACE:
-            on_load_local = on_load
+            on_load_with_profile = on_load
 
             def on_load(request: gr.Request):  # noqa: F811 (no OAuth off a Space)
-                return on_load_local(None)
+                return on_load_with_profile(request, None)
 
         to_arena.click(lambda p, code: (p, code, gr.Tabs(selected="arena")), [compare_prompt, compare_lang],
                        [arena_prompt, arena_lang, tabs], api_visibility="private")
-        unlock.click(check_password, password, [gate, panel], api_visibility="private", show_progress="hidden")
-        demo.load(on_load, None, [gate, panel], api_visibility="private")
+        unlock.click(check_password, password, [gate, panel, train_timer], api_visibility="private", show_progress="hidden")
+        demo.load(on_load, None, [gate, panel, train_timer], api_visibility="private")
         demo.load(on_preview, train_inputs, train_preview, api_visibility="private")
+        demo.load(serving_refresh, serving_lang, serving_outputs, api_visibility="private")
         demo.load(data.preview_pairs, [data_lang, data_pairs], data_table, api_visibility="private")
         demo.load(board_update, board_lang, board_outputs, api_visibility="private")
+        board_tab.select(board_update, board_lang, board_outputs, api_visibility="private", show_progress="hidden")
     demo.queue(default_concurrency_limit=s.concurrency, max_size=s.queue_size)
     return demo

@@ -1,6 +1,9 @@
 """Arena tab: blind two-way battles. Two anonymous answers, four buttons, identities revealed after the vote.
 
-API: `/battle` (prompt or "", language) -> {battle_id, prompt, answer_a, answer_b}: nothing that names a variant;
+Two identical answers are never shown (another pair is drawn); Skip records nothing and draws a new battle.
+
+API: `/battle` (prompt or "", language) -> {battle_id, language, prompt, english, answer_a, answer_b}: nothing that
+     names a variant (english: the prompt's English original when it is an example, else None);
      `/vote` (battle_id, outcome) -> the reveal {variant_a, variant_b, outcome}. A battle can be voted on once,
      and only by the session that drew it.
 """
@@ -12,10 +15,11 @@ import random
 import gradio as gr
 
 from clo import CLOError
-from clo.languages import LANGUAGES
 from clo.ui.services import Services
 from clo.votes import OUTCOMES
 
+DRAWS = 8  # prompts tried for a drawn battle before saying every variant answers alike (the miniature's number
+#           tasks often get one right answer from every variant)
 BUTTONS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 
 
@@ -24,40 +28,63 @@ def voter_of(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "anonymous"
 
 
+def same_answer(a: str, b: str) -> bool:
+    """Two answers a visitor could not tell apart (equal up to spacing)."""
+    return " ".join(a.split()) == " ".join(b.split())
+
+
 def new_battle(services: Services, prompt: str | None, lang: str, voter: str) -> dict:
+    """A blind battle between two variants whose answers differ. Identical answers cannot be judged, so another
+    pair is drawn (and, for a drawn prompt, another prompt); when every variant answers alike, a message says so."""
     lang = services.check_lang(lang)
-    if not (prompt or "").strip():
-        pool = services.examples.get(lang)
-        if not pool:
-            raise CLOError(f"no example prompts in {lang!r}: type a prompt")
-        prompt = random.choice(pool)[0]
-    prompt = services.check_prompt(prompt)
+    drawn = not (prompt or "").strip()
+    pool = services.examples.get(lang) or []
+    if drawn and not pool:
+        raise CLOError(f"no example prompts in {lang!r}: type a prompt")
     variants = services.battle_variants(lang)
     if len(variants) < 2:
         raise CLOError(f"a battle needs two variants for {lang!r}; train an SFT or CLO adapter first")
-    pair = services.store.draw_pair(variants, lang)
-    answers = services.generate(services.requests(prompt, list(pair)))
-    hashes = services.engine.variants()
-    battle = services.store.create_battle(voter=voter, language=lang, prompt=prompt,
-                                          answers={a.variant: a.text for a in answers},
-                                          hashes={v: hashes.get(v) for v in pair}, engine=services.engine.kind)
-    return {"battle_id": battle.id, "language": lang, "prompt": prompt, "answer_a": battle.answer_a, "answer_b": battle.answer_b}
+    n_pairs = len(variants) * (len(variants) - 1) // 2
+    for _ in range(DRAWS if drawn else 1):
+        text = services.check_prompt(random.choice(pool)[0] if drawn else prompt)
+        answers: dict[str, str] = {}
+        tried: set[frozenset] = set()
+        while len(tried) < n_pairs:
+            pair = services.store.draw_pair(variants, lang, exclude=tried)
+            missing = [v for v in pair if v not in answers]
+            if missing:
+                answers.update((a.variant, a.text) for a in services.generate(services.requests(text, missing)))
+            if not same_answer(answers[pair[0]], answers[pair[1]]):
+                hashes = services.engine.variants()
+                battle = services.store.create_battle(voter=voter, language=lang, prompt=text,
+                                                      answers={v: answers[v] for v in pair},
+                                                      hashes={v: hashes.get(v) for v in pair}, engine=services.engine.kind)
+                return {"battle_id": battle.id, "language": lang, "prompt": text, "english": services.english_of(text, lang),
+                        "answer_a": battle.answer_a, "answer_b": battle.answer_b}
+            tried.add(frozenset(pair))
+    raise CLOError("every variant gave the same answer to this prompt, so there is nothing to judge: try another prompt")
 
 
 def cast_vote(services: Services, battle_id: str, outcome: str, voter: str) -> dict:
     return services.store.vote(battle_id, outcome, voter=voter)
 
 
+def english_line(english: str | None) -> str:
+    return f"<sub>In English: {english}</sub>" if english else ""
+
+
 def build(services: Services, default_lang: str = "ko"):
     battle_id = gr.State(None)
-    langs = [(f"{LANGUAGES[c].name} ({c})", c) for c in services.examples] or [("Korean (ko)", "ko")]
     with gr.Row():
-        lang = gr.Dropdown(langs, value=default_lang, label="Language", scale=1)
-        prompt = gr.Textbox(label="Your prompt (or leave empty and draw one)", lines=2, scale=4,
-                            max_length=services.settings.max_prompt_chars)
+        lang = gr.Dropdown(services.language_choices(), value=default_lang, label="Language", scale=1)
+        with gr.Column(scale=4):
+            prompt = gr.Textbox(label="Your prompt (or leave empty and draw one)", lines=2,
+                                max_length=services.settings.max_prompt_chars)
+            english = gr.Markdown(elem_id="arena-english")
     with gr.Row():
         start = gr.Button("Start battle", variant="primary")
         draw = gr.Button("Draw a prompt")
+        skip = gr.Button("Skip: record nothing, next battle", elem_id="skip")
     with gr.Row(equal_height=True):
         with gr.Column():
             gr.Markdown("**A**")
@@ -71,31 +98,45 @@ def build(services: Services, default_lang: str = "ko"):
 
     def on_draw(code):
         pool = services.examples.get(code) or [("", "")]
-        return random.choice(pool)[0]
+        text, en = random.choice(pool)
+        return text, english_line(en)
+
+    def on_typed(p, code):
+        return english_line(services.english_of((p or "").strip(), code))
 
     def on_start(p, code, request: gr.Request):
         try:
             b = new_battle(services, p, code, voter_of(request))
-        except CLOError as e:
-            raise gr.Error(str(e)) from None
-        return [b["battle_id"], b["prompt"], b["answer_a"], b["answer_b"], ""] + [gr.update(interactive=True)] * len(BUTTONS)
+        except CLOError as e:  # one message; the panes keep what they showed (no error badge on each)
+            gr.Warning(str(e))
+            return [gr.skip()] * (6 + len(BUTTONS))
+        return [b["battle_id"], b["prompt"], english_line(b["english"]), b["answer_a"], b["answer_b"], ""] + \
+            [gr.update(interactive=True)] * len(BUTTONS)
+
+    def on_skip(bid, code, request: gr.Request):
+        if bid:
+            services.store.discard(bid, voter_of(request))
+        return on_start("", code, request)
 
     def on_vote(outcome: str):
         def handler(bid, request: gr.Request):
-            if not bid:
-                raise gr.Error("start a battle first")
             try:
+                if not bid:
+                    raise CLOError("start a battle first")
                 r = cast_vote(services, bid, outcome, voter_of(request))
             except CLOError as e:
-                raise gr.Error(str(e)) from None
+                gr.Warning(str(e))
+                return [gr.skip()] * (2 + len(BUTTONS))
             text = (f"**A** was `{r['variant_a']}`, **B** was `{r['variant_b']}` — you chose *{BUTTONS[outcome]}*. "
                     "Start a new battle for the next round.")
             return [None, text] + [gr.update(interactive=False)] * len(BUTTONS)
         return handler
 
-    draw.click(on_draw, lang, prompt, api_visibility="private")
-    start.click(on_start, [prompt, lang], [battle_id, prompt, answer_a, answer_b, reveal, *buttons.values()],
-                api_visibility="private")
+    battle_outputs = [battle_id, prompt, english, answer_a, answer_b, reveal, *buttons.values()]
+    draw.click(on_draw, lang, [prompt, english], api_visibility="private")
+    prompt.blur(on_typed, [prompt, lang], english, api_visibility="private", show_progress="hidden")
+    start.click(on_start, [prompt, lang], battle_outputs, api_visibility="private")
+    skip.click(on_skip, [battle_id, lang], battle_outputs, api_visibility="private")
     for outcome, button in buttons.items():
         button.click(on_vote(outcome), battle_id, [battle_id, reveal, *buttons.values()], api_visibility="private")
 

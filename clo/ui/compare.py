@@ -1,5 +1,7 @@
 """Compare tab: the base, SFT and CLO answers side by side, streamed, in the target language and in English.
 
+A line above the answers says what each slot serves (the adapter, its version, who chose it: clo.lineup).
+
 API: `/compare` (prompt, language[, english]) -> {"target": [...], "english": [...]}, one labelled answer per variant.
 """
 
@@ -10,7 +12,6 @@ import gradio as gr
 from clo import CLOError
 from clo.engines import Answer
 from clo.langid import detect
-from clo.languages import LANGUAGES
 from clo.ui.services import Services
 
 SLOTS = ("base", "sft", "clo")
@@ -20,7 +21,7 @@ TITLES = {"base": "Base", "sft": "SFT", "clo": "CLO"}
 def describe(answer: Answer | None, variant: str | None, expected: str) -> str:
     """An answer as markdown with its detected language, token count and speed."""
     if variant is None:
-        return "*no adapter of this kind for this language yet: train one in the Train tab*"
+        return "*this slot is empty for this language: train an adapter, then choose it under Train → Serving*"
     if answer is None:
         return "*…*"
     d = detect(answer.text) if answer.finish_reason else None
@@ -62,52 +63,68 @@ def compare_api(services: Services, prompt: str, lang: str, english: str | None 
     return out
 
 
-def answer_row(heading: str) -> dict[str, gr.Markdown]:
-    """A heading and one answer pane per slot (base, SFT, CLO), side by side."""
+def answer_row(heading: str, side: str) -> dict[str, gr.Markdown]:
+    """A heading and one answer pane per slot (base, SFT, CLO), side by side; pane ids `{side}-{slot}`."""
     gr.Markdown(f"### {heading}")
     panes = {}
     with gr.Row(equal_height=True):
         for slot in SLOTS:
             with gr.Column():
                 gr.Markdown(f"**{TITLES[slot]}**")
-                panes[slot] = gr.Markdown(elem_classes=["answer"])
+                panes[slot] = gr.Markdown(elem_classes=["answer"], elem_id=f"{side}-{slot}")
     return panes
 
 
+def serving_line(services: Services, lang: str | None) -> str:
+    if not lang:
+        return ""
+    return services.lineup.describe(lang, services.settings.model)
+
+
 def build(services: Services):
-    langs = [(f"{LANGUAGES[c].name} ({c})", c) for c in services.examples] + [
-        (f"{x.name} ({c})", c) for c, x in LANGUAGES.items() if c not in services.examples and c != "en"]
-    default = next(iter(services.examples), "ko")
+    default = services.target_languages()[0] if services.target_languages() else "ko"
     with gr.Row():
-        lang = gr.Dropdown(langs, value=default, label="Target language", scale=1)
+        lang = gr.Dropdown(services.language_choices(), value=default, label="Target language", scale=1)
         example = gr.Dropdown([p for p, _ in services.examples.get(default, [])], value=None, scale=3,
                               label="Example prompt", allow_custom_value=False)
+    serving = gr.Markdown(serving_line(services, default), elem_id="serving")
     prompt = gr.Textbox(label="Prompt in the target language", lines=2, max_length=services.settings.max_prompt_chars)
     english = gr.Textbox(label="The same prompt in English (filled in for examples)", lines=1)
     with gr.Row():
         go = gr.Button("Compare", variant="primary")
         to_arena = gr.Button("Send to Arena")
-    target_boxes = answer_row("In the target language")
-    english_boxes = answer_row("In English")
+    target_boxes = answer_row("In the target language", "target")
+    english_boxes = answer_row("In English", "english")
 
-    def examples_for(code):
-        return gr.update(choices=[p for p, _ in services.examples.get(code, [])], value=None)
+    def on_lang(code):
+        return gr.update(choices=[p for p, _ in services.examples.get(code, [])], value=None), serving_line(services, code)
 
     def pick(code, chosen):
         return chosen or "", services.english_of(chosen, code) or "" if chosen else ""
 
+    outputs = [target_boxes[s] for s in SLOTS] + [english_boxes[s] for s in SLOTS]
+
     def run(p, code, en):
+        try:  # checked before anything streams: one message for bad input, not an error on every pane
+            services.check_prompt(p)
+            services.check_lang(code)
+            if (en or "").strip():
+                services.check_prompt(en)
+        except CLOError as e:
+            gr.Warning(str(e))
+            yield [gr.skip()] * (len(outputs) + 1)
+            return
+        line = serving_line(services, code)
         try:
             for target, eng in compare_stream(services, p, code, en):
-                yield [target[s] for s in SLOTS] + [eng[s] for s in SLOTS]
+                yield [target[s] for s in SLOTS] + [eng[s] for s in SLOTS] + [line]
         except CLOError as e:
             raise gr.Error(str(e)) from None
 
-    lang.change(examples_for, lang, example, api_visibility="private")
+    lang.change(on_lang, lang, [example, serving], api_visibility="private")
     example.change(pick, [lang, example], [prompt, english], api_visibility="private")
-    outputs = [target_boxes[s] for s in SLOTS] + [english_boxes[s] for s in SLOTS]
-    go.click(run, [prompt, lang, english], outputs, api_visibility="private")
-    prompt.submit(run, [prompt, lang, english], outputs, api_visibility="private")
+    go.click(run, [prompt, lang, english], outputs + [serving], api_visibility="private")
+    prompt.submit(run, [prompt, lang, english], outputs + [serving], api_visibility="private")
 
     def api(prompt: str, language: str, english: str = "") -> dict:
         """Answers of every variant (base, SFT, CLO) to the prompt and to its English version, labelled."""

@@ -1,38 +1,54 @@
 """Leaderboard tab: W/T/L, win-rate matrix, Bradley–Terry with intervals, language fidelity, votes to download.
 
-API: `/leaderboard` (language or "all") -> the tables as lists of records.
+Counts and win rates show from the first vote; ratings (Bradley–Terry, its chart, Elo) only once every pair that
+met has enough votes, with a sentence saying how far off that is (clo.ratings.rating_note). A variant retrained
+under the same name is rated apart, as `name@hash`.
+
+API: `/leaderboard` (language or "all") -> {"note": str or None, table name: list of records}.
 """
 
 from __future__ import annotations
 
 import tempfile
+import threading
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 
 from clo.langid import fidelity
-from clo.ratings import leaderboard
+from clo.languages import LANGUAGES
+from clo.ratings import COUNTS, leaderboard, version_keys
 from clo.ui.services import Services
 from clo.votes import export_votes
 
 ALL = "all"
+# the columns of each table as shown, so an empty table still has its real headers
+SHOWN = {
+    "wtl": ["opponent", *COUNTS, "battles", "win %", "tie %", "loss %", "both_bad %"],
+    "bradley_terry": ["variant", "rating", "lower", "upper", "battles"],
+    "win_rate": ["variant"],
+    "fidelity": ["variant", "fidelity", "judged", "unknown"],
+    "summary": ["language", "stored", "named", "rated", "a", "b", "tie", "both_bad"],
+}
 
 
 def answer_fidelity(votes: pd.DataFrame) -> pd.DataFrame:
-    """Per variant, the share of its (judged) answers in the prompt's language, over every stored vote."""
+    """Per variant (a retrained one apart, as in the ratings), the share of its answers in the prompt's language."""
+    votes = version_keys(votes)
     rows = []
     for variant in sorted(set(votes.variant_a) | set(votes.variant_b)):
         pairs = [(r.language, r.answer_a) for r in votes.itertuples() if r.variant_a == variant]
         pairs += [(r.language, r.answer_b) for r in votes.itertuples() if r.variant_b == variant]
         f = fidelity(pairs)
-        rows.append({"variant": variant, "fidelity": round(f["fidelity"], 3), "judged": f["judged"], "unknown": f["unknown"]})
-    return pd.DataFrame(rows, columns=["variant", "fidelity", "judged", "unknown"])
+        rows.append({"variant": variant, "fidelity": f["fidelity"], "judged": f["judged"], "unknown": f["unknown"]})
+    return pd.DataFrame(rows, columns=SHOWN["fidelity"])
 
 
-def tables(services: Services, language: str | None) -> dict[str, pd.DataFrame]:
+def tables(services: Services, language: str | None, votes: pd.DataFrame | None = None) -> dict:
     language = None if language in (None, "", ALL) else language
-    votes = services.store.votes()
+    votes = services.store.votes() if votes is None else votes
     if votes.empty:
         return {}
     out = leaderboard(votes, language=language)
@@ -41,65 +57,119 @@ def tables(services: Services, language: str | None) -> dict[str, pd.DataFrame]:
     return out
 
 
+def shown(name: str, frame: pd.DataFrame | None) -> pd.DataFrame:
+    """A table as the page shows it: rounded (ratings to the point, shares in % to 0.1), real headers when empty."""
+    if frame is None or frame.empty:
+        return pd.DataFrame(columns=SHOWN.get(name, ["variant"]))
+    frame = frame.copy()
+    if name == "wtl":
+        frame = frame.rename(columns={f"{k}_pct": f"{k} %" for k in ("win", "tie", "loss", "both_bad")})
+    elif name == "bradley_terry":
+        frame[["rating", "lower", "upper"]] = frame[["rating", "lower", "upper"]].round(0)
+    elif name == "win_rate":
+        frame = (100 * frame).round(1)
+        frame.columns = [f"{c} (%)" for c in frame.columns]
+        frame = frame.reset_index(names="variant")
+    elif name == "fidelity":
+        frame["fidelity"] = (100 * frame["fidelity"]).round(1)
+        frame = frame.rename(columns={"fidelity": "fidelity (%)"})
+    return frame.round(1)
+
+
 def rating_plot(bt: pd.DataFrame):
+    """Ratings as bars from 1000 with their 95% intervals; a variant without an interval (the anchor) has none."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.5 * max(len(bt), 1)))
-    if not bt.empty:
-        order = bt.sort_values("rating")
-        ax.barh(order["variant"], order["rating"] - 1000, left=1000,
-                xerr=[order["rating"] - order["lower"], order["upper"] - order["rating"]], capsize=4, color="#6366f1")
-        ax.axvline(1000, color="grey", lw=0.8)
-        ax.set_xlabel("Bradley–Terry rating (95% bootstrap interval)")
+    if bt.empty:
+        return None
+    order = bt.sort_values("rating")
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.5 * len(order)))
+    below = (order["rating"] - order["lower"]).fillna(0).clip(lower=0)  # never negative (matplotlib refuses)
+    above = (order["upper"] - order["rating"]).fillna(0).clip(lower=0)
+    names = [v + (" (anchor)" if np.isnan(lo) else "") for v, lo in zip(order["variant"], order["lower"])]
+    ax.barh(names, order["rating"] - 1000, left=1000, xerr=[below, above], capsize=4, color="#6366f1")
+    ax.axvline(1000, color="grey", lw=0.8)
+    ax.set_xlabel("Bradley–Terry rating (95% bootstrap interval)")
     fig.tight_layout()
     return fig
 
 
-def build(services: Services) -> None:
-    choices = [("All languages", ALL)] + [(c, c) for c in services.examples]
+class Exports:
+    """The votes as CSV and Parquet, written again only when a vote was added, shared by every open page, so a
+    download button already holds its file and one click downloads it."""
+
+    def __init__(self, services: Services):
+        self.services, self.lock, self.key, self.files = services, threading.Lock(), None, {}
+        self.folder = Path(tempfile.mkdtemp(prefix="clo-votes-"))
+
+    def current(self, votes: pd.DataFrame) -> dict[str, str]:
+        """The files for these votes (the store's current ones), exported once per new vote."""
+        with self.lock:
+            key = (len(votes), votes["id"].iloc[-1] if len(votes) else None)
+            if key != self.key:
+                stem = f"votes-{len(votes)}"
+                old, self.files = self.files, {fmt: str(export_votes(self.services.store, self.folder / f"{stem}.{fmt}"))
+                                               for fmt in ("csv", "parquet")}
+                for path in set(old.values()) - set(self.files.values()):  # Gradio serves its own cached copy
+                    Path(path).unlink(missing_ok=True)
+                self.key = key
+            return self.files
+
+
+def build(services: Services):
+    codes = [c for c in services.target_languages() if c in set(services.lineup.languages()) | set(services.examples)]
+    choices = [("All languages", ALL)] + [(f"{LANGUAGES[c].name} ({c})", c) for c in codes]
+    exports = Exports(services)
     with gr.Row():
         lang = gr.Dropdown(choices, value=ALL, label="Language")
         refresh = gr.Button("Refresh")
-        download = gr.DownloadButton("Download votes (CSV)")
-        download_parquet = gr.DownloadButton("Download votes (Parquet)")
-    status = gr.Markdown()
-    plot = gr.Plot(label="Ratings")
+        download = gr.DownloadButton("Download votes (CSV)", elem_id="download-csv")
+        download_parquet = gr.DownloadButton("Download votes (Parquet)", elem_id="download-parquet")
+    status = gr.Markdown(elem_id="board-status")
+    plot = gr.Plot(label="Ratings", elem_id="rating-plot", visible=False)
     with gr.Row():
-        wtl = gr.Dataframe(label="CLO wins / ties / losses")
-        bt = gr.Dataframe(label="Bradley–Terry (ties count half; both_bad excluded)")
+        wtl = gr.Dataframe(shown("wtl", None), label="CLO wins / ties / losses")
+        bt = gr.Dataframe(shown("bradley_terry", None), label="Bradley–Terry (ties count half; both_bad excluded)")
     with gr.Row():
-        win_rate = gr.Dataframe(label="Win rate: row beats column")
-        fid = gr.Dataframe(label="Language fidelity of the answers")
-    summary = gr.Dataframe(label="Votes (named side-by-side votes are stored but not rated)")
+        win_rate = gr.Dataframe(shown("win_rate", None), label="Win rate (%): row beats column")
+        fid = gr.Dataframe(shown("fidelity", None), label="Language fidelity of the answers")
+    summary = gr.Dataframe(shown("summary", None), label="Votes (named side-by-side votes are stored but not rated)")
     timer = gr.Timer(15)
 
     def update(code):
-        t = tables(services, code)
+        votes = services.store.votes()  # read once per refresh, for the tables and the downloads
+        files = exports.current(votes)
+        t = tables(services, code, votes)
+        buttons = [gr.update(value=files["csv"]), gr.update(value=files["parquet"])]
         if not t:
-            return ["*no votes yet: judge a few battles in the Arena*", None] + [None] * 5
-        n = int(t["summary"].loc[t["summary"]["language"] == ("all" if code in (None, ALL) else code), "rated"].sum()) \
-            if "rated" in t["summary"] else 0
-        return [f"{n} rated votes", rating_plot(t["bradley_terry"]), t["wtl"], t["bradley_terry"],
-                t["win_rate"].reset_index(names="variant"), t["fidelity"], t["summary"]]
+            return ["*no votes yet: judge a few battles in the Arena*", gr.update(value=None, visible=False)] + \
+                [shown(k, None) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons
+        scope = ALL if code in (None, "", ALL) else code
+        rated = t["summary"].loc[t["summary"]["language"] == scope, "rated"]
+        n = int(rated.sum()) if len(rated) else 0
+        text = f"**{n} rated vote{'' if n == 1 else 's'}.** " + (
+            f"*{t['note']}: keep voting in the Arena.*" if t["note"]
+            else "Ratings: Bradley–Terry, ties count half, 95% bootstrap intervals; `base`, when rated, is the anchor at 1000.")
+        figure = rating_plot(t["bradley_terry"])
+        return [text, gr.update(value=figure, visible=figure is not None), shown("wtl", t["wtl"]),
+                shown("bradley_terry", t["bradley_terry"]),
+                shown("win_rate", t["win_rate"]), shown("fidelity", t["fidelity"]), shown("summary", t["summary"])] + buttons
 
-    def export(fmt: str):
-        folder = Path(tempfile.mkdtemp(prefix="clo-votes-"))
-        return str(export_votes(services.store, folder / f"votes.{fmt}"))
-
-    outputs = [status, plot, wtl, bt, win_rate, fid, summary]
+    outputs = [status, plot, wtl, bt, win_rate, fid, summary, download, download_parquet]
     for trigger in (lang.change, refresh.click, timer.tick):
-        trigger(update, lang, outputs, api_visibility="private")
-    download.click(lambda: export("csv"), None, download, api_visibility="private")
-    download_parquet.click(lambda: export("parquet"), None, download_parquet, api_visibility="private")
+        trigger(update, lang, outputs, api_visibility="private", show_progress="hidden")
 
     def api(language: str = ALL) -> dict:
-        """The leaderboard tables for one language ("all" for every language), as lists of records."""
+        """The leaderboard tables for one language ("all" for every language), as lists of records; "note" says
+        why there are no ratings yet (None once there are)."""
         t = tables(services, language)
-        return {k: v.reset_index().to_dict(orient="records") if k in ("win_rate", "battles") else v.to_dict(orient="records")
-                for k, v in t.items()}
+        out = {"note": t.pop("note", None) if t else "no votes yet"}
+        for k, v in t.items():
+            out[k] = v.reset_index().to_dict(orient="records") if k in ("win_rate", "battles") else v.to_dict(orient="records")
+        return out
 
     gr.api(api, api_name="leaderboard")
     return lang, update, outputs

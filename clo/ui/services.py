@@ -18,12 +18,14 @@ from pathlib import Path
 
 from clo import CLOError
 from clo.data import SAMPLE
-from clo.engines import BASE, Engine, Request, Sampling, load_engine
+from clo.engines import Engine, Request, Sampling, load_engine
 from clo.languages import LANGUAGES
+from clo.lineup import Lineup
 from clo.votes import Limits, open_store
 
 DATA = Path("/data")  # a Space's persistent storage, when it has one
 ROOT = Path(__file__).resolve().parent.parent.parent
+LINEUP_FILE = "lineup.json"  # the speaker's choice of served adapters, beside them (clo.lineup)
 
 
 ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))  # set on Hugging Face ZeroGPU Spaces
@@ -112,23 +114,43 @@ class Services:
         self.running_on = running_on or f"{settings.model} on the {self.engine.kind} engine"
         self.store = open_store(settings.db, limits=Limits(max_prompt_chars=settings.max_prompt_chars))
         self.examples = miniature_examples() if is_miniature(settings.model) else sample_examples()
+        self.lineup = Lineup(Path(settings.adapters_dir) / LINEUP_FILE, self.engine)
+        self.admins: set[str] = set()  # sessions that gave the admin password or logged in as an allowed user
+
+    # ---- who may change things ----
+    def is_admin(self, request) -> bool:
+        """Outside demo mode everyone is; in demo mode, sessions granted by `grant` (checked here, on the server)."""
+        return not self.settings.demo_mode or getattr(request, "session_hash", None) in self.admins
+
+    def grant(self, request) -> None:
+        if getattr(request, "session_hash", None):
+            self.admins.add(request.session_hash)
+
+    def require_admin(self, request) -> None:
+        if not self.is_admin(request):
+            raise CLOError("this needs the admin password: the app runs in demo mode")
 
     # ---- variants ----
     def slots(self, lang: str) -> dict[str, str | None]:
-        """The variants Compare and Arena use for `lang`: {"base": "base", "sft": name or None, "clo": name or None}.
-
-        The newest adapter of each method trained for `lang` (from its manifest) fills its slot.
-        """
-        chosen: dict[str, tuple[float, str]] = {}
-        for name, adapter in self.engine.adapters.items():
-            if adapter.target_lang in (lang, None) and adapter.method in ("sft", "clo"):
-                mtime = adapter.path.stat().st_mtime if adapter.path.exists() else 0.0
-                if adapter.method not in chosen or mtime > chosen[adapter.method][0]:
-                    chosen[adapter.method] = (mtime, name)
-        return {"base": BASE, "sft": chosen.get("sft", (0, None))[1], "clo": chosen.get("clo", (0, None))[1]}
+        """The variants Compare shows for `lang`: {"base": "base", "sft": name or None, "clo": name or None},
+        as the speaker chose them (clo.lineup)."""
+        return self.lineup.slots(lang)
 
     def battle_variants(self, lang: str) -> list[str]:
-        return [v for v in self.slots(lang).values() if v]
+        return self.lineup.arena(lang)
+
+    def target_languages(self) -> list[str]:
+        """Languages with adapters first (in the order of the examples, then by code), then the others."""
+        served = set(self.lineup.languages())
+        ordered = [c for c in self.examples if c in served] + sorted(served - set(self.examples))
+        return ordered + [c for c in self.examples if c not in served] + sorted(
+            c for c in LANGUAGES if c not in served and c not in self.examples and c != "en")
+
+    def language_choices(self) -> list[tuple[str, str]]:
+        """(label, code) for a language dropdown: those with adapters first, the rest marked."""
+        served = set(self.lineup.languages())
+        return [(f"{LANGUAGES[c].name} ({c})" + ("" if c in served else " · no adapters yet"), c)
+                for c in self.target_languages()]
 
     # ---- checks shared by every tab and endpoint ----
     def check_prompt(self, prompt: str | None) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -41,9 +42,10 @@ def field_of(dotted: str) -> dataclasses.Field:
 def widget(dotted: str, default) -> gr.components.Component:
     f = field_of(dotted)
     tp, _ = base_type(f)
-    label, info = dotted.split(".")[1].replace("_", " "), f.metadata["help"]
+    label = f.metadata.get("label") or dotted.split(".")[1].replace("_", " ").capitalize()
+    info = f.metadata["help"]
     if dotted == "method.method":
-        return gr.CheckboxGroup(list(METHODS), value=default, label="methods", info=info)
+        return gr.CheckboxGroup(list(METHODS), value=default, label=label, info=info)
     if f.metadata.get("choices"):
         return gr.Dropdown(list(f.metadata["choices"]), value=default, label=label, info=info)
     if tp is bool:
@@ -58,6 +60,48 @@ def widget(dotted: str, default) -> gr.components.Component:
 def recipe_from_form(values: dict[str, object]) -> Recipe:
     overrides = {k: (",".join(v) if isinstance(v, list) else v) for k, v in values.items() if v not in (None, "")}
     return Recipe.load(overrides=overrides)  # validates every value, with the CLI's messages
+
+
+def form_defaults(services: Services) -> Recipe:
+    """The form's starting recipe, fitted to the served model: the miniature trains its own language on its own
+    data; a real model trains the first language with examples; the adapter name is one not yet taken."""
+    from clo.miniature.world import CODE
+    from clo.ui.services import is_miniature
+
+    overrides = {"model.name_or_path": services.settings.model}
+    if is_miniature(services.settings.model):
+        overrides |= {"data.target_lang": CODE, "data.source": "miniature"}
+    elif services.examples:
+        overrides["data.target_lang"] = next(iter(services.examples))
+    recipe = Recipe.load(overrides=overrides)
+    recipe.training.name = free_name(services, recipe)
+    return recipe
+
+
+def free_name(services: Services, recipe: Recipe) -> str:
+    """The recipe's adapter-name pattern, or the same with the first suffix -2, -3, … whose adapters are not taken."""
+    stem = re.sub(r"-\d+$", "", recipe.training.name)
+    for k in range(1, 1000):
+        candidate = dataclasses.replace(recipe.training, name=stem if k == 1 else f"{stem}-{k}")
+        trial = dataclasses.replace(recipe, training=candidate)
+        if not any((Path(services.settings.adapters_dir) / trial.adapter_name(m)).exists() for m in trial.method.method):
+            return candidate.name
+    return recipe.training.name
+
+
+def misfit(recipe: Recipe, services: Services) -> str | None:
+    """Why this recipe's adapter could not be served by this app, or None when it fits."""
+    from clo.engines.base import same_model
+    from clo.miniature.world import CODE
+    from clo.ui.services import is_miniature
+
+    model = recipe.model.name_or_path
+    if is_miniature(model) and recipe.data.target_lang != CODE:
+        return (f"the miniature's word-level tokenizer knows only English and its invented language: train it with "
+                f"target language {CODE!r} and data 'miniature', not {recipe.data.target_lang!r}")
+    if not same_model(model, services.settings.model):
+        return f"this app serves {services.settings.model}; an adapter trained on {model} could not be served here"
+    return None
 
 
 def command(recipe_path: Path) -> list[str]:
@@ -95,6 +139,14 @@ class Jobs:
 
     def start(self, recipe: Recipe) -> dict:
         self._check_idle()
+        why = misfit(recipe, self.services)
+        if why:
+            raise CLOError(why)
+        if not recipe.training.overwrite:
+            for method in recipe.method.method:
+                if (Path(self.services.settings.adapters_dir) / recipe.adapter_name(method)).exists():
+                    raise CLOError(f"an adapter named {recipe.adapter_name(method)!r} exists already: "
+                                   "choose another adapter name")
         if ZERO_GPU:  # the GPU exists only inside spaces.GPU calls of this process: train here, in a thread
             return self._start_in_process(recipe)
         folder = self._new_folder()
@@ -170,8 +222,10 @@ class Jobs:
         job = self.current()
         if not job:
             return []
-        logs = sorted(Path(job["folder"]).rglob("log.jsonl"))  # a miniature job has one per data size and seed
-        return [json.loads(line) for log in logs for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+        # a miniature job has one log per data size and seed: oldest first, each event tagged with its file
+        logs = sorted(Path(job["folder"]).rglob("log.jsonl"), key=lambda p: (p.stat().st_mtime, str(p)))
+        return [json.loads(line) | {"log": str(log)} for log in logs
+                for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def hot_load(self) -> list[str]:
         """Serve every adapter this job finished and the engine does not have yet (for a miniature job: the
@@ -182,10 +236,18 @@ class Jobs:
         added = []
         for e in self.events():
             if e["event"] == "done" and e["path"] not in self.loaded:
-                self.services.engine.add_adapter(e["path"])
                 self.loaded.add(e["path"])
+                try:
+                    self.services.engine.add_adapter(e["path"])
+                except CLOError as err:  # e.g. trained on another base: listed as not served, never a crash
+                    added.append(f"{Path(e['path']).name} (not served: {err})")
+                    continue
                 added.append(Path(e["path"]).name)
         return added
+
+    def loaded_names(self) -> list[str]:
+        """The adapters the current job finished (its "done" events), by folder name."""
+        return [Path(e["path"]).name for e in self.events() if e["event"] == "done"]
 
     def _reload_miniature(self, job: dict) -> list[str]:
         if self.running() or job["id"] in self.loaded or not self.result():
@@ -229,7 +291,13 @@ def upload_jsonl(src: str) -> str:
     return str(dest)
 
 
+SERIES = {"loss": "loss", "l_sft": "L_SFT", "l_cl": "L_CL", "tgt/margin": "margin x_l", "en/margin": "margin x_en"}
+
+
 def progress(events: list[dict]) -> tuple[str, pd.DataFrame]:
+    """The status line and the curves of the adapter training now (a run trains one adapter per method in turn;
+    a miniature job, one per size and seed): the same few series names every time, so the chart's legend never
+    carries an earlier run's names."""
     logs = [e for e in events if e["event"] == "log"]
     if not logs:
         return "waiting for the first step…", pd.DataFrame(columns=["step", "value", "series"])
@@ -237,14 +305,16 @@ def progress(events: list[dict]) -> tuple[str, pd.DataFrame]:
     share = last["step"] / max(last["max_steps"], 1)
     bar = "█" * int(share * 30) + "░" * (30 - int(share * 30))
     text = f"`{last['adapter']}` {bar} {share:.0%} · step {last['step']}/{last['max_steps']} · ETA {last['eta']:.0f} s"
-    series = ("loss", "l_sft", "l_cl", "tgt/margin", "en/margin")
-    rows = [{"step": e["step"], "value": e[k], "series": f"{e['adapter']} {k}"} for e in logs for k in series if k in e]
-    return text, pd.DataFrame(rows)
+    current = [e for e in logs if e["adapter"] == last["adapter"] and e.get("log") == last.get("log")]
+    rows = [{"step": e["step"], "value": e[k], "series": name} for e in current for k, name in SERIES.items() if k in e]
+    return text, pd.DataFrame(rows, columns=["step", "value", "series"])
 
 
 def build(services: Services, visible: bool = True):
+    from clo.ui import serving
+
     jobs = Jobs(services)
-    defaults = Recipe.load(overrides={"model.name_or_path": services.settings.model})
+    defaults = form_defaults(services)
     with gr.Column(visible=visible) as panel:
         widgets = {}
         with gr.Row():
@@ -256,31 +326,40 @@ def build(services: Services, visible: bool = True):
                 section, name = dotted.split(".")
                 widgets[dotted] = widget(dotted, getattr(getattr(defaults, section), name))
         upload = gr.File(label="…or upload a JSONL of English pairs (prompt_en / response_en)", file_types=[".jsonl"])
-        preview = gr.Code(label="The command that will run", language="shell")
+        preview = gr.Code(label="The command that will run", language="shell", wrap_lines=True)
         with gr.Row():
             start = gr.Button("Start", variant="primary")
             stop = gr.Button("Stop", variant="stop")
         status = gr.Markdown(elem_id="train-status")
-        plot = gr.LinePlot(x="step", y="value", color="series", label="loss, L_SFT, L_CL, margins")
-        tail = gr.Code(label="Log", language=None)
+        plot = gr.LinePlot(x="step", y="value", color="series", label="loss, L_SFT, L_CL, margins (the adapter training now)",
+                           elem_id="loss-plot")
+        tail = gr.Code(label="Log", language=None, wrap_lines=True)
+        serving_lang, serving_form, serving_refresh, serving_outputs = serving.build(services)
         with gr.Accordion("The paper in miniature: SFT vs CLO on a synthetic language, on CPU", open=False):
             gr.Markdown(
                 "Runs `python -m clo miniature`: an English-centric miniature base (pretrained once, cached) is fine-tuned "
                 "with SFT and with CLO on 50, 100, 200 and 400 pairs of an invented language with an exact translation, "
                 "and both are checked on held-out tasks in both languages. A few minutes on two CPU cores; "
-                "when the app serves the miniature, Compare and Arena switch to the new adapters when it ends."
+                "when the app serves the miniature, its served `sft-mini` and `clo-mini` are replaced by the new run's "
+                "when it ends (votes on the old and new versions stay apart)."
             )
             mini_start = gr.Button("Run the miniature experiment")
             mini_summary = gr.Markdown()
             mini_plot = gr.Image(label="CLO vs SFT by data size", type="filepath", interactive=False)
-    timer = gr.Timer(2)
+    timer = gr.Timer(2, active=visible)  # only an admin's page polls the job (unlocking turns it on)
     keys = list(widgets)
 
     def values_of(args) -> dict:
         return dict(zip(keys, args))
 
-    def on_upload(file):
-        return gr.update() if file is None else upload_jsonl(file if isinstance(file, str) else file.name)
+    def on_upload(file, request: gr.Request):
+        if file is None:
+            return gr.update()
+        try:
+            services.require_admin(request)
+        except CLOError as e:
+            raise gr.Error(str(e)) from None
+        return upload_jsonl(file if isinstance(file, str) else file.name)
 
     def on_preview(*args):
         try:
@@ -289,43 +368,61 @@ def build(services: Services, visible: bool = True):
             return f"# {e}"
         flags = " ".join(f"--{k} {shlex.quote(','.join(v) if isinstance(v, list) else str(v))}" for k, v in values_of(args).items()
                          if v not in (None, ""))
-        return f"python -m clo train {flags}\n# = {', '.join(recipe.adapter_name(m) for m in recipe.method.method)}"
+        warning = misfit(recipe, services)
+        return (f"python -m clo train {flags}\n# = {', '.join(recipe.adapter_name(m) for m in recipe.method.method)}"
+                + (f"\n# warning: {warning}" if warning else ""))
 
-    def on_start(*args):
+    def on_start(request: gr.Request, *args):  # the request first: Gradio passes it by position
         try:
+            services.require_admin(request)
             job = jobs.start(recipe_from_form(values_of(args)))
         except CLOError as e:
             raise gr.Error(str(e)) from None
         return f"started: `{job['command']}`"
 
-    def on_stop():
+    def on_stop(request: gr.Request):
         try:
+            services.require_admin(request)
             return f"training {jobs.stop()}; no adapter was written"
         except CLOError as e:
             raise gr.Error(str(e)) from None
 
-    def on_mini_start():
+    def on_mini_start(request: gr.Request):
         try:
+            services.require_admin(request)
             job = jobs.start_miniature()
         except CLOError as e:
             raise gr.Error(str(e)) from None
         return f"started: `{job['command']}`", "", None
 
-    def on_tick():
+    unchanged = [gr.update()] * len(serving_outputs)
+
+    def next_name(args) -> dict:
+        try:
+            return gr.update(value=free_name(services, recipe_from_form(values_of(args))))
+        except CLOError:
+            return gr.update()
+
+    def on_tick(serving_code, *form):
         events = jobs.events()
         if not events and not jobs.current():
-            return gr.update(), gr.update(), gr.update(), gr.update(), gr.update()
+            return [gr.update()] * 6 + unchanged
         text, frame = progress(events)
         added = jobs.hot_load()
         result = jobs.result()
-        if added:
-            text += f"\n\n✅ now serving {', '.join(added)} in Compare and Arena"
-        elif not jobs.running() and any(e["event"] == "stopped" for e in events):
+        finished = not jobs.running() and (result or any(e["event"] == "done" for e in events))
+        if not jobs.running() and any(e["event"] == "stopped" for e in events):
             text = "stopped; no adapter was written"
-        elif not jobs.running() and (result or any(e["event"] == "done" for e in events)):
-            text += "\n\n✅ finished"
+        elif finished and (jobs.current() or {}).get("kind") == "miniature":
+            text += "\n\n✅ finished; the served miniature adapters were replaced by this run's"
+        elif finished:
+            names = ", ".join(f"`{n}`" for n in jobs.loaded_names())
+            text += (f"\n\n✅ finished: {names} loaded and listed under Serving below. Compare and Arena serve it "
+                     "only once you choose it there.")
         summary, image = result if result else (gr.update(), gr.update())
-        return text, frame, jobs.tail(), summary, image
+        # a new adapter took its name: the form moves on to a free one, and the Serving lists show the new adapter
+        fresh = [next_name(form)] + serving_refresh(serving_code) if added else [gr.update()] + unchanged
+        return [text, frame, jobs.tail(), summary, image] + fresh
 
     inputs = [widgets[k] for k in keys]
     upload.change(on_upload, upload, widgets["data.source"], api_visibility="private")
@@ -334,5 +431,7 @@ def build(services: Services, visible: bool = True):
     start.click(on_start, inputs, status, api_visibility="private")
     stop.click(on_stop, None, status, api_visibility="private")
     mini_start.click(on_mini_start, None, [status, mini_summary, mini_plot], api_visibility="private")
-    timer.tick(on_tick, None, [status, plot, tail, mini_summary, mini_plot], api_visibility="private")
-    return panel, jobs, on_preview, inputs, preview
+    timer.tick(on_tick, [serving_lang, *inputs], [status, plot, tail, mini_summary, mini_plot, widgets["training.name"],
+                                                  *serving_outputs],
+               api_visibility="private", show_progress="hidden")
+    return panel, timer, on_preview, inputs, preview, serving_lang, serving_refresh, serving_outputs
