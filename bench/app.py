@@ -1,11 +1,15 @@
-"""The app under load: start to ready, then simulated users doing compare + battle + vote through the API.
+"""The app under load: start to ready, then 1, 8 and 50 simulated users doing compare + battle + vote, per engine.
 
-Launches `python app.py` on clo.tiny's model with two random adapters (PEFT engine) on a loopback port,
-measures the time until a client can connect (target ≤ 10 s), then runs N users for T seconds, each with
-its own gradio_client session, looping /compare -> /battle -> /vote. Reports errors (target 0), votes
-lost (acknowledged by /vote but missing from the store; target 0) and p50/p95 latency per endpoint.
+Launches `python app.py` on clo.tiny's model with two random adapters on a loopback port, once per engine (PEFT,
+and vLLM where it runs), measures the time until a client can connect (target ≤ 10 s), then for each number of
+users runs them for T seconds, each with its own gradio_client session, looping /compare -> /battle -> /vote.
+Reports per level p50/p95 latency per endpoint, answers generated per second, errors (target 0) and votes lost
+(acknowledged by /vote but missing from the store; target 0), then the ratios measured in the same run:
 
-    python bench/app.py [--users 50] [--seconds 60] [--max-tokens 32]
+    /compare p50 with 50 users / with 1 user      target ≤ 4    (the engines decode every visitor in one batch)
+    answers/s with 50 users / with 1 user         target ≥ 5
+
+    python bench/app.py [--users 1,8,50] [--seconds 30] [--max-tokens 32] [--engines peft,vllm]
 """
 
 from __future__ import annotations
@@ -28,16 +32,88 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def launch(engine: str, model: Path, work: Path, max_tokens: int):
+    """`python app.py` on a free loopback port; (process, url, seconds to ready)."""
+    from gradio_client import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = work / engine
+    folder.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "CLO_MODEL": str(model), "CLO_ENGINE": engine,
+           "CLO_ADAPTERS_DIR": str(work / "adapters"), "CLO_DB": str(folder / "votes.db"), "CLO_PORT": str(port),
+           "CLO_MAX_TOKENS": str(max_tokens), "CLO_VOTES_PER_10MIN": "100000"}  # a bench user votes far faster than a person
+    url = f"http://127.0.0.1:{port}/"
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=folder, env=env,
+                            stdout=open(folder / "app.log", "w"), stderr=subprocess.STDOUT)
+    while True:
+        try:
+            Client(url, verbose=False)
+            return proc, url, time.perf_counter() - started
+        except Exception:  # noqa: BLE001 (not up yet)
+            if proc.poll() is not None or time.perf_counter() - started > 300:
+                sys.exit(f"app did not start; see {folder / 'app.log'}")
+            time.sleep(0.2)
+
+
+def load(url: str, users: int, seconds: float) -> dict:
+    """`users` sessions looping compare -> battle -> vote for `seconds`; latencies, answers, errors, votes."""
+    from gradio_client import Client
+
+    latencies: dict[str, list[float]] = {"/compare": [], "/battle": [], "/vote": []}
+    errors: list[str] = []
+    acknowledged: list[str] = []
+    answers = [0]
+    lock = threading.Lock()
+    clients = [Client(url, verbose=False) for _ in range(users)]
+    started = time.perf_counter()
+    stop_at = started + seconds
+
+    def user(i: int) -> None:
+        rng, client = random.Random(i), clients[i]
+        while time.perf_counter() < stop_at:
+            try:
+                t = time.perf_counter()
+                out = client.predict("서울에서 가 볼 만한 곳은?", "ko", "", api_name="/compare")
+                t1 = time.perf_counter()
+                b = client.predict("", "ko", api_name="/battle")
+                t2 = time.perf_counter()
+                client.predict(b["battle_id"], rng.choice(["a", "b", "tie", "both_bad"]), api_name="/vote")
+                t3 = time.perf_counter()
+                with lock:
+                    latencies["/compare"].append(t1 - t)
+                    latencies["/battle"].append(t2 - t1)
+                    latencies["/vote"].append(t3 - t2)
+                    answers[0] += len(out["target"]) + len(out["english"]) + 2
+                    acknowledged.append(b["battle_id"])
+            except Exception as e:  # noqa: BLE001 (counted, reported)
+                with lock:
+                    errors.append(str(e)[:200])
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    return {"users": users, "seconds": elapsed, "answers_per_s": answers[0] / elapsed, "errors": errors,
+            "acknowledged": acknowledged,
+            "latency": {k: {"calls": len(v), "p50": float(np.percentile(v, 50)) if v else float("nan"),
+                            "p95": float(np.percentile(v, 95)) if v else float("nan")} for k, v in latencies.items()}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--users", type=int, default=50)
-    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--users", default="1,8,50", help="numbers of simultaneous users, one level after another")
+    p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--engines", default="peft,vllm", help="vllm is skipped, saying why, where it cannot run")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "app.json"))
     args = p.parse_args()
 
-    from gradio_client import Client
-
+    from clo.engines.vllm_engine import vllm_usable
     from clo.tiny import build_random_adapter, build_tiny_model
     from clo.votes import open_store
 
@@ -47,83 +123,43 @@ def main() -> None:
         path = build_random_adapter(model, work / "adapters" / f"{method}-ko", seed=seed)
         manifest = json.loads((path / "manifest.json").read_text())
         (path / "manifest.json").write_text(json.dumps({**manifest, "method": method, "target_lang": "ko"}))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "CLO_MODEL": str(model), "CLO_ENGINE": "peft",
-           "CLO_ADAPTERS_DIR": str(work / "adapters"), "CLO_DB": str(work / "votes.db"), "CLO_PORT": str(port),
-           "CLO_MAX_TOKENS": str(args.max_tokens)}
-    url = f"http://127.0.0.1:{port}/"
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=work, env=env, stdout=open(work / "app.log", "w"),
-                            stderr=subprocess.STDOUT)
-    while True:
-        try:
-            Client(url, verbose=False)
-            break
-        except Exception:  # noqa: BLE001 (not up yet)
-            if proc.poll() is not None or time.perf_counter() - started > 120:
-                sys.exit(f"app did not start; see {work / 'app.log'}")
-            time.sleep(0.2)
-    ready_s = time.perf_counter() - started
-    print(f"# app under load ({args.users} users, {args.seconds:.0f} s, {args.max_tokens} tokens per answer, {os.cpu_count()} CPUs)")
-    print(f"start to ready: {ready_s:.1f} s (target ≤ 10 s) {'PASS' if ready_s <= 10 else 'MISS'}", flush=True)
-
-    latencies: dict[str, list[float]] = {"/compare": [], "/battle": [], "/vote": []}
-    errors: list[str] = []
-    acknowledged: list[str] = []
-    lock = threading.Lock()
-    stop_at = time.perf_counter() + args.seconds
-
-    def user(i: int) -> None:
-        rng = random.Random(i)
-        try:
-            client = Client(url, verbose=False)
-        except Exception as e:  # noqa: BLE001
-            with lock:
-                errors.append(f"connect: {e}")
-            return
-        while time.perf_counter() < stop_at:
-            try:
-                t = time.perf_counter()
-                client.predict("서울에서 가 볼 만한 곳은?", "ko", "", api_name="/compare")
-                latencies["/compare"].append(time.perf_counter() - t)
-                t = time.perf_counter()
-                b = client.predict("", "ko", api_name="/battle")
-                latencies["/battle"].append(time.perf_counter() - t)
-                t = time.perf_counter()
-                client.predict(b["battle_id"], rng.choice(["a", "b", "tie", "both_bad"]), api_name="/vote")
-                latencies["/vote"].append(time.perf_counter() - t)
-                with lock:
-                    acknowledged.append(b["battle_id"])
-            except Exception as e:  # noqa: BLE001 (counted, reported)
-                with lock:
-                    errors.append(str(e)[:200])
-
-    threads = [threading.Thread(target=user, args=(i,)) for i in range(args.users)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    proc.terminate()
-    proc.wait(timeout=30)
-    stored = set(open_store(str(work / "votes.db")).votes().battle_id)
-    lost = len(set(acknowledged) - stored)
-    print("\n| endpoint | calls | p50 s | p95 s |\n|---|---:|---:|---:|")
-    for name, xs in latencies.items():
-        if xs:
-            print(f"| {name} | {len(xs)} | {np.percentile(xs, 50):.2f} | {np.percentile(xs, 95):.2f} |")
-    print(f"\n- errors: {len(errors)} (target 0) {'PASS' if not errors else 'MISS'}")
-    print(f"- votes acknowledged: {len(acknowledged)}, stored: {len(stored)}, lost: {lost} (target 0) {'PASS' if not lost else 'MISS'}")
-    for e in sorted(set(errors))[:5]:
-        print(f"  error: {e}")
+    levels = [int(u) for u in args.users.split(",")]
+    print(f"# app under load: users {levels}, {args.seconds:.0f} s each, {args.max_tokens} tokens per answer, "
+          f"{os.cpu_count()} CPUs")
+    results = {}
+    for engine in args.engines.split(","):
+        if engine == "vllm" and not vllm_usable()[0]:
+            print(f"\n## {engine}: skipped ({vllm_usable()[1]})")
+            continue
+        proc, url, ready_s = launch(engine, model, work, args.max_tokens)
+        print(f"\n## {engine}\nstart to ready: {ready_s:.1f} s (target ≤ 10 s) {'PASS' if ready_s <= 10 else 'MISS'}", flush=True)
+        runs = [load(url, users, args.seconds) for users in levels]
+        proc.terminate()
+        proc.wait(timeout=60)
+        stored = set(open_store(str(work / engine / "votes.db")).votes().battle_id)
+        acknowledged = {b for r in runs for b in r["acknowledged"]}
+        lost, errors = len(acknowledged - stored), [e for r in runs for e in r["errors"]]
+        print("\n| users | /compare p50 · p95 s | /battle p50 · p95 s | /vote p50 · p95 s | answers/s | errors |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for r in runs:
+            cells = " | ".join(f"{r['latency'][k]['p50']:.2f} · {r['latency'][k]['p95']:.2f}" for k in ("/compare", "/battle", "/vote"))
+            print(f"| {r['users']} | {cells} | {r['answers_per_s']:.1f} | {len(r['errors'])} |")
+        lo, hi = runs[0], runs[-1]
+        slow = hi["latency"]["/compare"]["p50"] / lo["latency"]["/compare"]["p50"]
+        more = hi["answers_per_s"] / lo["answers_per_s"]
+        print(f"\n- /compare p50, {hi['users']} users / {lo['users']}: {slow:.2f}× (target ≤ 4) {'PASS' if slow <= 4 else 'MISS'}")
+        print(f"- answers/s, {hi['users']} users / {lo['users']}: {more:.2f}× (target ≥ 5) {'PASS' if more >= 5 else 'MISS'}")
+        print(f"- errors: {len(errors)} (target 0) {'PASS' if not errors else 'MISS'}")
+        print(f"- votes acknowledged: {len(acknowledged)}, stored: {len(stored)}, lost: {lost} (target 0) "
+              f"{'PASS' if not lost else 'MISS'}", flush=True)
+        for e in sorted(set(errors))[:5]:
+            print(f"  error: {e}")
+        results[engine] = {"ready_s": ready_s, "compare_p50_ratio": slow, "answers_ratio": more, "lost": lost,
+                           "errors": len(errors), "error_samples": sorted(set(errors))[:20],
+                           "levels": [{k: v for k, v in r.items() if k not in ("acknowledged", "errors")} for r in runs]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "ready_s": ready_s, "errors": len(errors), "error_samples": sorted(set(errors))[:20],
-                               "acknowledged": len(acknowledged), "stored": len(stored), "lost": lost,
-                               "latency": {k: {"calls": len(v), "p50": float(np.percentile(v, 50)) if v else None,
-                                               "p95": float(np.percentile(v, 95)) if v else None} for k, v in latencies.items()}},
-                              indent=2))
+    out.write_text(json.dumps({"args": vars(args), "engines": results}, indent=2))
 
 
 if __name__ == "__main__":

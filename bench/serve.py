@@ -9,7 +9,11 @@ published shape (bench/configs/), each with two random LoRA adapters of rank 16;
     python bench/serve.py                              # tiny + qwen2.5-0.5b, peft and (where installed) vllm
     python bench/serve.py --shapes tiny --engines peft # seconds
 
-Target (PEFT engine): the 6-request side-by-side ≤ 1.5× one request's latency.
+Then 16 separate callers (one request each, as 16 visitors) from 16 threads at once vs the same 16 one after
+another: the engines' schedulers put concurrent callers in one running batch.
+
+Targets: (PEFT engine) the 6-request side-by-side ≤ 1.5× one request's latency; (each engine) 16 concurrent
+callers ≥ 4× the throughput of the same 16 one after another.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 TARGET = 1.5
+CALLER_TARGET = 4.0  # throughput of 16 concurrent callers over the same 16 one after another
 
 
 def timed(engine, requests, repeats: int) -> tuple[float, int]:
@@ -60,9 +65,43 @@ def measure(engine, prompts: dict[str, str], max_tokens: int, repeats: int) -> d
     single, single_tokens = timed(engine, requests[:1], repeats)
     batched, batched_tokens = timed(engine, requests, repeats)
     sequential = sum(timed(engine, [r], 1)[0] for r in requests)
+    callers = [[requests[k % len(requests)]] for k in range(CALLERS)]
+    one_by_one, one_by_one_tokens = timed_callers(engine, callers, concurrent=False)
+    together, together_tokens = timed_callers(engine, callers, concurrent=True)
     return {"single_s": single, "batched_s": batched, "sequential_s": sequential, "single_tokens": single_tokens,
             "single_first_token_s": first_token_s(engine, requests[:1]), "batched_first_token_s": first_token_s(engine, requests),
-            "batched_tokens": batched_tokens, "batched_vs_single": batched / single, "sequential_vs_batched": sequential / batched}
+            "batched_tokens": batched_tokens, "batched_vs_single": batched / single, "sequential_vs_batched": sequential / batched,
+            "callers_sequential_tok_s": one_by_one_tokens / one_by_one, "callers_concurrent_tok_s": together_tokens / together,
+            "callers_speedup": (together_tokens / together) / (one_by_one_tokens / one_by_one),
+            "callers_max_batch": max(a.batch for a in LAST_ANSWERS)}
+
+
+CALLERS = 16  # separate stream() calls, as from 16 visitors
+LAST_ANSWERS: list = []
+
+
+def timed_callers(engine, callers: list[list], concurrent: bool) -> tuple[float, int]:
+    """Wall seconds and tokens for every caller's stream(), from one thread each at once, or one after another."""
+    import threading
+
+    answers: list = [None] * len(callers)
+
+    def call(k: int) -> None:
+        answers[k] = engine.generate(callers[k])
+
+    started = time.perf_counter()
+    if concurrent:
+        threads = [threading.Thread(target=call, args=(k,)) for k in range(len(callers))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+        for k in range(len(callers)):
+            call(k)
+    seconds = time.perf_counter() - started
+    LAST_ANSWERS[:] = [a for batch in answers for a in batch]
+    return seconds, sum(a.tokens for a in LAST_ANSWERS)
 
 
 def main() -> None:
@@ -122,7 +161,17 @@ def main() -> None:
         print(f"| {r['shape']} | {r['engine']} | {r['single_s']:.2f} | {r['batched_s']:.2f} | {r['sequential_s']:.2f} "
               f"| {r['batched_vs_single']:.2f}× | {r['sequential_vs_batched']:.2f}× "
               f"| {r['single_first_token_s']:.2f} / {r['batched_first_token_s']:.2f} |")
+    print(f"\n| model | engine | {CALLERS} callers one by one, tok/s | {CALLERS} callers at once, tok/s | speed-up | "
+          "most sequences in a step |")
+    print("|---|---|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['shape']} | {r['engine']} | {r['callers_sequential_tok_s']:.1f} | {r['callers_concurrent_tok_s']:.1f} "
+              f"| {r['callers_speedup']:.2f}× | {r['callers_max_batch']} |")
     print()
+    for r in results:
+        ok = r["callers_speedup"] >= CALLER_TARGET
+        print(f"- {r['shape']}, {r['engine']}: {CALLERS} concurrent callers / one by one = {r['callers_speedup']:.2f}× "
+              f"throughput (target ≥ {CALLER_TARGET})  {'PASS' if ok else 'MISS'}")
     for r in results:
         if r["engine"] == "peft":
             ok = r["batched_vs_single"] <= TARGET

@@ -74,9 +74,13 @@ def fidelity(pairs: Iterable[tuple[str, str]]) -> dict[str, float | int]:
     Returns {"fidelity": share of judged answers in the query's language, "judged": answers with a known
     language, "unknown": answers too short or unsure, "total"}. Fidelity is NaN when nothing could be judged.
     """
+    return code_fidelity((lang, detect(answer).code) for lang, answer in pairs)
+
+
+def code_fidelity(pairs: Iterable[tuple[str, str]]) -> dict[str, float | int]:
+    """`fidelity` over (query language, detected language code) pairs, for answers detected before (a stored vote)."""
     judged = hits = unknown = 0
-    for lang, answer in pairs:
-        code = detect(answer).code
+    for lang, code in pairs:
         if code == UNKNOWN:
             unknown += 1
             continue

@@ -31,7 +31,7 @@ from clo.files import atomic_path
 OUTCOMES = ("a", "b", "tie", "both_bad")
 APPLICATION_ID = 0x434C4F31  # "CLO1" in the SQLite header: our files are recognisable, foreign ones refused
 VOTE_COLUMNS = ("id", "battle_id", "created_utc", "voter", "language", "prompt", "variant_a", "variant_b", "answer_a",
-                "answer_b", "left_variant", "outcome", "engine", "hash_a", "hash_b", "blind")
+                "answer_b", "left_variant", "outcome", "engine", "hash_a", "hash_b", "blind", "lang_a", "lang_b")
 
 # Each migration brings the schema from version i to i + 1; never edit one that has shipped.
 MIGRATIONS = [
@@ -50,6 +50,13 @@ MIGRATIONS = [
     );
     CREATE INDEX votes_voter_time ON votes (voter, created_utc);
     CREATE INDEX votes_language ON votes (language);
+    """,
+    # 2: the detected language of each answer, found once when the battle is made (NULL on older rows)
+    """
+    ALTER TABLE battles ADD COLUMN lang_a TEXT;
+    ALTER TABLE battles ADD COLUMN lang_b TEXT;
+    ALTER TABLE votes ADD COLUMN lang_a TEXT;
+    ALTER TABLE votes ADD COLUMN lang_b TEXT;
     """,
 ]
 
@@ -146,6 +153,16 @@ class VoteStore:
         conn = self._connect()
         return _Transaction(conn, self.kind)
 
+    def _read(self, query: str, args: tuple = ()) -> tuple[list, list[str]]:
+        """Rows and column names of a read: a plain snapshot (WAL lets it run beside writers), never the write lock."""
+        conn = self._connect()
+        cur = conn.cursor()
+        try:
+            cur.execute(self._sql(query), args)
+            return cur.fetchall(), [d[0] for d in cur.description]
+        finally:
+            cur.close()
+
     def _sql(self, text: str) -> str:
         return text.replace("?", self.ph)
 
@@ -170,13 +187,17 @@ class VoteStore:
 
     # ---- battles ----
     def vote_counts(self, language: str) -> dict[frozenset, int]:
-        with self._transaction() as cur:
-            cur.execute(self._sql("SELECT variant_a, variant_b, COUNT(*) FROM votes WHERE language = ? AND blind = 1 "
-                                  "GROUP BY variant_a, variant_b"), (language,))
-            counts: dict[frozenset, int] = {}
-            for a, b, n in cur.fetchall():
-                counts[frozenset((a, b))] = counts.get(frozenset((a, b)), 0) + n
-            return counts
+        rows, _ = self._read("SELECT variant_a, variant_b, COUNT(*) FROM votes WHERE language = ? AND blind = 1 "
+                             "GROUP BY variant_a, variant_b", (language,))
+        counts: dict[frozenset, int] = {}
+        for a, b, n in rows:
+            counts[frozenset((a, b))] = counts.get(frozenset((a, b)), 0) + n
+        return counts
+
+    def count(self) -> tuple[int, str | None]:
+        """(number of votes, id of the newest): changes exactly when a vote is added, for caches keyed on it."""
+        rows, _ = self._read("SELECT COUNT(*), MAX(created_utc || id) FROM votes")
+        return int(rows[0][0]), rows[0][1]
 
     def draw_pair(self, variants: list[str], language: str, exclude=()) -> tuple[str, str]:
         """Two variants, favouring pairs with fewer blind votes in `language` (weight 1 / (1 + votes)); pairs in
@@ -192,8 +213,10 @@ class VoteStore:
         return self.rng.choices(pairs, weights)[0]
 
     def create_battle(self, voter: str, language: str, prompt: str, answers: dict[str, str],
-                      hashes: dict[str, str | None] | None = None, engine: str | None = None, blind: bool = True) -> Battle:
-        """Store a battle between the two variants of `answers`, placed left/right at random."""
+                      hashes: dict[str, str | None] | None = None, engine: str | None = None, blind: bool = True,
+                      detected: dict[str, str] | None = None) -> Battle:
+        """Store a battle between the two variants of `answers`, placed left/right at random; `detected` holds
+        each answer's language code (clo.langid), kept with the vote so no one detects it again."""
         if len(answers) != 2:
             raise CLOError(f"a battle has exactly two answers, got {len(answers)}")
         self._check_prompt(prompt)
@@ -201,11 +224,12 @@ class VoteStore:
         created = now_utc()
         battle = Battle(str(uuid.uuid4()), language, prompt, answers[left], answers[right],
                         (created + dt.timedelta(seconds=self.limits.battle_ttl_s)).isoformat())
-        hashes = hashes or {}
+        hashes, detected = hashes or {}, detected or {}
         with self._transaction() as cur:
-            cur.execute(self._sql("INSERT INTO battles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+            cur.execute(self._sql("INSERT INTO battles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
                         (battle.id, created.isoformat(), battle.expires_utc, hash_voter(voter), language, prompt, left, right,
-                         battle.answer_a, battle.answer_b, hashes.get(left), hashes.get(right), engine, int(blind)))
+                         battle.answer_a, battle.answer_b, hashes.get(left), hashes.get(right), engine, int(blind),
+                         detected.get(left), detected.get(right)))
         return battle
 
     def _check_prompt(self, prompt: str) -> None:
@@ -246,7 +270,7 @@ class VoteStore:
                 raise CLOError(f"too many votes: at most {self.limits.votes_per_window} per {self.limits.window_s:.0f} s")
             record = (str(uuid.uuid4()), b["id"], now.isoformat(), who, b["language"], b["prompt"], b["variant_a"],
                       b["variant_b"], b["answer_a"], b["answer_b"], b["variant_a"], outcome, b["engine"], b["hash_a"],
-                      b["hash_b"], b["blind"])
+                      b["hash_b"], b["blind"], b["lang_a"], b["lang_b"])
             try:
                 cur.execute(self._sql(f"INSERT INTO votes ({', '.join(VOTE_COLUMNS)}) VALUES ({', '.join('?' * len(VOTE_COLUMNS))})"),
                             record)
@@ -263,9 +287,8 @@ class VoteStore:
         query, args = f"SELECT {', '.join(VOTE_COLUMNS)} FROM votes", ()
         if language:
             query, args = query + " WHERE language = ?", (language,)
-        with self._transaction() as cur:
-            cur.execute(self._sql(query + " ORDER BY created_utc, id"), args)
-            frame = pd.DataFrame(cur.fetchall(), columns=list(VOTE_COLUMNS))
+        rows, _ = self._read(query + " ORDER BY created_utc, id", args)
+        frame = pd.DataFrame(rows, columns=list(VOTE_COLUMNS))
         frame["blind"] = frame["blind"].astype(bool)
         return frame
 

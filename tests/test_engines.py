@@ -261,3 +261,185 @@ def test_remote_engine_against_real_vllm_serve(vllm_server, peft_engine, adapter
     beta = engine.generate([Request("beta", chat(PROMPTS[0]), GREEDY)])[0]
     assert beta.text.rstrip() == peft_engine.generate([Request("beta", chat(PROMPTS[0]), GREEDY)])[0].text.rstrip()
     assert engine.generate([Request(BASE, chat(PROMPTS[0]), GREEDY)])[0].text == final[0].text
+
+
+# ---- an audience: every caller's requests in one shared batch, cancelled when the caller leaves ----
+
+LONG = Sampling(max_tokens=120)
+
+
+def in_threads(*calls):
+    """Run each call in its own thread (as Gradio's workers do); their results in order, or their exception."""
+    import threading
+
+    results = [None] * len(calls)
+
+    def run(k, call):
+        try:
+            results[k] = call()
+        except Exception as e:  # noqa: BLE001 (returned to the test)
+            results[k] = e
+
+    threads = [threading.Thread(target=run, args=(k, c)) for k, c in enumerate(calls)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return results
+
+
+def wait_until(condition, timeout=60.0):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def gathering_peft(tiny_model, adapters_dir):
+    """A PEFT engine whose scheduler waits 0.5 s for company, so callers a moment apart share one generate."""
+    return PeftEngine(str(tiny_model), find_adapters(adapters_dir), gather_s=0.5)
+
+
+def test_peft_two_callers_share_one_generate_and_get_their_own_answers(gathering_peft, peft_engine):
+    mine, yours = side_by_side(gathering_peft), [Request(v, chat("Tell me about Busan."), GREEDY) for v in (BASE, "beta")]
+    before = dict(gathering_peft.stats)
+    a, b = in_threads(lambda: gathering_peft.generate(mine), lambda: gathering_peft.generate(yours))
+    assert gathering_peft.stats["generates"] == before["generates"] + 1  # one generate for both callers
+    assert gathering_peft.stats["max_rows"] == len(mine) + len(yours)
+    assert max(x.batch for x in a + b) == len(mine) + len(yours)
+    assert [x.text for x in a] == [x.text for x in peft_engine.generate(mine)]  # as each alone
+    assert [x.text for x in b] == [x.text for x in peft_engine.generate(yours)]
+    assert all(x.first_token_s is not None and x.first_token_s <= x.seconds for x in a + b)
+
+
+def test_peft_a_caller_who_leaves_is_aborted_and_the_other_finishes(gathering_peft, peft_engine):
+    leaving = gathering_peft.stream([Request(v, chat(PROMPTS[0]), LONG) for v in (BASE, "alpha", "beta")])
+    staying = [Request(v, chat(PROMPTS[1]), LONG) for v in (BASE, "alpha")]
+    results = {}
+
+    def stay():
+        results["staying"] = gathering_peft.generate(staying)
+
+    import threading
+
+    t = threading.Thread(target=stay)
+    t.start()
+    next(leaving), next(leaving)  # a few tokens arrive...
+    wait_until(lambda: gathering_peft.unfinished() == 5)
+    leaving.close()  # ...then the visitor closes the tab
+    wait_until(lambda: gathering_peft.unfinished() <= 2, timeout=10)  # its three rows stop within a step
+    t.join(timeout=300)
+    assert [x.text for x in results["staying"]] == [x.text for x in peft_engine.generate(staying)]
+    assert gathering_peft.unfinished() == 0
+
+
+def test_peft_a_failure_inside_the_loop_fails_its_batch_and_the_loop_serves_on(gathering_peft, monkeypatch):
+    calls = []
+    real = gathering_peft.peft.generate
+
+    def broken(**kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("injected fault")
+        return real(**kwargs)
+
+    monkeypatch.setattr(gathering_peft.peft, "generate", broken)
+    with pytest.raises(CLOError, match="generation failed: RuntimeError: injected fault"):
+        gathering_peft.generate(side_by_side(gathering_peft))
+    assert all(a.finish_reason for a in gathering_peft.generate(side_by_side(gathering_peft)))
+
+
+def test_peft_a_prompt_too_long_fails_alone(gathering_peft):
+    import threading
+
+    good = []
+    t = threading.Thread(target=lambda: good.extend(gathering_peft.generate(side_by_side(gathering_peft))))
+    t.start()
+    with pytest.raises(CLOError, match="exceeds the model's context"):
+        gathering_peft.generate([Request(BASE, chat("word " * 5000), GREEDY)])
+    t.join(timeout=300)
+    assert len(good) == 6 and all(a.finish_reason for a in good)
+
+
+def test_peft_hot_add_while_streams_run(gathering_peft, peft_engine, tiny_model, tmp_path):
+    requests = [Request(v, chat(PROMPTS[1]), LONG) for v in (BASE, "alpha")]
+    running = gathering_peft.stream(requests)
+    first = next(running)
+    assert gathering_peft.add_adapter(make_adapter(tiny_model, tmp_path / "gamma", seed=5)).name == "gamma"
+    final = [first, *running][-1]  # the load waited for the running generate: nothing disturbed it
+    assert [x.text for x in final] == [x.text for x in peft_engine.generate(requests)]
+    mixed = gathering_peft.generate([Request(v, chat(PROMPTS[1]), GREEDY) for v in (BASE, "gamma")])
+    assert mixed[0].text == peft_engine.generate([Request(BASE, chat(PROMPTS[1]), GREEDY)])[0].text
+    assert mixed[1].text != mixed[0].text
+
+
+@needs_vllm
+def test_vllm_a_later_caller_joins_the_running_batch_and_a_leaver_is_aborted(vllm_engine):
+    first = [Request(v, chat(PROMPTS[0]), Sampling(max_tokens=800)) for v in (BASE, "alpha", "beta")]  # still running
+    second = [Request(v, chat(PROMPTS[1]), LONG) for v in (BASE, "alpha")]  # when this one arrives
+    alone = [None, vllm_engine.generate(second)]
+    vllm_engine.stats["max_rows"] = 0
+    leaving = vllm_engine.stream(first)
+    next(leaving)  # decoding has started
+    joined = vllm_engine.stream(second)
+    snapshot = next(joined)
+    wait_until(lambda: vllm_engine.stats["max_rows"] == 5)  # the second caller's rows share the first one's steps
+    leaving.close()
+    wait_until(lambda: vllm_engine.unfinished() <= 2, timeout=10)  # the leaver's rows left the engine
+    final = [snapshot, *joined][-1]
+    assert [x.text for x in final] == [x.text for x in alone[1]] and max(x.batch for x in final) == 5
+    assert vllm_engine.unfinished() == 0
+
+
+@needs_vllm
+def test_vllm_a_failure_inside_the_loop_fails_the_running_jobs_and_the_loop_serves_on(vllm_engine, monkeypatch):
+    real, calls = vllm_engine.engine.step, []
+
+    def broken():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("injected fault")
+        return real()
+
+    monkeypatch.setattr(vllm_engine.engine, "step", broken)
+    with pytest.raises(CLOError, match="generation failed: RuntimeError: injected fault"):
+        vllm_engine.generate(side_by_side(vllm_engine))
+    assert vllm_engine.unfinished() == 0
+    assert all(a.finish_reason for a in vllm_engine.generate(side_by_side(vllm_engine)))
+    with pytest.raises(CLOError, match="exceeds the model's context"):
+        vllm_engine.generate([Request(BASE, chat("word " * 5000), GREEDY)])
+
+
+@needs_vllm
+def test_vllm_hot_add_while_a_stream_runs_keeps_it_and_the_base_clean(vllm_engine, tiny_model, tmp_path):
+    requests = [Request(v, chat(PROMPTS[1]), LONG) for v in (BASE, "alpha")]
+    alone = vllm_engine.generate(requests)
+    running = vllm_engine.stream(requests)
+    first = next(running)
+    (added,) = in_threads(lambda: vllm_engine.add_adapter(make_adapter(tiny_model, tmp_path / "delta", seed=6)))
+    assert not isinstance(added, Exception), added
+    final = [first, *running][-1]
+    assert [x.text for x in final] == [x.text for x in alone]
+    mixed = vllm_engine.generate([Request(v, chat(PROMPTS[1]), LONG) for v in (BASE, "alpha", "delta")])
+    assert mixed[0].text == alone[0].text and mixed[2].text != alone[0].text
+
+
+@needs_vllm
+def test_remote_caller_who_leaves_is_aborted_on_the_server(vllm_server):
+    import re
+
+    import httpx
+
+    def running() -> float:
+        text = httpx.get(f"{vllm_server}/metrics", timeout=10).text
+        return sum(float(v) for v in re.findall(r"^vllm:num_requests_running\{[^}]*\} ([0-9.]+)$", text, re.M))
+
+    engine = RemoteEngine(vllm_server)
+    stream = engine.stream([Request(v, chat(PROMPTS[0]), Sampling(max_tokens=900)) for v in (BASE, "alpha")])
+    next(stream), next(stream)
+    wait_until(lambda: running() == 2, timeout=30)
+    started = time.time()
+    stream.close()  # the visitor leaves: both HTTP streams close and the server aborts them
+    wait_until(lambda: running() == 0, timeout=15)
+    assert time.time() - started < 2.0  # aborted, not run to the end of 900 tokens

@@ -185,3 +185,39 @@ def test_votes_before_and_after_retraining_stay_apart(services, tiny_model, tmp_
     rated = set(tables["counts"]["variant"])
     assert rated == {"base", f"clo-ko@{old_hash[:6]}", f"clo-ko@{new_hash[:6]}"}
     assert tables["counts"].set_index(["variant", "opponent"]).loc[(f"clo-ko@{old_hash[:6]}", "base"), "ties"] == 5
+
+
+# ---- an audience: fairness and nothing recomputed on the hot path ----
+
+def test_one_visitor_cannot_hold_more_than_its_share(services):
+    from types import SimpleNamespace
+
+    me, you = SimpleNamespace(session_hash="me"), SimpleNamespace(session_hash="you")
+    with services.in_flight(me), services.in_flight(me):
+        with pytest.raises(CLOError, match="you already have 2 requests being answered"):
+            with services.in_flight(me):
+                pass
+        with services.in_flight(you):  # another visitor is not held up
+            pass
+    with services.in_flight(me):  # a finished call frees its place
+        pass
+    assert services.flying == {}
+
+
+def test_the_leaderboard_is_computed_again_only_when_a_vote_arrives(services):
+    from clo.ui.arena import new_battle
+    from clo.ui.leaderboard import Board
+
+    board = Board(services)
+    b = new_battle(services, "", "ko", voter="v")
+    services.store.vote(b["battle_id"], "a", voter="v")
+    first, files = board.get("ko")
+    for _ in range(5):
+        again, same_files = board.get("ko")
+    assert board.computed == 1 and again is first and same_files == files
+    b = new_battle(services, "", "ko", voter="v")
+    services.store.vote(b["battle_id"], "b", voter="v")
+    board.get("ko")
+    assert board.computed == 2 and not Path(files["csv"]).exists()  # the old export is gone; Gradio serves its copy
+    votes = services.store.votes()
+    assert votes[["lang_a", "lang_b"]].notna().all().all()  # detected once, when the battle was made

@@ -305,3 +305,19 @@ def store_left_is(store, battle_id, variant) -> bool:
     with store._transaction() as cur:
         cur.execute("SELECT variant_a FROM battles WHERE id = ?", (battle_id,))
         return cur.fetchone()[0] == variant
+
+
+def test_reads_do_not_wait_for_a_writer(tmp_path):
+    """A writer holding SQLite's write lock (a vote being committed) does not hold up the leaderboard's reads."""
+    store = open_store(str(tmp_path / "votes.db"))
+    battle = store.create_battle(voter="v", language="ko", prompt="p", answers={"base": "x", "clo-ko": "y"})
+    store.vote(battle.id, "a", voter="v")
+    writer = sqlite3.connect(tmp_path / "votes.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the write lock, held
+    try:
+        started = time.perf_counter()
+        assert len(store.votes()) == 1 and store.count()[0] == 1 and store.vote_counts("ko")
+        assert time.perf_counter() - started < 1.0
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()

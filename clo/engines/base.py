@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
+import time
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,10 +55,60 @@ class Answer:
     tokens: int = 0
     seconds: float = 0.0
     finish_reason: str | None = None  # "stop", "length"; None while streaming
+    first_token_s: float | None = None  # time to the first token, from submission (queueing included)
+    batch: int = 0  # the most sequences that shared a decoding step with this one (itself included)
 
     @property
     def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+        """Decoding speed after the first token (0 until a second token arrives)."""
+        if self.first_token_s is None or self.tokens < 2 or self.seconds <= self.first_token_s:
+            return self.tokens / self.seconds if self.seconds > 0 else 0.0
+        return (self.tokens - 1) / (self.seconds - self.first_token_s)
+
+
+class Job:
+    """One caller's requests inside a shared scheduler: its answers, its own queue of snapshots, a cancel flag.
+
+    The engine's loop thread updates `answers` and calls `publish()` / `finish()` / `fail()`; the caller's
+    `Engine.stream` reads the queue and sets `cancelled` when it stops reading (closed generator, visitor gone).
+    """
+
+    def __init__(self, requests: list[Request]):
+        self.id = uuid.uuid4().hex[:12]
+        self.requests = requests
+        self.answers = [Answer(r.variant) for r in requests]
+        self.queue: queue.Queue = queue.Queue()
+        self.cancelled = threading.Event()
+        self.submitted = time.perf_counter()
+        self.done = False
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.submitted
+
+    def publish(self) -> None:
+        self.queue.put([Answer(**vars(a)) for a in self.answers])
+
+    def finish(self) -> None:
+        for a in self.answers:
+            a.finish_reason = a.finish_reason or "length"
+        self.done = True
+        self.publish()
+        self.queue.put(None)
+
+    def fail(self, error: BaseException) -> None:
+        self.done = True
+        self.queue.put(error if isinstance(error, CLOError) else
+                       CLOError(f"generation failed: {type(error).__name__}: {str(error).splitlines()[0][:200]}"))
+
+    def results(self) -> Iterator[list[Answer]]:
+        """The snapshots as they come; the last one is final. Stopping early cancels the job."""
+        try:
+            while (item := self.queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.cancelled.set()
 
 
 @dataclass(frozen=True)

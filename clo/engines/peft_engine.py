@@ -1,7 +1,14 @@
-"""PEFT engine: the base model and every adapter in one process, all variants decoded in ONE `generate`.
+"""PEFT engine: the base model and every adapter in one process, every visitor's variants decoded together.
 
 For CPUs and ZeroGPU Spaces, where vLLM cannot hold a GPU. Rows of a batch pick their adapter through
 PEFT's mixed-adapter batches (`adapter_names=[...]`, "__base__" for the base model).
+
+One scheduler thread owns the model (dynamic batching): `stream()` from any thread submits a job and reads its
+own queue; jobs that arrive while a `generate` runs are gathered into the next one, up to `max_batch` rows of
+the same sampling settings. A caller that stops reading cancels its rows: a stopping criterion ends them at the
+next step (the whole `generate` ends when none is left). transformers' own continuous batching
+(`init_continuous_batching` / `generate_batch`) is not used: its requests carry no adapter, and PEFT's
+per-row `adapter_names` needs the padded batch layout that `generate` keeps.
 
     engine = PeftEngine("models/tiny", find_adapters("adapters"))
     engine.generate([Request("base", msgs), Request("clo-ko", msgs)])
@@ -18,31 +25,65 @@ import torch
 
 from clo import CLOError
 from clo.config import ModelConfig
-from clo.engines.base import BASE, Adapter, Answer, Engine, Request, Sampling
+from clo.engines.base import BASE, Adapter, Answer, Engine, Job, Request, Sampling
 
 
-class _BatchStreamer:
-    """Receives each step's new tokens ([B]) from `generate` and queues them (transformers' streamer protocol)."""
+class _Batch:
+    """One `generate` over the rows of several jobs: transformers calls `put` with each step's new tokens ([B]) and
+    asks `__call__` (a stopping criterion) which rows are done, so a cancelled job stops within one step."""
 
-    def __init__(self):
-        self.queue: queue.Queue = queue.Queue()
+    def __init__(self, engine: "PeftEngine", jobs: list[Job]):
+        self.engine, self.jobs = engine, jobs
+        self.rows = [(job, k) for job in jobs for k in range(len(job.requests))]
+        self.ids: list[list[int]] = [[] for _ in self.rows]
         self.prompt_seen = False
+
+    def alive(self) -> list[bool]:
+        return [job.answers[k].finish_reason is None and not job.cancelled.is_set() for job, k in self.rows]
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:  # the first call carries the prompt
             self.prompt_seen = True
             return
-        self.queue.put(value.reshape(-1).tolist())
+        alive = self.alive()
+        stats = self.engine.stats
+        stats["steps"] += 1
+        stats["max_rows"] = max(stats["max_rows"], sum(alive))
+        tokenizer, eos = self.engine.tokenizer, self.engine.eos
+        for i, token in enumerate(value.reshape(-1).tolist()):
+            if not alive[i]:
+                continue
+            job, k = self.rows[i]
+            a, limit = job.answers[k], job.requests[k].sampling.max_tokens
+            a.seconds, a.batch = job.elapsed(), max(a.batch, sum(alive))
+            if token in eos:
+                a.finish_reason = "stop"
+                continue
+            self.ids[i].append(token)
+            # an incomplete multi-byte character at the end is not text yet (vLLM holds it back too)
+            a.text = tokenizer.decode(self.ids[i], skip_special_tokens=True).rstrip("\ufffd")
+            a.tokens = len(self.ids[i])
+            if a.first_token_s is None:
+                a.first_token_s = a.seconds
+            if a.tokens >= limit:
+                a.finish_reason = "length"
+        for job in self.jobs:
+            if not job.cancelled.is_set():
+                job.publish()
 
     def end(self) -> None:
-        self.queue.put(None)
+        pass
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.tensor([not alive for alive in self.alive()], device=input_ids.device)
 
 
 class PeftEngine(Engine):
     kind = "peft"
 
     def __init__(self, model: str, adapters: list[Adapter] = (), load_in_4bit: str = "false",
-                 trust_remote_code: bool = False, revision: str | None = None):
+                 trust_remote_code: bool = False, revision: str | None = None, max_batch: int = 64,
+                 gather_s: float = 0.01):
         from clo.models import load_base
 
         super().__init__(model)
@@ -53,7 +94,7 @@ class PeftEngine(Engine):
         self.base.eval()
         self.tokenizer.padding_side = "left"
         self.peft = None
-        self.lock = threading.Lock()  # one generate at a time: adapters are swapped on the shared model
+        self.lock = threading.Lock()  # held by each generate and each adapter load: they never overlap
         eos = self.base.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.context = getattr(self.base.config, "max_position_embeddings", None)
@@ -61,6 +102,13 @@ class PeftEngine(Engine):
             self.check_adapter(adapter)
             self._load(adapter)
             self.adapters[adapter.name] = adapter
+        self.max_batch, self.gather_s = max_batch, gather_s  # rows per generate; how long a lone job waits for company
+        self.stats = {"steps": 0, "max_rows": 0, "generates": 0}  # decoding steps, most rows in one, generate calls
+        self.current: _Batch | None = None
+        self.waiting: list[Job] = []  # taken from the inbox, not yet decoded
+        self.inbox: queue.Queue[Job] = queue.Queue()
+        self.worker = threading.Thread(target=self._serve, name="clo-peft-scheduler", daemon=True)
+        self.worker.start()
 
     def _load(self, adapter: Adapter) -> None:
         from peft import PeftModel
@@ -77,73 +125,118 @@ class PeftEngine(Engine):
     def render(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    # ---- serving: one scheduler thread owns the model; callers submit jobs and read their own queue ----
     def stream(self, requests: list[Request]) -> Iterator[list[Answer]]:
         self.check(requests)
-        groups: dict[tuple, list[int]] = {}  # requests sharing temperature/top_p/seed decode together
+        for r in requests:  # a prompt that cannot fit fails here, alone, before it joins anyone's batch
+            self._check_length(self.render(r.messages), r.sampling.max_tokens)
+        groups: dict[tuple, list[int]] = {}  # one generate has one sampling setting: a job per setting
         for i, r in enumerate(requests):
-            groups.setdefault((r.sampling.temperature, r.sampling.top_p, r.sampling.seed), []).append(i)
+            groups.setdefault(_sampling_key(r.sampling), []).append(i)
+        if len(groups) == 1:
+            job = Job(requests)
+            self.inbox.put(job)
+            return job.results()
+        return self._stream_groups(requests, list(groups.values()))
+
+    def _stream_groups(self, requests: list[Request], groups: list[list[int]]) -> Iterator[list[Answer]]:
+        jobs = [Job([requests[i] for i in rows]) for rows in groups]
+        for job in jobs:
+            self.inbox.put(job)
         answers = [Answer(r.variant) for r in requests]
-        for rows in groups.values():
-            for _ in self._stream_group([requests[i] for i in rows], [answers[i] for i in rows]):
-                yield [Answer(**vars(a)) for a in answers]
+        try:
+            for job, rows in zip(jobs, groups):
+                for snapshot in job.results():
+                    for i, a in zip(rows, snapshot):
+                        answers[i] = a
+                    yield list(answers)
+        finally:
+            for job in jobs:
+                job.cancelled.set()
 
-    def _stream_group(self, requests: list[Request], answers: list[Answer]) -> Iterator[None]:
-        sampling: Sampling = requests[0].sampling
-        enc = self.tokenizer([self.render(r.messages) for r in requests], return_tensors="pt", padding=True,
-                             add_special_tokens=False).to(self.base.device)
-        longest = int(enc["attention_mask"].sum(-1).max())
-        budget = max(r.sampling.max_tokens for r in requests)
-        if self.context and longest + budget > self.context:
-            raise CLOError(f"prompt of {longest} tokens + {budget} new tokens exceeds the model's context of {self.context} "
+    def _check_length(self, text: str, max_tokens: int) -> None:
+        n = len(self.tokenizer(text, add_special_tokens=False).input_ids)
+        if self.context and n + max_tokens > self.context:
+            raise CLOError(f"prompt of {n} tokens + {max_tokens} new tokens exceeds the model's context of {self.context} "
                            "tokens: shorten the prompt or lower max_tokens")
-        kwargs = dict(**enc, max_new_tokens=budget, do_sample=sampling.temperature > 0,
-                      pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos))
-        if sampling.temperature > 0:
-            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        model = self.base
-        if self.peft is not None:
-            model = self.peft
-            kwargs["adapter_names"] = ["__base__" if r.variant == BASE else r.variant for r in requests]
-        streamer = _BatchStreamer()
-        kwargs["streamer"] = streamer
-        ids: list[list[int]] = [[] for _ in requests]
-        failure: list[BaseException] = []
 
-        def run():
-            try:
-                with self.lock, torch.no_grad():
-                    if sampling.seed is not None:
-                        torch.manual_seed(sampling.seed)
-                    model.generate(**kwargs)
-            except BaseException as e:  # noqa: BLE001 (re-raised in the caller's thread)
-                failure.append(e)
-                streamer.end()
-
-        started = time.perf_counter()
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        while (step := streamer.queue.get()) is not None:
-            now = time.perf_counter() - started
-            for i, token in enumerate(step):
-                a, limit = answers[i], requests[i].sampling.max_tokens
-                if a.finish_reason is not None:
-                    continue
-                if token in self.eos:
-                    a.finish_reason = "stop"
+    def _serve(self) -> None:
+        """Forever: gather the jobs waiting (up to max_batch rows of one sampling setting), decode them in one
+        `generate`, repeat. Jobs that arrive meanwhile wait for the next one (dynamic batching)."""
+        while True:
+            if not self.waiting:
+                job = self.inbox.get()
+                if job is None:  # close()
+                    return
+                self.waiting.append(job)
+                time.sleep(self.gather_s)  # callers that come a moment later share this generate
+            while True:
+                try:
+                    job = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    return
+                self.waiting.append(job)
+            self.waiting = [j for j in self.waiting if not j.cancelled.is_set()]
+            if not self.waiting:
+                continue
+            key = _sampling_key(self.waiting[0].requests[0].sampling)
+            batch, rest, rows = [], [], 0
+            for job in self.waiting:  # a job's requests share one setting (stream splits them)
+                if _sampling_key(job.requests[0].sampling) == key and (not batch or rows + len(job.requests) <= self.max_batch):
+                    batch.append(job)
+                    rows += len(job.requests)
                 else:
-                    ids[i].append(token)
-                    # an incomplete multi-byte character at the end is not text yet (vLLM holds it back too)
-                    a.text = self.tokenizer.decode(ids[i], skip_special_tokens=True).rstrip("\ufffd")
-                    a.tokens = len(ids[i])
-                    if a.tokens >= limit:
-                        a.finish_reason = "length"
-                a.seconds = now
-            yield
-        thread.join()
-        if failure:
-            raise failure[0]
-        for a in answers:
-            a.finish_reason = a.finish_reason or "length"
-        yield
+                    rest.append(job)
+            self.waiting = rest
+            self._run(batch)
+
+    def close(self) -> None:
+        """Stop the scheduler thread once the jobs already running are done."""
+        self.inbox.put(None)
+        self.worker.join(timeout=60)
+
+    def unfinished(self) -> int:
+        """Rows still decoding in the running generate plus rows waiting for the next one."""
+        current = self.current
+        running = sum(current.alive()) if current is not None else 0
+        queued = [j for j in list(self.inbox.queue) + list(self.waiting) if j is not None]
+        return running + sum(len(j.requests) for j in queued if not j.cancelled.is_set())
+
+    def _run(self, jobs: list[Job]) -> None:
+        step = self.current = _Batch(self, jobs)
+        requests = [job.requests[k] for job, k in step.rows]
+        sampling: Sampling = requests[0].sampling
+        try:
+            enc = self.tokenizer([self.render(r.messages) for r in requests], return_tensors="pt", padding=True,
+                                 add_special_tokens=False).to(self.base.device)
+            kwargs = dict(**enc, max_new_tokens=max(r.sampling.max_tokens for r in requests),
+                          do_sample=sampling.temperature > 0, pad_token_id=self.tokenizer.pad_token_id,
+                          eos_token_id=sorted(self.eos), streamer=step, stopping_criteria=[step])
+            if sampling.temperature > 0:
+                kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
+            else:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            with self.lock, torch.no_grad():
+                model = self.base
+                if self.peft is not None:
+                    model = self.peft
+                    kwargs["adapter_names"] = ["__base__" if r.variant == BASE else r.variant for r in requests]
+                if sampling.seed is not None:
+                    torch.manual_seed(sampling.seed)
+                self.stats["generates"] += 1
+                model.generate(**kwargs)
+        except Exception as e:  # noqa: BLE001 (the jobs of this batch fail with a clear error; the loop serves on)
+            for job in jobs:
+                job.fail(e)
+            return
+        finally:
+            self.current = None
+        for job in jobs:
+            job.finish()
+
+
+def _sampling_key(s: Sampling) -> tuple:
+    """Requests decode together only with the same sampling settings (one `generate` has one)."""
+    return (s.temperature, s.top_p, s.seed)

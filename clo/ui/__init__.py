@@ -51,7 +51,7 @@ def build_app(services: Services) -> gr.Blocks:
         def check_password(given, request: gr.Request):
             if s.admin_password and hmac.compare_digest(given or "", s.admin_password):
                 services.grant(request)  # the server remembers this session: every admin handler checks it
-                return gr.update(visible=False), gr.update(visible=True), gr.Timer(active=True)
+                return gr.update(visible=False), gr.update(visible=True), gr.Timer(active=True)  # on the Train tab
             gr.Warning("wrong password")  # a toast: the gate stays usable for another try
             return gr.update(), gr.update(), gr.update()
 
@@ -59,7 +59,7 @@ def build_app(services: Services) -> gr.Blocks:
             if profile is not None and profile.username in s.allowed_users:
                 services.grant(request)
             show = services.is_admin(request)
-            return gr.update(visible=not show), gr.update(visible=show), gr.Timer(active=show)
+            return gr.update(visible=not show), gr.update(visible=show), gr.update()
 
         if not ON_SPACE:
             on_load_with_profile = on_load
@@ -67,6 +67,10 @@ def build_app(services: Services) -> gr.Blocks:
             def on_load(request: gr.Request):  # noqa: F811 (no OAuth off a Space)
                 return on_load_with_profile(request, None)
 
+        def on_tab(evt: gr.SelectData, request: gr.Request):  # the Train tab's job polling runs only while it is open
+            return gr.Timer(active=evt.value == "Train" and services.is_admin(request))
+
+        tabs.select(on_tab, None, train_timer, api_visibility="private", show_progress="hidden")
         to_arena.click(lambda p, code: (p, code, gr.Tabs(selected="arena")), [compare_prompt, compare_lang],
                        [arena_prompt, arena_lang, tabs], api_visibility="private")
         unlock.click(check_password, password, [gate, panel, train_timer], api_visibility="private", show_progress="hidden")

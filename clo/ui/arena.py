@@ -15,6 +15,7 @@ import random
 import gradio as gr
 
 from clo import CLOError
+from clo.langid import detect
 from clo.ui.services import Services
 from clo.votes import OUTCOMES
 
@@ -58,7 +59,8 @@ def new_battle(services: Services, prompt: str | None, lang: str, voter: str) ->
                 hashes = services.engine.variants()
                 battle = services.store.create_battle(voter=voter, language=lang, prompt=text,
                                                       answers={v: answers[v] for v in pair},
-                                                      hashes={v: hashes.get(v) for v in pair}, engine=services.engine.kind)
+                                                      hashes={v: hashes.get(v) for v in pair}, engine=services.engine.kind,
+                                                      detected={v: detect(answers[v]).code for v in pair})
                 return {"battle_id": battle.id, "language": lang, "prompt": text, "english": services.english_of(text, lang),
                         "answer_a": battle.answer_a, "answer_b": battle.answer_b}
             tried.add(frozenset(pair))
@@ -106,7 +108,8 @@ def build(services: Services, default_lang: str = "ko"):
 
     def on_start(p, code, request: gr.Request):
         try:
-            b = new_battle(services, p, code, voter_of(request))
+            with services.in_flight(request):
+                b = new_battle(services, p, code, voter_of(request))
         except CLOError as e:  # one message; the panes keep what they showed (no error badge on each)
             gr.Warning(str(e))
             return [gr.skip()] * (6 + len(BUTTONS))
@@ -135,15 +138,17 @@ def build(services: Services, default_lang: str = "ko"):
     battle_outputs = [battle_id, prompt, english, answer_a, answer_b, reveal, *buttons.values()]
     draw.click(on_draw, lang, [prompt, english], api_visibility="private")
     prompt.blur(on_typed, [prompt, lang], english, api_visibility="private", show_progress="hidden")
-    start.click(on_start, [prompt, lang], battle_outputs, api_visibility="private")
-    skip.click(on_skip, [battle_id, lang], battle_outputs, api_visibility="private")
+    generation = dict(concurrency_id="generate", concurrency_limit=services.settings.generation_slots)
+    start.click(on_start, [prompt, lang], battle_outputs, api_visibility="private", **generation)
+    skip.click(on_skip, [battle_id, lang], battle_outputs, api_visibility="private", **generation)
     for outcome, button in buttons.items():
         button.click(on_vote(outcome), battle_id, [battle_id, reveal, *buttons.values()], api_visibility="private")
 
     def battle(prompt: str, language: str, request: gr.Request) -> dict:
         """A new blind battle: two anonymous answers to `prompt` (or to a drawn example when it is empty)."""
         try:
-            return new_battle(services, prompt, language, voter_of(request))
+            with services.in_flight(request):
+                return new_battle(services, prompt, language, voter_of(request))
         except CLOError as e:
             raise gr.Error(str(e)) from None
 
@@ -156,6 +161,6 @@ def build(services: Services, default_lang: str = "ko"):
         except CLOError as e:
             raise gr.Error(str(e)) from None
 
-    gr.api(battle, api_name="battle")
+    gr.api(battle, api_name="battle", **generation)
     gr.api(vote, api_name="vote")
     return prompt, lang

@@ -26,7 +26,10 @@ def describe(answer: Answer | None, variant: str | None, expected: str) -> str:
         return "*…*"
     d = detect(answer.text) if answer.finish_reason else None
     mark = "" if d is None else f"`{d.code}`{' ✓' if d.code == expected else (' ✗' if d.code != 'unknown' else '')} · "
-    return f"{answer.text}\n\n<sub>{mark}{answer.tokens} tokens · {answer.tokens_per_second:.1f} tok/s · `{variant}`</sub>"
+    first = "" if answer.first_token_s is None else f"first token {answer.first_token_s:.2f} s · "
+    batch = f" · batch of {answer.batch}" if answer.batch else ""  # sequences that shared a decoding step with it
+    return (f"{answer.text}\n\n<sub>{mark}{answer.tokens} tokens · {first}{answer.tokens_per_second:.1f} tok/s{batch} · "
+            f"`{variant}`</sub>")
 
 
 def compare_stream(services: Services, prompt: str, lang: str, english: str | None):
@@ -59,7 +62,9 @@ def compare_api(services: Services, prompt: str, lang: str, english: str | None 
     for side, _ in sides:
         for (slot, variant), a in zip(slots.items(), answers):
             out[side].append({"slot": slot, "variant": variant, "text": a.text, "language": detect(a.text).code,
-                              "tokens": a.tokens, "tokens_per_second": round(a.tokens_per_second, 2)})
+                              "tokens": a.tokens, "tokens_per_second": round(a.tokens_per_second, 2),
+                              "first_token_s": None if a.first_token_s is None else round(a.first_token_s, 3),
+                              "batch": a.batch})
     return out
 
 
@@ -104,34 +109,34 @@ def build(services: Services):
 
     outputs = [target_boxes[s] for s in SLOTS] + [english_boxes[s] for s in SLOTS]
 
-    def run(p, code, en):
+    def run(p, code, en, request: gr.Request):
         try:  # checked before anything streams: one message for bad input, not an error on every pane
             services.check_prompt(p)
             services.check_lang(code)
             if (en or "").strip():
                 services.check_prompt(en)
+            with services.in_flight(request):
+                line = serving_line(services, code)
+                # leaving the page closes this generator: the engine aborts its requests at the next step
+                for target, eng in compare_stream(services, p, code, en):
+                    yield [target[s] for s in SLOTS] + [eng[s] for s in SLOTS] + [line]
         except CLOError as e:
             gr.Warning(str(e))
             yield [gr.skip()] * (len(outputs) + 1)
-            return
-        line = serving_line(services, code)
-        try:
-            for target, eng in compare_stream(services, p, code, en):
-                yield [target[s] for s in SLOTS] + [eng[s] for s in SLOTS] + [line]
-        except CLOError as e:
-            raise gr.Error(str(e)) from None
 
     lang.change(on_lang, lang, [example, serving], api_visibility="private")
     example.change(pick, [lang, example], [prompt, english], api_visibility="private")
-    go.click(run, [prompt, lang, english], outputs + [serving], api_visibility="private")
-    prompt.submit(run, [prompt, lang, english], outputs + [serving], api_visibility="private")
+    generation = dict(concurrency_id="generate", concurrency_limit=services.settings.generation_slots)
+    go.click(run, [prompt, lang, english], outputs + [serving], api_visibility="private", **generation)
+    prompt.submit(run, [prompt, lang, english], outputs + [serving], api_visibility="private", **generation)
 
-    def api(prompt: str, language: str, english: str = "") -> dict:
+    def api(prompt: str, language: str, english: str = "", request: gr.Request = None) -> dict:
         """Answers of every variant (base, SFT, CLO) to the prompt and to its English version, labelled."""
         try:
-            return compare_api(services, prompt, language, english)
+            with services.in_flight(request):
+                return compare_api(services, prompt, language, english)
         except CLOError as e:
             raise gr.Error(str(e)) from None
 
-    gr.api(api, api_name="compare")
+    gr.api(api, api_name="compare", **generation)
     return lang, prompt, to_arena

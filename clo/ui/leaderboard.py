@@ -17,7 +17,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from clo.langid import fidelity
+from clo.langid import code_fidelity, detect
 from clo.languages import LANGUAGES
 from clo.ratings import COUNTS, leaderboard, version_keys
 from clo.ui.services import Services
@@ -35,13 +35,18 @@ SHOWN = {
 
 
 def answer_fidelity(votes: pd.DataFrame) -> pd.DataFrame:
-    """Per variant (a retrained one apart, as in the ratings), the share of its answers in the prompt's language."""
+    """Per variant (a retrained one apart, as in the ratings), the share of its answers in the prompt's language,
+    from the language detected when each battle was made (older votes without it are detected here)."""
     votes = version_keys(votes)
     rows = []
     for variant in sorted(set(votes.variant_a) | set(votes.variant_b)):
-        pairs = [(r.language, r.answer_a) for r in votes.itertuples() if r.variant_a == variant]
-        pairs += [(r.language, r.answer_b) for r in votes.itertuples() if r.variant_b == variant]
-        f = fidelity(pairs)
+        pairs = []
+        for side in ("a", "b"):
+            mine = votes[votes[f"variant_{side}"] == variant]
+            stored = mine[f"lang_{side}"] if f"lang_{side}" in mine else pd.Series(None, index=mine.index)
+            pairs += [(lang, code if isinstance(code, str) else detect(text).code)
+                      for lang, code, text in zip(mine["language"], stored, mine[f"answer_{side}"])]
+        f = code_fidelity(pairs)
         rows.append({"variant": variant, "fidelity": f["fidelity"], "judged": f["judged"], "unknown": f["unknown"]})
     return pd.DataFrame(rows, columns=SHOWN["fidelity"])
 
@@ -55,6 +60,26 @@ def tables(services: Services, language: str | None, votes: pd.DataFrame | None 
     scoped = votes if language is None else votes[votes.language == language]
     out["fidelity"] = answer_fidelity(scoped)
     return out
+
+
+class Board:
+    """The tables and the export files, computed again only when a vote was added (keyed on the store's count),
+    and shared by every open page: a refresh without a new vote costs one COUNT query."""
+
+    def __init__(self, services: Services):
+        self.services, self.lock = services, threading.Lock()
+        self.key, self.votes, self.cached, self.computed = None, None, {}, 0
+        self.exports = Exports(services)
+
+    def get(self, language: str | None) -> tuple[dict, dict[str, str]]:
+        with self.lock:
+            key = self.services.store.count()
+            if key != self.key:
+                self.key, self.votes, self.cached = key, self.services.store.votes(), {}
+            if language not in self.cached:
+                self.cached[language] = tables(self.services, language, self.votes)
+                self.computed += 1
+            return self.cached[language], self.exports.current(self.votes)
 
 
 def shown(name: str, frame: pd.DataFrame | None) -> pd.DataFrame:
@@ -122,7 +147,7 @@ class Exports:
 def build(services: Services):
     codes = [c for c in services.target_languages() if c in set(services.lineup.languages()) | set(services.examples)]
     choices = [("All languages", ALL)] + [(f"{LANGUAGES[c].name} ({c})", c) for c in codes]
-    exports = Exports(services)
+    board = services.board = Board(services)
     with gr.Row():
         lang = gr.Dropdown(choices, value=ALL, label="Language")
         refresh = gr.Button("Refresh")
@@ -140,9 +165,8 @@ def build(services: Services):
     timer = gr.Timer(15)
 
     def update(code):
-        votes = services.store.votes()  # read once per refresh, for the tables and the downloads
-        files = exports.current(votes)
-        t = tables(services, code, votes)
+        t, files = board.get(code)  # recomputed only when a vote was added
+        t = dict(t)
         buttons = [gr.update(value=files["csv"]), gr.update(value=files["parquet"])]
         if not t:
             return ["*no votes yet: judge a few battles in the Arena*", gr.update(value=None, visible=False)] + \
@@ -159,17 +183,17 @@ def build(services: Services):
                 shown("win_rate", t["win_rate"]), shown("fidelity", t["fidelity"]), shown("summary", t["summary"])] + buttons
 
     outputs = [status, plot, wtl, bt, win_rate, fid, summary, download, download_parquet]
-    for trigger in (lang.change, refresh.click, timer.tick):
-        trigger(update, lang, outputs, api_visibility="private", show_progress="hidden")
+    for trigger in (lang.change, refresh.click, timer.tick):  # their own queue: never behind generation
+        trigger(update, lang, outputs, api_visibility="private", show_progress="hidden", concurrency_id="board")
 
     def api(language: str = ALL) -> dict:
         """The leaderboard tables for one language ("all" for every language), as lists of records; "note" says
         why there are no ratings yet (None once there are)."""
-        t = tables(services, language)
+        t = dict(board.get(language)[0])
         out = {"note": t.pop("note", None) if t else "no votes yet"}
         for k, v in t.items():
             out[k] = v.reset_index().to_dict(orient="records") if k in ("win_rate", "battles") else v.to_dict(orient="records")
         return out
 
-    gr.api(api, api_name="leaderboard")
+    gr.api(api, api_name="leaderboard", concurrency_id="board")
     return lang, update, outputs

@@ -5,6 +5,7 @@ Every flag of `python app.py` can also come from an environment variable (for Sp
     --model CLO_MODEL   --adapters-dir CLO_ADAPTERS_DIR   --db CLO_DB   --engine CLO_ENGINE
     --host CLO_HOST     --port CLO_PORT                   --demo-mode CLO_DEMO_MODE
     --max-prompt-chars CLO_MAX_PROMPT_CHARS                --max-tokens CLO_MAX_TOKENS
+    --votes-per-10min CLO_VOTES_PER_10MIN
     admin password: CLO_ADMIN_PASSWORD   allowed Hugging Face users: CLO_ALLOWED_USERS (comma-separated)
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,8 +61,11 @@ class Settings:
     allowed_users: tuple[str, ...] = ()
     max_prompt_chars: int = 4000
     max_tokens: int = 256
-    concurrency: int = 4
-    queue_size: int = 64
+    concurrency: int = 4  # events other than generation (leaderboard, polling, downloads) run this many at a time
+    generation_slots: int = 64  # generation events at once: the engine decodes them together in one running batch
+    per_session: int = 2  # generation calls one visitor may have in flight; more get a message, not a queue spot
+    votes_per_10min: int = 60  # per voter
+    queue_size: int = 256  # events waiting beyond that; the page shows each visitor its position
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "Settings":
@@ -77,11 +83,13 @@ class Settings:
                        help="hide Train unless the visitor is an allowed user or gives the admin password")
         p.add_argument("--max-prompt-chars", type=int, default=int(env("CLO_MAX_PROMPT_CHARS", d.max_prompt_chars)))
         p.add_argument("--max-tokens", type=int, default=int(env("CLO_MAX_TOKENS", d.max_tokens)), help="per answer")
+        p.add_argument("--votes-per-10min", type=int, default=int(env("CLO_VOTES_PER_10MIN", d.votes_per_10min)),
+                       help="votes one voter may cast in 10 minutes")
         a = p.parse_args(argv)
         users = tuple(u.strip() for u in env("CLO_ALLOWED_USERS", "").split(",") if u.strip())
         return cls(model=a.model, adapters_dir=a.adapters_dir, db=a.db, engine=a.engine, url=a.url, host=a.host, port=a.port,
                    demo_mode=a.demo_mode, admin_password=env("CLO_ADMIN_PASSWORD"), allowed_users=users,
-                   max_prompt_chars=a.max_prompt_chars, max_tokens=a.max_tokens)
+                   max_prompt_chars=a.max_prompt_chars, max_tokens=a.max_tokens, votes_per_10min=a.votes_per_10min)
 
 
 def sample_examples() -> dict[str, list[tuple[str, str]]]:
@@ -112,10 +120,32 @@ class Services:
         self.engine = engine or load_engine(settings.engine, model=settings.model, adapters_dir=settings.adapters_dir,
                                             url=settings.url)
         self.running_on = running_on or f"{settings.model} on the {self.engine.kind} engine"
-        self.store = open_store(settings.db, limits=Limits(max_prompt_chars=settings.max_prompt_chars))
+        self.store = open_store(settings.db, limits=Limits(max_prompt_chars=settings.max_prompt_chars,
+                                                           votes_per_window=settings.votes_per_10min, window_s=600.0))
         self.examples = miniature_examples() if is_miniature(settings.model) else sample_examples()
         self.lineup = Lineup(Path(settings.adapters_dir) / LINEUP_FILE, self.engine)
         self.admins: set[str] = set()  # sessions that gave the admin password or logged in as an allowed user
+        self.board = None  # the Leaderboard's shared cache (clo.ui.leaderboard.Board), set when the tab is built
+        self.flying: dict[str, int] = {}  # session -> generation calls in flight
+        self.flying_lock = threading.Lock()
+
+    # ---- fairness: one visitor cannot fill the batch ----
+    @contextmanager
+    def in_flight(self, request):
+        """Count a generation call against its session's cap for as long as it runs; over the cap, a message."""
+        key = getattr(request, "session_hash", None) or "anonymous"
+        with self.flying_lock:
+            if self.flying.get(key, 0) >= self.settings.per_session:
+                raise CLOError(f"you already have {self.settings.per_session} requests being answered: "
+                               "wait for them to finish, then try again")
+            self.flying[key] = self.flying.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self.flying_lock:
+                self.flying[key] -= 1
+                if not self.flying[key]:
+                    del self.flying[key]
 
     # ---- who may change things ----
     def is_admin(self, request) -> bool:

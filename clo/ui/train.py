@@ -346,7 +346,7 @@ def build(services: Services, visible: bool = True):
             mini_start = gr.Button("Run the miniature experiment")
             mini_summary = gr.Markdown()
             mini_plot = gr.Image(label="CLO vs SFT by data size", type="filepath", interactive=False)
-    timer = gr.Timer(2, active=visible)  # only an admin's page polls the job (unlocking turns it on)
+    timer = gr.Timer(2, active=False)  # polls only on an admin's page, with the Train tab open and a job there
     keys = list(widgets)
 
     def values_of(args) -> dict:
@@ -378,7 +378,7 @@ def build(services: Services, visible: bool = True):
             job = jobs.start(recipe_from_form(values_of(args)))
         except CLOError as e:
             raise gr.Error(str(e)) from None
-        return f"started: `{job['command']}`"
+        return f"started: `{job['command']}`", gr.Timer(active=True)
 
     def on_stop(request: gr.Request):
         try:
@@ -393,7 +393,7 @@ def build(services: Services, visible: bool = True):
             job = jobs.start_miniature()
         except CLOError as e:
             raise gr.Error(str(e)) from None
-        return f"started: `{job['command']}`", "", None
+        return f"started: `{job['command']}`", "", None, gr.Timer(active=True)
 
     unchanged = [gr.update()] * len(serving_outputs)
 
@@ -405,8 +405,8 @@ def build(services: Services, visible: bool = True):
 
     def on_tick(serving_code, *form):
         events = jobs.events()
-        if not events and not jobs.current():
-            return [gr.update()] * 6 + unchanged
+        if not events and not jobs.current():  # no job: stop polling until one starts
+            return [gr.update()] * 6 + unchanged + [gr.Timer(active=False)]
         text, frame = progress(events)
         added = jobs.hot_load()
         result = jobs.result()
@@ -422,16 +422,16 @@ def build(services: Services, visible: bool = True):
         summary, image = result if result else (gr.update(), gr.update())
         # a new adapter took its name: the form moves on to a free one, and the Serving lists show the new adapter
         fresh = [next_name(form)] + serving_refresh(serving_code) if added else [gr.update()] + unchanged
-        return [text, frame, jobs.tail(), summary, image] + fresh
+        return [text, frame, jobs.tail(), summary, image] + fresh + [gr.update()]
 
     inputs = [widgets[k] for k in keys]
     upload.change(on_upload, upload, widgets["data.source"], api_visibility="private")
     for w in inputs:
         w.change(on_preview, inputs, preview, api_visibility="private")
-    start.click(on_start, inputs, status, api_visibility="private")
+    start.click(on_start, inputs, [status, timer], api_visibility="private")
     stop.click(on_stop, None, status, api_visibility="private")
-    mini_start.click(on_mini_start, None, [status, mini_summary, mini_plot], api_visibility="private")
+    mini_start.click(on_mini_start, None, [status, mini_summary, mini_plot, timer], api_visibility="private")
     timer.tick(on_tick, [serving_lang, *inputs], [status, plot, tail, mini_summary, mini_plot, widgets["training.name"],
-                                                  *serving_outputs],
-               api_visibility="private", show_progress="hidden")
+                                                  *serving_outputs, timer],
+               api_visibility="private", show_progress="hidden", concurrency_id="poll")
     return panel, timer, on_preview, inputs, preview, serving_lang, serving_refresh, serving_outputs
