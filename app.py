@@ -9,7 +9,12 @@ English-centric base model and its SFT and CLO adapters on an invented language,
 """
 
 import json
+import os
 import sys
+
+# vLLM's engine core runs in this process: a core process would be spawned, and a spawned process re-imports this
+# module, which builds the app at import (as a Space needs) and would start a second engine
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 from clo import CLOError
 from clo.hub import hub_online, locate

@@ -44,8 +44,10 @@ def services(tiny_model, served, tmp_path):
     shutil.copytree(served, tmp_path / "adapters")
     for p in (tmp_path / "adapters").iterdir():  # copytree keeps mtimes: the ages hold
         shutil.copystat(served / p.name / "adapter_model.safetensors", p / "adapter_model.safetensors")
-    return Services(Settings(model=str(tiny_model), engine="peft", adapters_dir=str(tmp_path / "adapters"),
-                             db=str(tmp_path / "votes.db")))
+    services = Services(Settings(model=str(tiny_model), engine="peft", adapters_dir=str(tmp_path / "adapters"),
+                                 db=str(tmp_path / "votes.db")))
+    yield services
+    services.engine.close()  # its scheduler thread holds it until closed
 
 
 def test_defaults_prefer_the_canonical_name_then_the_newest(services):
@@ -221,3 +223,19 @@ def test_the_leaderboard_is_computed_again_only_when_a_vote_arrives(services):
     assert board.computed == 2 and not Path(files["csv"]).exists()  # the old export is gone; Gradio serves its copy
     votes = services.store.votes()
     assert votes[["lang_a", "lang_b"]].notna().all().all()  # detected once, when the battle was made
+
+
+def test_closing_a_compare_stream_aborts_its_answers(services):
+    """What Gradio does when a visitor leaves mid-answer: the handler's generator is closed, the engine stops."""
+    from clo.ui.compare import compare_stream
+
+    services.settings.max_tokens = 200
+    stream = compare_stream(services, "서울에서 가 볼 만한 곳은?", "ko", "What is worth seeing in Seoul?")
+    next(stream), next(stream)
+    assert services.engine.unfinished() > 0
+    stream.close()
+    deadline = time.time() + 10
+    while services.engine.unfinished() and time.time() < deadline:
+        time.sleep(0.02)
+    assert services.engine.unfinished() == 0
+    assert services.engine.generate(services.requests("안녕", ["base"]))[0].finish_reason  # it serves on

@@ -279,8 +279,12 @@ def test_vllm_serves_the_miniature_like_peft(miniature, monkeypatch):
     greedy = Sampling(max_tokens=10)
     requests = [Request(v, [{"role": "user", "content": q}], greedy) for ex in generate(3, seed=1234, split="eval")
                 for q in (ex.prompt_tgt, ex.prompt_en) for v in ("base", f"sft-{CODE}", f"clo-{CODE}")]
-    vllm_answers = VLLMEngine(base, adapters).generate(requests)
-    peft_answers = PeftEngine(base, adapters).generate(requests)
+    vllm, peft = VLLMEngine(base, adapters), PeftEngine(base, adapters)
+    try:
+        vllm_answers, peft_answers = vllm.generate(requests), peft.generate(requests)
+    finally:  # each engine's scheduler thread holds it until closed
+        vllm.close()
+        peft.close()
     for r, a, b in zip(requests, vllm_answers, peft_answers):
         assert tokens(a.text) == tokens(b.text), (r.variant, r.messages[0]["content"])
 

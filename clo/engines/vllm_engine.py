@@ -94,9 +94,6 @@ class VLLMEngine(Engine):
         cpu = current_platform.device_type == "cpu"
         if cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(o["kv_cache_gib"])))
-        # the engine core in this process: the loop thread steps it directly, and no worker is spawned (a spawned
-        # worker re-imports the main module, which for `python app.py` would build a second app and fail)
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.slots = slots
         kwargs = dict(model=self.model, tokenizer=self.model, revision=o["revision"], enable_lora=True, max_loras=slots,
                       max_cpu_loras=max(slots, 8), max_lora_rank=self.max_lora_rank, trust_remote_code=o["trust_remote_code"],
