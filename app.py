@@ -64,4 +64,5 @@ print(f"[clo] running on {services.running_on}", flush=True)
 demo = build_app(services)
 
 if __name__ == "__main__":
+    # None lets Gradio read GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (a Space sets 0.0.0.0); --host / --port win
     demo.launch(server_name=settings.host, server_port=settings.port, css=CSS)

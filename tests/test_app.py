@@ -33,13 +33,13 @@ def make_adapters(model: Path, folder: Path) -> Path:
     return folder
 
 
-def launch_app(model: Path | str, work: Path, **extra_env):
+def launch_app(model: Path | str, work: Path, port: int | None = None, **extra_env):
     """Start `python app.py` in `work` on a loopback port; returns (process, url) once a client can connect.
 
     `extra_env` adds or overrides variables; None removes one."""
     from gradio_client import Client
 
-    port = free_port()
+    port = port or free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "CLO_MODEL": str(model), "CLO_ENGINE": "peft",
            "CLO_ADAPTERS_DIR": str(work / "adapters"), "CLO_DB": str(work / "votes.db"), "CLO_PORT": str(port),
            "CLO_MAX_PROMPT_CHARS": "2000", **extra_env}
@@ -271,3 +271,76 @@ def test_empty_leaderboard_tables_keep_their_headers_and_numbers_are_rounded():
     assert shown("bradley_terry", bt).iloc[0]["rating"] == 1123.0
     win = pd.DataFrame([[float("nan"), 2 / 3], [1 / 3, float("nan")]], index=["a", "b"], columns=["a", "b"])
     assert shown("win_rate", win).iloc[0]["b (%)"] == 66.7
+
+
+def test_the_app_listens_where_the_platform_says(tiny_model, tmp_path):
+    """A Space sets GRADIO_SERVER_NAME=0.0.0.0: with no --host the app listens there (checked on the socket)."""
+    import psutil
+
+    port = free_port()
+    proc, _ = launch_app(tiny_model, tmp_path, port=port, CLO_PORT=None, GRADIO_SERVER_NAME="0.0.0.0",
+                         GRADIO_SERVER_PORT=str(port))
+    try:
+        listening = {(c.laddr.ip, c.laddr.port) for c in psutil.Process(proc.pid).net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN}
+        assert ("0.0.0.0", port) in listening, listening
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_stored_job_of_a_stranger_is_not_trusted(tiny_model, project):
+    """After a restart the job file names a pid; a live process that reused it is not our job, and Stop leaves it."""
+    from clo.files import atomic_write
+    from clo.ui.services import Services, Settings
+    from clo.ui.train import RUNS, Jobs, process_started
+
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        services = Services(Settings(model=str(tiny_model), engine="peft", adapters_dir="adapters", db="votes.db"))
+        RUNS.mkdir(parents=True)
+        job = {"id": "old", "kind": "train", "pid": stranger.pid, "pid_started": process_started(stranger.pid) - 3600,
+               "folder": str(RUNS / "old"), "command": "python -m clo train", "started": 0}
+        atomic_write(RUNS / "job.json", json.dumps(job))
+        jobs = Jobs(services)
+        assert not jobs.running()
+        with pytest.raises(Exception, match="nothing is running"):
+            jobs.stop()
+        assert stranger.poll() is None  # never signalled
+        atomic_write(RUNS / "job.json", json.dumps(job | {"pid_started": process_started(stranger.pid)}))
+        assert Jobs(services).running()  # the same process, recognised by its start time
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_two_starts_at_once_start_one_job(tiny_model, project):
+    import threading
+
+    from clo.config import Recipe
+    from clo.ui.services import Services, Settings
+    from clo.ui.train import Jobs
+
+    services = Services(Settings(model=str(tiny_model), engine="peft", adapters_dir="adapters", db="votes.db"))
+    jobs = Jobs(services)
+    recipe = lambda name: Recipe.load(overrides={"model.name_or_path": str(tiny_model), "method.method": "sft",  # noqa: E731
+                                                 "data.pairs": 8, "training.max_steps": 100000, "training.name": name})
+    outcomes, barrier = [], threading.Barrier(2)
+
+    def start(name):
+        barrier.wait()
+        try:
+            outcomes.append(jobs.start(recipe(name))["pid"])
+        except Exception as e:  # noqa: BLE001 (the loser's message)
+            outcomes.append(str(e))
+
+    threads = [threading.Thread(target=start, args=(n,)) for n in ("one", "two")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert sum(isinstance(o, int) for o in outcomes) == 1, outcomes
+        assert any("already going" in str(o) for o in outcomes)
+    finally:
+        jobs.stop()

@@ -54,8 +54,8 @@ class Settings:
     db: str = field(default_factory=lambda: _default("votes.db"))
     engine: str = "auto"
     url: str | None = None  # the remote engine's server
-    host: str = "127.0.0.1"
-    port: int = 7860
+    host: str | None = None  # None: where the platform says (GRADIO_SERVER_NAME, 0.0.0.0 on a Space), else 127.0.0.1
+    port: int | None = None  # None: GRADIO_SERVER_PORT, else 7860
     demo_mode: bool = False
     admin_password: str | None = None
     allowed_users: tuple[str, ...] = ()
@@ -77,8 +77,10 @@ class Settings:
         p.add_argument("--db", default=env("CLO_DB", d.db), help="vote store: a path, sqlite:///... or postgresql://...")
         p.add_argument("--engine", default=env("CLO_ENGINE", d.engine), choices=("auto", "vllm", "remote", "peft"))
         p.add_argument("--url", default=env("CLO_URL"), help="vLLM server for --engine remote")
-        p.add_argument("--host", default=env("CLO_HOST", d.host))
-        p.add_argument("--port", type=int, default=int(env("CLO_PORT", d.port)))
+        p.add_argument("--host", default=env("CLO_HOST"), help="address to listen on (default: GRADIO_SERVER_NAME, "
+                       "which a Space sets to 0.0.0.0, else 127.0.0.1)")
+        p.add_argument("--port", type=int, default=int(env("CLO_PORT")) if env("CLO_PORT") else None,
+                       help="port (default: GRADIO_SERVER_PORT, else 7860)")
         p.add_argument("--demo-mode", action="store_true", default=env("CLO_DEMO_MODE", "0").lower() in ("1", "true", "yes"),
                        help="hide Train unless the visitor is an allowed user or gives the admin password")
         p.add_argument("--max-prompt-chars", type=int, default=int(env("CLO_MAX_PROMPT_CHARS", d.max_prompt_chars)))

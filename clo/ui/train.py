@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import typing
 import uuid
@@ -25,6 +26,7 @@ import pandas as pd
 
 from clo import CLOError
 from clo.config import METHODS, SECTIONS, Recipe, base_type
+from clo.files import atomic_write
 from clo.ui.services import ROOT, ZERO_GPU, Services, on_gpu
 
 # the recipe fields the form shows, in order; their widgets, labels and help come from the dataclasses
@@ -117,6 +119,7 @@ class Jobs:
         self.loaded: set[str] = set()
         self.proc: subprocess.Popen | None = None
         self.thread = None  # ZeroGPU: the in-process run
+        self.claim = threading.Lock()
 
     def current(self) -> dict | None:
         if not self.state_file.is_file():
@@ -128,16 +131,14 @@ class Jobs:
             return self.thread.is_alive()
         if self.proc is not None:  # started by this server: it is our child
             return self.proc.poll() is None
-        job = self.current()  # started before a restart of the server
-        if not job:
-            return False
-        try:
-            os.kill(job["pid"], 0)
-        except ProcessLookupError:
-            return False
-        return True
+        job = self.current()  # started before a restart of the server: trusted only if it is the same process
+        return bool(job) and same_process(job.get("pid"), job.get("pid_started"))
 
     def start(self, recipe: Recipe) -> dict:
+        with self.claim:  # checking that no job runs and starting one are one step: two Starts cannot both pass
+            return self._start(recipe)
+
+    def _start(self, recipe: Recipe) -> dict:
         self._check_idle()
         why = misfit(recipe, self.services)
         if why:
@@ -158,6 +159,10 @@ class Jobs:
     def start_miniature(self, options: list[str] = ()) -> dict:
         """`python -m clo miniature [options]` (SFT vs CLO by data size); when the app serves the miniature, its
         adapters are replaced by the new run's and reloaded at the end."""
+        with self.claim:
+            return self._start_miniature(options)
+
+    def _start_miniature(self, options: list[str]) -> dict:
         from clo.ui.services import is_miniature
 
         self._check_idle()
@@ -184,9 +189,9 @@ class Jobs:
         out = open(folder / "output.log", "w")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         self.proc = proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        job = {"id": folder.name, "kind": kind, "pid": proc.pid, "folder": str(folder), "command": shlex.join(cmd),
-               "started": time.time()}
-        self.state_file.write_text(json.dumps(job), encoding="utf-8")
+        job = {"id": folder.name, "kind": kind, "pid": proc.pid, "pid_started": process_started(proc.pid),
+               "folder": str(folder), "command": shlex.join(cmd), "started": time.time()}
+        atomic_write(self.state_file, json.dumps(job))
         return job
 
     def _start_in_process(self, recipe: Recipe) -> dict:
@@ -198,10 +203,9 @@ class Jobs:
         recipe.training.runs_dir, recipe.training.adapters_dir = str(folder), self.services.settings.adapters_dir
         self.thread = threading.Thread(target=on_gpu(train, duration=600), args=(recipe,), daemon=True)
         self.thread.start()
-        job = {"id": folder.name, "kind": "train", "pid": os.getpid(), "folder": str(folder),
-               "command": "clo.train.train (in process, ZeroGPU)",
-               "started": time.time()}
-        self.state_file.write_text(json.dumps(job), encoding="utf-8")
+        job = {"id": folder.name, "kind": "train", "pid": os.getpid(), "pid_started": process_started(os.getpid()),
+               "folder": str(folder), "command": "clo.train.train (in process, ZeroGPU)", "started": time.time()}
+        atomic_write(self.state_file, json.dumps(job))
         return job
 
     def stop(self) -> str:
@@ -273,6 +277,22 @@ class Jobs:
         path = Path(job["folder"]) / "output.log"
         text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
         return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+
+def process_started(pid: int) -> float | None:
+    """When process `pid` started (psutil), None if there is none: with the pid it names one process for good."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, ValueError, TypeError):
+        return None
+
+
+def same_process(pid, started) -> bool:
+    """`pid` is alive and is still the process that started at `started` (not a stranger that reused the pid)."""
+    now = process_started(pid) if pid else None
+    return now is not None and started is not None and abs(now - float(started)) < 0.01
 
 
 def upload_jsonl(src: str) -> str:
