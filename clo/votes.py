@@ -29,6 +29,7 @@ from clo import CLOError
 from clo.files import atomic_path
 
 OUTCOMES = ("a", "b", "tie", "both_bad")
+PRUNE_EVERY_S = 60.0  # expired, unvoted battles are deleted at most this often (when a battle is made)
 APPLICATION_ID = 0x434C4F31  # "CLO1" in the SQLite header: our files are recognisable, foreign ones refused
 VOTE_COLUMNS = ("id", "battle_id", "created_utc", "voter", "language", "prompt", "variant_a", "variant_b", "answer_a",
                 "answer_b", "left_variant", "outcome", "engine", "hash_a", "hash_b", "blind", "lang_a", "lang_b")
@@ -95,6 +96,7 @@ class VoteStore:
 
     def __init__(self, url: str, limits: Limits | None = None, seed: int | None = None):
         self.url, self.limits = url, limits or Limits()
+        self.pruned_at = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
         self.rng = random.Random(seed)
         self.local = threading.local()  # one connection per thread
         parsed = urlparse(url)
@@ -220,6 +222,8 @@ class VoteStore:
         if len(answers) != 2:
             raise CLOError(f"a battle has exactly two answers, got {len(answers)}")
         self._check_prompt(prompt)
+        if (now_utc() - self.pruned_at).total_seconds() > PRUNE_EVERY_S:  # unvoted battles do not pile up
+            self.prune()
         left, right = self.rng.sample(sorted(answers), 2)
         created = now_utc()
         battle = Battle(str(uuid.uuid4()), language, prompt, answers[left], answers[right],
@@ -237,6 +241,14 @@ class VoteStore:
             raise CLOError("empty prompt")
         if len(prompt) > self.limits.max_prompt_chars:
             raise CLOError(f"prompt of {len(prompt)} characters is over the limit of {self.limits.max_prompt_chars}")
+
+    def prune(self) -> int:
+        """Delete the battles that expired without a vote (they can no longer be voted on); returns how many."""
+        with self._transaction() as cur:
+            cur.execute(self._sql("DELETE FROM battles WHERE expires_utc < ? AND id NOT IN (SELECT battle_id FROM votes)"),
+                        (now_utc().isoformat(),))
+            self.pruned_at = now_utc()
+            return cur.rowcount
 
     def discard(self, battle_id: str, voter: str) -> None:
         """Drop a battle its voter skipped: it records nothing and can no longer be voted on."""

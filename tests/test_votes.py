@@ -321,3 +321,15 @@ def test_reads_do_not_wait_for_a_writer(tmp_path):
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+def test_expired_unvoted_battles_are_pruned(tmp_path):
+    store = open_store(str(tmp_path / "votes.db"), limits=Limits(battle_ttl_s=0.05))
+    voted = store.create_battle(voter="v", language="ko", prompt="p", answers={"base": "x", "clo-ko": "y"})
+    store.vote(voted.id, "a", voter="v")
+    idle = store.create_battle(voter="v", language="ko", prompt="p", answers={"base": "x", "clo-ko": "z"})
+    time.sleep(0.1)
+    assert store.prune() == 1  # the idle one; the voted one stays with its vote
+    with pytest.raises(Exception, match="unknown battle"):
+        store.vote(idle.id, "a", voter="v")
+    assert len(store.votes()) == 1 and store.prune() == 0
