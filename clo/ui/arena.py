@@ -138,7 +138,7 @@ def build(services: Services, default_lang: str = "ko"):
     battle_outputs = [battle_id, prompt, english, answer_a, answer_b, reveal, *buttons.values()]
     draw.click(on_draw, lang, [prompt, english], api_visibility="private")
     prompt.blur(on_typed, [prompt, lang], english, api_visibility="private", show_progress="hidden")
-    generation = dict(concurrency_id="generate", concurrency_limit=services.settings.generation_slots)
+    generation = services.generation
     start.click(on_start, [prompt, lang], battle_outputs, api_visibility="private", **generation)
     skip.click(on_skip, [battle_id, lang], battle_outputs, api_visibility="private", **generation)
     for outcome, button in buttons.items():

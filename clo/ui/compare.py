@@ -126,7 +126,7 @@ def build(services: Services):
 
     lang.change(on_lang, lang, [example, serving], api_visibility="private")
     example.change(pick, [lang, example], [prompt, english], api_visibility="private")
-    generation = dict(concurrency_id="generate", concurrency_limit=services.settings.generation_slots)
+    generation = services.generation
     go.click(run, [prompt, lang, english], outputs + [serving], api_visibility="private", **generation)
     prompt.submit(run, [prompt, lang, english], outputs + [serving], api_visibility="private", **generation)
 

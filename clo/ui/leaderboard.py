@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from clo.langid import code_fidelity, detect
-from clo.languages import LANGUAGES
 from clo.ratings import COUNTS, leaderboard, version_keys
 from clo.ui.services import Services
 from clo.votes import export_votes
@@ -63,23 +62,31 @@ def tables(services: Services, language: str | None, votes: pd.DataFrame | None 
 
 
 class Board:
-    """The tables and the export files, computed again only when a vote was added (keyed on the store's count),
-    and shared by every open page: a refresh without a new vote costs one COUNT query."""
+    """The tables and the export files (CSV, Parquet), computed again only when a vote was added (keyed on the
+    store's count) and shared by every open page: a refresh without a new vote costs one COUNT query, and a
+    download button already holds its file, so one click downloads it."""
 
     def __init__(self, services: Services):
         self.services, self.lock = services, threading.Lock()
-        self.key, self.votes, self.cached, self.computed = None, None, {}, 0
-        self.exports = Exports(services)
+        self.key, self.votes, self.cached, self.computed, self.files = None, None, {}, 0, {}
+        self.folder = Path(tempfile.mkdtemp(prefix="clo-votes-"))
 
     def get(self, language: str | None) -> tuple[dict, dict[str, str]]:
         with self.lock:
             key = self.services.store.count()
             if key != self.key:
                 self.key, self.votes, self.cached = key, self.services.store.votes(), {}
+                self._export(key[0])
             if language not in self.cached:
                 self.cached[language] = tables(self.services, language, self.votes)
                 self.computed += 1
-            return self.cached[language], self.exports.current(self.votes)
+            return self.cached[language], self.files
+
+    def _export(self, n: int) -> None:
+        old, self.files = self.files, {fmt: str(export_votes(self.services.store, self.folder / f"votes-{n}.{fmt}"))
+                                       for fmt in ("csv", "parquet")}
+        for path in set(old.values()) - set(self.files.values()):  # Gradio serves its own cached copy
+            Path(path).unlink(missing_ok=True)
 
 
 def shown(name: str, frame: pd.DataFrame | None) -> pd.DataFrame:
@@ -122,32 +129,9 @@ def rating_plot(bt: pd.DataFrame):
     return fig
 
 
-class Exports:
-    """The votes as CSV and Parquet, written again only when a vote was added, shared by every open page, so a
-    download button already holds its file and one click downloads it."""
-
-    def __init__(self, services: Services):
-        self.services, self.lock, self.key, self.files = services, threading.Lock(), None, {}
-        self.folder = Path(tempfile.mkdtemp(prefix="clo-votes-"))
-
-    def current(self, votes: pd.DataFrame) -> dict[str, str]:
-        """The files for these votes (the store's current ones), exported once per new vote."""
-        with self.lock:
-            key = (len(votes), votes["id"].iloc[-1] if len(votes) else None)
-            if key != self.key:
-                stem = f"votes-{len(votes)}"
-                old, self.files = self.files, {fmt: str(export_votes(self.services.store, self.folder / f"{stem}.{fmt}"))
-                                               for fmt in ("csv", "parquet")}
-                for path in set(old.values()) - set(self.files.values()):  # Gradio serves its own cached copy
-                    Path(path).unlink(missing_ok=True)
-                self.key = key
-            return self.files
-
-
 def build(services: Services):
-    codes = [c for c in services.target_languages() if c in set(services.lineup.languages()) | set(services.examples)]
-    choices = [("All languages", ALL)] + [(f"{LANGUAGES[c].name} ({c})", c) for c in codes]
-    board = services.board = Board(services)
+    choices = [("All languages", ALL)] + services.served_language_choices()
+    board = Board(services)
     with gr.Row():
         lang = gr.Dropdown(choices, value=ALL, label="Language")
         refresh = gr.Button("Refresh")

@@ -127,7 +127,6 @@ class Services:
         self.examples = miniature_examples() if is_miniature(settings.model) else sample_examples()
         self.lineup = Lineup(Path(settings.adapters_dir) / LINEUP_FILE, self.engine)
         self.admins: set[str] = set()  # sessions that gave the admin password or logged in as an allowed user
-        self.board = None  # the Leaderboard's shared cache (clo.ui.leaderboard.Board), set when the tab is built
         self.flying: dict[str, int] = {}  # session -> generation calls in flight
         self.flying_lock = threading.Lock()
 
@@ -177,6 +176,16 @@ class Services:
         ordered = [c for c in self.examples if c in served] + sorted(served - set(self.examples))
         return ordered + [c for c in self.examples if c not in served] + sorted(
             c for c in LANGUAGES if c not in served and c not in self.examples and c != "en")
+
+    def served_language_choices(self) -> list[tuple[str, str]]:
+        """(label, code) of the languages with adapters or examples, for the Leaderboard filter and Serving."""
+        known = set(self.lineup.languages()) | set(self.examples)
+        return [(f"{LANGUAGES[c].name} ({c})", c) for c in self.target_languages() if c in known]
+
+    @property
+    def generation(self) -> dict:
+        """Event options of everything that generates: one Gradio queue group, as wide as the engine's batch."""
+        return dict(concurrency_id="generate", concurrency_limit=self.settings.generation_slots)
 
     def language_choices(self) -> list[tuple[str, str]]:
         """(label, code) for a language dropdown: those with adapters first, the rest marked."""

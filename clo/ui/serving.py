@@ -11,19 +11,13 @@ import gradio as gr
 
 from clo import CLOError
 from clo.engines import BASE
-from clo.languages import LANGUAGES
 from clo.ui.services import Services
 
 EMPTY = "(empty)"
 
 
-def languages(services: Services) -> list[tuple[str, str]]:
-    codes = [c for c in services.target_languages() if c in set(services.lineup.languages()) | set(services.examples)]
-    return [(f"{LANGUAGES[c].name} ({c})", c) for c in codes]
-
-
 def overview(services: Services) -> str:
-    lines = [services.lineup.describe(code, services.settings.model) for _, code in languages(services)]
+    lines = [services.lineup.describe(code, services.settings.model) for _, code in services.served_language_choices()]
     return "\n\n".join(lines) or "*nothing is served yet*"
 
 
@@ -46,7 +40,7 @@ def apply(services: Services, request, lang: str, sft: str | None, clo: str | No
 
 
 def build(services: Services):
-    codes = languages(services)
+    codes = services.served_language_choices()
     default = codes[0][1] if codes else "ko"
     with gr.Accordion("Serving: what the audience sees", open=True):
         gr.Markdown("A newly trained adapter is loaded and listed here; Compare and the Arena serve it only once "

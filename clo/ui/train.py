@@ -27,7 +27,7 @@ import pandas as pd
 from clo import CLOError
 from clo.config import METHODS, SECTIONS, Recipe, base_type
 from clo.files import atomic_write
-from clo.ui.services import ROOT, ZERO_GPU, Services, on_gpu
+from clo.ui.services import ROOT, ZERO_GPU, Services, is_miniature, on_gpu
 
 # the recipe fields the form shows, in order; their widgets, labels and help come from the dataclasses
 FORM = ("model.name_or_path", "data.target_lang", "data.source", "data.pairs", "method.method", "training.max_steps",
@@ -68,7 +68,6 @@ def form_defaults(services: Services) -> Recipe:
     """The form's starting recipe, fitted to the served model: the miniature trains its own language on its own
     data; a real model trains the first language with examples; the adapter name is one not yet taken."""
     from clo.miniature.world import CODE
-    from clo.ui.services import is_miniature
 
     overrides = {"model.name_or_path": services.settings.model}
     if is_miniature(services.settings.model):
@@ -85,17 +84,21 @@ def free_name(services: Services, recipe: Recipe) -> str:
     stem = re.sub(r"-\d+$", "", recipe.training.name)
     for k in range(1, 1000):
         candidate = dataclasses.replace(recipe.training, name=stem if k == 1 else f"{stem}-{k}")
-        trial = dataclasses.replace(recipe, training=candidate)
-        if not any((Path(services.settings.adapters_dir) / trial.adapter_name(m)).exists() for m in trial.method.method):
+        if not taken(services, dataclasses.replace(recipe, training=candidate)):
             return candidate.name
     return recipe.training.name
+
+
+def taken(services: Services, recipe: Recipe) -> str | None:
+    """The first adapter name this recipe would write that exists already, else None."""
+    return next((name for name in map(recipe.adapter_name, recipe.method.method)
+                 if (Path(services.settings.adapters_dir) / name).exists()), None)
 
 
 def misfit(recipe: Recipe, services: Services) -> str | None:
     """Why this recipe's adapter could not be served by this app, or None when it fits."""
     from clo.engines.base import same_model
     from clo.miniature.world import CODE
-    from clo.ui.services import is_miniature
 
     model = recipe.model.name_or_path
     if is_miniature(model) and recipe.data.target_lang != CODE:
@@ -143,11 +146,9 @@ class Jobs:
         why = misfit(recipe, self.services)
         if why:
             raise CLOError(why)
-        if not recipe.training.overwrite:
-            for method in recipe.method.method:
-                if (Path(self.services.settings.adapters_dir) / recipe.adapter_name(method)).exists():
-                    raise CLOError(f"an adapter named {recipe.adapter_name(method)!r} exists already: "
-                                   "choose another adapter name")
+        name = None if recipe.training.overwrite else taken(self.services, recipe)
+        if name:
+            raise CLOError(f"an adapter named {name!r} exists already: choose another adapter name")
         if ZERO_GPU:  # the GPU exists only inside spaces.GPU calls of this process: train here, in a thread
             return self._start_in_process(recipe)
         folder = self._new_folder()
@@ -163,8 +164,6 @@ class Jobs:
             return self._start_miniature(options)
 
     def _start_miniature(self, options: list[str]) -> dict:
-        from clo.ui.services import is_miniature
-
         self._check_idle()
 
         folder = self._new_folder()
