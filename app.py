@@ -57,10 +57,15 @@ def _cached(model_id: str) -> bool:
 
 
 settings = Settings.from_args(sys.argv[1:] if __name__ == "__main__" else [])
+if settings.trusted_proxies is not None:  # uvicorn takes the client from X-Forwarded-For only from these peers
+    os.environ["FORWARDED_ALLOW_IPS"] = settings.trusted_proxies
 running_on = resolve_model(settings)
 services = Services(settings)
 services.running_on = running_on.format(engine=services.engine.kind)
 print(f"[clo] running on {services.running_on}", flush=True)
+if settings.demo_mode and not (settings.admin_password or settings.allowed_users):
+    print("[clo] demo mode with no CLO_ADMIN_PASSWORD and no CLO_ALLOWED_USERS: nobody can train or change what is "
+          "served from the web", flush=True)
 demo = build_app(services)
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ once, with a short timeout, whether the hub answers, so a missing download becom
     source = locate("Qwen/Qwen2.5-0.5B-Instruct", kind="model", flag="--model")
     with explain_missing(source):
         AutoModelForCausalLM.from_pretrained(source.name, local_files_only=source.local_files_only)
+
+The question is one HTTP request, `GET {HF_ENDPOINT}/api/models?limit=1`, sent the way huggingface_hub sends
+its own: through an HTTP proxy when HTTPS_PROXY / HTTP_PROXY / ALL_PROXY say so (NO_PROXY respected), as on a
+Space or a lab machine behind a proxy. HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE=1) answers False at once.
 """
 
 from __future__ import annotations
@@ -14,10 +18,8 @@ import contextlib
 import functools
 import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 from clo import CLOError
 
@@ -33,20 +35,44 @@ class Source:
     local_files_only: bool  # hub id, but the hub does not answer: use the local cache or fail fast
 
 
+_TRUE = ("1", "ON", "YES", "TRUE")  # huggingface_hub.constants' spelling of a true environment variable
+
+
 @functools.lru_cache(maxsize=1)
 def hub_online(timeout: float = 3.0) -> bool:
-    """Whether the hub endpoint accepts a TCP connection (False at once under HF_HUB_OFFLINE=1)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
+    """Whether the hub endpoint answers `GET /api/models?limit=1` (`timeout` seconds each to connect and to read).
+
+    Reads the environment at call time, then huggingface_hub's import-time constants: offline, with no request
+    sent, if HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is true in either; the endpoint is HF_ENDPOINT, else
+    `constants.ENDPOINT`. Reachable means an answer under 500 other than 407 (redirects are not followed):
+    401/403/404 still show the hub is there. A 5xx is what a proxy sends for a hub it cannot reach (squid
+    503/504, 3proxy 502, tinyproxy 500) or the hub's own outage, and 407 is a proxy asking for its password;
+    no download gets through either. No answer at all (refused, DNS failure, timeout, TLS failure, a proxy
+    refusing CONNECT) is unreachable too.
+    """
     from huggingface_hub import constants
 
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")  # huggingface_hub's rule
+    if (env or "").upper() in _TRUE or constants.is_offline_mode():
         return False
+    endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+    # A fresh client, not huggingface_hub's get_session(): that one is shared and built once, so it keeps the
+    # proxy variables of the moment it was made, and its request hook refuses by import-time offline mode.
+    # This one is built as huggingface_hub's default_client_factory builds its own (same library, trust_env on,
+    # so proxies, NO_PROXY and SSL_CERT_FILE come from the environment now) and sends the hub's user agent,
+    # without a token. A client factory set with set_client_factory() is not consulted.
+    try:
+        import httpx2 as httpx  # huggingface_hub 2.x sends its requests with httpx2
+    except ImportError:
+        import httpx  # huggingface_hub 1.x
+    from huggingface_hub.utils import build_hf_headers
+
+    try:
+        with httpx.Client(headers=build_hf_headers(token=False), timeout=timeout, trust_env=True) as client:
+            status = client.get(f"{endpoint}/api/models", params={"limit": 1}).status_code
+    except Exception:  # noqa: BLE001 (no answer, a malformed endpoint, a proxy refusing CONNECT: all unreachable)
+        return False
+    return status < 500 and status != 407
 
 
 def locate(name: str, kind: str, flag: str) -> Source:

@@ -7,8 +7,11 @@
     store.votes()                                                 # a DataFrame for clo.ratings
 
 A battle's identities are kept on the server and returned only by `vote`. Battle ids are random UUIDs tied
-to the voter (hashed, never a raw IP), so a vote cannot be cast on someone else's battle or twice: the votes
-table holds at most one row per battle (a UNIQUE constraint, so it holds across processes and replicas).
+to the voter, so a vote cannot be cast on someone else's battle or twice: the votes table holds at most one row
+per battle (a UNIQUE constraint, so it holds across processes and replicas). A voter is a session from a client
+address; the store keeps only keyed hashes of both (HMAC with a secret made once per store and kept in it, or
+CLO_SECRET), never a raw address, and limits votes per voter and per address (`Limits`), so a fresh session
+does not reset a limit.
 SQLite runs in WAL mode with synchronous=FULL: a vote that `vote` returned from survives a crash.
 Outcomes: "a" (left better), "b" (right better), "tie", "both_bad".
 """
@@ -17,7 +20,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
+import os
 import random
+import secrets
 import sqlite3
 import threading
 import uuid
@@ -32,7 +38,8 @@ OUTCOMES = ("a", "b", "tie", "both_bad")
 PRUNE_EVERY_S = 60.0  # expired, unvoted battles are deleted at most this often (when a battle is made)
 APPLICATION_ID = 0x434C4F31  # "CLO1" in the SQLite header: our files are recognisable, foreign ones refused
 VOTE_COLUMNS = ("id", "battle_id", "created_utc", "voter", "language", "prompt", "variant_a", "variant_b", "answer_a",
-                "answer_b", "left_variant", "outcome", "engine", "hash_a", "hash_b", "blind", "lang_a", "lang_b")
+                "answer_b", "left_variant", "outcome", "engine", "hash_a", "hash_b", "blind", "lang_a", "lang_b",
+                "voter_address")
 
 # Each migration brings the schema from version i to i + 1; never edit one that has shipped.
 MIGRATIONS = [
@@ -59,12 +66,19 @@ MIGRATIONS = [
     ALTER TABLE votes ADD COLUMN lang_a TEXT;
     ALTER TABLE votes ADD COLUMN lang_b TEXT;
     """,
+    # 3: the voter's address (a keyed hash) beside the session's, and the store's own secret for those hashes
+    """
+    CREATE TABLE secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    ALTER TABLE battles ADD COLUMN voter_address TEXT;
+    ALTER TABLE votes ADD COLUMN voter_address TEXT;
+    CREATE INDEX votes_address_time ON votes (voter_address, created_utc);
+    """,
 ]
 
 
-def hash_voter(raw: str, salt: str = "clo") -> str:
-    """A stable pseudonym for a session or IP; the raw value is never stored."""
-    return hashlib.sha256(f"{salt}:{raw}".encode()).hexdigest()[:24]
+def keyed_hash(secret: str, raw: str) -> str:
+    """A stable pseudonym for a session or an address under `secret`; the raw value is never stored."""
+    return hmac.new(secret.encode(), raw.encode(), hashlib.sha256).hexdigest()[:24]
 
 
 def now_utc() -> dt.datetime:
@@ -87,8 +101,9 @@ class Battle:
 class Limits:
     max_prompt_chars: int = 4000
     battle_ttl_s: float = 3600.0
-    votes_per_window: int = 60  # per voter
+    votes_per_window: int = 60  # per voter (a session from an address)
     window_s: float = 600.0
+    votes_per_address: int = 1200  # per client address, all its sessions together (a room behind one NAT shares it)
 
 
 class VoteStore:
@@ -108,6 +123,13 @@ class VoteStore:
         else:
             raise CLOError(f"unknown vote store URL {url!r}: use sqlite:///path/votes.db or postgresql://user@host/db")
         self._migrate()
+        self.secret = os.environ.get("CLO_SECRET") or self._stored_secret()
+
+    def pseudonyms(self, voter: str, address: str | None) -> tuple[str, str | None]:
+        """(voter key, address key): keyed hashes of the session from its address, and of the address."""
+        if address is None:
+            return keyed_hash(self.secret, voter), None
+        return keyed_hash(self.secret, f"{address}|{voter}"), keyed_hash(self.secret, address)
 
     # ---- connections ----
     def _connect(self):
@@ -187,6 +209,14 @@ class VoteStore:
             if self.kind == "sqlite":
                 cur.execute(f"PRAGMA application_id = {APPLICATION_ID}")
 
+    def _stored_secret(self) -> str:
+        """The store's own secret, made on first use by whichever process gets there first."""
+        with self._transaction() as cur:
+            cur.execute(self._sql("INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING"),
+                        ("voter_key", secrets.token_hex(32)))
+            cur.execute(self._sql("SELECT value FROM secrets WHERE name = ?"), ("voter_key",))
+            return cur.fetchone()[0]
+
     # ---- battles ----
     def vote_counts(self, language: str) -> dict[frozenset, int]:
         rows, _ = self._read("SELECT variant_a, variant_b, COUNT(*) FROM votes WHERE language = ? AND blind = 1 "
@@ -216,9 +246,10 @@ class VoteStore:
 
     def create_battle(self, voter: str, language: str, prompt: str, answers: dict[str, str],
                       hashes: dict[str, str | None] | None = None, engine: str | None = None, blind: bool = True,
-                      detected: dict[str, str] | None = None) -> Battle:
-        """Store a battle between the two variants of `answers`, placed left/right at random; `detected` holds
-        each answer's language code (clo.langid), kept with the vote so no one detects it again."""
+                      detected: dict[str, str] | None = None, address: str | None = None) -> Battle:
+        """Store a battle between the two variants of `answers`, placed left/right at random, owned by session
+        `voter` from `address`; `detected` holds each answer's language code (clo.langid), kept with the vote so no
+        one detects it again."""
         if len(answers) != 2:
             raise CLOError(f"a battle has exactly two answers, got {len(answers)}")
         self._check_prompt(prompt)
@@ -229,11 +260,12 @@ class VoteStore:
         battle = Battle(str(uuid.uuid4()), language, prompt, answers[left], answers[right],
                         (created + dt.timedelta(seconds=self.limits.battle_ttl_s)).isoformat())
         hashes, detected = hashes or {}, detected or {}
+        who, where = self.pseudonyms(voter, address)
         with self._transaction() as cur:
-            cur.execute(self._sql("INSERT INTO battles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
-                        (battle.id, created.isoformat(), battle.expires_utc, hash_voter(voter), language, prompt, left, right,
+            cur.execute(self._sql("INSERT INTO battles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                        (battle.id, created.isoformat(), battle.expires_utc, who, language, prompt, left, right,
                          battle.answer_a, battle.answer_b, hashes.get(left), hashes.get(right), engine, int(blind),
-                         detected.get(left), detected.get(right)))
+                         detected.get(left), detected.get(right), where))
         return battle
 
     def _check_prompt(self, prompt: str) -> None:
@@ -250,18 +282,18 @@ class VoteStore:
             self.pruned_at = now_utc()
             return cur.rowcount
 
-    def discard(self, battle_id: str, voter: str) -> None:
+    def discard(self, battle_id: str, voter: str, address: str | None = None) -> None:
         """Drop a battle its voter skipped: it records nothing and can no longer be voted on."""
         with self._transaction() as cur:
             cur.execute(self._sql("DELETE FROM battles WHERE id = ? AND voter = ? AND id NOT IN "
-                                  "(SELECT battle_id FROM votes)"), (str(battle_id), hash_voter(voter)))
+                                  "(SELECT battle_id FROM votes)"), (str(battle_id), self.pseudonyms(voter, address)[0]))
 
     # ---- votes ----
-    def vote(self, battle_id: str, outcome: str, voter: str) -> dict:
+    def vote(self, battle_id: str, outcome: str, voter: str, address: str | None = None) -> dict:
         """Record the voter's judgment of a battle, once; returns the reveal (both variants and the outcome)."""
         if outcome not in OUTCOMES:
             raise CLOError(f"unknown outcome {outcome!r}; use one of {', '.join(OUTCOMES)}")
-        who = hash_voter(voter)
+        who, where = self.pseudonyms(voter, address)
         now = now_utc()
         with self._transaction() as cur:
             cur.execute(self._sql("SELECT * FROM battles WHERE id = ?"), (str(battle_id),))
@@ -276,13 +308,12 @@ class VoteStore:
             cur.execute(self._sql("SELECT 1 FROM votes WHERE battle_id = ?"), (b["id"],))
             if cur.fetchone():
                 raise CLOError(f"battle {battle_id} already has a vote")
-            since = (now - dt.timedelta(seconds=self.limits.window_s)).isoformat()
-            cur.execute(self._sql("SELECT COUNT(*) FROM votes WHERE voter = ? AND created_utc > ?"), (who, since))
-            if cur.fetchone()[0] >= self.limits.votes_per_window:
-                raise CLOError(f"too many votes: at most {self.limits.votes_per_window} per {self.limits.window_s:.0f} s")
+            self._check_rate(cur, now, "voter", who, self.limits.votes_per_window, "this session")
+            if where is not None:
+                self._check_rate(cur, now, "voter_address", where, self.limits.votes_per_address, "this network address")
             record = (str(uuid.uuid4()), b["id"], now.isoformat(), who, b["language"], b["prompt"], b["variant_a"],
                       b["variant_b"], b["answer_a"], b["answer_b"], b["variant_a"], outcome, b["engine"], b["hash_a"],
-                      b["hash_b"], b["blind"], b["lang_a"], b["lang_b"])
+                      b["hash_b"], b["blind"], b["lang_a"], b["lang_b"], where)
             try:
                 cur.execute(self._sql(f"INSERT INTO votes ({', '.join(VOTE_COLUMNS)}) VALUES ({', '.join('?' * len(VOTE_COLUMNS))})"),
                             record)
@@ -291,6 +322,17 @@ class VoteStore:
                     raise CLOError(f"battle {battle_id} already has a vote") from None
                 raise
         return {"battle_id": b["id"], "variant_a": b["variant_a"], "variant_b": b["variant_b"], "outcome": outcome}
+
+    def _check_rate(self, cur, now: dt.datetime, column: str, key: str, limit: int, who: str) -> None:
+        """Refuse a vote over `limit` in the window, saying when the oldest counted vote leaves it."""
+        since = (now - dt.timedelta(seconds=self.limits.window_s)).isoformat()
+        cur.execute(self._sql(f"SELECT COUNT(*), MIN(created_utc) FROM votes WHERE {column} = ? AND created_utc > ?"),
+                    (key, since))
+        count, oldest = cur.fetchone()
+        if count >= limit:
+            wait = self.limits.window_s - (now - dt.datetime.fromisoformat(oldest)).total_seconds()
+            raise CLOError(f"too many votes from {who}: at most {limit} per {self.limits.window_s / 60:.0f} minutes; "
+                           f"try again in {max(1, int(wait) + 1)} s")
 
     def votes(self, language: str | None = None):
         """All votes as a pandas DataFrame (columns VOTE_COLUMNS; blind as bool)."""

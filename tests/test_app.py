@@ -140,32 +140,32 @@ def test_unknown_outcome_and_battle(client):
 def test_train_job_runs_to_the_end_and_is_hot_loaded(tiny_model, project):
     from clo.config import Recipe
     from clo.ui.services import Services, Settings
-    from clo.ui.train import Jobs, progress
+    from clo.ui.train import progress
 
     services = Services(Settings(model=str(tiny_model), engine="peft", adapters_dir="adapters", db="votes.db"))
-    jobs = Jobs(services)
+    jobs = services.jobs
     with pytest.raises(Exception, match="nothing is running"):
-        jobs.stop()
+        jobs.stop(None)
     recipe = Recipe.load(overrides={"model.name_or_path": str(tiny_model), "method.method": "clo", "data.pairs": 8,
                                     "training.max_steps": 3, "training.max_length": 128, "training.max_prompt_length": 64,
                                     "training.name": "ui-{method}-{lang}"})
-    job = jobs.start(recipe)
+    job = jobs.start(None, recipe)
     assert job["command"].endswith(f"train --config {job['folder']}/recipe.yaml")
     with pytest.raises(Exception, match="already going"):
-        jobs.start(recipe)
+        jobs.start(None, recipe)
     deadline = time.time() + 240
     while jobs.running() and time.time() < deadline:
         time.sleep(0.5)
     assert not jobs.running(), jobs.tail()
     text, frame = progress(jobs.events())
     assert "100%" in text and "step 3/3" in text and not frame.empty
-    assert jobs.hot_load() == ["ui-clo-ko"]
+    assert jobs.hot_load(None) == ["ui-clo-ko"]
     assert services.slots("ko")["clo"] is None  # loaded and listed, not promoted: the speaker chooses
     assert services.lineup.candidates("ko", "clo") == ["ui-clo-ko"]
     answers = services.engine.generate(services.requests("안녕하세요", ["base", "ui-clo-ko"]))
     assert len(answers) == 2 and all(a.tokens for a in answers)
     with pytest.raises(Exception, match="an adapter named 'ui-clo-ko' exists already"):
-        jobs.start(recipe)  # refused at once, not after the subprocess has started
+        jobs.start(None, recipe)  # refused at once, not after the subprocess has started
     from clo.ui.train import free_name
 
     assert free_name(services, recipe) == "ui-{method}-{lang}-2"
@@ -174,16 +174,17 @@ def test_train_job_runs_to_the_end_and_is_hot_loaded(tiny_model, project):
 def test_the_train_form_fits_the_served_model(tiny_model, project):
     from clo.config import Recipe
     from clo.ui.services import Services, Settings
-    from clo.ui.train import form_defaults, misfit
+    from clo.jobs import misfit
+    from clo.ui.train import form_defaults
 
     services = Services(Settings(model=str(tiny_model), engine="peft", adapters_dir="adapters", db="votes.db"))
     make_adapters(tiny_model, project / "adapters")
     recipe = form_defaults(services)
     assert recipe.model.name_or_path == str(tiny_model) and recipe.data.target_lang == "ko"
     assert recipe.adapter_name("clo") == "clo-ko-2"  # clo-ko is taken
-    assert misfit(recipe, services) is None
+    assert misfit(recipe, services.settings.model) is None
     other = Recipe.load(overrides={"model.name_or_path": "Qwen/Qwen2.5-0.5B-Instruct"})
-    assert "could not be served here" in misfit(other, services)
+    assert "could not be served here" in misfit(other, services.settings.model)
 
 
 def test_the_loss_chart_shows_the_adapter_training_now_under_fixed_series_names():
@@ -203,16 +204,15 @@ def test_the_loss_chart_shows_the_adapter_training_now_under_fixed_series_names(
 def test_stop_ends_the_process_tree(tiny_model, project):
     from clo.config import Recipe
     from clo.ui.services import Services, Settings
-    from clo.ui.train import Jobs
 
     services = Services(Settings(model=str(tiny_model), engine="peft", adapters_dir="adapters", db="votes.db"))
-    jobs = Jobs(services)
-    jobs.start(Recipe.load(overrides={"model.name_or_path": str(tiny_model), "method.method": "sft", "data.pairs": 8,
+    jobs = services.jobs
+    jobs.start(None, Recipe.load(overrides={"model.name_or_path": str(tiny_model), "method.method": "sft", "data.pairs": 8,
                                       "training.max_steps": 100000, "training.name": "long"}))
     deadline = time.time() + 120
     while not any(e["event"] == "log" for e in jobs.events()) and time.time() < deadline:
         time.sleep(0.3)
-    assert jobs.stop() in ("stopped", "killed")
+    assert jobs.stop(None) in ("stopped", "killed")
     assert not jobs.running()
     assert not (project / "adapters" / "long").exists()
 
@@ -221,24 +221,32 @@ def test_stop_ends_the_process_tree(tiny_model, project):
     ("not json at all\n", "not valid JSON"),
     ('{"prompt": "only one field"}\n', "prompt_en and response_en"),
 ])
-def test_bad_upload_is_a_message(tiny_model, project, content, message):
-    import gradio as gr
-
-    from clo.ui.train import upload_jsonl
+def test_bad_upload_is_a_message(project, content, message):
+    from clo import CLOError
+    from clo.access import Access
+    from clo.jobs import Jobs
 
     path = project / "up.jsonl"
     path.write_text(content)
-    with pytest.raises(gr.Error, match=message):
-        upload_jsonl(str(path))
+    with pytest.raises(CLOError, match=message):
+        Jobs("model", "adapters", None, Access(demo_mode=False)).upload(None, str(path))
     assert not (project / "uploads").exists()
 
 
-def test_good_upload_is_copied_into_the_project(project):
-    from clo.ui.train import upload_jsonl
+def test_good_upload_is_copied_into_the_project_by_an_admin_only(project):
+    from clo import CLOError
+    from clo.access import Access
+    from clo.jobs import Jobs
 
     src = project / "up.jsonl"
     src.write_text(json.dumps({"prompt_en": "Hi", "response_en": "Hello!"}) + "\n")
-    dest = Path(upload_jsonl(str(src)))
+    access = Access(demo_mode=True, password="pw")
+    jobs = Jobs("model", "adapters", None, access)
+    with pytest.raises(CLOError, match="admin password"):
+        jobs.upload("visitor", str(src))
+    assert not (project / "uploads").exists()
+    assert access.unlock("speaker", "pw")
+    dest = Path(jobs.upload("speaker", str(src)))
     assert dest.parent.name == "uploads" and dest.read_text() == src.read_text()
 
 
@@ -246,7 +254,8 @@ def test_the_train_form_on_the_miniature_trains_its_own_language(tmp_path):
     from types import SimpleNamespace
 
     from clo.config import Recipe
-    from clo.ui.train import form_defaults, misfit, widget
+    from clo.jobs import misfit
+    from clo.ui.train import form_defaults, widget
 
     base = tmp_path / "miniature-base"
     base.mkdir()
@@ -254,9 +263,9 @@ def test_the_train_form_on_the_miniature_trains_its_own_language(tmp_path):
     services = SimpleNamespace(settings=SimpleNamespace(model=str(base), adapters_dir=str(tmp_path / "adapters")),
                                examples={"mini": []})
     recipe = form_defaults(services)
-    assert (recipe.data.target_lang, recipe.data.source) == ("mini", "miniature") and misfit(recipe, services) is None
+    assert (recipe.data.target_lang, recipe.data.source) == ("mini", "miniature") and misfit(recipe, services.settings.model) is None
     korean = Recipe.load(overrides={"model.name_or_path": str(base)})
-    assert "word-level tokenizer" in misfit(korean, services)
+    assert "word-level tokenizer" in misfit(korean, services.settings.model)
     assert widget("lora.r", 16).label == "LoRA rank r" and widget("model.load_in_4bit", "auto").label == "4-bit base (QLoRA)"
 
 
@@ -293,7 +302,7 @@ def test_a_stored_job_of_a_stranger_is_not_trusted(tiny_model, project):
     """After a restart the job file names a pid; a live process that reused it is not our job, and Stop leaves it."""
     from clo.files import atomic_write
     from clo.ui.services import Services, Settings
-    from clo.ui.train import RUNS, Jobs, process_started
+    from clo.jobs import RUNS, Jobs, process_started
 
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     try:
@@ -302,13 +311,13 @@ def test_a_stored_job_of_a_stranger_is_not_trusted(tiny_model, project):
         job = {"id": "old", "kind": "train", "pid": stranger.pid, "pid_started": process_started(stranger.pid) - 3600,
                "folder": str(RUNS / "old"), "command": "python -m clo train", "started": 0}
         atomic_write(RUNS / "job.json", json.dumps(job))
-        jobs = Jobs(services)
+        jobs = services.jobs
         assert not jobs.running()
         with pytest.raises(Exception, match="nothing is running"):
-            jobs.stop()
+            jobs.stop(None)
         assert stranger.poll() is None  # never signalled
         atomic_write(RUNS / "job.json", json.dumps(job | {"pid_started": process_started(stranger.pid)}))
-        assert Jobs(services).running()  # the same process, recognised by its start time
+        assert Jobs(services.settings.model, "adapters", services.engine, services.access).running()  # the same process, recognised by its start time
     finally:
         stranger.kill()
         stranger.wait()
@@ -319,10 +328,9 @@ def test_two_starts_at_once_start_one_job(tiny_model, project):
 
     from clo.config import Recipe
     from clo.ui.services import Services, Settings
-    from clo.ui.train import Jobs
 
     services = Services(Settings(model=str(tiny_model), engine="peft", adapters_dir="adapters", db="votes.db"))
-    jobs = Jobs(services)
+    jobs = services.jobs
     recipe = lambda name: Recipe.load(overrides={"model.name_or_path": str(tiny_model), "method.method": "sft",  # noqa: E731
                                                  "data.pairs": 8, "training.max_steps": 100000, "training.name": name})
     outcomes, barrier = [], threading.Barrier(2)
@@ -330,7 +338,7 @@ def test_two_starts_at_once_start_one_job(tiny_model, project):
     def start(name):
         barrier.wait()
         try:
-            outcomes.append(jobs.start(recipe(name))["pid"])
+            outcomes.append(jobs.start(None, recipe(name))["pid"])
         except Exception as e:  # noqa: BLE001 (the loser's message)
             outcomes.append(str(e))
 
@@ -343,4 +351,4 @@ def test_two_starts_at_once_start_one_job(tiny_model, project):
         assert sum(isinstance(o, int) for o in outcomes) == 1, outcomes
         assert any("already going" in str(o) for o in outcomes)
     finally:
-        jobs.stop()
+        jobs.stop(None)

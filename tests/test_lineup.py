@@ -110,12 +110,12 @@ def test_demo_mode_refuses_a_lineup_change_on_the_server(services):
 
     from clo.ui import serving
 
-    services.settings.demo_mode = True
+    services.access.demo_mode, services.access.password = True, "pw"
     visitor, admin = SimpleNamespace(session_hash="visitor"), SimpleNamespace(session_hash="admin")
     with pytest.raises(CLOError, match="admin password"):
         serving.apply(services, visitor, "ko", "sft-ko", "clo-ko-test", [])
     assert services.slots("ko")["clo"] == "clo-ko"
-    services.grant(admin)
+    assert not services.access.unlock(admin, "wrong") and services.access.unlock(admin, "pw")
     assert "clo-ko-test" in serving.apply(services, admin, "ko", "sft-ko", "clo-ko-test", ["base", "sft-ko", "clo-ko"])
     assert services.slots("ko")["clo"] == "clo-ko-test"
     assert services.battle_variants("ko") == ["base", "sft-ko", "clo-ko-test"]  # unchanged ticks follow the slots
@@ -196,7 +196,7 @@ def test_one_visitor_cannot_hold_more_than_its_share(services):
 
     me, you = SimpleNamespace(session_hash="me"), SimpleNamespace(session_hash="you")
     with services.in_flight(me), services.in_flight(me):
-        with pytest.raises(CLOError, match="you already have 2 requests being answered"):
+        with pytest.raises(CLOError, match="you have 2 requests being answered already"):
             with services.in_flight(me):
                 pass
         with services.in_flight(you):  # another visitor is not held up

@@ -236,28 +236,26 @@ def test_train_tab_runs_the_miniature_and_serves_its_new_adapters(miniature, pro
     import time
 
     from clo.ui.services import Services, Settings
-    from clo.ui.train import Jobs
-
     work, _ = miniature
     shutil.copytree(work / "models", project / "models")
     services = Services(Settings(model="models/miniature/base", engine="peft", adapters_dir="models/miniature/adapters",
                                  db="votes.db"))
     before = {n: a.sha256 for n, a in services.engine.adapters.items()}
     assert set(before) == {f"sft-{CODE}", f"clo-{CODE}"}
-    jobs = Jobs(services)
-    job = jobs.start_miniature(["--sizes", "8", "--seeds", "0", "--epochs", "1", "--eval-examples", "9",
+    jobs = services.jobs
+    job = jobs.start_miniature(None, ["--sizes", "8", "--seeds", "0", "--epochs", "1", "--eval-examples", "9",
                                 "--max-new-tokens", "8", "--learning-rate", "0.01"])
     assert "--app-adapters models/miniature/adapters" in job["command"]
     with pytest.raises(Exception, match="already going"):
-        jobs.start_miniature()
+        jobs.start_miniature(None)
     deadline = time.time() + 300
     while jobs.running() and time.time() < deadline:
         time.sleep(1)
     assert not jobs.running(), jobs.tail()
     summary, plot = jobs.result()
     assert "| clo | 8 |" in summary and Path(plot).is_file()
-    assert sorted(jobs.hot_load()) == sorted(before)
-    assert jobs.hot_load() == []  # once
+    assert sorted(jobs.hot_load(None)) == sorted(before)
+    assert jobs.hot_load(None) == []  # once
     after = {n: a.sha256 for n, a in services.engine.adapters.items()}
     assert all(after[n] != before[n] for n in before)  # the new run's adapters are served
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 from clo import CLOError
-from clo.votes import Limits, hash_voter, open_store
+from clo.votes import Limits, open_store
 
 ANSWERS = {"sft-ko": "첫째 답입니다", "clo-ko": "둘째 답입니다"}
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -41,7 +41,7 @@ def test_battle_hides_identities_until_the_vote(store):
     assert ANSWERS[reveal["variant_a"]] == b.answer_a  # the reveal matches what was on the left
     row = store.votes().iloc[0]
     assert row.outcome == "a" and row.left_variant == row.variant_a and row.blind
-    assert row.voter == hash_voter("v1") and row.voter != "v1"
+    assert row.voter == store.pseudonyms("v1", None)[0] and row.voter != "v1"
     assert {row.hash_a, row.hash_b} == {"h-sft", "h-clo"} and row.engine == "peft"
     assert row.prompt == "서울에서 뭘 볼까?" and row.language == "ko"
 
@@ -99,6 +99,43 @@ def test_rate_limit_per_voter(tmp_path):
         s.vote(battle(s, voter="fast").id, "a", voter="fast")
     s.vote(battle(s, voter="other").id, "a", voter="other")  # others are not limited
     assert len(s.votes()) == 4
+
+
+def test_sessions_from_one_address_share_its_limit_and_the_message_says_when_to_retry(tmp_path):
+    s = open_store(str(tmp_path / "v.db"), limits=Limits(votes_per_window=10, votes_per_address=3, window_s=600))
+    for session in ("tab-1", "tab-2", "tab-3"):  # a fresh session each time: the address still counts them all
+        s.vote(battle(s, voter=session, address="203.0.113.7").id, "a", voter=session, address="203.0.113.7")
+    late = battle(s, voter="tab-4", address="203.0.113.7")
+    with pytest.raises(CLOError, match=r"too many votes from this network address: at most 3 per 10 minutes; "
+                                       r"try again in (59\d|600) s"):
+        s.vote(late.id, "a", voter="tab-4", address="203.0.113.7")
+    s.vote(battle(s, voter="tab-1", address="198.51.100.2").id, "a", voter="tab-1", address="198.51.100.2")
+    assert len(s.votes()) == 4  # another address is not held up, and the refused vote left nothing
+
+
+def test_a_battle_is_voted_on_only_by_its_session_from_its_address(store):
+    b = battle(store, voter="tab", address="203.0.113.7")
+    with pytest.raises(CLOError, match="another session"):
+        store.vote(b.id, "a", voter="tab", address="198.51.100.2")  # the same session id from elsewhere
+    with pytest.raises(CLOError, match="another session"):
+        store.vote(b.id, "a", voter="other-tab", address="203.0.113.7")
+    store.vote(b.id, "a", voter="tab", address="203.0.113.7")
+
+
+def test_voter_keys_are_keyed_by_a_secret_kept_in_the_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("CLO_SECRET", raising=False)
+    one = open_store(str(tmp_path / "one.db"))
+    again = open_store(str(tmp_path / "one.db"))  # reopened: the same secret, so the same voter keeps one key
+    other = open_store(str(tmp_path / "two.db"))
+    key = one.pseudonyms("tab", "203.0.113.7")
+    assert key == again.pseudonyms("tab", "203.0.113.7") and key != other.pseudonyms("tab", "203.0.113.7")
+    assert "203.0.113.7" not in "".join(key) and key[0] != key[1]
+    import hashlib
+
+    assert key[1] != hashlib.sha256(b"clo:203.0.113.7").hexdigest()[:24]  # not the old public salt
+    monkeypatch.setenv("CLO_SECRET", "from-the-space-secrets")
+    assert open_store(str(tmp_path / "one.db")).pseudonyms("tab", None) == other.__class__(
+        other.url).pseudonyms("tab", None)  # CLO_SECRET wins over each store's own
 
 
 def test_pairs_with_fewer_votes_are_drawn_more(store):

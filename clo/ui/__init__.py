@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import hmac
 import os
 
 import gradio as gr
@@ -49,16 +48,15 @@ def build_app(services: Services) -> gr.Blocks:
                 data_lang, data_pairs, data_table = data.build(list(services.examples) or ["ko"])
 
         def check_password(given, request: gr.Request):
-            if s.admin_password and hmac.compare_digest(given or "", s.admin_password):
-                services.grant(request)  # the server remembers this session: every admin handler checks it
+            if services.access.unlock(request, given):  # the server remembers this session: every change checks it
                 return gr.update(visible=False), gr.update(visible=True), gr.Timer(active=True)  # on the Train tab
             gr.Warning("wrong password")  # a toast: the gate stays usable for another try
             return gr.update(), gr.update(), gr.update()
 
         def on_load(request: gr.Request, profile: gr.OAuthProfile | None = None):
-            if profile is not None and profile.username in s.allowed_users:
-                services.grant(request)
-            show = services.is_admin(request)
+            if profile is not None:
+                services.access.login(request, profile.username)
+            show = services.access.allows(request)
             return gr.update(visible=not show), gr.update(visible=show), gr.update()
 
         if not ON_SPACE:
@@ -68,7 +66,7 @@ def build_app(services: Services) -> gr.Blocks:
                 return on_load_with_profile(request, None)
 
         def on_tab(evt: gr.SelectData, request: gr.Request):  # the Train tab's job polling runs only while it is open
-            return gr.Timer(active=evt.value == "Train" and services.is_admin(request))
+            return gr.Timer(active=evt.value == "Train" and services.access.allows(request))
 
         tabs.select(on_tab, None, train_timer, api_visibility="private", show_progress="hidden")
         to_arena.click(lambda p, code: (p, code, gr.Tabs(selected="arena")), [compare_prompt, compare_lang],

@@ -5,7 +5,8 @@ Two identical answers are never shown (another pair is drawn); Skip records noth
 API: `/battle` (prompt or "", language) -> {battle_id, language, prompt, english, answer_a, answer_b}: nothing that
      names a variant (english: the prompt's English original when it is an example, else None);
      `/vote` (battle_id, outcome) -> the reveal {variant_a, variant_b, outcome}. A battle can be voted on once,
-     and only by the session that drew it.
+     and only by the session that drew it, from the same address. Both endpoints are rate-limited per voter
+     and per address (the message says when to retry).
 """
 
 from __future__ import annotations
@@ -24,17 +25,12 @@ DRAWS = 8  # prompts tried for a drawn battle before saying every variant answer
 BUTTONS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 
 
-def voter_of(request: gr.Request | None) -> str:
-    """The session (a browser tab or a gradio_client) as the voter; the store keeps only its hash."""
-    return getattr(request, "session_hash", None) or "anonymous"
-
-
 def same_answer(a: str, b: str) -> bool:
     """Two answers a visitor could not tell apart (equal up to spacing)."""
     return " ".join(a.split()) == " ".join(b.split())
 
 
-def new_battle(services: Services, prompt: str | None, lang: str, voter: str) -> dict:
+def new_battle(services: Services, prompt: str | None, lang: str, voter: str, address: str | None = None) -> dict:
     """A blind battle between two variants whose answers differ. Identical answers cannot be judged, so another
     pair is drawn (and, for a drawn prompt, another prompt); when every variant answers alike, a message says so."""
     lang = services.check_lang(lang)
@@ -60,15 +56,16 @@ def new_battle(services: Services, prompt: str | None, lang: str, voter: str) ->
                 battle = services.store.create_battle(voter=voter, language=lang, prompt=text,
                                                       answers={v: answers[v] for v in pair},
                                                       hashes={v: hashes.get(v) for v in pair}, engine=services.engine.kind,
-                                                      detected={v: detect(answers[v]).code for v in pair})
+                                                      detected={v: detect(answers[v]).code for v in pair},
+                                                      address=address)
                 return {"battle_id": battle.id, "language": lang, "prompt": text, "english": services.english_of(text, lang),
                         "answer_a": battle.answer_a, "answer_b": battle.answer_b}
             tried.add(frozenset(pair))
     raise CLOError("every variant gave the same answer to this prompt, so there is nothing to judge: try another prompt")
 
 
-def cast_vote(services: Services, battle_id: str, outcome: str, voter: str) -> dict:
-    return services.store.vote(battle_id, outcome, voter=voter)
+def cast_vote(services: Services, battle_id: str, outcome: str, voter: str, address: str | None = None) -> dict:
+    return services.store.vote(battle_id, outcome, voter=voter, address=address)
 
 
 def english_line(english: str | None) -> str:
@@ -109,7 +106,7 @@ def build(services: Services, default_lang: str = "ko"):
     def on_start(p, code, request: gr.Request):
         try:
             with services.in_flight(request):
-                b = new_battle(services, p, code, voter_of(request))
+                b = new_battle(services, p, code, *services.voter(request))
         except CLOError as e:  # one message; the panes keep what they showed (no error badge on each)
             gr.Warning(str(e))
             return [gr.skip()] * (6 + len(BUTTONS))
@@ -118,7 +115,7 @@ def build(services: Services, default_lang: str = "ko"):
 
     def on_skip(bid, code, request: gr.Request):
         if bid:
-            services.store.discard(bid, voter_of(request))
+            services.store.discard(bid, *services.voter(request))
         return on_start("", code, request)
 
     def on_vote(outcome: str):
@@ -126,7 +123,7 @@ def build(services: Services, default_lang: str = "ko"):
             try:
                 if not bid:
                     raise CLOError("start a battle first")
-                r = cast_vote(services, bid, outcome, voter_of(request))
+                r = cast_vote(services, bid, outcome, *services.voter(request))
             except CLOError as e:
                 gr.Warning(str(e))
                 return [gr.skip()] * (2 + len(BUTTONS))
@@ -148,7 +145,7 @@ def build(services: Services, default_lang: str = "ko"):
         """A new blind battle: two anonymous answers to `prompt` (or to a drawn example when it is empty)."""
         try:
             with services.in_flight(request):
-                return new_battle(services, prompt, language, voter_of(request))
+                return new_battle(services, prompt, language, *services.voter(request))
         except CLOError as e:
             raise gr.Error(str(e)) from None
 
@@ -157,7 +154,7 @@ def build(services: Services, default_lang: str = "ko"):
         if outcome not in OUTCOMES:
             raise gr.Error(f"unknown outcome {outcome!r}; use one of {', '.join(OUTCOMES)}")
         try:
-            return cast_vote(services, battle_id, outcome, voter_of(request))
+            return cast_vote(services, battle_id, outcome, *services.voter(request))
         except CLOError as e:
             raise gr.Error(str(e)) from None
 

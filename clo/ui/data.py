@@ -16,10 +16,18 @@ from clo.languages import LANGUAGES
 from clo.miniature.world import CODE, HEADS, WORLD
 
 
+MAX_PREVIEW = 50
+
+
 def preview_pairs(lang: str, pairs: int, source: str = "sample") -> pd.DataFrame:
-    """For each query, its chosen and its rejected answer: y_l ≻ y_en for x_l, y_en ≻ y_l for x_en."""
+    """For each query, its chosen and its rejected answer: y_l ≻ y_en for x_l, y_en ≻ y_l for x_en.
+
+    A visitor's call: only translations already in the data are shown (no translation model is loaded on the
+    server for it), and at most MAX_PREVIEW pairs, so the cache it fills stays small."""
     try:
-        data = build_pairs(DataConfig(target_lang=lang, pairs=int(pairs), source="miniature" if lang == CODE else source))
+        pairs = min(max(int(pairs or 1), 1), MAX_PREVIEW)
+        data = build_pairs(DataConfig(target_lang=lang, pairs=pairs, source="miniature" if lang == CODE else source,
+                                      translator="file"))
     except CLOError as e:
         raise gr.Error(str(e)) from None
     rows = []
@@ -38,7 +46,7 @@ def lexicon() -> pd.DataFrame:
 def build(languages: list[str]) -> None:
     with gr.Row():
         lang = gr.Dropdown([(f"{LANGUAGES[c].name} ({c})", c) for c in languages], value=languages[0], label="Target language")
-        pairs = gr.Slider(1, 50, value=5, step=1, label="Pairs")
+        pairs = gr.Slider(1, MAX_PREVIEW, value=5, step=1, label="Pairs")
     table = gr.Dataframe(wrap=True, label="Cross-lingual preference pairs")
     with gr.Accordion("The miniature's language: lexicon and word order", open=CODE in languages):
         gr.Markdown(

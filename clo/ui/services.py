@@ -5,8 +5,10 @@ Every flag of `python app.py` can also come from an environment variable (for Sp
     --model CLO_MODEL   --adapters-dir CLO_ADAPTERS_DIR   --db CLO_DB   --engine CLO_ENGINE
     --host CLO_HOST     --port CLO_PORT                   --demo-mode CLO_DEMO_MODE
     --max-prompt-chars CLO_MAX_PROMPT_CHARS                --max-tokens CLO_MAX_TOKENS
-    --votes-per-10min CLO_VOTES_PER_10MIN
+    --votes-per-10min CLO_VOTES_PER_10MIN   --generations-per-min CLO_GENERATIONS_PER_MIN
+    --voters-per-address CLO_VOTERS_PER_ADDRESS   --trusted-proxies CLO_TRUSTED_PROXIES
     admin password: CLO_ADMIN_PASSWORD   allowed Hugging Face users: CLO_ALLOWED_USERS (comma-separated)
+    voter pseudonyms' key: CLO_SECRET (else one made once and kept in the vote store)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clo import CLOError
+from clo.access import Access, RateLimit, visitor_of
 from clo.data import SAMPLE
 from clo.engines import Engine, Request, Sampling, load_engine
 from clo.languages import LANGUAGES
@@ -32,6 +35,8 @@ LINEUP_FILE = "lineup.json"  # the speaker's choice of served adapters, beside t
 
 
 ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))  # set on Hugging Face ZeroGPU Spaces
+# a Space's container is reached only through the platform's proxies, on private addresses
+SPACE_PROXIES = "127.0.0.1,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
 
 
 def on_gpu(fn, duration: int = 60):
@@ -64,7 +69,10 @@ class Settings:
     concurrency: int = 4  # events other than generation (leaderboard, polling, downloads) run this many at a time
     generation_slots: int = 64  # generation events at once: the engine decodes them together in one running batch
     per_session: int = 2  # generation calls one visitor may have in flight; more get a message, not a queue spot
-    votes_per_10min: int = 60  # per voter
+    votes_per_10min: int = 60  # per voter (a session from an address)
+    generations_per_min: int = 20  # Compare / battle calls per voter per minute
+    voters_per_address: int = 20  # an address (a room behind one NAT) may use this many voters' limits together
+    trusted_proxies: str | None = None  # peers whose X-Forwarded-For names the client; None: loopback (a Space: SPACE_PROXIES)
     queue_size: int = 256  # events waiting beyond that; the page shows each visitor its position
 
     @classmethod
@@ -81,17 +89,29 @@ class Settings:
                        "which a Space sets to 0.0.0.0, else 127.0.0.1)")
         p.add_argument("--port", type=int, default=int(env("CLO_PORT")) if env("CLO_PORT") else None,
                        help="port (default: GRADIO_SERVER_PORT, else 7860)")
-        p.add_argument("--demo-mode", action="store_true", default=env("CLO_DEMO_MODE", "0").lower() in ("1", "true", "yes"),
-                       help="hide Train unless the visitor is an allowed user or gives the admin password")
+        demo = env("CLO_DEMO_MODE")  # unset: on (locked) on a Space, off elsewhere
+        p.add_argument("--demo-mode", action="store_true",
+                       default=demo.lower() in ("1", "true", "yes") if demo else bool(env("SPACE_ID")),
+                       help="only a visitor who gives the admin password or logs in as an allowed user may train or "
+                            "change what is served (default on a Space; CLO_DEMO_MODE=0 turns it off)")
         p.add_argument("--max-prompt-chars", type=int, default=int(env("CLO_MAX_PROMPT_CHARS", d.max_prompt_chars)))
         p.add_argument("--max-tokens", type=int, default=int(env("CLO_MAX_TOKENS", d.max_tokens)), help="per answer")
         p.add_argument("--votes-per-10min", type=int, default=int(env("CLO_VOTES_PER_10MIN", d.votes_per_10min)),
-                       help="votes one voter may cast in 10 minutes")
+                       help="votes one voter (a session from an address) may cast in 10 minutes")
+        p.add_argument("--generations-per-min", type=int, default=int(env("CLO_GENERATIONS_PER_MIN", d.generations_per_min)),
+                       help="Compare and battle requests one voter may make per minute")
+        p.add_argument("--voters-per-address", type=int, default=int(env("CLO_VOTERS_PER_ADDRESS", d.voters_per_address)),
+                       help="an address's sessions share this many voters' limits (raise it for a room behind one NAT)")
+        p.add_argument("--trusted-proxies", default=env("CLO_TRUSTED_PROXIES", SPACE_PROXIES if env("SPACE_ID") else None),
+                       help="comma-separated addresses or networks whose X-Forwarded-For header names the client "
+                            "(default: loopback; on a Space, the private networks its proxies use)")
         a = p.parse_args(argv)
         users = tuple(u.strip() for u in env("CLO_ALLOWED_USERS", "").split(",") if u.strip())
         return cls(model=a.model, adapters_dir=a.adapters_dir, db=a.db, engine=a.engine, url=a.url, host=a.host, port=a.port,
                    demo_mode=a.demo_mode, admin_password=env("CLO_ADMIN_PASSWORD"), allowed_users=users,
-                   max_prompt_chars=a.max_prompt_chars, max_tokens=a.max_tokens, votes_per_10min=a.votes_per_10min)
+                   max_prompt_chars=a.max_prompt_chars, max_tokens=a.max_tokens, votes_per_10min=a.votes_per_10min,
+                   generations_per_min=a.generations_per_min, voters_per_address=a.voters_per_address,
+                   trusted_proxies=a.trusted_proxies)
 
 
 def sample_examples() -> dict[str, list[tuple[str, str]]]:
@@ -122,44 +142,48 @@ class Services:
         self.engine = engine or load_engine(settings.engine, model=settings.model, adapters_dir=settings.adapters_dir,
                                             url=settings.url)
         self.running_on = running_on or f"{settings.model} on the {self.engine.kind} engine"
-        self.store = open_store(settings.db, limits=Limits(max_prompt_chars=settings.max_prompt_chars,
-                                                           votes_per_window=settings.votes_per_10min, window_s=600.0))
+        self.store = open_store(settings.db, limits=Limits(
+            max_prompt_chars=settings.max_prompt_chars, votes_per_window=settings.votes_per_10min, window_s=600.0,
+            votes_per_address=settings.votes_per_10min * settings.voters_per_address))
+        self.generations = RateLimit(window_s=60.0)
         self.examples = miniature_examples() if is_miniature(settings.model) else sample_examples()
         self.lineup = Lineup(Path(settings.adapters_dir) / LINEUP_FILE, self.engine)
-        self.admins: set[str] = set()  # sessions that gave the admin password or logged in as an allowed user
+        self.access = Access(settings.demo_mode, settings.admin_password, settings.allowed_users)
+        from clo.jobs import Jobs
+
+        self.jobs = Jobs(settings.model, settings.adapters_dir, self.engine, self.access)
         self.flying: dict[str, int] = {}  # session -> generation calls in flight
         self.flying_lock = threading.Lock()
 
     # ---- fairness: one visitor cannot fill the batch ----
+    def voter(self, request) -> tuple[str, str]:
+        """(session, client address) of a call: what the vote store and the limits key on."""
+        return visitor_of(request)
+
     @contextmanager
     def in_flight(self, request):
-        """Count a generation call against its session's cap for as long as it runs; over the cap, a message."""
-        key = getattr(request, "session_hash", None) or "anonymous"
+        """Admit a generation call: within its voter's and its address's rate (a message saying when to retry
+        otherwise), and counted against their in-flight caps for as long as it runs."""
+        s = self.settings
+        session, address = self.voter(request)
+        keys = [("you have", f"voter:{address}|{session}", s.per_session),
+                ("your network address has", f"address:{address}", s.per_session * s.voters_per_address)]
         with self.flying_lock:
-            if self.flying.get(key, 0) >= self.settings.per_session:
-                raise CLOError(f"you already have {self.settings.per_session} requests being answered: "
-                               "wait for them to finish, then try again")
-            self.flying[key] = self.flying.get(key, 0) + 1
+            for who, key, cap in keys:
+                if self.flying.get(key, 0) >= cap:
+                    raise CLOError(f"{who} {cap} requests being answered already: wait for them to finish, then try again")
+            self.generations.hit([("this session", keys[0][1], s.generations_per_min),
+                                  ("this network address", keys[1][1], s.generations_per_min * s.voters_per_address)])
+            for _, key, _ in keys:
+                self.flying[key] = self.flying.get(key, 0) + 1
         try:
             yield
         finally:
             with self.flying_lock:
-                self.flying[key] -= 1
-                if not self.flying[key]:
-                    del self.flying[key]
-
-    # ---- who may change things ----
-    def is_admin(self, request) -> bool:
-        """Outside demo mode everyone is; in demo mode, sessions granted by `grant` (checked here, on the server)."""
-        return not self.settings.demo_mode or getattr(request, "session_hash", None) in self.admins
-
-    def grant(self, request) -> None:
-        if getattr(request, "session_hash", None):
-            self.admins.add(request.session_hash)
-
-    def require_admin(self, request) -> None:
-        if not self.is_admin(request):
-            raise CLOError("this needs the admin password: the app runs in demo mode")
+                for _, key, _ in keys:
+                    self.flying[key] -= 1
+                    if not self.flying[key]:
+                        del self.flying[key]
 
     # ---- variants ----
     def slots(self, lang: str) -> dict[str, str | None]:

@@ -1,7 +1,7 @@
 """Serving panel (admin, under the Train tab): which adapter fills each Compare slot per language, and which
 variants the Arena draws from. A newly trained adapter is listed here and served only once it is chosen.
 
-Every change is checked on the server (`Services.require_admin`): in demo mode only a session that gave the
+Every change is checked on the server (`clo.access.Access`): in demo mode only a session that gave the
 admin password or logged in as an allowed user may apply one, whatever the page shows.
 """
 
@@ -31,7 +31,7 @@ def form_for(services: Services, lang: str) -> list:
 
 def apply(services: Services, request, lang: str, sft: str | None, clo: str | None, arena: list[str]) -> str:
     """Save the speaker's choice for `lang` (refused on the server unless the session may administer)."""
-    services.require_admin(request)
+    services.access.require(request)
     before = [v for v in services.slots(lang).values() if v]
     if sorted(arena or []) == sorted(before):  # the Arena list left as the slots were: it follows the new slots
         arena = None

@@ -1,0 +1,278 @@
+"""The app's job supervisor: one training run at a time, as a subprocess that outlives the page.
+
+    jobs = Jobs(model="models/tiny", adapters_dir="adapters", engine=engine, access=access)
+    jobs.start(request, recipe)      # `python -m clo train --config runs/ui/<id>/recipe.yaml`
+    jobs.events(); jobs.tail()       # the run's JSONL log and output, for any page (a reload re-attaches)
+    jobs.hot_load(request)           # serve the adapters it finished
+    jobs.stop(request)               # SIGTERM to the process group, SIGKILL after 10 s
+
+Every call that changes state takes the caller first and asks `clo.access.Access` itself, so the lock holds under
+every client (the page, gradio_client, raw HTTP). A recipe from the web may read only the served model and data
+that is an upload, a shipped source, a hub id or a file under the project's uploads/ or data/ folders; any other
+path gets one message, the same whether or not it exists. The job's state is runs/ui/job.json, written
+atomically, with the process's start time: after a restart a stored pid is trusted only if it is still that process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from clo import CLOError
+from clo.access import Access
+from clo.config import Recipe
+from clo.files import atomic_write
+from clo.hub import _HUB_ID
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = Path("runs") / "ui"
+UPLOADS = Path("uploads")
+DATA = Path("data")  # the project's own data folder: files a speaker placed there may be trained on from the web
+NAMED_SOURCES = ("sample", "miniature")  # data sources the library names (clo.data)
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".ndjson")
+ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))
+
+
+def command(recipe_path: Path) -> list[str]:
+    return [sys.executable, "-m", "clo", "train", "--config", str(recipe_path)]
+
+
+def web_data_source(source: str) -> str:
+    """`source` if a visitor may train on it: a named source, a hub dataset id, or a file under uploads/, data/ or
+    the shipped assets/. Anything else is refused with one message that does not say whether the path exists."""
+    source = (source or "").strip()
+    if source in NAMED_SOURCES:
+        return source
+    looks_like_hub = bool(_HUB_ID.match(source)) and Path(source).suffix.lower() not in DATA_SUFFIXES
+    if looks_like_hub and not Path(source).exists():
+        return source
+    roots = [UPLOADS.resolve(), DATA.resolve(), (ROOT / "assets").resolve()]
+    try:
+        inside = any(Path(source).resolve().is_relative_to(root) for root in roots)
+    except (OSError, ValueError):
+        inside = False
+    if not inside or "~" in source:
+        raise CLOError(f"data {source!r} cannot be used from the web: upload a file, or use 'sample', 'miniature', "
+                       "a hub dataset id, or a file under uploads/ or data/")
+    return source
+
+
+def misfit(recipe: Recipe, model: str) -> str | None:
+    """Why this recipe's adapter could not be served by an app serving `model`, or None when it fits."""
+    from clo.engines.base import same_model
+    from clo.miniature.world import CODE
+
+    if (Path(model) / "miniature.json").is_file() and recipe.data.target_lang != CODE:
+        return (f"the miniature's word-level tokenizer knows only English and its invented language: train it with "
+                f"target language {CODE!r} and data 'miniature', not {recipe.data.target_lang!r}")
+    if recipe.model.name_or_path != model and not same_model(recipe.model.name_or_path, model):
+        return f"this app serves {model}; an adapter trained on another model could not be served here"
+    return None
+
+
+def taken(adapters_dir: str | Path, recipe: Recipe) -> str | None:
+    """The first adapter name this recipe would write that exists already, else None."""
+    return next((name for name in map(recipe.adapter_name, recipe.method.method) if (Path(adapters_dir) / name).exists()),
+                None)
+
+
+def process_started(pid: int) -> float | None:
+    """When process `pid` started (psutil), None if there is none: with the pid it names one process for good."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, ValueError, TypeError):
+        return None
+
+
+def same_process(pid, started) -> bool:
+    """`pid` is alive and is still the process that started at `started` (not a stranger that reused the pid)."""
+    now = process_started(pid) if pid else None
+    return now is not None and started is not None and abs(now - float(started)) < 0.01
+
+
+class Jobs:
+    """At most one training subprocess; its state lives in runs/ui/job.json so any page can re-attach."""
+
+    def __init__(self, model: str, adapters_dir: str, engine, access: Access):
+        self.model, self.adapters_dir, self.engine, self.access = model, adapters_dir, engine, access
+        self.state_file = RUNS / "job.json"
+        self.loaded: set[str] = set()
+        self.proc: subprocess.Popen | None = None
+        self.thread = None  # ZeroGPU: the in-process run
+        self.claim = threading.Lock()
+
+    # ---- reading (anyone) ----
+    def current(self) -> dict | None:
+        if not self.state_file.is_file():
+            return None
+        return json.loads(self.state_file.read_text(encoding="utf-8"))
+
+    def running(self) -> bool:
+        if self.thread is not None:
+            return self.thread.is_alive()
+        if self.proc is not None:  # started by this server: it is our child
+            return self.proc.poll() is None
+        job = self.current()  # started before a restart of the server: trusted only if it is the same process
+        return bool(job) and same_process(job.get("pid"), job.get("pid_started"))
+
+    def events(self) -> list[dict]:
+        job = self.current()
+        if not job:
+            return []
+        # a miniature job has one log per data size and seed: oldest first, each event tagged with its file
+        logs = sorted(Path(job["folder"]).rglob("log.jsonl"), key=lambda p: (p.stat().st_mtime, str(p)))
+        return [json.loads(line) | {"log": str(log)} for log in logs
+                for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def loaded_names(self) -> list[str]:
+        """The adapters the current job finished (its "done" events), by folder name."""
+        return [Path(e["path"]).name for e in self.events() if e["event"] == "done"]
+
+    def result(self) -> tuple[str, str] | None:
+        """(summary markdown, plot path) of a finished miniature job, else None."""
+        job = self.current() or {}
+        summaries = sorted(Path(job.get("folder", ".")).glob("*/summary.md")) if job.get("kind") == "miniature" else []
+        if not summaries:
+            return None
+        return summaries[-1].read_text(encoding="utf-8"), str(summaries[-1].with_name("plot.png"))
+
+    def tail(self, lines: int = 20) -> str:
+        job = self.current()
+        if not job:
+            return ""
+        path = Path(job["folder"]) / "output.log"
+        text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+        return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+    # ---- changing state (admins only, checked here) ----
+    def start(self, caller, recipe: Recipe) -> dict:
+        self.access.require(caller)
+        recipe.data.source = web_data_source(recipe.data.source)
+        with self.claim:  # checking that no job runs and starting one are one step: two Starts cannot both pass
+            self._check_idle()
+            why = misfit(recipe, self.model)
+            if why:
+                raise CLOError(why)
+            name = None if recipe.training.overwrite else taken(self.adapters_dir, recipe)
+            if name:
+                raise CLOError(f"an adapter named {name!r} exists already: choose another adapter name")
+            folder = self._new_folder()
+            recipe.training.runs_dir, recipe.training.adapters_dir = str(folder), self.adapters_dir
+            if ZERO_GPU:  # the GPU exists only inside spaces.GPU calls of this process: train here, in a thread
+                return self._start_in_process(recipe, folder)
+            recipe.save(folder / "recipe.yaml")
+            return self._launch(command(folder / "recipe.yaml"), folder, "train")
+
+    def start_miniature(self, caller, options: list[str] = ()) -> dict:
+        """`python -m clo miniature [options]` (SFT vs CLO by data size); when the app serves the miniature, its
+        adapters are replaced by the new run's and reloaded at the end."""
+        self.access.require(caller)
+        with self.claim:
+            self._check_idle()
+            folder = self._new_folder()
+            cmd = [sys.executable, "-m", "clo", "miniature", "--out-dir", str(folder), *options]
+            if (Path(self.model) / "miniature.json").is_file():
+                cmd += ["--base-path", self.model, "--app-adapters", self.adapters_dir]
+            else:
+                cmd += ["--no-app-adapters"]
+            return self._launch(cmd, folder, "miniature")
+
+    def stop(self, caller) -> str:
+        self.access.require(caller)
+        job = self.current()
+        if not job or not self.running():
+            raise CLOError("nothing is running")
+        if self.thread is not None:
+            raise CLOError("an in-process ZeroGPU run cannot be stopped; it ends within its GPU time limit")
+        os.killpg(job["pid"], signal.SIGTERM)  # clo stops at the next step and writes no adapter
+        for _ in range(100):
+            if not self.running():
+                return "stopped"
+            time.sleep(0.1)
+        os.killpg(job["pid"], signal.SIGKILL)
+        return "killed"
+
+    def hot_load(self, caller) -> list[str]:
+        """Serve every adapter this job finished and the engine does not have yet (for a miniature job: the
+        adapters it published for the app, once it has ended)."""
+        self.access.require(caller)
+        job = self.current() or {}
+        if job.get("kind") == "miniature":
+            return self._reload_miniature(job)
+        added = []
+        for e in self.events():
+            if e["event"] == "done" and e["path"] not in self.loaded:
+                self.loaded.add(e["path"])
+                try:
+                    self.engine.add_adapter(e["path"])
+                except CLOError as err:  # e.g. trained on another base: listed as not served, never a crash
+                    added.append(f"{Path(e['path']).name} (not served: {err})")
+                    continue
+                added.append(Path(e["path"]).name)
+        return added
+
+    def upload(self, caller, src: str) -> str:
+        """Check an uploaded JSONL of English pairs and copy it into uploads/; returns the copy's path."""
+        from clo.data import read_records
+
+        self.access.require(caller)
+        rows = list(read_records(Path(src)))
+        if not rows or not all(r.get("prompt_en") and r.get("response_en") for _, r in rows):
+            raise CLOError("the upload needs fields prompt_en and response_en on every line")
+        UPLOADS.mkdir(exist_ok=True)
+        dest = UPLOADS / f"{uuid.uuid4().hex[:8]}.jsonl"
+        with open(src, "rb") as fh:
+            atomic_write(dest, fh.read())
+        return str(dest)
+
+    # ---- inside ----
+    def _check_idle(self) -> None:
+        if self.running():
+            raise CLOError("a run is already going: wait for it or stop it first")
+
+    @staticmethod
+    def _new_folder() -> Path:
+        folder = RUNS / (time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4])
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def _launch(self, cmd: list[str], folder: Path, kind: str) -> dict:
+        out = open(folder / "output.log", "w")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        self.proc = proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        return self._record({"id": folder.name, "kind": kind, "pid": proc.pid, "pid_started": process_started(proc.pid),
+                             "folder": str(folder), "command": shlex.join(cmd), "started": time.time()})
+
+    def _start_in_process(self, recipe: Recipe, folder: Path) -> dict:
+        from clo.train import train
+        from clo.ui.services import on_gpu
+
+        self.thread = threading.Thread(target=on_gpu(train, duration=600), args=(recipe,), daemon=True)
+        self.thread.start()
+        return self._record({"id": folder.name, "kind": "train", "pid": os.getpid(), "pid_started": process_started(os.getpid()),
+                             "folder": str(folder), "command": "clo.train.train (in process, ZeroGPU)", "started": time.time()})
+
+    def _record(self, job: dict) -> dict:
+        atomic_write(self.state_file, json.dumps(job))
+        return job
+
+    def _reload_miniature(self, job: dict) -> list[str]:
+        if self.running() or job["id"] in self.loaded or not self.result():
+            return []
+        self.loaded.add(job["id"])
+        home = Path(self.adapters_dir).resolve()
+        names = [n for n, a in self.engine.adapters.items() if a.path.parent == home]
+        for name in names:
+            self.engine.add_adapter(str(self.engine.adapters[name].path))
+        return names
+
