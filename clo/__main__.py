@@ -1,4 +1,4 @@
-"""Command line: `python -m clo prepare|train|generate|votes|leaderboard|miniature|tiny`.
+"""Command line: `python -m clo prepare|train|generate|votes|leaderboard|miniature|tiny|space`.
 
     python -m clo prepare --lang ko --pairs 50               # build + cache the cross-lingual pairs, preview them
     python -m clo train --config recipes/demo.yaml --method clo,sft --max-steps 20
@@ -8,6 +8,7 @@
     python -m clo leaderboard --lang ko                      # W/T/L, win rates, Bradley–Terry, Elo
     python -m clo miniature                                  # SFT vs CLO on a synthetic language, offline, ~5 min
     python -m clo tiny models/tiny                           # a tiny random model for offline smoke runs
+    python -m clo space build space --hardware cpu [--push me/clo]   # a Hugging Face Space: folder (+ upload)
 
 Every recipe field is an option (`--section.field VALUE`); the common ones have short aliases.
 Precedence: dataclass defaults < --config FILE < options.
@@ -156,6 +157,20 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
             print(f"\n## {title}{f' — {args.lang}' if args.lang else ''}\n{tables[key].to_string()}")
 
 
+def cmd_space_build(args: argparse.Namespace) -> None:
+    from clo.space import build_space, hub_token, push_space
+
+    if args.private and not args.push:
+        raise CLOError("--private applies to --push REPO_ID: give both, or neither")
+    token = hub_token() if args.push else None  # no token: refuse before anything is written
+    out = build_space(Path(args.out), args.hardware)
+    print(f"wrote the Space ({args.hardware}) to {out}")
+    if args.push:
+        print(f"pushed: {push_space(out, args.push, token=token, private=args.private)}")
+    else:
+        print(f"upload it with: hf upload REPO_ID {out} . --repo-type space   (or add --push REPO_ID)")
+
+
 def cmd_tiny(args: argparse.Namespace) -> None:
     from clo.tiny import build_tiny_model
 
@@ -258,6 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "CLO at several data sizes, and measure target / English fidelity and accuracy on held-out tasks.")
     add_miniature_options(p)
     p.set_defaults(func=cmd_miniature)
+
+    from clo.space import HARDWARE
+
+    p = sub.add_parser("space", help="a Hugging Face Space from this repository: build the folder, upload it")
+    space = p.add_subparsers(dest="space_command", required=True, metavar="ACTION")
+    b = space.add_parser("build", help="write app.py, clo/, recipes/, assets/sample/, README.md (front matter) and "
+                         "requirements.txt fitted to the hardware into OUT")
+    b.add_argument("out", metavar="OUT", help="folder to write (new, empty, or a previous build, which is replaced)")
+    b.add_argument("--hardware", required=True, choices=tuple(HARDWARE),
+                   help="cpu: CPU Basic, PEFT on CPU torch; zero-gpu: ZeroGPU, PEFT + spaces; gpu: 1x L4, vLLM")
+    b.add_argument("--push", metavar="REPO_ID", help="then create the Space (if new) and upload the folder to it")
+    b.add_argument("--private", action="store_true", help="with --push: create the Space private")
+    b.set_defaults(func=cmd_space_build)
 
     p = sub.add_parser("tiny", help="write a tiny random Llama-style chat model (for offline smoke runs)")
     p.add_argument("path", help="output folder")

@@ -38,7 +38,16 @@ UPLOADS = Path("uploads")
 DATA = Path("data")  # the project's own data folder: files a speaker placed there may be trained on from the web
 NAMED_SOURCES = ("sample", "miniature")  # data sources the library names (clo.data)
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".ndjson")
-ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))
+ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))  # set on Hugging Face ZeroGPU Spaces
+
+
+def on_gpu(fn, duration: int = 60):
+    """`spaces.GPU` on a ZeroGPU Space, where the GPU exists only inside such calls; a no-op elsewhere."""
+    if not ZERO_GPU:
+        return fn
+    import spaces
+
+    return spaces.GPU(duration=duration)(fn)
 
 
 def command(recipe_path: Path) -> list[str]:
@@ -255,7 +264,6 @@ class Jobs:
 
     def _start_in_process(self, recipe: Recipe, folder: Path) -> dict:
         from clo.train import train
-        from clo.ui.services import on_gpu
 
         self.thread = threading.Thread(target=on_gpu(train, duration=600), args=(recipe,), daemon=True)
         self.thread.start()

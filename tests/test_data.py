@@ -1,6 +1,7 @@
 """English sources, translation with a cache, and the cross-lingual rows — on shipped and hand-made data."""
 
 import json
+import os
 
 import pytest
 from conftest import arithmetic_rows, write_jsonl
@@ -218,3 +219,29 @@ def test_hub_dataset_offline_is_one_sentence(project, offline):
 def test_hub_translator_offline_is_one_sentence(offline):
     with pytest.raises(CLOError, match="facebook/m2m100_418M.*--data.translator_model"):
         HFTranslator("m2m100")
+
+
+def test_eight_processes_building_one_cache_entry_leave_one_complete_file(project):
+    """Page loads build the pairs cache: concurrent writers of one entry each write a file of their own and rename
+    it into place, so one complete entry remains and no temporary file is left behind."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    from clo.data import _hash
+
+    script = ("from clo.config import DataConfig; from clo.data import build_pairs; "
+              "print(build_pairs(DataConfig(target_lang='ko', pairs=20)).manifest['rows_sha256'])")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=project, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-500:] for _, err in results]
+    assert len({out.strip() for out, _ in results}) == 1
+    files = sorted(p.name for p in (project / "cache" / "datasets").iterdir())
+    assert len(files) == 2 and files[0].endswith(".jsonl") and files[1].endswith(".manifest.json"), files
+    folder = project / "cache" / "datasets"
+    rows = [json.loads(line) for line in (folder / files[0]).read_text(encoding="utf-8").splitlines()]
+    manifest = json.loads((folder / files[1]).read_text(encoding="utf-8"))
+    assert len(rows) == 20 and manifest["rows_sha256"] == _hash(rows) == results[0][0].strip()

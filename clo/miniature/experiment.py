@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -219,12 +220,12 @@ def publish(adapters_dir: Path, size: int, dest_dir: Path, methods: list[str]) -
     dest_dir.mkdir(parents=True, exist_ok=True)
     for method in methods:
         src, dest = adapters_dir / f"{method}-n{size}-s0", dest_dir / f"{method}-{CODE}"
-        tmp = dest_dir / f".tmp-{dest.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest_dir)) / dest.name  # a name of its own
         shutil.copytree(src, tmp)
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
+        tmp.parent.rmdir()
 
 
 def app_models(base_path: str | Path = DEFAULT_PATH, adapters_dir: str | Path = APP_ADAPTERS, log=print) -> tuple[Path, Path]:

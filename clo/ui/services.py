@@ -26,6 +26,7 @@ from clo.access import Access, RateLimit, visitor_of
 from clo.data import SAMPLE
 from clo.engines import Engine, Request, Sampling, load_engine
 from clo.languages import LANGUAGES
+from clo.jobs import ZERO_GPU, Jobs, on_gpu
 from clo.lineup import Lineup
 from clo.votes import Limits, open_store
 
@@ -34,18 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 LINEUP_FILE = "lineup.json"  # the speaker's choice of served adapters, beside them (clo.lineup)
 
 
-ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))  # set on Hugging Face ZeroGPU Spaces
 # a Space's container is reached only through the platform's proxies, on private addresses
 SPACE_PROXIES = "127.0.0.1,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
-
-
-def on_gpu(fn, duration: int = 60):
-    """`spaces.GPU` on a ZeroGPU Space, where the GPU exists only inside such calls; a no-op elsewhere."""
-    if not ZERO_GPU:
-        return fn
-    import spaces
-
-    return spaces.GPU(duration=duration)(fn)
 
 
 def _default(sub: str) -> str:
@@ -149,8 +140,6 @@ class Services:
         self.examples = miniature_examples() if is_miniature(settings.model) else sample_examples()
         self.lineup = Lineup(Path(settings.adapters_dir) / LINEUP_FILE, self.engine)
         self.access = Access(settings.demo_mode, settings.admin_password, settings.allowed_users)
-        from clo.jobs import Jobs
-
         self.jobs = Jobs(settings.model, settings.adapters_dir, self.engine, self.access)
         self.flying: dict[str, int] = {}  # session -> generation calls in flight
         self.flying_lock = threading.Lock()

@@ -10,7 +10,6 @@ import dataclasses
 import re
 import shlex
 import typing
-from pathlib import Path
 
 import gradio as gr
 import pandas as pd
