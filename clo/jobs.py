@@ -31,6 +31,7 @@ from clo.access import Access
 from clo.config import Recipe
 from clo.files import atomic_write
 from clo.hub import _HUB_ID
+from clo.miniature import is_miniature
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = Path("runs") / "ui"
@@ -79,7 +80,7 @@ def misfit(recipe: Recipe, model: str) -> str | None:
     from clo.engines.base import same_model
     from clo.miniature.world import CODE
 
-    if (Path(model) / "miniature.json").is_file() and recipe.data.target_lang != CODE:
+    if is_miniature(model) and recipe.data.target_lang != CODE:
         return (f"the miniature's word-level tokenizer knows only English and its invented language: train it with "
                 f"target language {CODE!r} and data 'miniature', not {recipe.data.target_lang!r}")
     if recipe.model.name_or_path != model and not same_model(recipe.model.name_or_path, model):
@@ -190,7 +191,7 @@ class Jobs:
             self._check_idle()
             folder = self._new_folder()
             cmd = [sys.executable, "-m", "clo", "miniature", "--out-dir", str(folder), *options]
-            if (Path(self.model) / "miniature.json").is_file():
+            if is_miniature(self.model):
                 cmd += ["--base-path", self.model, "--app-adapters", self.adapters_dir]
             else:
                 cmd += ["--no-app-adapters"]

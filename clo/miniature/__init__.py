@@ -6,3 +6,10 @@
 
     python -m clo miniature                 # or: from clo.miniature.experiment import run
 """
+
+from pathlib import Path
+
+
+def is_miniature(model: str | Path) -> bool:
+    """Whether `model` is a folder holding the miniature's base (it carries a miniature.json)."""
+    return (Path(model) / "miniature.json").is_file()

@@ -28,6 +28,7 @@ from clo.engines import Engine, Request, Sampling, load_engine
 from clo.languages import LANGUAGES
 from clo.jobs import ZERO_GPU, Jobs, on_gpu
 from clo.lineup import Lineup
+from clo.miniature import is_miniature
 from clo.votes import Limits, open_store
 
 DATA = Path("/data")  # a Space's persistent storage, when it has one
@@ -118,10 +119,6 @@ def miniature_examples(n: int = 60) -> dict[str, list[tuple[str, str]]]:
     from clo.miniature.world import CODE, generate
 
     return {CODE: [(ex.prompt_tgt, ex.prompt_en) for ex in generate(n, seed=EVAL_SEED, split="eval")]}
-
-
-def is_miniature(model: str) -> bool:
-    return (Path(model) / "miniature.json").is_file()
 
 
 class Services:
