@@ -48,6 +48,29 @@ def load_base(cfg: ModelConfig, verbose: bool = True):
     return model, tokenizer, mode
 
 
+def train_4bit_on_cpu(model) -> int:
+    """Keep bitsandbytes' 4-bit layers differentiable on the CPU; returns how many layers were changed.
+
+    bitsandbytes 0.50's Linear4bit.forward, on a CPU with AVX512-BF16, repacks its weight for a fused inference
+    kernel at the first forward in eval mode without gradients, and keeps it so. That kernel has no backward: a
+    training forward after it (CLO's π_ref pass runs in eval mode first) drops the gradient through every frozen
+    4-bit layer without an error (one warning), and a layer with a bias fails outright. bench/gpu.py measures the
+    difference (its 4-bit gradient check); tests/test_train.py checks the gradients against float32.
+    """
+    if not _has_bitsandbytes():
+        return 0
+    import bitsandbytes as bnb
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and getattr(module, "support_avx512bf16_for_cpu", False):
+            if getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+                raise CLOError("a 4-bit layer was already repacked for inference; load the model again to train it")
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
 def _has_bitsandbytes() -> bool:
     try:
         import bitsandbytes  # noqa: F401

@@ -33,7 +33,7 @@ from clo import CLOError
 from clo.config import Recipe
 from clo.data import CrossLingualData, build_pairs
 from clo.hub import locate
-from clo.models import load_base
+from clo.models import load_base, train_4bit_on_cpu
 from clo.objective import DIRECTIONS, KEYS, clo_loss, orpo_loss, sequence_logps, token_mean_nll
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md",
@@ -372,6 +372,8 @@ def setup(recipe: Recipe, data: CrossLingualData | None = None) -> Setup:
     data = data or build_pairs(recipe.data)
     model, tokenizer, mode = load_base(recipe.model)
     if mode == "qlora-4bit":
+        if model.device.type == "cpu":
+            train_4bit_on_cpu(model)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing != "false",
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     keys = KEYS if any(m != "sft" for m in recipe.method.method) else needed_keys("sft", recipe.method.sft_english)

@@ -142,6 +142,45 @@ def test_qlora_4bit_step_on_cpu(project, tiny_model):
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in peft_model.named_parameters())
 
 
+def test_qlora_4bit_gradient_on_cpu_is_the_float32_gradient_of_the_dequantised_model(project, tiny_model):
+    """After CLO's π_ref pass (eval mode, no gradient), bitsandbytes would repack its CPU weights for an inference
+    kernel without a backward, and training would lose the gradient through every frozen layer (clo.models.
+    train_4bit_on_cpu keeps it). The 4-bit LoRA gradient must equal the float32 one on the same dequantised weights."""
+    bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    from clo.objective import clo_loss, token_mean_nll
+    from clo.train import add_reference_logps
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], lora_dropout=0.0,
+                      init_lora_weights=False, task_type="CAUSAL_LM")
+    quantised = setup(recipe_for(tiny_model, **{"model.load_in_4bit": "true", "data.pairs": 2}))
+    exact = setup(recipe_for(tiny_model, **{"model.load_in_4bit": "false", "data.pairs": 2}))
+    with torch.no_grad():
+        for name, m in quantised.model.named_modules():
+            if isinstance(m, bnb.nn.Linear4bit):
+                exact.model.get_submodule(name).weight.copy_(bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state))
+    torch.manual_seed(0)
+    weights = None
+    grads = []
+    for s in (quantised, exact):
+        model = get_peft_model(s.model, lora)
+        weights = weights or {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
+        set_peft_model_state_dict(model, weights)
+        collate = PairCollator(s.tokenizer.pad_token_id, KEYS)
+        add_reference_logps(model, s.features, collate, 2)  # the eval-mode pass that used to repack the 4-bit weights
+        model.train()
+        batch = collate(s.features)
+        logps = group_logps(model, batch, KEYS)
+        loss, _ = clo_loss({k: v for k, (v, _) in logps.items()}, {k: batch[f"ref_{k}"] for k in KEYS},
+                           token_mean_nll(*logps["tgt_tgt"]), beta=0.1, lam=0.5)
+        loss.backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if "lora_" in k})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for k, g in grads[1].items():
+        assert torch.allclose(grads[0][k], g, rtol=1e-3, atol=1e-6 * float(g.abs().max())), k
+
+
 # ---- the command line, end to end ----
 
 def test_cli_train_writes_exactly_the_adapter_files(project, tiny_model):
