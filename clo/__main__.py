@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import math
+import os
 import sys
 import typing
 from pathlib import Path
@@ -91,21 +93,31 @@ def cmd_generate(args: argparse.Namespace) -> None:
     variants = [BASE, *[v for v in engine.variants() if v != BASE]]
     sampling = Sampling(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     if args.prompts:
+        if not args.lang:
+            raise CLOError("--prompts needs --lang: the language whose prompts to read and to check the answers against")
         prompts = load_prompts(args.prompts, args.lang, args.limit)
         answers = engine.generate([Request(v, [{"role": "user", "content": p}], sampling) for p in prompts for v in variants])
         print(f"language fidelity over {len(prompts)} {args.lang} prompts (share of judged answers in {args.lang}):")
         for v in variants:
-            f = fidelity((args.lang, a.text) for a in answers if a.variant == v)
-            print(f"  {v:<16} {f['fidelity']:.0%}  ({f['judged']} judged, {f['unknown']} unknown)")
+            mine = [a for a in answers if a.variant == v]
+            f = fidelity((args.lang, a.text) for a in mine if a.error is None)  # a failed request is no answer
+            failed = sum(a.error is not None for a in mine)
+            print(f"  {v:<16} {f['fidelity']:.0%}  ({f['judged']} judged, {f['unknown']} unknown"
+                  f"{f', {failed} failed' if failed else ''})")
+        for a in [a for a in answers if a.error][:3]:
+            print(f"  failed: {a.error}")
         return
     answers = engine.generate([Request(v, [{"role": "user", "content": args.prompt}], sampling) for v in variants])
     width = max(24, shutil.get_terminal_size((120, 20)).columns // len(answers) - 2)
     columns = []
     for a in answers:
-        d = detect(a.text)
-        mark = "" if not args.lang or d.code == "unknown" else (" ✓" if d.code == args.lang else " ✗")
-        head = [f"{a.variant}", f"[{d.code}{mark}] {a.tokens} tok, {a.tokens_per_second:.1f} tok/s", "-" * width]
-        body = [line for para in a.text.splitlines() or [""] for line in textwrap.wrap(para, width) or [""]]
+        if a.error:  # the request failed: its partial text is not an answer, so show why instead
+            head, text = [f"{a.variant}", "[failed]", "-" * width], a.error
+        else:
+            d = detect(a.text)
+            mark = "" if not args.lang or d.code == "unknown" else (" ✓" if d.code == args.lang else " ✗")
+            head, text = [f"{a.variant}", f"[{d.code}{mark}] {a.tokens} tok, {a.tokens_per_second:.1f} tok/s", "-" * width], a.text
+        body = [line for para in text.splitlines() or [""] for line in textwrap.wrap(para, width) or [""]]
         columns.append(head + body)
     for row in itertools.zip_longest(*columns, fillvalue=""):
         print("  ".join(cell.ljust(width) for cell in row).rstrip())
@@ -130,7 +142,7 @@ def load_prompts(source: str, lang: str, limit: int) -> list[str]:
 def cmd_votes_export(args: argparse.Namespace) -> None:
     from clo.votes import export_votes, open_store
 
-    store = open_store(args.db)
+    store = open_store(args.db, read_only=True)  # exporting changes nothing in the store
     out = args.out or f"votes.{args.format}"
     path = export_votes(store, out, args.format, args.lang)
     print(f"wrote {len(store.votes(args.lang))} votes to {path}")
@@ -142,7 +154,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
     from clo.ratings import leaderboard
     from clo.votes import open_store
 
-    battles = open_store(args.db).votes()
+    battles = open_store(args.db, read_only=True).votes()  # reading changes nothing in the store
     if battles.empty:
         print(f"no votes in {args.db} yet")
         return
@@ -204,6 +216,27 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _finite_float(text: str) -> float:
+    """argparse type: a float that is a number (nan, inf and -inf are refused, naming the value)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _lang(text: str) -> str:
+    """argparse type: a language code in any form clo.languages accepts (KO, kor, ko-KR), as the table's code."""
+    from clo.languages import lang_code
+
+    try:
+        return lang_code(text)
+    except CLOError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -216,7 +249,7 @@ def add_miniature_options(p: argparse.ArgumentParser) -> None:
         if isinstance(default, list):  # sizes and seeds are integers, methods are names
             kind, metavar, shown = (_int_list if isinstance(default[0], int) else _names), "A,B,...", ",".join(map(str, default))
         else:
-            kind, metavar, shown = type(default), type(default).__name__.upper(), default
+            kind, metavar, shown = (_finite_float if isinstance(default, float) else type(default)), type(default).__name__.upper(), default
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f"mini_{f.name}", type=kind, default=None, metavar=metavar,
                        help=f"{f.metadata['help']} (default: {shown})".replace("%", "%%"))
     p.add_argument("--no-app-adapters", action="store_true", help="leave models/miniature/adapters as they are")
@@ -244,11 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapters-dir", default="adapters")
     p.add_argument("--engine", default="auto", choices=("auto", "vllm", "remote", "peft"))
     p.add_argument("--url", help="the vLLM server for --engine remote, e.g. http://127.0.0.1:8000")
-    p.add_argument("--lang", help="the prompt's language: each answer is marked ✓ when it is in it, ✗ when not")
+    p.add_argument("--lang", type=_lang, help="the prompt's language: each answer is marked ✓ when it is in it, ✗ when not")
     p.add_argument("--prompts", metavar="sample|FILE", help="instead of one prompt: language fidelity over these prompts")
     p.add_argument("--limit", type=int, default=20, help="with --prompts: how many")
     p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--temperature", type=_finite_float, default=0.0, help="0 = greedy")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_generate)
 
@@ -258,12 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--db", default="votes.db", help="vote store: a file path or sqlite:///... / postgresql://...")
     e.add_argument("--format", default="parquet", choices=("csv", "jsonl", "parquet"))
     e.add_argument("--out", help="output file (default votes.FORMAT)")
-    e.add_argument("--lang", help="only votes on prompts in this language")
+    e.add_argument("--lang", type=_lang, help="only votes on prompts in this language")
     e.set_defaults(func=cmd_votes_export)
 
     p = sub.add_parser("leaderboard", help="W/T/L, win rates, Bradley–Terry and Elo from the blind votes")
     p.add_argument("--db", default="votes.db", help="vote store: a file path or sqlite:///... / postgresql://...")
-    p.add_argument("--lang", help="only prompts in this language (default: all)")
+    p.add_argument("--lang", type=_lang, help="only prompts in this language (default: all)")
     p.add_argument("--focus", default="clo", help="the variant whose wins / ties / losses are tabulated")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     p.set_defaults(func=cmd_leaderboard)
@@ -295,21 +328,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command. A CLOError (what the user gave is wrong) is one line, `error: ...`, and exit status 2; an
+    OSError one line and status 1; `--debug` (anywhere before a `--`) or CLO_DEBUG=1 shows the traceback instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:cut] or os.environ.get("CLO_DEBUG", "").strip().lower() in ("1", "true", "yes")
+    parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="show an error's traceback, not one line (also CLO_DEBUG=1)")
+    args = parser.parse_args([a for a in argv[:cut] if a != "--debug"] + argv[cut:])
     try:
         args.func(args)
     except CLOError as e:
+        if debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say, to anyone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as e:
         from clo.train import TrainingStopped
 
         if isinstance(e, TrainingStopped):
             print("stopped: no adapter was written", file=sys.stderr)
             return 130
+        if isinstance(e, OSError) and not debug:  # a file or folder as the system saw it: one line
+            print(f"error: {e} (--debug or CLO_DEBUG=1 shows the traceback)", file=sys.stderr)
+            return 1
         raise
     return 0
 

@@ -42,8 +42,11 @@ class Access:
             raise CLOError("this needs the admin password: the app runs in demo mode")
 
     def unlock(self, caller, given: str | None) -> bool:
-        """Grant the session when `given` is the admin password (compared in constant time)."""
-        ok = bool(self.password) and hmac.compare_digest((given or "").encode(), self.password.encode())
+        """Grant the session when `given` is the admin password (compared in constant time, as UTF-8 bytes: any
+        text, "비밀번호" or a stray surrogate from a client alike, is compared, never an error)."""
+        if not self.password or not isinstance(given, str):
+            return False
+        ok = hmac.compare_digest(_utf8(given), _utf8(self.password))
         return ok and self._grant(caller)
 
     def login(self, caller, username: str | None) -> bool:
@@ -57,6 +60,12 @@ class Access:
         with self.lock:
             self.admins.add(session)
         return True
+
+
+def _utf8(text: str) -> bytes:
+    """`text` as bytes for a comparison: UTF-8, with lone surrogates (from a client's JSON, or an environment
+    variable that was not UTF-8) kept as bytes instead of raising."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 class RateLimit:

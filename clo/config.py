@@ -8,6 +8,7 @@ lists every field as `--section.field`, plus the short aliases such as `--lang`)
 """
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -18,14 +19,17 @@ from typing import Any
 import yaml
 
 from clo import CLOError
+from clo.files import atomic_write
+from clo.languages import lang_code
 
 METHODS = ("clo", "sft", "dpo", "orpo")
 
 
 def _f(default: Any, help: str, cli: str | None = None, choices: tuple | None = None, label: str | None = None,
-       **kw) -> Any:
-    """A dataclass field carrying its help text, an optional short flag, the allowed values and a form label."""
-    meta = {"help": help, "cli": cli, "choices": choices, "label": label}
+       normalize: Any = None, **kw) -> Any:
+    """A dataclass field carrying its help text, an optional short flag, the allowed values and a form label;
+    `normalize` maps an accepted spelling to the canonical value (kor, KO, ko-KR → ko)."""
+    meta = {"help": help, "cli": cli, "choices": choices, "label": label, "normalize": normalize}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -57,7 +61,8 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    target_lang: str = _f("ko", "Target language l (ISO 639-1: ko, zh, de, id, sw, yo, ...).", cli="--lang", label="Target language l")
+    target_lang: str = _f("ko", "Target language l (ISO 639-1: ko, zh, de, id, sw, yo, ...; kor, ko-KR, KO mean ko).",
+                          cli="--lang", label="Target language l", normalize=lang_code)
     source: str = _f(
         "sample",
         "English SFT pairs (x_en, y_en): 'sample' (shipped in assets/), 'miniature' (synthetic tasks with an exact "
@@ -120,6 +125,12 @@ class TrainingConfig:
     warmup: float = _f(0.03, "Warm-up: a fraction of the steps if < 1, else a number of steps.")
     max_length: int = _f(512, "Longest prompt + answer, in tokens.")
     max_prompt_length: int = _f(256, "Longest prompt, in tokens (longer prompts keep their end).")
+    overlong: str = _f(
+        "cut",
+        "Pairs longer than max_length / max_prompt_length: cut (prompts keep their end, answers their start) or drop. "
+        "Either way the run says how many.",
+        choices=("cut", "drop"),
+    )
     gradient_checkpointing: str = _f("auto", "auto = on with 4-bit, off otherwise.", choices=("auto", "true", "false"))
     backward: str = _f(
         "sequence",
@@ -154,7 +165,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, raw: dict, where: str = "recipe") -> "Recipe":
         if not isinstance(raw, dict):
-            raise CLOError(f"{where}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
+            raise CLOError(f"{where}: expected a mapping of sections ({', '.join(SECTIONS)}), got {_kind(raw)}")
         recipe = cls()
         for section, values in raw.items():
             if section not in SECTIONS:
@@ -162,7 +173,7 @@ class Recipe:
             if values is None:
                 continue
             if not isinstance(values, dict):
-                raise CLOError(f"{where}: section {section!r} must be a mapping")
+                raise CLOError(f"{where}: section {section!r} must be a mapping of keys to values, got {_kind(values)}")
             for key, value in values.items():
                 recipe.set(f"{section}.{key}", value, where=where)
         recipe.validate()
@@ -177,12 +188,12 @@ class Recipe:
             if not path.is_file():
                 raise CLOError(f"recipe file {path} does not exist")
             try:
-                raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+                raw = yaml.safe_load(_recipe_text(path))
             except yaml.YAMLError as e:
                 mark = getattr(e, "problem_mark", None)
                 line = f", line {mark.line + 1}" if mark else ""
                 raise CLOError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        recipe = cls.from_dict(raw, where=str(path or "recipe"))
+        recipe = cls.from_dict({} if raw is None else raw, where=str(path or "recipe"))
         for key, value in (overrides or {}).items():
             recipe.set(key, value, where="command line")
         recipe.validate()
@@ -200,9 +211,12 @@ class Recipe:
 
     # ---- checking ----
     def validate(self) -> None:
-        from clo.languages import language
-
-        language(self.data.target_lang)
+        self.data.target_lang = lang_code(self.data.target_lang)  # kor, KO, ko-KR → ko: adapter and field names use it
+        for section in SECTIONS:
+            for f in dataclasses.fields(getattr(self, section)):
+                value = getattr(getattr(self, section), f.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise CLOError(f"{section}.{f.name} must be a finite number, got {value}")
         if self.data.target_lang == "en":
             raise CLOError("data.target_lang: the target language must not be English")
         for m in self.method.method:
@@ -216,6 +230,10 @@ class Recipe:
             raise CLOError(f"method.lam must be in [0, 1], got {self.method.lam}")
         if self.method.beta <= 0:
             raise CLOError(f"method.beta must be > 0, got {self.method.beta}")
+        if self.method.orpo_lambda < 0:
+            raise CLOError(f"method.orpo_lambda must be ≥ 0, got {self.method.orpo_lambda}")
+        if not 0.0 <= self.lora.dropout < 1.0:
+            raise CLOError(f"lora.dropout must be in [0, 1), got {self.lora.dropout}")
         for name in ("pairs", "translation_batch_size"):
             if getattr(self.data, name) < 1:
                 raise CLOError(f"data.{name} must be ≥ 1, got {getattr(self.data, name)}")
@@ -229,6 +247,10 @@ class Recipe:
             raise CLOError(f"training.max_steps must be -1 or ≥ 1, got {t.max_steps}")
         if t.max_steps == -1 and t.epochs <= 0:
             raise CLOError(f"training.epochs must be > 0, got {t.epochs}")
+        if t.learning_rate < 0:  # 0 is allowed: the gradient tests train without moving the weights
+            raise CLOError(f"training.learning_rate must be ≥ 0, got {t.learning_rate}")
+        if t.warmup < 0:
+            raise CLOError(f"training.warmup must be ≥ 0, got {t.warmup}")
         for m in self.method.method:
             check_run_name(self.adapter_name(m))
         if self.lora.r < 1 or not self.lora.target_modules:
@@ -252,7 +274,35 @@ class Recipe:
         return "".join(parts)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+        atomic_write(path, self.to_yaml())
+
+
+def _kind(value: Any) -> str:
+    """How YAML calls a value's type, for messages: 'a list', 'a string (\'hello\')', ..."""
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, bool) or value is None:
+        return f"the value {value}"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    return f"a string ({str(value)[:40]!r})"
+
+
+def _recipe_text(path: Path) -> str:
+    """The recipe file's text (UTF-8, a byte-order mark allowed), or one sentence on why it is not text."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CLOError(f"recipe file {path} cannot be read ({e.strerror or e})") from None
+    if b"\0" in data:
+        raise CLOError(f"recipe file {path} is not text (it has NUL bytes): give a YAML recipe such as recipes/demo.yaml")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise CLOError(f"recipe file {path}, line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8") from None
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -310,11 +360,20 @@ def coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             out = float(value)
+            if not math.isfinite(out):
+                raise CLOError(f"{where}: {value!r} is not a finite number; give a plain number such as 0.1")
         else:
+            if isinstance(value, (dict, list, tuple, set)):
+                raise ValueError
             out = str(value).lower() if choices else str(value)
     except (TypeError, ValueError):
         name = getattr(tp, "__name__", str(tp))
         raise CLOError(f"{where}: {value!r} is not a valid {name}") from None
     if choices and out not in choices:
         raise CLOError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    if f.metadata.get("normalize"):
+        try:
+            out = f.metadata["normalize"](out)
+        except CLOError as e:
+            raise CLOError(f"{where}: {e}") from None
     return out

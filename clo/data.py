@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import random
 import sqlite3
@@ -73,50 +74,101 @@ class CrossLingualData:
 
 # ---- reading English pairs ----
 
-def read_records(path: Path) -> Iterable[tuple[str, dict]]:
-    """(where, record) for each record of a .jsonl, .json or .csv file; `where` is 'file:line N'."""
-    suffix = path.suffix.lower()
+MAX_FIELD_CHARS = 100_000  # longest text field a data file may hold: ~25k tokens, far past any max_length; a
+                           # longer one is a mistake (a whole document pasted into a cell) and is refused at load time
+_JSON_KINDS = {"list": "an array", "dict": "an object", "int": "a number", "float": "a number", "str": "a string",
+               "bool": "true/false", "NoneType": "null"}
+
+
+def read_text(path: Path) -> str:
+    """The text of a data file: UTF-8 (a byte-order mark, as Excel and Windows editors write, is dropped) or UTF-16/32
+    with a byte-order mark; anything else is one sentence naming the file, and the line for a bad byte."""
+    import codecs
+
     try:
-        if suffix in (".jsonl", ".ndjson"):
-            with path.open(encoding="utf-8") as fh:
-                for i, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise CLOError(f"{path}, line {i}: not valid JSON ({e.msg})") from None
-                    if not isinstance(record, dict):
-                        raise CLOError(f"{path}, line {i}: expected a JSON object, got {type(record).__name__}")
-                    yield f"{path}, line {i}", record
-        elif suffix == ".json":
+        data = path.read_bytes()
+    except OSError as e:
+        raise CLOError(f"data file {path} cannot be read ({e.strerror or e})") from None
+    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        encoding = "utf-32"
+    elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    elif b"\0" in data:
+        raise CLOError(f"{path}: not text (it has NUL bytes: binary, or UTF-16/32 without a byte-order mark); save it as UTF-8")
+    else:
+        encoding = "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data[: e.start].decode(encoding, errors="replace").count("\n") + 1
+        name, hint = ("UTF-8", ", perhaps Latin-1 or Windows-1252") if encoding == "utf-8-sig" else (encoding.upper(), "")
+        raise CLOError(f"{path}, line {line}: not {name} text (byte 0x{data[e.start]:02x}{hint}); save the file as UTF-8") from None
+
+
+def read_records(path: Path) -> Iterable[tuple[str, dict]]:
+    """(where, record) for each record of a .jsonl, .json or .csv file; `where` is 'file, line N'."""
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".ndjson", ".json", ".csv"):
+        raise CLOError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .csv")
+    text = read_text(path)
+    if not text.strip():
+        raise CLOError(f"{path}: no usable rows (the file is empty)")
+    if suffix in (".jsonl", ".ndjson"):
+        for i, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may stand inside a JSON string
+            if not line.strip():
+                continue
             try:
-                records = json.loads(path.read_text(encoding="utf-8"))
+                record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise CLOError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
-            if isinstance(records, dict) and isinstance(records.get("data"), list):
-                records = records["data"]
-            if not isinstance(records, list):
-                raise CLOError(f"{path}: expected a JSON list of objects")
-            for i, record in enumerate(records):
-                if not isinstance(record, dict):
-                    raise CLOError(f"{path}, item {i}: expected a JSON object, got {type(record).__name__}")
-                yield f"{path}, item {i}", record
-        elif suffix == ".csv":
-            with path.open(encoding="utf-8", newline="") as fh:
-                reader = csv.DictReader(fh)
-                for record in reader:
-                    yield f"{path}, line {reader.line_num}", record
-        else:
-            raise CLOError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .csv")
-    except UnicodeDecodeError:
-        raise CLOError(f"{path}: not UTF-8 text") from None
+                raise CLOError(f"{path}, line {i}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise CLOError(f"{path}, line {i}: expected a JSON object {{...}}, got {_json_kind(record)}")
+            yield f"{path}, line {i}", record
+    elif suffix == ".json":
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CLOError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+        if isinstance(records, dict) and isinstance(records.get("data"), list):
+            records = records["data"]
+        if not isinstance(records, list):
+            raise CLOError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}}), got {_json_kind(records)}")
+        for i, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise CLOError(f"{path}, item {i}: expected a JSON object {{...}}, got {_json_kind(record)}")
+            yield f"{path}, item {i}", record
+    else:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            for record in reader:
+                if None in record:  # values past the header's last column: a comma in an unquoted field, most often
+                    raise CLOError(f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(record[None])} values for "
+                                   f"{len(reader.fieldnames)} columns; put a field holding a comma in double quotes")
+                yield f"{path}, line {reader.line_num}", record
+        except csv.Error as e:  # raised before line_num counts the line it is reading
+            if "field limit" in str(e):
+                raise CLOError(f"{path}, line {reader.line_num + 1}: a field is longer than {csv.field_size_limit():,} characters, "
+                               f"over the limit of {MAX_FIELD_CHARS:,}; shorten or remove this row") from None
+            raise CLOError(f"{path}, line {reader.line_num + 1}: not valid CSV ({e})") from None
+
+
+def _json_kind(value) -> str:
+    return _JSON_KINDS.get(type(value).__name__, type(value).__name__)
 
 
 def _text(record: dict, key: str, where: str) -> str:
+    if key not in record:
+        found = ", ".join(repr(k) for k in record) or "no fields at all"
+        raise CLOError(f"{where}: field {key!r} is missing; this row has {found} "
+                       "(name yours with --data.prompt_field / --data.response_field)")
     value = record.get(key)
-    if value is None or not isinstance(value, str) or not value.strip():
+    if value is not None and not isinstance(value, str):
+        raise CLOError(f"{where}: field {key!r} is {_json_kind(value)}, not text")
+    if value is None or not value.strip():
         raise CLOError(f"{where}: field {key!r} is missing or empty")
+    if len(value) > MAX_FIELD_CHARS:
+        raise CLOError(f"{where}: field {key!r} has {len(value):,} characters, over the limit of {MAX_FIELD_CHARS:,} "
+                       "(training cuts every pair to training.max_length tokens anyway); shorten or remove this row")
     return value.strip()
 
 
@@ -125,8 +177,9 @@ def load_english(cfg: DataConfig) -> tuple[list[dict], dict]:
 
     Rows carry the target-language fields only when the file has them (translations already made).
     """
-    tgt_prompt = cfg.target_prompt_field.replace("{lang}", cfg.target_lang)
-    tgt_response = cfg.target_response_field.replace("{lang}", cfg.target_lang)
+    lang = language(cfg.target_lang).code  # KO, kor, ko-KR → ko: the file's fields are prompt_ko, response_ko
+    tgt_prompt = cfg.target_prompt_field.replace("{lang}", lang)
+    tgt_response = cfg.target_response_field.replace("{lang}", lang)
     if cfg.source == "miniature":
         return _load_miniature(cfg)
     if cfg.source == "sample":
@@ -141,7 +194,7 @@ def load_english(cfg: DataConfig) -> tuple[list[dict], dict]:
     rows = []
     for where, record in read_records(path):
         row = {
-            "id": str(record.get("id") or where.rsplit(" ", 1)[-1]),
+            "id": str(record["id"]) if record.get("id") not in (None, "") else where.rsplit(" ", 1)[-1],
             "prompt_en": _text(record, cfg.prompt_field, where),
             "response_en": _text(record, cfg.response_field, where),
         }
@@ -164,7 +217,7 @@ def _load_miniature(cfg: DataConfig) -> tuple[list[dict], dict]:
     """The miniature's training side: synthetic tasks, each already in both languages (the translation is exact)."""
     from clo.miniature.world import CODE, WORLD, generate
 
-    if cfg.target_lang != CODE:
+    if language(cfg.target_lang).code != CODE:
         raise CLOError(f"--data miniature is in the miniature's own language: use --lang {CODE}, not {cfg.target_lang!r}")
     try:
         pool = generate(max(cfg.pairs, MINIATURE_POOL), seed=0, split="train")
@@ -205,6 +258,9 @@ def _load_hub(cfg: DataConfig, tgt_prompt: str, tgt_response: str) -> tuple[list
         raise CLOError(f"{where}: no usable rows")
     for row in rows:
         row["where"] = f"{where}, row {row['id']}"
+        for key in ("prompt_en", "response_en", "prompt_tgt", "response_tgt"):
+            if key in row:
+                _text(row, key, row["where"])  # the length limit, as for a file
     return rows, {"source": cfg.source, "split": cfg.split, "fingerprint": getattr(ds, "_fingerprint", None)}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -76,12 +77,38 @@ def hub_online(timeout: float = 3.0) -> bool:
 
 
 def locate(name: str, kind: str, flag: str) -> Source:
-    """Classify `name` as a local path or a hub id; refuse a local-looking path that does not exist."""
+    """Classify `name` as a local path or a hub id; refuse a local-looking path that does not exist, and a LoRA
+    adapter folder given as a base model."""
     if Path(name).expanduser().exists():
+        if kind == "model":
+            check_model_folder(Path(name).expanduser(), flag)
         return Source(str(Path(name).expanduser()), kind, flag, local=True, local_files_only=True)
     if name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
         raise CLOError(f"{kind} path {name} does not exist")
     return Source(name, kind, flag, local=False, local_files_only=not hub_online())
+
+
+def check_model_folder(path: Path, flag: str = "--model") -> None:
+    """A model folder has config.json. One with adapter_config.json instead is an adapter: say so, and name its base."""
+    if not path.is_dir() or (path / "config.json").exists():
+        return
+    if not (path / "adapter_config.json").is_file():
+        raise CLOError(f"model folder {path} has no config.json, so it is not a model saved by transformers; pass as "
+                       f"{flag} the folder that holds config.json and the weights, or a hub id")
+    try:
+        base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not an object
+        base = None
+    said = (f"its base is {base}; pass that as {flag}" if isinstance(base, str) and base
+            else f"its adapter_config.json does not name its base model; pass the base model as {flag}")
+    raise CLOError(f"{path} is a LoRA adapter folder, not a base model; {said} and serve the adapter from its "
+                   "folder's parent with --adapters-dir (or --adapters NAME)")
+
+
+def _reason(e: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, whole up to `limit` characters (its first line alone may stop at a colon)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def offline_message(source: Source) -> str:
@@ -100,7 +127,7 @@ def explain_missing(source: Source):
         raise
     except (OSError, ValueError) as e:  # OSError covers ConnectionError and LocalEntryNotFoundError
         if source.local:
-            raise CLOError(f"cannot load {source.kind} from {source.name}: {str(e).splitlines()[0]}") from None
+            raise CLOError(f"cannot load {source.kind} from {source.name}: {_reason(e)}") from None
         if source.local_files_only or "connect" in str(e).lower() or "offline" in str(e).lower():
             raise CLOError(offline_message(source)) from None
-        raise CLOError(f"cannot load {source.kind} '{source.name}' from the hub: {str(e).splitlines()[0]}") from None
+        raise CLOError(f"cannot load {source.kind} '{source.name}' from the hub: {_reason(e)}") from None

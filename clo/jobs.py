@@ -9,15 +9,24 @@
 Every call that changes state takes the caller first and asks `clo.access.Access` itself, so the lock holds under
 every client (the page, gradio_client, raw HTTP). A recipe from the web may read only the served model and data
 that is an upload, a shipped source, a hub id or a file under the project's uploads/ or data/ folders; any other
-path gets one message, the same whether or not it exists. The job's state is runs/ui/job.json, written
-atomically, with the process's start time: after a restart a stored pid is trusted only if it is still that process.
+path gets one message, the same whether or not it exists. An upload is checked before it is kept: at most
+`max_upload_mb` (CLO_MAX_UPLOAD_MB, default 20, checked before it is opened) and `max_upload_rows` (CLO_MAX_UPLOAD_ROWS,
+default 50,000; a .jsonl's lines are counted before it is parsed, stopping at the limit), prompt_en and response_en
+on every row; it is stored under its content's hash (the same file uploaded twice is kept once) and uploads/ keeps
+the newest KEEP_UPLOADS of the app's uploads. A refused upload leaves nothing there. The job's state is
+runs/ui/job.json, written atomically, with the process's start time: after a restart a stored pid is trusted only if
+it is still that process.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import os
+import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +38,7 @@ from pathlib import Path
 from clo import CLOError
 from clo.access import Access
 from clo.config import Recipe
-from clo.files import atomic_write
+from clo.files import atomic_path, atomic_write
 from clo.hub import _HUB_ID
 from clo.miniature import is_miniature
 
@@ -40,6 +49,10 @@ DATA = Path("data")  # the project's own data folder: files a speaker placed the
 NAMED_SOURCES = ("sample", "miniature")  # data sources the library names (clo.data)
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".ndjson")
 ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))  # set on Hugging Face ZeroGPU Spaces
+MAX_UPLOAD_MB = 20.0  # one upload's size limit (CLO_MAX_UPLOAD_MB); the paper's runs use a few thousand pairs
+MAX_UPLOAD_ROWS = 50_000  # one upload's row limit (CLO_MAX_UPLOAD_ROWS)
+KEEP_UPLOADS = 20  # uploads/ keeps the app's newest this many uploads (a re-upload counts as new); older ones go
+UPLOAD_NAME = re.compile(r"^[0-9a-f]{8,64}\.(jsonl|ndjson|json|csv)$")  # what upload() names a file (older: 8 hex)
 
 
 def on_gpu(fn, duration: int = 60):
@@ -113,8 +126,10 @@ def same_process(pid, started) -> bool:
 class Jobs:
     """At most one training subprocess; its state lives in runs/ui/job.json so any page can re-attach."""
 
-    def __init__(self, model: str, adapters_dir: str, engine, access: Access):
+    def __init__(self, model: str, adapters_dir: str, engine, access: Access, max_upload_mb: float = MAX_UPLOAD_MB,
+                 max_upload_rows: int = MAX_UPLOAD_ROWS):
         self.model, self.adapters_dir, self.engine, self.access = model, adapters_dir, engine, access
+        self.max_upload_mb, self.max_upload_rows = max_upload_mb, max_upload_rows
         self.state_file = RUNS / "job.json"
         self.loaded: set[str] = set()
         self.proc: subprocess.Popen | None = None
@@ -231,19 +246,72 @@ class Jobs:
                 added.append(Path(e["path"]).name)
         return added
 
-    def upload(self, caller, src: str) -> str:
-        """Check an uploaded JSONL of English pairs and copy it into uploads/; returns the copy's path."""
+    def upload(self, caller, src: str, name: str | None = None) -> str:
+        """Check an uploaded file of English pairs (`name`: what the visitor called it) and keep it in uploads/ under
+        its content's hash; returns that path. A file over the size or row limit, or with a row lacking prompt_en
+        or response_en, is refused with one message naming it, and nothing is written."""
+        self.access.require(caller)
+        path = Path(src)
+        shown = name or path.name
+        suffix = path.suffix.lower()
+        if suffix not in DATA_SUFFIXES:
+            raise CLOError(f"{shown}: unsupported file type {suffix!r}; upload a .jsonl, .json or .csv file")
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            raise CLOError(f"the upload {shown} cannot be read ({e.strerror}): upload it again") from None
+        if size > self.max_upload_mb * 1e6:
+            raise CLOError(f"{shown} is {size / 1e6:,.1f} MB, over the upload limit of {self.max_upload_mb:g} MB "
+                           "(CLO_MAX_UPLOAD_MB): upload fewer pairs")
+        self._check_rows(path, shown)
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        dest = UPLOADS / f"{digest.hexdigest()[:16]}{suffix}"
+        if dest.is_file():  # the same file again: kept once, and now the newest
+            os.utime(dest)
+        else:
+            with atomic_path(dest) as tmp:
+                shutil.copyfile(path, tmp)
+        self._prune_uploads(keep=dest)
+        return str(dest)
+
+    def _check_rows(self, path: Path, shown: str) -> None:
+        """At most max_upload_rows rows (a .jsonl's counted as byte lines before parsing, stopping at the limit; a
+        .json's or .csv's, which the size limit bounds, as parsed), each with both English fields."""
         from clo.data import read_records
 
-        self.access.require(caller)
-        rows = list(read_records(Path(src)))
-        if not rows or not all(r.get("prompt_en") and r.get("response_en") for _, r in rows):
-            raise CLOError("the upload needs fields prompt_en and response_en on every line")
-        UPLOADS.mkdir(exist_ok=True)
-        dest = UPLOADS / f"{uuid.uuid4().hex[:8]}.jsonl"
-        with open(src, "rb") as fh:
-            atomic_write(dest, fh.read())
-        return str(dest)
+        too_many = CLOError(f"{shown} has more than {self.max_upload_rows:,} rows, the upload limit "
+                            "(CLO_MAX_UPLOAD_ROWS): upload fewer pairs")
+        if path.suffix.lower() in (".jsonl", ".ndjson"):  # count lines as bytes first, stopping at the limit
+            with path.open("rb") as fh:
+                lines = sum(1 for _ in itertools.islice(filter(bytes.strip, fh), self.max_upload_rows + 1))
+            if lines > self.max_upload_rows:
+                raise too_many
+        rows = 0
+        try:
+            for where, record in read_records(path):
+                rows += 1
+                if rows > self.max_upload_rows:  # .json and .csv: counted as parsed
+                    raise too_many
+                if not all(isinstance(record.get(k), str) and record[k].strip() for k in ("prompt_en", "response_en")):
+                    raise CLOError(f"{where}: the upload needs fields prompt_en and response_en on every line")
+        except CLOError as e:  # name the file as the visitor knows it, not the server's temporary path
+            raise CLOError(str(e).replace(str(path), shown)) from None
+        if not rows:
+            raise CLOError(f"{shown} is empty: the upload needs fields prompt_en and response_en on every line")
+
+    def _prune_uploads(self, keep: Path) -> None:
+        """Delete the app's uploads beyond the newest KEEP_UPLOADS; never `keep` nor the running job's data."""
+        job = self.current() if self.running() else None
+        recipe = Path(job["folder"]) / "recipe.yaml" if job else None
+        in_use = recipe.read_text(encoding="utf-8") if recipe and recipe.is_file() else ""
+        ours = [p for p in UPLOADS.iterdir() if UPLOAD_NAME.match(p.name) and p.is_file() and not p.is_symlink()]
+        ours.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in ours[KEEP_UPLOADS:]:
+            if old.name != keep.name and old.name not in in_use:
+                old.unlink(missing_ok=True)
 
     # ---- inside ----
     def _check_idle(self) -> None:

@@ -3,10 +3,13 @@
     >>> from clo.languages import language
     >>> language("ko").nllb
     'kor_Hang'
+    >>> language("ko-KR").code, language("KOR").code, language("zh-Hans").code
+    ('ko', 'ko', 'zh')
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from clo import CLOError
@@ -49,11 +52,40 @@ _TABLE = [
 
 LANGUAGES: dict[str, Language] = {lang.code: lang for lang in _TABLE}
 
+# Other spellings of the table's languages, mapped to its code: ISO 639-2/T and /B and 639-3 codes (kor, deu, ger,
+# zho, chi, swa, swh, ...), the English names, and "in" (Indonesian's withdrawn code). A region or script tag is
+# dropped (ko-KR, sw_KE, kor_Hang, zh-Hans, zh-CN), except Traditional Chinese, which the table does not have.
+ALIASES: dict[str, str] = {
+    "eng": "en", "zho": "zh", "chi": "zh", "cmn": "zh", "deu": "de", "ger": "de", "fra": "fr", "fre": "fr",
+    "spa": "es", "jpn": "ja", "rus": "ru", "por": "pt", "ita": "it", "kor": "ko", "ind": "id", "in": "id",
+    "vie": "vi", "tha": "th", "ara": "ar", "arb": "ar", "hin": "hi", "tur": "tr", "swa": "sw", "swh": "sw",
+    "yor": "yo", "ben": "bn", "hau": "ha", "amh": "am",
+    **{lang.name.lower(): lang.code for lang in _TABLE if lang.code != "mini"},
+}
+_TRADITIONAL = {"hant", "tw", "hk", "mo"}  # zh-Hant, zh-TW, zh-HK, zh-MO: written in Traditional characters
+
 
 def language(code: str) -> Language:
-    """The table entry for an ISO 639-1 code; a clear error for anything else."""
+    """The table entry for a language code in any common form: ko, KO, kor, ko-KR, zh-Hans, zh-CN, swh, Korean, ...
+
+    Anything else is one sentence listing the known codes.
+    """
     key = str(code).strip().lower()
-    if key not in LANGUAGES:
-        known = ", ".join(sorted(LANGUAGES))
-        raise CLOError(f"unknown language code {code!r}: use an ISO 639-1 code, one of {known}")
-    return LANGUAGES[key]
+    if key in LANGUAGES:
+        return LANGUAGES[key]
+    if key in ALIASES:
+        return LANGUAGES[ALIASES[key]]
+    known = ", ".join(sorted(LANGUAGES))
+    primary, *tags = re.split(r"[-_]", key) if key else [""]
+    primary = ALIASES.get(primary, primary)
+    if primary == "zh" and _TRADITIONAL & set(tags):
+        raise CLOError(f"language code {code!r} is Traditional Chinese, which the table lacks (its zh is Simplified, "
+                       f"zho_Hans): use zh, or another known code: {known}")
+    if tags and primary in LANGUAGES and all(re.fullmatch(r"[a-z]{2}|[0-9]{3}|[a-z]{4}", t) for t in tags):
+        return LANGUAGES[primary]
+    raise CLOError(f"unknown language code {code!r}: use an ISO 639-1 code, one of {known}")
+
+
+def lang_code(code: str) -> str:
+    """The table's code for `code` in any form `language` accepts (kor, KO, ko-KR → ko)."""
+    return language(code).code

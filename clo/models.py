@@ -35,6 +35,11 @@ def load_base(cfg: ModelConfig, verbose: bool = True):
     with explain_missing(source):
         tokenizer = AutoTokenizer.from_pretrained(source.name, **{k: kw[k] for k in ("revision", "trust_remote_code", "local_files_only")})
         model = AutoModelForCausalLM.from_pretrained(source.name, use_safetensors=True, device_map={"": 0} if cuda else None, **kw)
+    if getattr(model, "_hf_peft_config_loaded", False):  # a hub adapter repo: transformers loads its base and the adapter
+        bases = {getattr(c, "base_model_name_or_path", None) for c in model.peft_config.values()} - {None, ""}
+        raise CLOError(f"{cfg.name_or_path} is a LoRA adapter, not a base model; its base is "
+                       f"{', '.join(sorted(bases)) or 'not recorded'}; pass the base as --model and serve the adapter "
+                       "from --adapters-dir")
     if tokenizer.chat_template is None:
         raise CLOError(f"model {cfg.name_or_path} has no chat template; CLO needs a chat model")
     if tokenizer.pad_token_id is None:

@@ -82,6 +82,11 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("CLO_VOTES_PER_10MIN", "variable", "votes one voter (a session from an address) may cast in 10 minutes (default 60)"),
     ("CLO_VOTERS_PER_ADDRESS", "variable", "an address's sessions share this many voters' limits; raise it for a room "
                                            "behind one NAT (default 20)"),
+    ("CLO_MAX_UPLOAD_MB", "variable", "largest training-data upload on the Train tab, in MB (default 20); a larger "
+                                      "one is refused and nothing is kept"),
+    ("CLO_MAX_UPLOAD_ROWS", "variable", "most rows in a training-data upload (default 50000); uploads/ keeps the "
+                                        "newest 20, each once"),
+    ("CLO_DEBUG", "variable", "`1`: an error at start shows its traceback instead of one line (also `--debug`)"),
     ("CLO_HOST", "variable", "address to listen on; leave unset on a Space"),
     ("CLO_PORT", "variable", "port to listen on; leave unset on a Space"),
     ("HF_TOKEN", "secret", "a Hugging Face token: huggingface_hub uses it to download a private or gated CLO_MODEL, "

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import resource
-import shutil
 import signal
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import clo
 from clo import CLOError
 from clo.config import Recipe
 from clo.data import CrossLingualData, build_pairs
+from clo.files import remove_stale, staging
 from clo.hub import locate
 from clo.models import load_base, train_4bit_on_cpu
 from clo.objective import DIRECTIONS, KEYS, clo_loss, orpo_loss, sequence_logps, token_mean_nll
@@ -59,25 +59,43 @@ def needed_keys(method: str, sft_english: bool = False) -> tuple[str, ...]:
 # ---- setup: tokenised rows ----
 
 def encode(tokenizer, prompt: str, response: str, max_length: int, max_prompt_length: int) -> tuple[list[int], list[int]]:
-    """Token ids of the chat-formatted prompt + answer, and labels that are -100 on the prompt."""
+    """Token ids of the chat-formatted prompt + answer, and labels that are -100 on the prompt.
+
+    A prompt over max_prompt_length tokens keeps its end; the answer keeps its start, up to max_length in all."""
+    return _cut(*_encode_uncut(tokenizer, prompt, response), max_length, max_prompt_length)
+
+
+def _encode_uncut(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
+    """Token ids of the chat-formatted prompt (generation prompt included) and of the answer (end of turn included)."""
     messages = [{"role": "user", "content": prompt}]
     prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     full_text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
     answer_text = full_text[len(prompt_text):] if full_text.startswith(prompt_text) else response + tokenizer.eos_token
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False).input_ids[-max_prompt_length:]
-    answer_ids = tokenizer(answer_text, add_special_tokens=False).input_ids[: max_length - len(prompt_ids)]
+    return tokenizer(prompt_text, add_special_tokens=False).input_ids, tokenizer(answer_text, add_special_tokens=False).input_ids
+
+
+def _cut(prompt_ids: list[int], answer_ids: list[int], max_length: int, max_prompt_length: int) -> tuple[list[int], list[int]]:
+    prompt_ids = prompt_ids[-max_prompt_length:]
+    answer_ids = answer_ids[: max_length - len(prompt_ids)]
     return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
 
 
-def tokenize_rows(rows: list[dict], tokenizer, keys, max_length: int, max_prompt_length: int) -> list[dict]:
-    """One feature per pair: {key}_input_ids and {key}_labels for each cross-lingual sequence in `keys`."""
+def tokenize_rows(rows: list[dict], tokenizer, keys, max_length: int, max_prompt_length: int,
+                  overlong: str = "cut") -> list[dict]:
+    """One feature per pair: {key}_input_ids and {key}_labels for each cross-lingual sequence in `keys`, and
+    `cut`: whether any of them was longer than the limits. overlong = "cut" shortens such a pair (see `encode`);
+    "drop" leaves it out, so len(result) may be below len(rows)."""
     features = []
     for row in rows:
-        feature = {"id": row["id"]}
+        feature, cut = {"id": row["id"]}, False
         for key in keys:
             q, a = QUERY_ANSWER[key]
-            feature[f"{key}_input_ids"], feature[f"{key}_labels"] = encode(tokenizer, row[q], row[a], max_length, max_prompt_length)
-        features.append(feature)
+            prompt_ids, answer_ids = _encode_uncut(tokenizer, row[q], row[a])
+            cut = cut or len(prompt_ids) > max_prompt_length or len(prompt_ids) + len(answer_ids) > max_length
+            feature[f"{key}_input_ids"], feature[f"{key}_labels"] = _cut(prompt_ids, answer_ids, max_length, max_prompt_length)
+        if cut and overlong == "drop":
+            continue
+        features.append(feature | {"cut": cut})
     return features
 
 
@@ -300,12 +318,15 @@ def training_arguments(recipe: Recipe, output_dir: Path, quantized: bool) -> Tra
 
 def save_adapter(model, dest: Path, recipe: Recipe, method: str, data: CrossLingualData, mode: str,
                  metrics: dict, log_lines: list[str], overwrite: bool) -> Path:
-    """Write the adapter folder next to its destination, then rename it into place."""
+    """Write the adapter folder in a staging folder beside its destination, then rename it into place.
+
+    A full disk is one sentence, with nothing written; the staging folders of a killed run are removed at the next
+    start (`clo.files.remove_stale`)."""
     import peft
     import transformers
 
-    tmp = dest.parent / f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}"
-    try:
+    with _disk_full_says(dest), staging(dest.parent, dest.name) as stage:
+        tmp = stage / dest.name
         model.save_pretrained(tmp, safe_serialization=True)
         single = Recipe.from_dict(recipe.to_dict())
         single.method.method, single.training.name = [method], dest.name
@@ -325,19 +346,34 @@ def save_adapter(model, dest: Path, recipe: Recipe, method: str, data: CrossLing
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         (tmp / "train_log.jsonl").write_text("".join(log_lines), encoding="utf-8")
-        old = None
-        if dest.exists():
-            if not overwrite:
-                raise CLOError(f"adapter folder {dest} already exists; pass --overwrite to replace it")
-            old = dest.parent / f".old-{dest.name}-{uuid.uuid4().hex[:8]}"
-            dest.rename(old)
-        tmp.rename(dest)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        if not dest.exists():
+            tmp.rename(dest)
+            return dest
+        if not overwrite:
+            raise CLOError(f"adapter folder {dest} already exists; pass --overwrite to replace it")
+        with staging(dest.parent, dest.name, "old") as aside:  # the old adapter waits here until the new one is in
+            dest.rename(aside / dest.name)
+            try:
+                tmp.rename(dest)
+            except BaseException:
+                (aside / dest.name).rename(dest)
+                raise
     return dest
+
+
+@contextlib.contextmanager
+def _disk_full_says(dest: Path):
+    """A full disk (OSError ENOSPC/EDQUOT, or safetensors' SafetensorError saying so) while writing `dest`: one sentence."""
+    try:
+        yield
+    except CLOError:
+        raise
+    except Exception as e:  # noqa: BLE001 (only the disk-full ones are translated; the rest propagate unchanged)
+        full = getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(
+            words in str(e) for words in ("No space left on device", "Disk quota exceeded", "StorageFull"))
+        if not full:
+            raise
+        raise CLOError(f"no space left on device while writing {dest}; nothing was written; free space and run again") from None
 
 
 def peak_memory_mb() -> dict[str, float]:
@@ -377,7 +413,19 @@ def setup(recipe: Recipe, data: CrossLingualData | None = None) -> Setup:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing != "false",
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
     keys = KEYS if any(m != "sft" for m in recipe.method.method) else needed_keys("sft", recipe.method.sft_english)
-    return Setup(model, tokenizer, mode, tokenize_rows(data.rows, tokenizer, keys, t.max_length, t.max_prompt_length), data)
+    features = tokenize_rows(data.rows, tokenizer, keys, t.max_length, t.max_prompt_length, t.overlong)
+    overlong = sum(f["cut"] for f in features) + len(data.rows) - len(features)
+    limits = f"{t.max_length} tokens (prompts {t.max_prompt_length})"
+    if not features:
+        raise CLOError(f"all {len(data.rows)} pairs are longer than {limits}, so training.overlong: drop leaves none to "
+                       "train on; raise training.max_length / max_prompt_length or use training.overlong: cut")
+    if overlong:
+        done = "left out (training.overlong: drop)" if t.overlong == "drop" else "cut to fit (training.overlong: drop leaves them out)"
+        print(f"[clo] {overlong} of {len(data.rows)} pairs are longer than {limits} and were {done}", flush=True)
+    # the adapter's manifest records it with the data it was trained on
+    data = CrossLingualData(data.rows, {**data.manifest, "overlong": {"pairs": overlong, "action": t.overlong,
+                                                                      "max_length": t.max_length, "max_prompt_length": t.max_prompt_length}})
+    return Setup(model, tokenizer, mode, features, data)
 
 
 def fit(s: Setup, recipe: Recipe, method: str, run_dir: Path, callbacks=(), stop_requested=lambda: False):
@@ -410,6 +458,8 @@ def fit(s: Setup, recipe: Recipe, method: str, run_dir: Path, callbacks=(), stop
 def train(recipe: Recipe, data: CrossLingualData | None = None) -> list[Path]:
     """Train one adapter per method of the recipe; returns the adapter folders."""
     t = recipe.training
+    for folder in remove_stale(t.adapters_dir):  # what runs killed while saving left behind
+        print(f"[clo] cleaned up {folder}, left by a run that was killed while saving", flush=True)
     s = setup(recipe, data)
     run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{recipe.data.target_lang}-{'-'.join(recipe.method.method)}"
     run_dir = Path(t.runs_dir) / run_id

@@ -13,6 +13,9 @@ address; the store keeps only keyed hashes of both (HMAC with a secret made once
 CLO_SECRET), never a raw address, and limits votes per voter and per address (`Limits`), so a fresh session
 does not reset a limit.
 SQLite runs in WAL mode with synchronous=FULL: a vote that `vote` returned from survives a crash.
+`open_store(url, read_only=True)` (the command line's leaderboard and export) changes nothing: SQLite is opened with
+`mode=ro` and `query_only`, PostgreSQL with read-only transactions; no journal mode is set, no schema migrated, no
+secret made, and a store from an older schema is read with the columns it has.
 Outcomes: "a" (left better), "b" (right better), "tie", "both_bad".
 """
 
@@ -29,7 +32,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from clo import CLOError
 from clo.files import atomic_path
@@ -109,24 +112,29 @@ class Limits:
 class VoteStore:
     """A vote store on SQLite (`sqlite:///path`) or PostgreSQL (`postgresql://...`)."""
 
-    def __init__(self, url: str, limits: Limits | None = None, seed: int | None = None):
-        self.url, self.limits = url, limits or Limits()
+    def __init__(self, url: str, limits: Limits | None = None, seed: int | None = None, read_only: bool = False):
+        self.url, self.limits, self.read_only = url, limits or Limits(), read_only
+        self.blank = False  # read-only and never initialised: no tables, so no votes
         self.pruned_at = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
         self.rng = random.Random(seed)
         self.local = threading.local()  # one connection per thread
         parsed = urlparse(url)
         if parsed.scheme == "sqlite":
             self.kind, self.path, self.ph = "sqlite", Path(url.split("sqlite:///", 1)[-1]), "?"
+            self.where = str(self.path)
             self._check_sqlite_file()
         elif parsed.scheme in ("postgresql", "postgres"):
             self.kind, self.path, self.ph = "postgresql", None, "%s"
+            self.where = _redacted(url)
         else:
-            raise CLOError(f"unknown vote store URL {url!r}: use sqlite:///path/votes.db or postgresql://user@host/db")
+            raise CLOError(f"unknown vote store URL {_redacted(url)!r}: use sqlite:///path/votes.db or "
+                           "postgresql://user@host/db")
         self._migrate()
-        self.secret = os.environ.get("CLO_SECRET") or self._stored_secret()
+        self.secret = os.environ.get("CLO_SECRET") or (None if read_only else self._stored_secret())
 
     def pseudonyms(self, voter: str, address: str | None) -> tuple[str, str | None]:
         """(voter key, address key): keyed hashes of the session from its address, and of the address."""
+        self._check_writable()
         if address is None:
             return keyed_hash(self.secret, voter), None
         return keyed_hash(self.secret, f"{address}|{voter}"), keyed_hash(self.secret, address)
@@ -136,35 +144,59 @@ class VoteStore:
         conn = getattr(self.local, "conn", None)
         if conn is not None:
             return conn
-        if self.kind == "sqlite":
+        if self.kind == "sqlite" and self.read_only:  # nothing in the file may change, not even its journal mode
+            conn = _open_read_only(self.path, timeout=60, isolation_level=None)
+        elif self.kind == "sqlite":
             conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
         else:
-            import psycopg
-
             try:
-                conn = psycopg.connect(self.url, autocommit=True)
-            except psycopg.OperationalError as e:
-                raise CLOError(f"cannot connect to the vote store {self.url}: {str(e).splitlines()[0]}") from None
+                import psycopg
+            except ImportError:
+                raise CLOError(f"the vote store {self.where} is PostgreSQL, which needs psycopg: "
+                               "pip install 'psycopg[binary]'") from None
+            try:
+                conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+                if self.read_only:
+                    conn.execute("SET default_transaction_read_only = on")
+            except psycopg.Error as e:  # the URL's password is never shown, even if the driver echoes it
+                reason = _scrub(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, self.url)
+                raise CLOError(f"cannot connect to the vote store {self.where} ({reason}): check its host, port, "
+                               "database and credentials in --db / CLO_DB") from None
         self.local.conn = conn
         return conn
 
     def _check_sqlite_file(self) -> None:
-        """Refuse a file that is not ours: not SQLite at all, or another application's database."""
+        """Refuse a file that is not ours: not SQLite at all, another application's database, or a store of a newer
+        schema; all before anything in it is changed."""
+        if self.path.is_dir():
+            raise CLOError(f"the vote store {self.path} is a folder: give --db a file, e.g. {self.path / 'votes.db'}")
         if not self.path.exists() or self.path.stat().st_size == 0:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.read_only and not self.path.exists():
+                raise CLOError(f"there is no vote store at {self.path}: give --db the file the app records votes in")
+            if not self.read_only:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise CLOError(f"cannot create the folder of the vote store {self.path} ({e.strerror}): "
+                                   "choose another --db") from None
             return
-        with open(self.path, "rb") as fh:
-            header = fh.read(100)
+        try:
+            with open(self.path, "rb") as fh:
+                header = fh.read(100)
+        except OSError as e:
+            raise CLOError(f"cannot read the vote store {self.path} ({e.strerror}): check its permissions") from None
         if not header.startswith(b"SQLite format 3\x00"):
             raise CLOError(f"{self.path} is not a vote store (not an SQLite database); it was left untouched")
         try:  # read-only: nothing about a foreign file may change, not even its journal mode
-            probe = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True)
+            probe = _open_read_only(self.path)
             try:
                 app_id = probe.execute("PRAGMA application_id").fetchone()[0]
-                tables = probe.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                tables = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                version = (probe.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+                           if "schema_version" in tables else 0)
             finally:
                 probe.close()
         except sqlite3.DatabaseError as e:
@@ -172,8 +204,19 @@ class VoteStore:
         if app_id != APPLICATION_ID and tables:
             raise CLOError(f"{self.path} is an SQLite database of another application (application_id {app_id:#x}); "
                            "it was left untouched: choose another --db")
+        self._check_version(version)
+
+    def _check_version(self, version: int) -> None:
+        if version > len(MIGRATIONS):
+            raise CLOError(f"the vote store {self.where} has schema version {version}, newer than this code's "
+                           f"{len(MIGRATIONS)}; it was left untouched: upgrade clo, or choose another --db")
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise CLOError(f"the vote store {self.where} was opened read-only: open it without read_only to record votes")
 
     def _transaction(self):
+        self._check_writable()
         conn = self._connect()
         return _Transaction(conn, self.kind)
 
@@ -191,14 +234,20 @@ class VoteStore:
         return text.replace("?", self.ph)
 
     def _migrate(self) -> None:
+        if self.read_only:  # only look: an older schema is read as it is (votes() takes the columns it has)
+            exists = ("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+                      if self.kind == "sqlite" else "SELECT COUNT(*) FROM information_schema.tables "
+                      "WHERE table_name = 'schema_version' AND table_schema = current_schema()")
+            self.blank = not self._read(exists)[0][0][0]
+            if not self.blank:
+                self._check_version(self._read("SELECT MAX(version) FROM schema_version")[0][0][0] or 0)
+            return
         with self._transaction() as cur:
             cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             cur.execute("SELECT version FROM schema_version")
             row = cur.fetchone()
             version = row[0] if row else 0
-            if version > len(MIGRATIONS):
-                raise CLOError(f"the vote store {self.url} has schema version {version}, newer than this code "
-                               f"({len(MIGRATIONS)}): upgrade clo")
+            self._check_version(version)
             for migration in MIGRATIONS[version:]:
                 for statement in filter(str.strip, migration.split(";")):
                     cur.execute(statement)
@@ -228,6 +277,8 @@ class VoteStore:
 
     def count(self) -> tuple[int, str | None]:
         """(number of votes, id of the newest): changes exactly when a vote is added, for caches keyed on it."""
+        if self.blank:
+            return 0, None
         rows, _ = self._read("SELECT COUNT(*), MAX(created_utc || id) FROM votes")
         return int(rows[0][0]), rows[0][1]
 
@@ -338,11 +389,20 @@ class VoteStore:
         """All votes as a pandas DataFrame (columns VOTE_COLUMNS; blind as bool)."""
         import pandas as pd
 
-        query, args = f"SELECT {', '.join(VOTE_COLUMNS)} FROM votes", ()
+        if self.blank:
+            return pd.DataFrame(columns=list(VOTE_COLUMNS)).astype({"blind": bool})
+        columns = list(VOTE_COLUMNS)
+        if self.read_only:  # a store of an older schema is not migrated here: its missing columns read as None
+            present = set(self._read("SELECT * FROM votes WHERE 1 = 0")[1])
+            columns = [c for c in VOTE_COLUMNS if c in present]
+        query, args = f"SELECT {', '.join(columns)} FROM votes", ()
         if language:
             query, args = query + " WHERE language = ?", (language,)
         rows, _ = self._read(query + " ORDER BY created_utc, id", args)
-        frame = pd.DataFrame(rows, columns=list(VOTE_COLUMNS))
+        frame = pd.DataFrame(rows, columns=columns)
+        for missing in set(VOTE_COLUMNS) - set(columns):
+            frame[missing] = None
+        frame = frame[list(VOTE_COLUMNS)]
         frame["blind"] = frame["blind"].astype(bool)
         return frame
 
@@ -380,10 +440,61 @@ def open_store(url_or_path: str, **kwargs) -> VoteStore:
     """A store from a URL, or from a plain file path (SQLite)."""
     if "://" not in url_or_path:
         url_or_path = f"sqlite:///{url_or_path}"
+    where = url_or_path.split("sqlite:///", 1)[1] if url_or_path.startswith("sqlite:///") else _redacted(url_or_path)
     try:
         return VoteStore(url_or_path, **kwargs)
+    except sqlite3.OperationalError as e:
+        if "readonly" in str(e) or "read-only" in str(e):
+            raise CLOError(f"the vote store {where} is read-only ({e}): the app records votes in it, so make it "
+                           "writable or choose another --db") from None
+        if "unable to open" in str(e):
+            raise CLOError(f"cannot open the vote store {where} ({e}): check that it and its folder exist and may be "
+                           "written, or choose another --db") from None
+        raise CLOError(f"{where} is not a usable vote store ({e}); it was left untouched") from None
     except sqlite3.DatabaseError as e:
-        raise CLOError(f"{url_or_path} is not a usable vote store ({e}); it was left untouched") from None
+        raise CLOError(f"{where} is not a usable vote store ({e}); it was left untouched") from None
+
+
+def _sqlite_uri(path: Path, query: str) -> str:
+    """An SQLite URI for `path` (any characters in it quoted) with `query`, e.g. "mode=ro"."""
+    return f"file:{quote(str(Path(path).resolve()))}?{query}"
+
+
+def _open_read_only(path: Path, **kwargs) -> sqlite3.Connection:
+    """A connection that cannot change the file: `mode=ro` and query_only. A WAL-mode file in a folder this process
+    may not write (no -shm can be made) is opened `immutable` instead, when it has no -wal file (so nothing is
+    waiting to be checkpointed and no writer has it open)."""
+    conn = sqlite3.connect(_sqlite_uri(path, "mode=ro"), uri=True, **kwargs)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        conn.close()
+        if Path(f"{path}-wal").exists():
+            raise
+        conn = sqlite3.connect(_sqlite_uri(path, "immutable=1"), uri=True, **kwargs)
+    conn.execute("PRAGMA query_only=ON")
+    return conn
+
+
+def _redacted(url: str) -> str:
+    """`url` with its password left out: what a message may show of a PostgreSQL URL."""
+    try:
+        parsed = urlparse(url)
+        host = f"{parsed.hostname or ''}" + (f":{parsed.port}" if parsed.port else "")
+    except ValueError:  # a malformed port: show no more than the scheme
+        return f"{url.split('://', 1)[0]}://…"
+    user = f"{parsed.username}@" if parsed.username else ""
+    return f"{parsed.scheme}://{user}{host}{parsed.path}"
+
+
+def _scrub(text: str, url: str) -> str:
+    """`text` with the URL's password (and the whole URL) replaced, in case a driver echoes them."""
+    try:
+        password = urlparse(url).password
+    except ValueError:
+        password = None
+    text = text.replace(url, _redacted(url))
+    return text.replace(password, "***") if password else text
 
 
 # ---- export and hub sync ----

@@ -121,11 +121,17 @@ def test_another_client_cannot_vote_on_my_battle(client, app_url):
 @pytest.mark.parametrize("prompt, language, message", [
     ("", "ko", "write a prompt first"),
     ("x" * 50_000, "ko", "the limit is 2,000"),
-    ("hello", "xx", "unknown target language"),
+    ("hello", "xx", "unknown language code"),
+    ("hello", "en", "English is the source language"),
 ])
 def test_bad_input_is_a_message(client, prompt, language, message):
     with pytest.raises(Exception, match=message):
         client.predict(prompt, language, "", api_name="/compare")
+
+
+def test_language_codes_are_normalised(client):
+    assert client.predict("hello", "kor", "", api_name="/compare")["language"] == "ko"
+    assert client.predict("hello", "KO-kr", "", api_name="/compare")["language"] == "ko"
 
 
 def test_unknown_outcome_and_battle(client):

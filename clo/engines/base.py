@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import queue
 import threading
 import time
@@ -22,9 +24,20 @@ from pathlib import Path
 from typing import Iterator
 
 from clo import CLOError
+from clo.files import remove_stale
 
 BASE = "base"
 REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MAX_TOKENS_LIMIT = 1_000_000  # new tokens per answer: far above any context here, far below what overflows a tensor
+
+
+def _whole(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _real(x) -> bool:
+    """An int or float that is not NaN (inf is left to the range check, which names it)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and not math.isnan(x)
 
 
 @dataclass
@@ -35,10 +48,16 @@ class Sampling:
     seed: int | None = None
 
     def check(self) -> None:
-        if self.max_tokens <= 0:
-            raise CLOError(f"max_tokens must be ≥ 1, got {self.max_tokens}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise CLOError(f"temperature must be ≥ 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}")
+        """One sentence naming the field for a value no engine can decode with (NaN, inf, 2.5 tokens, a billion)."""
+        if not _whole(self.max_tokens) or not 1 <= self.max_tokens <= MAX_TOKENS_LIMIT:
+            raise CLOError(f"max_tokens must be ≥ 1 and at most {MAX_TOKENS_LIMIT:,}, a whole number of tokens, "
+                           f"got {self.max_tokens!r}")
+        if not _real(self.temperature) or not 0 <= self.temperature < math.inf:
+            raise CLOError(f"temperature must be a finite number ≥ 0 (0 = greedy), got {self.temperature!r}")
+        if not _real(self.top_p) or not 0 < self.top_p <= 1:
+            raise CLOError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and (not _whole(self.seed) or not 0 <= self.seed < 2**63):
+            raise CLOError(f"seed must be a whole number ≥ 0 or unset, got {self.seed!r}")
 
 
 @dataclass
@@ -57,6 +76,7 @@ class Answer:
     finish_reason: str | None = None  # "stop", "length"; None while streaming
     first_token_s: float | None = None  # time to the first token, from submission (queueing included)
     batch: int = 0  # the most sequences that shared a decoding step with this one (itself included)
+    error: str | None = None  # why this request failed (finish_reason "error"); the text so far is not an answer
 
     @property
     def tokens_per_second(self) -> float:
@@ -131,21 +151,30 @@ def read_adapter(path: str | Path, name: str | None = None) -> Adapter:
     missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
     if missing:
         raise CLOError(f"adapter folder {path} is missing {', '.join(missing)}")
-    try:
-        config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise CLOError(f"{path / 'adapter_config.json'}: not valid JSON ({e.msg}, line {e.lineno})") from None
-    manifest = {}
-    if (path / "manifest.json").is_file():
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    config = _json_object(path / "adapter_config.json")
+    _check_lora_config(path / "adapter_config.json", config)
+    manifest = _json_object(path / "manifest.json") if (path / "manifest.json").is_file() else {}
+    recorded = manifest.get("base_model") or {}
+    recorded = {"name_or_path": recorded} if isinstance(recorded, str) else recorded
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("name_or_path") or "", str):
+        raise CLOError(f"{path / 'manifest.json'}: base_model must be an object with a name_or_path string, "
+                       f"got {json.dumps(recorded)[:80]}; fix it or delete manifest.json")
+    for key in ("method", "target_lang"):
+        if not isinstance(manifest.get(key) or "", str):
+            raise CLOError(f"{path / 'manifest.json'}: {key} must be a string, got {json.dumps(manifest[key])[:80]}; "
+                           "fix it or delete manifest.json")
+    base_model = config.get("base_model_name_or_path") or ""
+    if not isinstance(base_model, str):
+        raise CLOError(f"{path / 'adapter_config.json'}: base_model_name_or_path must be a string, got {base_model!r}")
+    _check_safetensors(path / "adapter_model.safetensors")
     digest = hashlib.sha256()
     for f in REQUIRED_FILES:
         digest.update((path / f).read_bytes())
     return Adapter(
         name=name or path.name,
         path=path.resolve(),
-        base_model=manifest.get("base_model", {}).get("name_or_path") or config.get("base_model_name_or_path") or "",
-        rank=int(config.get("r", 0)),
+        base_model=recorded.get("name_or_path") or base_model,
+        rank=config["r"],
         sha256=digest.hexdigest(),
         method=manifest.get("method"),
         target_lang=manifest.get("target_lang"),
@@ -153,9 +182,71 @@ def read_adapter(path: str | Path, name: str | None = None) -> Adapter:
     )
 
 
+def _json_object(file: Path) -> dict:
+    """The JSON object in `file`; any other content (not UTF-8, not JSON, a list, a number) is one sentence naming it."""
+    try:
+        text = file.read_bytes().decode("utf-8")
+        value = json.loads(text)
+    except UnicodeDecodeError as e:
+        raise CLOError(f"{file} is not UTF-8 text (byte {e.start}): it is damaged or not a JSON file; "
+                       "replace it with the one saved with the adapter") from None
+    except json.JSONDecodeError as e:
+        raise CLOError(f"{file} is not valid JSON ({e.msg}, line {e.lineno} column {e.colno}); "
+                       "replace it with the one saved with the adapter") from None
+    except RecursionError:
+        raise CLOError(f"{file} is nested too deeply to be an adapter's JSON; replace it with the one saved with the adapter") from None
+    except OSError as e:
+        raise CLOError(f"cannot read {file}: {e.strerror or e}") from None
+    if not isinstance(value, dict):
+        raise CLOError(f"{file} holds a JSON {_json_kind(value)}, not an object {{...}}; "
+                       "replace it with the one saved with the adapter")
+    return value
+
+
+def _json_kind(value) -> str:
+    return {list: "list", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
+
+
+def _check_lora_config(file: Path, config: dict) -> None:
+    """The fields every engine reads from adapter_config.json: a LoRA adapter with a rank and its target layers."""
+    kind = config.get("peft_type", "LORA")
+    if kind != "LORA":
+        raise CLOError(f"{file}: peft_type is {kind!r}; only LoRA adapters (peft_type LORA) can be served")
+    r = config.get("r")
+    if not _whole(r) or r < 1:
+        raise CLOError(f"{file}: r (the LoRA rank) must be a whole number ≥ 1, got {json.dumps(r)}")
+    targets = config.get("target_modules")
+    listed = isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)
+    if not (listed or (isinstance(targets, str) and targets) or (targets is None and config.get("target_parameters"))):
+        raise CLOError(f"{file}: target_modules must be a list of layer names (or a regular expression), "
+                       f"got {json.dumps(targets)[:80]}")
+    saved = config.get("modules_to_save")
+    if saved is not None and not (isinstance(saved, list) and all(isinstance(m, str) for m in saved)):
+        raise CLOError(f"{file}: modules_to_save must be a list of layer names or null, got {json.dumps(saved)[:80]}")
+
+
+def _check_safetensors(file: Path) -> None:
+    """The weights file's header parses (a truncated or foreign file is named here, not deep in an engine)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="numpy") as f:  # the header only; numpy spares importing torch
+            f.keys()
+    except Exception as e:  # noqa: BLE001 (SafetensorError, OSError: all mean the file is not usable)
+        reason = " ".join(str(e).split())[:160]
+        raise CLOError(f"{file} is not a readable safetensors file ({reason}); "
+                       "replace it with the one saved with the adapter") from None
+
+
 def find_adapters(adapters_dir: str | Path, names: list[str] | None = None) -> list[Adapter]:
-    """The adapters under `adapters_dir` (every complete folder, or those named), sorted by name."""
+    """The adapters under `adapters_dir` (every complete folder, or those named), sorted by name.
+
+    Hidden folders are never adapters: `.tmp-*` / `.old-*` are staging folders of a save (clo.files.staging), and
+    those that a killed run left behind are removed here first, so every engine start (and the app's) cleans up.
+    """
     root = Path(adapters_dir)
+    for folder in remove_stale(root):
+        print(f"[clo] cleaned up {folder}, left by a run that was killed while saving", flush=True)
     if names:
         return [read_adapter(root / n, n) for n in names]
     if not root.is_dir():
@@ -189,6 +280,9 @@ class Engine(ABC):
     def check_adapter(self, adapter: Adapter) -> None:
         if adapter.name == BASE:
             raise CLOError(f"an adapter cannot be named {BASE!r}")
+        if adapter.name.startswith("."):
+            raise CLOError(f"{adapter.path} is a hidden folder (a save in progress, or one a killed run left), not an "
+                           "adapter; serve a folder whose name does not start with '.'")
         if adapter.base_model and not same_model(adapter.base_model, self.model):
             raise CLOError(f"adapter {adapter.name} was trained on {adapter.base_model}, but this engine serves {self.model}")
 

@@ -16,7 +16,9 @@ per-row `adapter_names` needs the padded batch layout that `generate` keeps.
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import re
 import threading
 import time
 from typing import Iterator
@@ -113,14 +115,36 @@ class PeftEngine(Engine):
     def _load(self, adapter: Adapter) -> None:
         from peft import PeftModel
 
+        check_fits(adapter, self.base, self.model)  # before PEFT changes any layer
         with self.lock:
-            if self.peft is None:
-                self.peft = PeftModel.from_pretrained(self.base, str(adapter.path), adapter_name=adapter.name)
-            else:
-                if adapter.name in self.peft.peft_config:
-                    self.peft.delete_adapter(adapter.name)
-                self.peft.load_adapter(str(adapter.path), adapter_name=adapter.name)
+            try:
+                if self.peft is None:
+                    self.peft = PeftModel.from_pretrained(self.base, str(adapter.path), adapter_name=adapter.name)
+                else:
+                    if adapter.name in self.peft.peft_config:
+                        self.peft.delete_adapter(adapter.name)
+                        self.adapters.pop(adapter.name, None)  # gone until the new one is in
+                    self.peft.load_adapter(str(adapter.path), adapter_name=adapter.name)
+            except CLOError:
+                raise
+            except Exception as e:  # noqa: BLE001 (PEFT's dump becomes one sentence; the engine serves on without it)
+                self._undo(adapter.name)
+                raise CLOError(load_failure(adapter, e, self.model)) from None
             self.peft.eval()
+
+    def _undo(self, name: str) -> None:
+        """Take out what a failed load put in: its adapter, or the LoRA layers injected into the bare base."""
+        if self.peft is not None:
+            if name in self.peft.peft_config:
+                with contextlib.suppress(Exception):
+                    self.peft.delete_adapter(name)
+            return
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for path, module in list(self.base.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                parent, _, child = path.rpartition(".")
+                setattr(self.base.get_submodule(parent), child, module.get_base_layer())
 
     def render(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -235,6 +259,50 @@ class PeftEngine(Engine):
             self.current = None
         for job in jobs:
             job.finish()
+
+
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<layer>.+)\.lora_(?P<part>A|B|embedding_A|embedding_B)(?:\.weight)?$")
+
+
+def check_fits(adapter: Adapter, model, model_name: str) -> None:
+    """Refuse, in one sentence, an adapter whose LoRA weights do not fit `model`'s layers: a layer it lacks, or another
+    width (an adapter trained for another base model, whatever its manifest says). Reads only the weights' header."""
+    from safetensors import safe_open
+
+    modules = dict(model.named_modules())
+    with safe_open(str(adapter.path / "adapter_model.safetensors"), framework="numpy") as f:
+        for key in f.keys():
+            m = _LORA_KEY.match(key)
+            if not m:
+                continue
+            layer, part, shape = m["layer"], m["part"], list(f.get_slice(key).get_shape())
+            module = modules.get(layer)
+            if module is None:
+                raise CLOError(f"adapter {adapter.path} has weights for layer {layer}, which {model_name} does not have: "
+                               "it was trained for another base model; serve it with that model, or retrain it on this one")
+            if part.startswith("embedding"):
+                size_in, size_out = getattr(module, "num_embeddings", None), getattr(module, "embedding_dim", None)
+            else:
+                size_in, size_out = getattr(module, "in_features", None), getattr(module, "out_features", None)
+            if not isinstance(size_in, int) or not isinstance(size_out, int) or len(shape) != 2:
+                continue  # a layer kind without these sizes: left to PEFT
+            want = [shape[0], size_in] if part.endswith("A") else [size_out, shape[1]]
+            if shape != want:
+                raise CLOError(f"adapter {adapter.path} does not fit {model_name}: its lora_{part} for layer {layer} has "
+                               f"shape {shape}, the base model needs {want}, so it was trained for another base model; "
+                               "serve it with that model, or retrain it on this one")
+
+
+def load_failure(adapter: Adapter, error: BaseException, model_name: str) -> str:
+    """PEFT's failure to load `adapter` as one sentence (a size mismatch names the layer and both shapes)."""
+    text = str(error)
+    m = re.search(r"size mismatch for (\S+?):.*?shape torch\.Size\(\[([\d, ]*)\]\).*?shape in current model is "
+                  r"torch\.Size\(\[([\d, ]*)\]\)", text)
+    if m:
+        return (f"adapter {adapter.path} does not fit {model_name}: {m[1]} has shape [{m[2]}], the base model needs "
+                f"[{m[3]}], so it was trained for another base model; serve it with that model, or retrain it on this one")
+    reason = " ".join(text.split())[:300] or type(error).__name__
+    return f"cannot load adapter {adapter.path} into {model_name}: {reason}"
 
 
 def _sampling_key(s: Sampling) -> tuple:

@@ -26,10 +26,12 @@ import functools
 import itertools
 import os
 import threading
+from pathlib import Path
 from typing import Iterator
 
 from clo import CLOError
 from clo.engines.base import BASE, Adapter, Answer, Engine, Job, Request
+from clo.hub import check_model_folder
 
 SUPPORTED_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -63,6 +65,7 @@ class VLLMEngine(Engine):
         usable, why = vllm_usable()
         if not usable:
             raise CLOError(f"the vllm engine cannot start: {why}; use --engine peft")
+        check_model_folder(Path(model))  # an adapter folder given as the model: say so before vLLM does, less clearly
         for adapter in adapters:
             self.check_adapter(adapter)
         self.options = dict(quantization=quantization, max_model_len=max_model_len, kv_cache_gib=kv_cache_gib,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import pandas as pd
 
 from clo import CLOError
 from clo.config import _f
+from clo.files import staging
 from clo.miniature.base import DEFAULT_PATH, base_model
 from clo.miniature.world import CODE, WORLD, Example, check, generate, solved
 
@@ -220,12 +220,11 @@ def publish(adapters_dir: Path, size: int, dest_dir: Path, methods: list[str]) -
     dest_dir.mkdir(parents=True, exist_ok=True)
     for method in methods:
         src, dest = adapters_dir / f"{method}-n{size}-s0", dest_dir / f"{method}-{CODE}"
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest_dir)) / dest.name  # a name of its own
-        shutil.copytree(src, tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-        tmp.parent.rmdir()
+        with staging(dest_dir, dest.name) as stage:  # marked: a killed run's copy is removed at the next start
+            shutil.copytree(src, stage / dest.name)
+            if dest.exists():
+                shutil.rmtree(dest)
+            (stage / dest.name).rename(dest)
 
 
 def app_models(base_path: str | Path = DEFAULT_PATH, adapters_dir: str | Path = APP_ADAPTERS, log=print) -> tuple[Path, Path]:

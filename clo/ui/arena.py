@@ -50,7 +50,10 @@ def new_battle(services: Services, prompt: str | None, lang: str, voter: str, ad
             pair = services.store.draw_pair(variants, lang, exclude=tried)
             missing = [v for v in pair if v not in answers]
             if missing:
-                answers.update((a.variant, a.text) for a in services.generate(services.requests(text, missing)))
+                for a in services.generate(services.requests(text, missing)):
+                    if a.error:  # half an answer is not judged: no battle is stored
+                        raise CLOError(f"the model server failed, so there is no battle to judge: {a.error}")
+                    answers[a.variant] = a.text
             if not same_answer(answers[pair[0]], answers[pair[1]]):
                 hashes = services.engine.variants()
                 battle = services.store.create_battle(voter=voter, language=lang, prompt=text,

@@ -24,6 +24,8 @@ def describe(answer: Answer | None, variant: str | None, expected: str) -> str:
         return "*this slot is empty for this language: train an adapter, then choose it under Train → Serving*"
     if answer is None:
         return "*…*"
+    if answer.error:  # the request failed part-way: what came is not an answer, so say why instead
+        return f"**No answer:** {answer.error}\n\n<sub>`{variant}`</sub>"
     d = detect(answer.text) if answer.finish_reason else None
     mark = "" if d is None else f"`{d.code}`{' ✓' if d.code == expected else (' ✗' if d.code != 'unknown' else '')} · "
     first = "" if answer.first_token_s is None else f"first token {answer.first_token_s:.2f} s · "
@@ -61,7 +63,8 @@ def compare_api(services: Services, prompt: str, lang: str, english: str | None 
     out = {"language": lang, "target": [], "english": []}
     for side, _ in sides:
         for (slot, variant), a in zip(slots.items(), answers):
-            out[side].append({"slot": slot, "variant": variant, "text": a.text, "language": detect(a.text).code,
+            out[side].append({"slot": slot, "variant": variant, "text": a.text,
+                              "language": None if a.error else detect(a.text).code, "error": a.error,
                               "tokens": a.tokens, "tokens_per_second": round(a.tokens_per_second, 2),
                               "first_token_s": None if a.first_token_s is None else round(a.first_token_s, 3),
                               "batch": a.batch})

@@ -7,6 +7,7 @@ Every flag of `python app.py` can also come from an environment variable (for Sp
     --max-prompt-chars CLO_MAX_PROMPT_CHARS                --max-tokens CLO_MAX_TOKENS
     --votes-per-10min CLO_VOTES_PER_10MIN   --generations-per-min CLO_GENERATIONS_PER_MIN
     --voters-per-address CLO_VOTERS_PER_ADDRESS   --trusted-proxies CLO_TRUSTED_PROXIES
+    --max-upload-mb CLO_MAX_UPLOAD_MB   --max-upload-rows CLO_MAX_UPLOAD_ROWS   --debug CLO_DEBUG
     admin password: CLO_ADMIN_PASSWORD   allowed Hugging Face users: CLO_ALLOWED_USERS (comma-separated)
     voter pseudonyms' key: CLO_SECRET (else one made once and kept in the vote store)
 """
@@ -25,8 +26,8 @@ from clo import CLOError
 from clo.access import Access, RateLimit, visitor_of
 from clo.data import SAMPLE
 from clo.engines import Engine, Request, Sampling, load_engine
-from clo.languages import LANGUAGES
-from clo.jobs import ZERO_GPU, Jobs, on_gpu
+from clo.languages import LANGUAGES, lang_code
+from clo.jobs import MAX_UPLOAD_MB, MAX_UPLOAD_ROWS, ZERO_GPU, Jobs, on_gpu
 from clo.lineup import Lineup
 from clo.miniature import is_miniature
 from clo.votes import Limits, open_store
@@ -42,6 +43,41 @@ SPACE_PROXIES = "127.0.0.1,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
 
 def _default(sub: str) -> str:
     return str(DATA / sub) if DATA.is_dir() and os.access(DATA, os.W_OK) else sub
+
+
+def _env_number(name: str, default, kind=int):
+    """Environment variable `name` as a number of `kind` (`default` when unset); a value that is not one, or not
+    above zero, is one CLOError naming the variable."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not value > 0 or value == float("inf"):
+        what = "a whole number" if kind is int else "a number"
+        raise CLOError(f"{name}={raw!r} is not {what} above 0: set it to one"
+                       + (f" (default {default:g})" if default is not None else "") + ", or unset it")
+    return value
+
+
+def _above_zero(kind):
+    """An argparse type: a number of `kind` above 0."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+        return value
+    return parse
+
+
+def debug_wanted(argv: list[str]) -> bool:
+    """--debug among `argv`, or CLO_DEBUG set to 1/true/yes: show a traceback instead of one line."""
+    return "--debug" in argv or os.environ.get("CLO_DEBUG", "").strip().lower() in ("1", "true", "yes")
 
 
 @dataclass
@@ -66,6 +102,9 @@ class Settings:
     voters_per_address: int = 20  # an address (a room behind one NAT) may use this many voters' limits together
     trusted_proxies: str | None = None  # peers whose X-Forwarded-For names the client; None: loopback (a Space: SPACE_PROXIES)
     queue_size: int = 256  # events waiting beyond that; the page shows each visitor its position
+    max_upload_mb: float = MAX_UPLOAD_MB  # a training-data upload's size limit (clo.jobs)
+    max_upload_rows: int = MAX_UPLOAD_ROWS  # and its row limit
+    debug: bool = False  # a start-up error shows its traceback, not one line
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "Settings":
@@ -79,21 +118,31 @@ class Settings:
         p.add_argument("--url", default=env("CLO_URL"), help="vLLM server for --engine remote")
         p.add_argument("--host", default=env("CLO_HOST"), help="address to listen on (default: GRADIO_SERVER_NAME, "
                        "which a Space sets to 0.0.0.0, else 127.0.0.1)")
-        p.add_argument("--port", type=int, default=int(env("CLO_PORT")) if env("CLO_PORT") else None,
+        p.add_argument("--port", type=int, default=_env_number("CLO_PORT", None),
                        help="port (default: GRADIO_SERVER_PORT, else 7860)")
         demo = env("CLO_DEMO_MODE")  # unset: on (locked) on a Space, off elsewhere
         p.add_argument("--demo-mode", action="store_true",
                        default=demo.lower() in ("1", "true", "yes") if demo else bool(env("SPACE_ID")),
                        help="only a visitor who gives the admin password or logs in as an allowed user may train or "
                             "change what is served (default on a Space; CLO_DEMO_MODE=0 turns it off)")
-        p.add_argument("--max-prompt-chars", type=int, default=int(env("CLO_MAX_PROMPT_CHARS", d.max_prompt_chars)))
-        p.add_argument("--max-tokens", type=int, default=int(env("CLO_MAX_TOKENS", d.max_tokens)), help="per answer")
-        p.add_argument("--votes-per-10min", type=int, default=int(env("CLO_VOTES_PER_10MIN", d.votes_per_10min)),
+        p.add_argument("--max-prompt-chars", type=int, default=_env_number("CLO_MAX_PROMPT_CHARS", d.max_prompt_chars))
+        p.add_argument("--max-tokens", type=int, default=_env_number("CLO_MAX_TOKENS", d.max_tokens), help="per answer")
+        p.add_argument("--votes-per-10min", type=int, default=_env_number("CLO_VOTES_PER_10MIN", d.votes_per_10min),
                        help="votes one voter (a session from an address) may cast in 10 minutes")
-        p.add_argument("--generations-per-min", type=int, default=int(env("CLO_GENERATIONS_PER_MIN", d.generations_per_min)),
+        p.add_argument("--generations-per-min", type=int,
+                       default=_env_number("CLO_GENERATIONS_PER_MIN", d.generations_per_min),
                        help="Compare and battle requests one voter may make per minute")
-        p.add_argument("--voters-per-address", type=int, default=int(env("CLO_VOTERS_PER_ADDRESS", d.voters_per_address)),
+        p.add_argument("--voters-per-address", type=int,
+                       default=_env_number("CLO_VOTERS_PER_ADDRESS", d.voters_per_address),
                        help="an address's sessions share this many voters' limits (raise it for a room behind one NAT)")
+        p.add_argument("--max-upload-mb", type=_above_zero(float),
+                       default=_env_number("CLO_MAX_UPLOAD_MB", d.max_upload_mb, float),
+                       help=f"largest training-data upload, in MB (default {d.max_upload_mb:g})")
+        p.add_argument("--max-upload-rows", type=_above_zero(int),
+                       default=_env_number("CLO_MAX_UPLOAD_ROWS", d.max_upload_rows),
+                       help=f"most rows in a training-data upload (default {d.max_upload_rows:,})")
+        p.add_argument("--debug", action="store_true", default=debug_wanted([]),
+                       help="a start-up error shows its traceback instead of one line (also CLO_DEBUG=1)")
         p.add_argument("--trusted-proxies", default=env("CLO_TRUSTED_PROXIES", SPACE_PROXIES if env("SPACE_ID") else None),
                        help="comma-separated addresses or networks whose X-Forwarded-For header names the client "
                             "(default: loopback; on a Space, the private networks its proxies use)")
@@ -103,7 +152,8 @@ class Settings:
                    demo_mode=a.demo_mode, admin_password=env("CLO_ADMIN_PASSWORD"), allowed_users=users,
                    max_prompt_chars=a.max_prompt_chars, max_tokens=a.max_tokens, votes_per_10min=a.votes_per_10min,
                    generations_per_min=a.generations_per_min, voters_per_address=a.voters_per_address,
-                   trusted_proxies=a.trusted_proxies)
+                   trusted_proxies=a.trusted_proxies, max_upload_mb=a.max_upload_mb, max_upload_rows=a.max_upload_rows,
+                   debug=a.debug)
 
 
 def sample_examples() -> dict[str, list[tuple[str, str]]]:
@@ -126,18 +176,24 @@ class Services:
 
     def __init__(self, settings: Settings, engine: Engine | None = None, running_on: str = ""):
         self.settings = settings
-        Path(settings.adapters_dir).mkdir(parents=True, exist_ok=True)
-        self.engine = engine or load_engine(settings.engine, model=settings.model, adapters_dir=settings.adapters_dir,
-                                            url=settings.url)
-        self.running_on = running_on or f"{settings.model} on the {self.engine.kind} engine"
+        try:
+            Path(settings.adapters_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CLOError(f"cannot create the adapters folder {settings.adapters_dir} ({e.strerror}): choose another "
+                           "--adapters-dir / CLO_ADAPTERS_DIR") from None
+        # the vote store first: a bad --db is refused in a moment, before a model is loaded
         self.store = open_store(settings.db, limits=Limits(
             max_prompt_chars=settings.max_prompt_chars, votes_per_window=settings.votes_per_10min, window_s=600.0,
             votes_per_address=settings.votes_per_10min * settings.voters_per_address))
+        self.engine = engine or load_engine(settings.engine, model=settings.model, adapters_dir=settings.adapters_dir,
+                                            url=settings.url)
+        self.running_on = running_on or f"{settings.model} on the {self.engine.kind} engine"
         self.generations = RateLimit(window_s=60.0)
         self.examples = miniature_examples() if is_miniature(settings.model) else sample_examples()
         self.lineup = Lineup(Path(settings.adapters_dir) / LINEUP_FILE, self.engine)
         self.access = Access(settings.demo_mode, settings.admin_password, settings.allowed_users)
-        self.jobs = Jobs(settings.model, settings.adapters_dir, self.engine, self.access)
+        self.jobs = Jobs(settings.model, settings.adapters_dir, self.engine, self.access,
+                         max_upload_mb=settings.max_upload_mb, max_upload_rows=settings.max_upload_rows)
         self.flying: dict[str, int] = {}  # session -> generation calls in flight
         self.flying_lock = threading.Lock()
 
@@ -214,9 +270,10 @@ class Services:
 
     @staticmethod
     def check_lang(lang: str | None) -> str:
-        if lang not in LANGUAGES or lang == "en":
-            raise CLOError(f"unknown target language {lang!r}")
-        return lang
+        code = lang_code(lang or "")  # ko, KO, kor, ko-KR → ko; anything else names the known codes
+        if code == "en":
+            raise CLOError("English is the source language, not a target: choose a target language such as ko")
+        return code
 
     def english_of(self, prompt: str, lang: str) -> str | None:
         """The English original of a sample prompt, else None (the app does not machine-translate on the fly)."""
