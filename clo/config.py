@@ -21,6 +21,7 @@ import yaml
 from clo import CLOError
 from clo.files import atomic_write
 from clo.languages import lang_code
+from clo.registry import canonical
 
 METHODS = ("clo", "sft", "dpo", "orpo")
 
@@ -37,7 +38,9 @@ def _f(default: Any, help: str, cli: str | None = None, choices: tuple | None = 
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = _f("Qwen/Qwen2.5-0.5B-Instruct", "Base chat model π_ref: a hub id or a local folder.", cli="--model", label="Base model π_ref")
+    name_or_path: str = _f("Qwen/Qwen2.5-0.5B-Instruct", "Base chat model π_ref: a hub id, a local folder, or a shorthand "
+                           "made into a folder on first use (python -m clo models list).", cli="--model", label="Base model π_ref",
+                           normalize=canonical)
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) of the base model.")
     load_in_4bit: str = _f(
         "auto",

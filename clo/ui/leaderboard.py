@@ -4,7 +4,11 @@ Counts and win rates show from the first vote; ratings (Bradley–Terry, its cha
 met has enough votes, with a sentence saying how far off that is (clo.ratings.rating_note). A variant retrained
 under the same name is rated apart, as `name@hash`.
 
-API: `/leaderboard` (language or "all") -> {"note": str or None, table name: list of records}.
+Numbers are written for a person: shares in % to 0.1, ratings and their bounds to the point, counts whole, and "—"
+where there is no value yet (too few votes) or none at all (a variant against itself, the anchor's interval). Only
+the page is rounded: the downloads and the `/leaderboard` API keep every digit.
+
+API: `/leaderboard` (language or "all") -> {"note": str or None, table name: list of records}, full precision.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ SHOWN = {
     "fidelity": ["variant", "fidelity", "judged", "unknown"],
     "summary": ["language", "stored", "named", "rated", "a", "b", "tie", "both_bad"],
 }
+# shown columns written as whole numbers: ratings and their bounds (to the point), and counts
+WHOLE = {"rating", "lower", "upper", *COUNTS, "battles", "judged", "unknown", *SHOWN["summary"][1:]}
+MISSING = "—"  # a value not there yet (too few votes) or not defined (a variant against itself, the anchor's bounds)
 
 
 def answer_fidelity(votes: pd.DataFrame) -> pd.DataFrame:
@@ -108,6 +115,27 @@ def shown(name: str, frame: pd.DataFrame | None) -> pd.DataFrame:
     return frame.round(1)
 
 
+def styled(name: str, frame: pd.DataFrame | None):
+    """A table as the page writes it: `shown`'s rounded copy in a pandas Styler that prints ratings and counts
+    whole, other numbers to 0.1 and a missing value as "—" (a read-only gr.Dataframe shows a Styler's text and keeps
+    its numbers to sort by)."""
+    table = shown(name, frame)
+    if table.empty:
+        return table
+    whole = [c for c in table.columns if c in WHOLE]
+    return table.style.format(precision=1, na_rep=MISSING).format("{:.0f}", subset=whole, na_rep=MISSING)
+
+
+def records(t: dict) -> dict:
+    """The `/leaderboard` API's answer from `Board.get`'s tables: every table as a list of records, full precision;
+    "note" says why there are no ratings yet (None once there are)."""
+    t = dict(t)
+    out = {"note": t.pop("note", None) if t else "no votes yet"}
+    for k, v in t.items():
+        out[k] = (v.reset_index() if k in ("win_rate", "battles") else v).to_dict(orient="records")
+    return out
+
+
 def rating_plot(bt: pd.DataFrame):
     """Ratings as bars from 1000 with their 95% intervals; a variant without an interval (the anchor) has none."""
     import matplotlib
@@ -121,9 +149,11 @@ def rating_plot(bt: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(6, 0.5 + 0.5 * len(order)))
     below = (order["rating"] - order["lower"]).fillna(0).clip(lower=0)  # never negative (matplotlib refuses)
     above = (order["upper"] - order["rating"]).fillna(0).clip(lower=0)
-    names = [v + (" (anchor)" if np.isnan(lo) else "") for v, lo in zip(order["variant"], order["lower"])]
+    names = [f"{v} {r:.0f}" + (" (anchor)" if np.isnan(lo) else f" [{lo:.0f}, {hi:.0f}]")
+             for v, r, lo, hi in zip(order["variant"], order["rating"], order["lower"], order["upper"])]
     ax.barh(names, order["rating"] - 1000, left=1000, xerr=[below, above], capsize=4, color="#6366f1")
     ax.axvline(1000, color="grey", lw=0.8)
+    ax.xaxis.set_major_formatter("{x:.0f}")
     ax.set_xlabel("Bradley–Terry rating (95% bootstrap interval)")
     fig.tight_layout()
     return fig
@@ -139,13 +169,17 @@ def build(services: Services):
         download_parquet = gr.DownloadButton("Download votes (Parquet)", elem_id="download-parquet")
     status = gr.Markdown(elem_id="board-status")
     plot = gr.Plot(label="Ratings", elem_id="rating-plot", visible=False)
+
+    def table(name: str, label: str) -> gr.Dataframe:  # written by `styled`: only a read-only table shows its text
+        return gr.Dataframe(shown(name, None), label=label, interactive=False)
+
     with gr.Row():
-        wtl = gr.Dataframe(shown("wtl", None), label="CLO wins / ties / losses")
-        bt = gr.Dataframe(shown("bradley_terry", None), label="Bradley–Terry (ties count half; both_bad excluded)")
+        wtl = table("wtl", "CLO wins / ties / losses")
+        bt = table("bradley_terry", "Bradley–Terry (ties count half; both_bad excluded)")
     with gr.Row():
-        win_rate = gr.Dataframe(shown("win_rate", None), label="Win rate (%): row beats column")
-        fid = gr.Dataframe(shown("fidelity", None), label="Language fidelity of the answers")
-    summary = gr.Dataframe(shown("summary", None), label="Votes (named side-by-side votes are stored but not rated)")
+        win_rate = table("win_rate", "Win rate (%): row beats column")
+        fid = table("fidelity", "Language fidelity of the answers")
+    summary = table("summary", "Votes (named side-by-side votes are stored but not rated)")
     timer = gr.Timer(15)
 
     def update(code):
@@ -154,7 +188,7 @@ def build(services: Services):
         buttons = [gr.update(value=files["csv"]), gr.update(value=files["parquet"])]
         if not t:
             return ["*no votes yet: judge a few battles in the Arena*", gr.update(value=None, visible=False)] + \
-                [shown(k, None) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons
+                [styled(k, None) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons
         scope = ALL if code in (None, "", ALL) else code
         rated = t["summary"].loc[t["summary"]["language"] == scope, "rated"]
         n = int(rated.sum()) if len(rated) else 0
@@ -162,9 +196,8 @@ def build(services: Services):
             f"*{t['note']}: keep voting in the Arena.*" if t["note"]
             else "Ratings: Bradley–Terry, ties count half, 95% bootstrap intervals; `base`, when rated, is the anchor at 1000.")
         figure = rating_plot(t["bradley_terry"])
-        return [text, gr.update(value=figure, visible=figure is not None), shown("wtl", t["wtl"]),
-                shown("bradley_terry", t["bradley_terry"]),
-                shown("win_rate", t["win_rate"]), shown("fidelity", t["fidelity"]), shown("summary", t["summary"])] + buttons
+        return [text, gr.update(value=figure, visible=figure is not None)] + \
+            [styled(k, t[k]) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons
 
     outputs = [status, plot, wtl, bt, win_rate, fid, summary, download, download_parquet]
     for trigger in (lang.change, refresh.click, timer.tick):  # their own queue: never behind generation
@@ -172,12 +205,8 @@ def build(services: Services):
 
     def api(language: str = ALL) -> dict:
         """The leaderboard tables for one language ("all" for every language), as lists of records; "note" says
-        why there are no ratings yet (None once there are)."""
-        t = dict(board.get(language)[0])
-        out = {"note": t.pop("note", None) if t else "no votes yet"}
-        for k, v in t.items():
-            out[k] = v.reset_index().to_dict(orient="records") if k in ("win_rate", "battles") else v.to_dict(orient="records")
-        return out
+        why there are no ratings yet (None once there are). Full precision: the page rounds, the API does not."""
+        return records(board.get(language)[0])
 
     gr.api(api, api_name="leaderboard", concurrency_id="board")
     return lang, update, outputs

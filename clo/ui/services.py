@@ -30,6 +30,7 @@ from clo.languages import LANGUAGES, lang_code
 from clo.jobs import MAX_UPLOAD_MB, MAX_UPLOAD_ROWS, ZERO_GPU, Jobs, on_gpu
 from clo.lineup import Lineup
 from clo.miniature import is_miniature
+from clo.registry import resolve_model
 from clo.votes import Limits, open_store
 
 DATA = Path("/data")  # a Space's persistent storage, when it has one
@@ -185,6 +186,7 @@ class Services:
         self.store = open_store(settings.db, limits=Limits(
             max_prompt_chars=settings.max_prompt_chars, votes_per_window=settings.votes_per_10min, window_s=600.0,
             votes_per_address=settings.votes_per_10min * settings.voters_per_address))
+        settings.model = resolve_model(settings.model)  # a shorthand (smollm2) -> its folder, as training records it
         self.engine = engine or load_engine(settings.engine, model=settings.model, adapters_dir=settings.adapters_dir,
                                             url=settings.url)
         self.running_on = running_on or f"{settings.model} on the {self.engine.kind} engine"
