@@ -329,3 +329,31 @@ def test_data_tab_lexicon_lists_every_word_once():
     table = lexicon()
     assert len(table) == len(WORLD.lexicon) and table["English"].is_unique and table.iloc[:, 1].is_unique
     assert set(table[table["clause-final"] == "yes"]["English"]) == HEADS
+
+
+def test_the_shipped_miniature_is_current_and_a_fresh_start_copies_it_without_training(project, monkeypatch):
+    """A fresh clone's first start copies assets/miniature/prebuilt (seconds) instead of pretraining and training."""
+    from clo.engines import BASE, Request, Sampling, find_adapters
+    from clo.engines.peft_engine import PeftEngine
+    from clo.miniature import experiment
+    from clo.miniature.base import is_current
+
+    assert is_current(experiment.PREBUILT / "base"), (
+        "assets/miniature/prebuilt was built for another world: rebuild it with "
+        "python -c 'from clo.miniature.experiment import ship; ship()'")
+    monkeypatch.setattr(experiment, "base_model", lambda *a, **k: pytest.fail("pretrained instead of copying"))
+    monkeypatch.setattr("clo.train.train", lambda *a, **k: pytest.fail("trained instead of copying"))
+    said = []
+    base, adapters = experiment.app_models(log=said.append)
+    assert base == Path("models/miniature/base") and is_current(base) and "copied the shipped" in said[0]
+    assert sorted(p.name for p in adapters.iterdir()) == [f"clo-{CODE}", f"sft-{CODE}"]
+    said.clear()
+    assert experiment.app_models(log=said.append) == (base, adapters) and not said  # the second start does nothing
+    engine = PeftEngine(str(base), find_adapters(adapters))
+    try:
+        ex = generate(1, seed=1234, split="eval")[0]
+        answers = engine.generate([Request(v, [{"role": "user", "content": ex.prompt_tgt}], Sampling(max_tokens=12))
+                                   for v in (BASE, f"sft-{CODE}", f"clo-{CODE}")])
+    finally:
+        engine.close()
+    assert all(a.text and a.error is None for a in answers)

@@ -34,6 +34,9 @@ from clo.miniature.base import DEFAULT_PATH, base_model
 from clo.miniature.world import CODE, WORLD, Example, check, generate, solved
 
 APP_ADAPTERS = Path("models") / "miniature" / "adapters"  # what the app serves when the hub is unreachable
+# the same base and adapters, built once by `python -c "from clo.miniature.experiment import ship; ship()"` and
+# shipped (6.6 MB), so a fresh clone's first start copies them instead of training for minutes
+PREBUILT = Path(__file__).resolve().parents[2] / "assets" / "miniature" / "prebuilt"
 METRICS = ("target_fidelity", "target_accuracy", "english_fidelity", "english_accuracy")
 EVAL_SEED = 1234
 
@@ -227,15 +230,63 @@ def publish(adapters_dir: Path, size: int, dest_dir: Path, methods: list[str]) -
             (stage / dest.name).rename(dest)
 
 
-def app_models(base_path: str | Path = DEFAULT_PATH, adapters_dir: str | Path = APP_ADAPTERS, log=print) -> tuple[Path, Path]:
-    """The miniature base and its SFT and CLO adapters for the app, built once when missing (a few minutes on CPU).
+def copy_whole(src: Path, dest: Path) -> None:
+    """Copy the folder `src` to `dest` through a marked staging folder, replacing `dest` whole; fresh file times."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with staging(dest.parent, dest.name) as stage:
+        shutil.copytree(src, stage / dest.name, copy_function=shutil.copyfile)
+        if dest.exists():
+            shutil.rmtree(dest)
+        (stage / dest.name).rename(dest)
+
+
+def install_prebuilt(base_path: Path, adapters_dir: Path, prebuilt: Path = PREBUILT, log=print) -> bool:
+    """Copy the shipped base and adapters into place when they were built for the current world; False if not."""
+    from clo.miniature.base import is_current
+
+    adapters = [prebuilt / "adapters" / f"{m}-{CODE}" for m in MiniatureConfig().methods]
+    if not (is_current(prebuilt / "base") and all((a / "adapter_model.safetensors").is_file() for a in adapters)):
+        return False
+    copy_whole(prebuilt / "base", base_path)  # first: the adapters' files must be newer than the base's
+    for adapter in adapters:
+        copy_whole(adapter, adapters_dir / adapter.name)
+    log(f"[clo] the miniature: copied the shipped base and adapters ({prebuilt}) into {base_path.parent}")
+    return True
+
+
+def ship(dest: Path = PREBUILT) -> Path:
+    """Build the app's miniature in a scratch folder and write it to `dest` (assets/miniature/prebuilt) to ship."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="clo-miniature-ship-") as tmp:
+        here = os.getcwd()
+        os.chdir(tmp)
+        try:
+            base, adapters = app_models(prebuilt=None)
+            for src, to in [(base, dest / "base")] + [(adapters / f"{m}-{CODE}", dest / "adapters" / f"{m}-{CODE}")
+                                                        for m in MiniatureConfig().methods]:
+                copy_whole(Path(tmp) / src, to)
+        finally:
+            os.chdir(here)
+    return dest
+
+
+def app_models(base_path: str | Path = DEFAULT_PATH, adapters_dir: str | Path = APP_ADAPTERS, log=print,
+               prebuilt: Path | None = PREBUILT) -> tuple[Path, Path]:
+    """The miniature base and its SFT and CLO adapters for the app: the shipped copy when it was built for the
+    current world (seconds), else built once (a few minutes on CPU).
 
     Any base built for the current world is accepted; adapters are trained on the largest default size, seed 0.
+    The shipped copy is used only at the default paths, where its adapters' manifests name their base.
     """
     from clo.miniature.base import is_current
     from clo.train import train
 
     base_path, adapters_dir = Path(base_path), Path(adapters_dir)
+    if (prebuilt is not None and not is_current(base_path) and base_path == DEFAULT_PATH
+            and install_prebuilt(base_path, adapters_dir, prebuilt, log)):
+        return base_path, adapters_dir
     if not is_current(base_path):
         log("[clo] building the miniature once (pretraining the base, then SFT and CLO adapters); later starts reuse it")
         base_model(base_path, log=log)
