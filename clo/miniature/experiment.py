@@ -220,18 +220,13 @@ def run(cfg: MiniatureConfig = MiniatureConfig(), log=print) -> dict:
 
 def publish(adapters_dir: Path, size: int, dest_dir: Path, methods: list[str]) -> None:
     """Copy the seed-0 adapters of `size` pairs to `dest_dir` as <method>-mini, replacing older ones whole."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
     for method in methods:
-        src, dest = adapters_dir / f"{method}-n{size}-s0", dest_dir / f"{method}-{CODE}"
-        with staging(dest_dir, dest.name) as stage:  # marked: a killed run's copy is removed at the next start
-            shutil.copytree(src, stage / dest.name)
-            if dest.exists():
-                shutil.rmtree(dest)
-            (stage / dest.name).rename(dest)
+        copy_whole(adapters_dir / f"{method}-n{size}-s0", dest_dir / f"{method}-{CODE}")
 
 
 def copy_whole(src: Path, dest: Path) -> None:
-    """Copy the folder `src` to `dest` through a marked staging folder, replacing `dest` whole; fresh file times."""
+    """Copy the folder `src` to `dest` through a marked staging folder (a killed run's copy is removed at the next
+    start), replacing `dest` whole; fresh file times."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with staging(dest.parent, dest.name) as stage:
         shutil.copytree(src, stage / dest.name, copy_function=shutil.copyfile)
