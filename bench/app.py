@@ -10,6 +10,11 @@ Reports per level p50/p95 latency per endpoint, answers generated per second, er
     answers/s with 50 users / with 1 user         target ≥ 5
 
     python bench/app.py [--users 1,8,50] [--seconds 30] [--max-tokens 32] [--engines peft,vllm]
+
+First, per engine, the default start as a newcomer sees it: `python app.py` with no flags in a fresh copy of the
+repository's files (no models/, no hub: it serves the offline fallback, the miniature, copied from its shipped copy),
+then the same folder started again (warm). Target: the page answers within 15 s of a fresh start.
+`--start-only` measures just that.
 """
 
 from __future__ import annotations
@@ -56,6 +61,51 @@ def launch(engine: str, model: Path, work: Path, max_tokens: int):
             if proc.poll() is not None or time.perf_counter() - started > 300:
                 sys.exit(f"app did not start; see {folder / 'app.log'}")
             time.sleep(0.2)
+
+
+def fresh_copy(dest: Path) -> Path:
+    """The repository's files as a clone has them (git ls-files, with their current contents), nothing else."""
+    import shutil
+
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def start_to_ready(engine: str, work: Path) -> dict:
+    """Seconds from `python app.py` (no flags, hub unreachable) to a connected client: in a fresh copy, then warm."""
+    from gradio_client import Client
+
+    folder = fresh_copy(work / f"fresh-{engine}")
+    times = {}
+    for when in ("fresh", "warm"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLO_")}
+        env.update({"HF_HUB_OFFLINE": "1", "CLO_ENGINE": engine, "CLO_PORT": str(port)})
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=folder, env=env,
+                                stdout=open(folder / f"app-{when}.log", "w"), stderr=subprocess.STDOUT)
+        try:
+            while True:
+                try:
+                    Client(f"http://127.0.0.1:{port}/", verbose=False)
+                    times[when] = time.perf_counter() - started
+                    break
+                except Exception:  # noqa: BLE001 (not up yet)
+                    if proc.poll() is not None or time.perf_counter() - started > 900:
+                        sys.exit(f"app did not start; see {folder / f'app-{when}.log'}")
+                    time.sleep(0.2)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    running = next((line for line in (folder / "app-fresh.log").read_text().splitlines() if "running on" in line), "")
+    return {**times, "serving": running.removeprefix("[clo] running on ")}
 
 
 def load(url: str, users: int, seconds: float) -> dict:
@@ -110,6 +160,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--engines", default="peft,vllm", help="vllm is skipped, saying why, where it cannot run")
+    p.add_argument("--start-only", action="store_true", help="only the fresh and warm start of the default app")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "app.json"))
     args = p.parse_args()
 
@@ -123,6 +174,23 @@ def main() -> None:
         path = build_random_adapter(model, work / "adapters" / f"{method}-ko", seed=seed)
         manifest = json.loads((path / "manifest.json").read_text())
         (path / "manifest.json").write_text(json.dumps({**manifest, "method": method, "target_lang": "ko"}))
+    starts = {}
+    print(f"# the default start, a fresh copy of the repository, hub unreachable ({os.cpu_count()} CPUs)")
+    print("\n| engine | fresh: start to ready s | warm s | serving |\n|---|---:|---:|---|")
+    for engine in args.engines.split(","):
+        if engine == "vllm" and not vllm_usable()[0]:
+            print(f"| {engine} | — | — | skipped: {vllm_usable()[1]} |")
+            continue
+        r = starts[engine] = start_to_ready(engine, work)
+        print(f"| {engine} | {r['fresh']:.1f} | {r['warm']:.1f} | {r['serving'][:90]} |", flush=True)
+    if starts:
+        worst = max(r["fresh"] for r in starts.values())
+        print(f"\n- fresh start to ready, slowest engine: {worst:.1f} s (target ≤ 15 s) {'PASS' if worst <= 15 else 'MISS'}")
+    if args.start_only:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"args": vars(args), "starts": starts}, indent=2))
+        return
     levels = [int(u) for u in args.users.split(",")]
     print(f"# app under load: users {levels}, {args.seconds:.0f} s each, {args.max_tokens} tokens per answer, "
           f"{os.cpu_count()} CPUs")
@@ -159,7 +227,7 @@ def main() -> None:
                            "levels": [{k: v for k, v in r.items() if k not in ("acknowledged", "errors")} for r in runs]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "engines": results}, indent=2))
+    out.write_text(json.dumps({"args": vars(args), "starts": starts, "engines": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -104,11 +104,15 @@ def step_timer():
 # ---- the model: random weights, offline tokenizer ----
 
 def build_model(shape: str, folder: Path) -> Path:
-    """Write the benchmark model to folder/<shape>: clo.tiny's model, or a random model of bench/configs/<shape>.json."""
+    """Write the benchmark model to folder/<shape>: clo.tiny's model, or a random model of bench/configs/<shape>.json;
+    or, for a shorthand of clo.registry (smollm2), the real model's folder under models/ (made once)."""
     from transformers.utils import logging
 
+    from clo.registry import MODELS, resolve_model
     from clo.tiny import build_tiny_model
 
+    if shape in MODELS:
+        return Path(resolve_model(shape)).resolve()
     logging.disable_progress_bar()
     tiny = build_tiny_model(folder / "tiny")
     if shape == "tiny":
@@ -144,7 +148,7 @@ def recipe_for(method: str, args, model_dir: Path, work: Path):
         "lora.r": 16, "lora.alpha": 32, "lora.dropout": 0.0, "lora.target_modules": "q_proj,k_proj,v_proj,o_proj",
         "training.max_steps": args.warmup + args.steps, "training.batch_size": args.batch_size, "training.grad_accum": 1,
         "training.max_length": args.max_length, "training.max_prompt_length": args.max_length // 2,
-        "training.save_steps": 0, "training.logging_steps": 1,
+        "training.save_steps": 0, "training.logging_steps": 1, "training.logits_chunk": args.logits_chunk,
         "training.adapters_dir": str(work / "adapters"), "training.runs_dir": str(work / "runs"),
     })
 
@@ -239,7 +243,7 @@ def run_workers(args, model_dir: Path, work: Path) -> dict[str, dict]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
     results = {}
-    for method in METHODS:
+    for method in args.methods:
         out, log = work / f"{method}.json", work / f"{method}.log"
         cmd = [sys.executable, __file__, "--worker", method, "--model-dir", str(model_dir), "--work", str(work),
                "--result", str(out), *passthrough(args)]
@@ -257,7 +261,8 @@ def run_workers(args, model_dir: Path, work: Path) -> dict[str, dict]:
 
 def passthrough(args) -> list[str]:
     return ["--shape", args.shape, "--pairs", str(args.pairs), "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--data", args.data]
+            "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--data", args.data,
+            "--logits-chunk", str(args.logits_chunk)]
 
 
 def plural(n: int, word: str) -> str:
@@ -276,11 +281,14 @@ def report(results: dict[str, dict]) -> tuple[str, list[dict]]:
         ref = f"{r['reference_s_per_pair']:.2f}" if "reference_s" in r else "—"
         lines.append(f"| {m} | {r['s_per_step']:.2f} | {r['cpu_s_per_step']:.2f} | {r['s_per_pair']:.2f} | {ref} "
                      f"| {r['tokens_per_pair']:.0f} | {r['peak_mb']:.0f} | {r['above_model_mb']:.0f} |")
-    clo = results["clo"]
-    lines.append(f"\nCLO's π_ref pass ({plural(clo['pairs'], 'pair')}, once): {clo['reference_s']:.1f} s, peak RSS so far "
-                 f"{clo['reference_peak_mb']:.0f} MB ({clo['reference_peak_mb'] - clo['loaded_mb']:.0f} above model)\n")
+    clo = results.get("clo")
+    if clo and "reference_s" in clo:
+        lines.append(f"\nCLO's π_ref pass ({plural(clo['pairs'], 'pair')}, once): {clo['reference_s']:.1f} s, peak RSS so far "
+                     f"{clo['reference_peak_mb']:.0f} MB ({clo['reference_peak_mb'] - clo['loaded_mb']:.0f} above model)\n")
     ratios = []
     for name, num, den, key, target in TARGETS:
+        if num not in results or den not in results:
+            continue
         value = results[num][key] / results[den][key]
         ratios.append({"name": name, "ratio": value, "target": target, "pass": value <= target})
         lines.append(f"- {name}: {value:.2f}×  (target ≤ {target:.1f})  {'PASS' if value <= target else 'MISS'}")
@@ -293,7 +301,11 @@ def report(results: dict[str, dict]) -> tuple[str, list[dict]]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="qwen2.5-0.5b", help="tiny (clo.tiny) or a config in bench/configs/ (random weights)")
+    p.add_argument("--shape", default="qwen2.5-0.5b", help="tiny (clo.tiny), a config in bench/configs/ (random weights), "
+                   "or smollm2 (the real model, clo.registry)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    p.add_argument("--logits-chunk", type=int, default=0, help="training.logits_chunk: answer positions per chunk of the "
+                   "output layer and log-softmax (0: whole logits, as before the chunking)")
     p.add_argument("--pairs", type=int, help="pairs in the data (default: --batch-size, so every step sees the same rows)")
     p.add_argument("--steps", type=int, default=2, help="timed steps per method")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
@@ -307,6 +319,10 @@ def main(argv=None) -> None:
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.pairs = args.pairs or args.batch_size
+    args.methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown or not args.methods:
+        p.error(f"--methods: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(METHODS)}")
     if args.data != "sample":
         args.data = str(Path(args.data).resolve())
     if args.worker:

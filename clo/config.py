@@ -142,6 +142,11 @@ class TrainingConfig:
         "rejected answers: the least memory, about 1/6 more compute).",
         choices=("pair", "direction", "sequence"),
     )
+    logits_chunk: int = _f(
+        64,
+        "Answer positions whose logits and log-softmax are computed at a time (recomputed in backward): the "
+        "[tokens × vocabulary] float32 logits never exist whole. 0 = all at once (more memory, no recomputation).",
+    )
     logging_steps: int = _f(1, "Log every N steps.")
     save_steps: int = _f(0, "Checkpoint every N steps into runs_dir (0 = no checkpoints).")
     seed: int = _f(42, "Seed of LoRA initialisation and data order.")
@@ -250,6 +255,8 @@ class Recipe:
             raise CLOError(f"training.max_steps must be -1 or ≥ 1, got {t.max_steps}")
         if t.max_steps == -1 and t.epochs <= 0:
             raise CLOError(f"training.epochs must be > 0, got {t.epochs}")
+        if t.logits_chunk < 0:
+            raise CLOError(f"training.logits_chunk must be ≥ 0 (0 = whole logits), got {t.logits_chunk}")
         if t.learning_rate < 0:  # 0 is allowed: the gradient tests train without moving the weights
             raise CLOError(f"training.learning_rate must be ≥ 0, got {t.learning_rate}")
         if t.warmup < 0:

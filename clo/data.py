@@ -1,8 +1,9 @@
 """Cross-lingual training pairs: English SFT data, its translation, and the CLO rows built from both.
 
 Sources of English pairs (x_en, y_en): the shipped sample (`assets/sample/pairs.jsonl`), a local
-JSONL / JSON / CSV file with configurable field names, or a Hugging Face dataset id (for
-OpenAssistant/oasst1, the paper's selection: English first turns with their top-ranked answer).
+JSONL / JSON / CSV file with configurable field names, a Hugging Face dataset id (for
+OpenAssistant/oasst1, the paper's selection: English first turns with their top-ranked answer), or a named
+source an offline model brings, already in its own language (`named_sources()`: clo.registry's DATA_SOURCES).
 Translations (x_l, y_l) come from the file itself or from a translation model (M2M100, NLLB),
 batched, cached on disk by content hash so nothing is translated twice.
 
@@ -36,7 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "assets" / "sample" / "pairs.jsonl"
 DEFAULT_TRANSLATORS = {"m2m100": "facebook/m2m100_418M", "nllb": "facebook/nllb-200-distilled-600M"}
 OASST_COLUMNS = {"message_id", "parent_id", "role", "text", "rank", "lang"}
-MINIATURE_POOL = 1000  # synthetic training-side examples that --data miniature draws its pairs from
 FORMAT_VERSION = 1  # bump when the built rows change shape, so old caches are not reused
 
 
@@ -180,8 +180,12 @@ def load_english(cfg: DataConfig) -> tuple[list[dict], dict]:
     lang = language(cfg.target_lang).code  # KO, kor, ko-KR → ko: the file's fields are prompt_ko, response_ko
     tgt_prompt = cfg.target_prompt_field.replace("{lang}", lang)
     tgt_response = cfg.target_response_field.replace("{lang}", lang)
-    if cfg.source == "miniature":
-        return _load_miniature(cfg)
+    named = named_sources().get(cfg.source)
+    if named is not None:
+        if lang != named.language:
+            raise CLOError(f"--data {named.name} is in {language(named.language).name} only: use --lang "
+                           f"{named.language}, not {cfg.target_lang!r}")
+        return named.load(cfg)
     if cfg.source == "sample":
         path = SAMPLE
     elif Path(cfg.source).expanduser().is_file() or Path(cfg.source).suffix.lower() in (".jsonl", ".json", ".csv", ".ndjson"):
@@ -213,18 +217,11 @@ def load_english(cfg: DataConfig) -> tuple[list[dict], dict]:
     return rows, source
 
 
-def _load_miniature(cfg: DataConfig) -> tuple[list[dict], dict]:
-    """The miniature's training side: synthetic tasks, each already in both languages (the translation is exact)."""
-    from clo.miniature.world import CODE, WORLD, generate
+def named_sources() -> dict:
+    """The named sources the offline models bring (`--data NAME` -> clo.registry.DataSource), besides 'sample'."""
+    from clo.registry import DATA_SOURCES
 
-    if language(cfg.target_lang).code != CODE:
-        raise CLOError(f"--data miniature is in the miniature's own language: use --lang {CODE}, not {cfg.target_lang!r}")
-    try:
-        pool = generate(max(cfg.pairs, MINIATURE_POOL), seed=0, split="train")
-    except ValueError as e:
-        raise CLOError(f"--data miniature: {e}") from None
-    rows = [{k: v for k, v in ex.row().items() if k != "task"} | {"where": f"miniature {ex.id}"} for ex in pool]
-    return rows, {"source": "miniature", "world": WORLD.fingerprint, "pool": len(pool)}
+    return dict(DATA_SOURCES)
 
 
 def _load_hub(cfg: DataConfig, tgt_prompt: str, tgt_response: str) -> tuple[list[dict], dict]:
@@ -315,7 +312,10 @@ class HFTranslator:
         entry = language(lang)
         code = entry.m2m100 if self.family == "m2m100" else entry.nllb
         if code is None:
-            raise CLOError(f"no translation model knows {entry.name} ({lang!r}); its pairs come from --data miniature")
+            named = [s.name for s in named_sources().values() if s.language == entry.code]
+            raise CLOError(f"no translation model knows {entry.name} ({lang!r})"
+                           + (f"; its pairs come from --data {' or --data '.join(named)}" if named else
+                              "; give data that has its translations (--data.translator file)"))
         return code
 
     def _target_token_id(self, lang: str) -> int:

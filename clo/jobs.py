@@ -2,6 +2,7 @@
 
     jobs = Jobs(model="models/tiny", adapters_dir="adapters", engine=engine, access=access)
     jobs.start(request, recipe)      # `python -m clo train --config runs/ui/<id>/recipe.yaml`
+    jobs.start_experiment(request, "miniature")   # an offline model's experiment (clo.registry), e.g. `python -m clo miniature`
     jobs.events(); jobs.tail()       # the run's JSONL log and output, for any page (a reload re-attaches)
     jobs.hot_load(request)           # serve the adapters it finished
     jobs.stop(request)               # SIGTERM to the process group, SIGKILL after 10 s
@@ -40,13 +41,12 @@ from clo.access import Access
 from clo.config import Recipe
 from clo.files import atomic_path, atomic_write
 from clo.hub import _HUB_ID
-from clo.miniature import is_miniature
+from clo.registry import DATA_SOURCES, entry_for, experiments, lookup
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = Path("runs") / "ui"
 UPLOADS = Path("uploads")
 DATA = Path("data")  # the project's own data folder: files a speaker placed there may be trained on from the web
-NAMED_SOURCES = ("sample", "miniature")  # data sources the library names (clo.data)
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".ndjson")
 ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))  # set on Hugging Face ZeroGPU Spaces
 MAX_UPLOAD_MB = 20.0  # one upload's size limit (CLO_MAX_UPLOAD_MB); the paper's runs use a few thousand pairs
@@ -64,15 +64,24 @@ def on_gpu(fn, duration: int = 60):
     return spaces.GPU(duration=duration)(fn)
 
 
+def _is_experiment(job: dict) -> bool:
+    return bool(job) and job.get("kind") != "train"  # job files written before "experiment" named the model
+
+
 def command(recipe_path: Path) -> list[str]:
     return [sys.executable, "-m", "clo", "train", "--config", str(recipe_path)]
+
+
+def named_sources() -> tuple[str, ...]:
+    """The data sources the library names: the shipped sample, and those the offline models bring (clo.registry)."""
+    return ("sample", *sorted(DATA_SOURCES))
 
 
 def web_data_source(source: str) -> str:
     """`source` if a visitor may train on it: a named source, a hub dataset id, or a file under uploads/, data/ or
     the shipped assets/. Anything else is refused with one message that does not say whether the path exists."""
     source = (source or "").strip()
-    if source in NAMED_SOURCES:
+    if source in named_sources():
         return source
     looks_like_hub = bool(_HUB_ID.match(source)) and Path(source).suffix.lower() not in DATA_SUFFIXES
     if looks_like_hub and not Path(source).exists():
@@ -83,19 +92,19 @@ def web_data_source(source: str) -> str:
     except (OSError, ValueError):
         inside = False
     if not inside or "~" in source:
-        raise CLOError(f"data {source!r} cannot be used from the web: upload a file, or use 'sample', 'miniature', "
-                       "a hub dataset id, or a file under uploads/ or data/")
+        raise CLOError(f"data {source!r} cannot be used from the web: upload a file, or use "
+                       f"{', '.join(repr(n) for n in named_sources())}, a hub dataset id, or a file under uploads/ or data/")
     return source
 
 
 def misfit(recipe: Recipe, model: str) -> str | None:
     """Why this recipe's adapter could not be served by an app serving `model`, or None when it fits."""
     from clo.engines.base import same_model
-    from clo.miniature.world import CODE
 
-    if is_miniature(model) and recipe.data.target_lang != CODE:
-        return (f"the miniature's word-level tokenizer knows only English and its invented language: train it with "
-                f"target language {CODE!r} and data 'miniature', not {recipe.data.target_lang!r}")
+    entry = entry_for(model)  # an offline model may say why it cannot learn this (clo.registry)
+    why = entry.misfit(recipe) if entry else None
+    if why:
+        return why
     if recipe.model.name_or_path != model and not same_model(recipe.model.name_or_path, model):
         return f"this app serves {model}; an adapter trained on another model could not be served here"
     return None
@@ -154,7 +163,7 @@ class Jobs:
         job = self.current()
         if not job:
             return []
-        # a miniature job has one log per data size and seed: oldest first, each event tagged with its file
+        # an experiment has one log per data size and seed: oldest first, each event tagged with its file
         logs = sorted(Path(job["folder"]).rglob("log.jsonl"), key=lambda p: (p.stat().st_mtime, str(p)))
         return [json.loads(line) | {"log": str(log)} for log in logs
                 for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -164,9 +173,9 @@ class Jobs:
         return [Path(e["path"]).name for e in self.events() if e["event"] == "done"]
 
     def result(self) -> tuple[str, str] | None:
-        """(summary markdown, plot path) of a finished miniature job, else None."""
+        """(summary markdown, plot path) of a finished experiment, else None."""
         job = self.current() or {}
-        summaries = sorted(Path(job.get("folder", ".")).glob("*/summary.md")) if job.get("kind") == "miniature" else []
+        summaries = sorted(Path(job.get("folder", ".")).glob("*/summary.md")) if _is_experiment(job) else []
         if not summaries:
             return None
         return summaries[-1].read_text(encoding="utf-8"), str(summaries[-1].with_name("plot.png"))
@@ -198,19 +207,21 @@ class Jobs:
             recipe.save(folder / "recipe.yaml")
             return self._launch(command(folder / "recipe.yaml"), folder, "train")
 
-    def start_miniature(self, caller, options: list[str] = ()) -> dict:
-        """`python -m clo miniature [options]` (SFT vs CLO by data size); when the app serves the miniature, its
-        adapters are replaced by the new run's and reloaded at the end."""
+    def start_experiment(self, caller, name: str, options: list[str] = ()) -> dict:
+        """The experiment offline model `name` brings (clo.registry), e.g. `python -m clo miniature [options]`: SFT vs
+        CLO by data size; when the app serves that model, its adapters are replaced by the new run's and reloaded at
+        the end."""
         self.access.require(caller)
+        experiment = lookup(name).experiment
+        if experiment is None:
+            raise CLOError(f"model {name!r} brings no experiment; those that do: "
+                           f"{', '.join(e.name for e in experiments()) or 'none'}")
         with self.claim:
             self._check_idle()
             folder = self._new_folder()
-            cmd = [sys.executable, "-m", "clo", "miniature", "--out-dir", str(folder), *options]
-            if is_miniature(self.model):
-                cmd += ["--base-path", self.model, "--app-adapters", self.adapters_dir]
-            else:
-                cmd += ["--no-app-adapters"]
-            return self._launch(cmd, folder, "miniature")
+            cmd = [sys.executable, "-m", "clo", experiment.command, "--out-dir", str(folder), *options,
+                   *experiment.arguments(self.model, self.adapters_dir)]
+            return self._launch(cmd, folder, "experiment", experiment=name)
 
     def stop(self, caller) -> str:
         self.access.require(caller)
@@ -228,12 +239,12 @@ class Jobs:
         return "killed"
 
     def hot_load(self, caller) -> list[str]:
-        """Serve every adapter this job finished and the engine does not have yet (for a miniature job: the
+        """Serve every adapter this job finished and the engine does not have yet (for an experiment: the
         adapters it published for the app, once it has ended)."""
         self.access.require(caller)
         job = self.current() or {}
-        if job.get("kind") == "miniature":
-            return self._reload_miniature(job)
+        if _is_experiment(job):
+            return self._reload_served(job)
         added = []
         for e in self.events():
             if e["event"] == "done" and e["path"] not in self.loaded:
@@ -324,12 +335,12 @@ class Jobs:
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
-    def _launch(self, cmd: list[str], folder: Path, kind: str) -> dict:
+    def _launch(self, cmd: list[str], folder: Path, kind: str, **extra) -> dict:
         out = open(folder / "output.log", "w")
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         self.proc = proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         return self._record({"id": folder.name, "kind": kind, "pid": proc.pid, "pid_started": process_started(proc.pid),
-                             "folder": str(folder), "command": shlex.join(cmd), "started": time.time()})
+                             "folder": str(folder), "command": shlex.join(cmd), "started": time.time(), **extra})
 
     def _start_in_process(self, recipe: Recipe, folder: Path) -> dict:
         from clo.train import train
@@ -343,7 +354,8 @@ class Jobs:
         atomic_write(self.state_file, json.dumps(job))
         return job
 
-    def _reload_miniature(self, job: dict) -> list[str]:
+    def _reload_served(self, job: dict) -> list[str]:
+        """Reload the served adapters an experiment replaced in place (it published into the adapters folder)."""
         if self.running() or job["id"] in self.loaded or not self.result():
             return []
         self.loaded.add(job["id"])

@@ -3,7 +3,8 @@
 Uses lingua (`lingua-language-detector`), which ships its models: unlike langid-style detectors it gives
 calibrated confidences across languages and is reliable on the short texts chat answers often are, and it
 covers all six of the paper's languages (zh, de, ko, id, sw, yo). Texts too short or too ambiguous to
-judge are "unknown", never a guess.
+judge are "unknown", never a guess. A model whose language no statistical detector knows brings its own
+detector (clo.registry); the caller passes it as `judge` where that model is served.
 
     >>> from clo.langid import detect
     >>> detect("Habari ya asubuhi, rafiki yangu.").code
@@ -15,7 +16,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 UNKNOWN = "unknown"
 MIN_LETTERS = 8  # fewer letters than this (CJK characters count double) cannot be judged
@@ -40,16 +41,21 @@ def _letters(text: str) -> int:
     return sum(2 if "\u2e80" <= ch <= "\ufaff" or "\uac00" <= ch <= "\ud7af" else 1 for ch in text if ch.isalpha())
 
 
-def detect(text: str) -> Detection:
+Judge = Callable[[str], "Detection | None"]  # a model's own detector: a Detection, or None to leave the text to lingua
+
+
+def detect(text: str, judge: Judge | None = None) -> Detection:
     """The language of `text` without its code spans; "unknown" when too short or unsure.
 
-    A text written only in the miniature's vocabulary (clo.miniature) is judged by its words: "mini" or "en",
-    exactly; no statistical detector knows the invented language.
+    `judge` is the served model's own detector, for a language no statistical detector knows (clo.registry: an
+    entry's `detect`, e.g. one that judges by the model's vocabulary); it is asked first, and a None from it leaves
+    the text to lingua. Without one, every text goes to lingua.
     """
     prose = _CODE.sub(" ", text or "")
-    mini = _miniature(prose)
-    if mini is not None:
-        return mini
+    if judge is not None:
+        own = judge(prose)
+        if own is not None:
+            return own
     if _letters(prose) < MIN_LETTERS:
         return Detection(UNKNOWN, 0.0)
     best = _detector().compute_language_confidence_values(prose)[0]
@@ -58,23 +64,13 @@ def detect(text: str) -> Detection:
     return Detection(best.language.iso_code_639_1.name.lower(), round(best.value, 3))
 
 
-def _miniature(text: str) -> Detection | None:
-    from clo.miniature.world import CODE, WORLD, tokens
-
-    words = [w for w in tokens(text) if w.isalpha()]
-    if not words or not all(w in WORLD.lexicon or w in WORLD.inverse for w in words):
-        return None
-    lang = WORLD.language_of(text)
-    return Detection(lang, 1.0) if lang in (CODE, "en") else Detection(UNKNOWN, 0.0)  # else: words of both
-
-
-def fidelity(pairs: Iterable[tuple[str, str]]) -> dict[str, float | int]:
-    """Language fidelity over (query language, answer text) pairs.
+def fidelity(pairs: Iterable[tuple[str, str]], judge: Judge | None = None) -> dict[str, float | int]:
+    """Language fidelity over (query language, answer text) pairs (`judge`: as for `detect`).
 
     Returns {"fidelity": share of judged answers in the query's language, "judged": answers with a known
     language, "unknown": answers too short or unsure, "total"}. Fidelity is NaN when nothing could be judged.
     """
-    return code_fidelity((lang, detect(answer).code) for lang, answer in pairs)
+    return code_fidelity((lang, detect(answer, judge).code) for lang, answer in pairs)
 
 
 def code_fidelity(pairs: Iterable[tuple[str, str]]) -> dict[str, float | int]:

@@ -1,4 +1,7 @@
-"""Target languages: ISO 639-1 codes and each translator's own code, in one table (plus the miniature's "mini").
+"""Target languages: ISO 639-1 codes and each translator's own code, in one table.
+
+A language no translator knows (an offline model's invented one) is not in the table: the model that brings it
+registers it (`register`; clo.registry does so for its entries), and `language` finds it there.
 
     >>> from clo.languages import language
     >>> language("ko").nllb
@@ -21,7 +24,7 @@ class Language:
     name: str
     m2m100: str | None  # M2M100 language code (its tokenizer's `__xx__` token without the underscores)
     nllb: str | None  # NLLB-200 / FLORES-200 code
-    tier: str  # resource tier in the CLO paper's sense: high, mid or low; "synthetic" for the miniature
+    tier: str  # resource tier in the CLO paper's sense: high, mid or low; "synthetic" for an invented language
 
 
 _TABLE = [
@@ -46,8 +49,6 @@ _TABLE = [
     Language("bn", "Bengali", "bn", "ben_Beng", "low"),
     Language("ha", "Hausa", "ha", "hau_Latn", "low"),
     Language("am", "Amharic", "am", "amh_Ethi", "low"),
-    # the invented language of clo.miniature; its translation is a function (--data miniature), not a model
-    Language("mini", "Miniature (synthetic)", None, None, "synthetic"),
 ]
 
 LANGUAGES: dict[str, Language] = {lang.code: lang for lang in _TABLE}
@@ -60,13 +61,30 @@ ALIASES: dict[str, str] = {
     "spa": "es", "jpn": "ja", "rus": "ru", "por": "pt", "ita": "it", "kor": "ko", "ind": "id", "in": "id",
     "vie": "vi", "tha": "th", "ara": "ar", "arb": "ar", "hin": "hi", "tur": "tr", "swa": "sw", "swh": "sw",
     "yor": "yo", "ben": "bn", "hau": "ha", "amh": "am",
-    **{lang.name.lower(): lang.code for lang in _TABLE if lang.code != "mini"},
+    **{lang.name.lower(): lang.code for lang in _TABLE},
 }
 _TRADITIONAL = {"hant", "tw", "hk", "mo"}  # zh-Hant, zh-TW, zh-HK, zh-MO: written in Traditional characters
+_REGISTERED: dict[str, Language] = {}  # languages outside the table, each brought by a model (see `register`)
+
+
+def register(lang: Language) -> None:
+    """Make `language` know a language outside the table, by its code only (an offline model's invented language:
+    clo.registry registers those of its entries). A code of the table cannot be registered again."""
+    if lang.code in LANGUAGES or lang.code in ALIASES:
+        raise CLOError(f"language code {lang.code!r} is in the table already")
+    _REGISTERED[lang.code] = lang
+
+
+def registered() -> dict[str, Language]:
+    """The languages outside the table that models brought (loading clo.registry, whose entries register theirs)."""
+    import clo.registry  # noqa: F401  (its entries register their languages when it loads)
+
+    return dict(_REGISTERED)
 
 
 def language(code: str) -> Language:
-    """The table entry for a language code in any common form: ko, KO, kor, ko-KR, zh-Hans, zh-CN, swh, Korean, ...
+    """The table entry for a language code in any common form: ko, KO, kor, ko-KR, zh-Hans, zh-CN, swh, Korean, ...,
+    or a language a model registered (by its code).
 
     Anything else is one sentence listing the known codes.
     """
@@ -75,7 +93,10 @@ def language(code: str) -> Language:
         return LANGUAGES[key]
     if key in ALIASES:
         return LANGUAGES[ALIASES[key]]
-    known = ", ".join(sorted(LANGUAGES))
+    extra = registered()
+    if key in extra:
+        return extra[key]
+    known = ", ".join(sorted(LANGUAGES | extra))
     primary, *tags = re.split(r"[-_]", key) if key else [""]
     primary = ALIASES.get(primary, primary)
     if primary == "zh" and _TRADITIONAL & set(tags):

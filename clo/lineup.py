@@ -24,7 +24,7 @@ from pathlib import Path
 from clo import CLOError
 from clo.engines.base import BASE, Adapter, Engine
 from clo.files import atomic_write
-from clo.languages import LANGUAGES
+from clo.languages import language
 
 SLOTS = ("sft", "clo")  # the method each Compare slot shows, besides the base
 
@@ -115,7 +115,10 @@ class Lineup:
             name = slots[slot]
             parts.append(f"**{slot.upper()}** " + (label(self.engine.adapters[name]) if name else "*(empty)*"))
         arena = ", ".join(f"`{v}`" for v in self.arena(lang)) or "*(needs two variants)*"
-        name = LANGUAGES[lang].name if lang in LANGUAGES else lang
+        try:
+            name = language(lang).name  # a model's own language (clo.registry) too
+        except CLOError:
+            name = lang
         return f"Serving for {name} ({how}): " + " · ".join(parts) + f"  \nArena draws from: {arena}"
 
 

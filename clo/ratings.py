@@ -12,6 +12,11 @@ Pure functions over a DataFrame of battles, one row per vote, in the order the v
     language   ISO 639-1 code of the prompt ("ko", "zh", ...)
     blind      optional bool: the voter did not know which variant was which. Only blind votes are rated;
                named votes (blind False) are stored and counted in `vote_summary`, and nothing else.
+    judge      optional: None on a person's vote, else the name of the LLM judge that cast it (clo.judge). Every
+               function rates one rater's votes, `rater`: HUMAN (the default: the people, judge votes left out
+               entirely) or a judge's name (only that judge's votes), so the two tallies never mix.
+    pair_key   optional: what was judged (clo.votes.pair_key); a person's vote and a judge's on the same answers
+               share it, which is how `agreement` pairs them.
     hash_a, hash_b  optional: the adapter hash behind each side (None for the base). A variant is rated by
                (name, hash): a name whose votes carry two hashes (an adapter retrained under the same name)
                becomes two variants, `clo-ko@1a2b3c` and `clo-ko@4d5e6f`, whose votes never mix.
@@ -34,6 +39,12 @@ Every function takes `language` (None = all languages). Conventions, for variant
     >>> from clo.ratings import leaderboard
     >>> tables = leaderboard(battles, language="ko")     # {"summary", "wtl", "win_rate", "battles", ...}
     >>> tables["wtl"]                                     # CLO wins / ties / losses against each opponent
+    >>> leaderboard(battles, language="ko", rater="Qwen/Qwen2.5-72B-Instruct")   # the judge's tally, apart
+    >>> agreement(battles, judge="Qwen/Qwen2.5-72B-Instruct")   # people vs judge on the answers both judged
+
+The judge's numbers (AlpacaEval's pairwise protocol, clo.judge) are pure functions too: `win_rate_interval`
+(ties count half, percentile-bootstrap interval), `length_controlled_win_rate` (AlpacaEval 2's logistic fit on
+the length difference, read at no difference), `cohen_kappa` and `agreement_interval` on two label sequences.
 """
 
 from __future__ import annotations
@@ -53,6 +64,7 @@ BASE = "base"  # the base model's variant name (clo.engines.base.BASE): the defa
 PRIOR_SD = 2.0  # θ ~ N(0, 2²) in log-odds (347 points): keeps few one-way votes modest (5 straight wins: +460, not +910);
 #                 with 100 votes a pair it moves a rating by a point or two
 COUNTS = ("wins", "ties", "losses", "both_bad")
+HUMAN = "human"  # the rater of the people's votes; a judge is named by its model name (the `judge` column)
 MIN_PAIR_BATTLES = 5  # judged battles every pair that met needs before Bradley–Terry and Elo are shown
 SMOOTHING = 0.5  # pseudo-count per outcome in the bootstrap's resampling shares (Jeffreys)
 
@@ -96,6 +108,23 @@ def _blind(battles: pd.DataFrame) -> pd.Series:
     return battles["blind"].astype(object).where(battles["blind"].notna(), False).astype(bool)
 
 
+def _by(battles: pd.DataFrame, rater: str) -> pd.Series:
+    """Which rows `rater` cast: HUMAN = the votes without a judge, else the votes of the judge of that name."""
+    if "judge" not in battles.columns:
+        return pd.Series(rater == HUMAN, index=battles.index)
+    judge = battles["judge"].astype(object)
+    is_judge = judge.notna() & (judge.astype(str).str.strip() != "")
+    return ~is_judge if rater == HUMAN else is_judge & (judge == rater)
+
+
+def judges(battles: pd.DataFrame) -> list[str]:
+    """The names of the judges that voted (sorted); none when every vote is a person's."""
+    if len(battles) == 0 or "judge" not in battles.columns:
+        return []
+    names = battles["judge"].astype(object)
+    return sorted({str(j) for j in names[names.notna()] if str(j).strip()})
+
+
 def version_keys(battles: pd.DataFrame) -> pd.DataFrame:
     """The battles with each variant named by (name, adapter hash): a name that appears with more than one hash
     (in hash_a / hash_b) becomes `name@<first 6 hex digits>` per hash (`name@?` where a vote has none), so the
@@ -116,20 +145,21 @@ def version_keys(battles: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def rated_battles(battles: pd.DataFrame, language: str | None = None) -> pd.DataFrame:
-    """The battles that count toward ratings: checked, blind only, of one language (None = all), variants named
-    by `version_keys`."""
+def rated_battles(battles: pd.DataFrame, language: str | None = None, rater: str = HUMAN) -> pd.DataFrame:
+    """The battles that count toward ratings: checked, cast by `rater` (HUMAN: people only), blind only, of one
+    language (None = all), variants named by `version_keys`."""
     battles = check_battles(battles)
-    keep = _blind(battles)
+    keep = _blind(battles) & _by(battles, rater)
     if language is not None:
         keep &= battles["language"] == language
     return version_keys(battles[keep])
 
 
-def vote_summary(battles: pd.DataFrame, language: str | None = None) -> pd.DataFrame:
-    """Votes per language, then an "all" row: stored, named (excluded from ratings), rated (blind), and the
-    rated ones by outcome (a, b, tie, both_bad)."""
+def vote_summary(battles: pd.DataFrame, language: str | None = None, rater: str = HUMAN) -> pd.DataFrame:
+    """`rater`'s votes (HUMAN: people only; a judge's are never counted here) per language, then an "all" row:
+    stored, named (excluded from ratings), rated (blind), and the rated ones by outcome (a, b, tie, both_bad)."""
     battles = check_battles(battles)
+    battles = battles[_by(battles, rater)]
     if language is not None:
         battles = battles[battles["language"] == language]
     blind = _blind(battles)
@@ -146,13 +176,13 @@ def vote_summary(battles: pd.DataFrame, language: str | None = None) -> pd.DataF
 
 # ---- counts ----
 
-def pair_counts(battles: pd.DataFrame, language: str | None = None) -> pd.DataFrame:
+def pair_counts(battles: pd.DataFrame, language: str | None = None, rater: str = HUMAN) -> pd.DataFrame:
     """Outcome counts of every pair of variants that met, in both orientations (rated battles only).
 
     One row per (variant, opponent): wins, ties, losses of `variant` against `opponent` whichever side it
     was shown on, both_bad, and battles = all four. The row (j, i) mirrors (i, j): its wins are (i, j)'s losses.
     """
-    rated = rated_battles(battles, language)
+    rated = rated_battles(battles, language, rater)
     columns = ["variant", "opponent", *COUNTS, "battles"]
     if rated.empty:
         return pd.DataFrame({c: pd.Series(dtype=object if c in ("variant", "opponent") else int) for c in columns})
@@ -181,7 +211,8 @@ def _wtl(counts: pd.DataFrame, focus: str) -> pd.DataFrame:
     return table.astype({c: int for c in (*COUNTS, "battles")})
 
 
-def wtl_table(battles: pd.DataFrame, focus: str = "clo", language: str | None = None) -> pd.DataFrame:
+def wtl_table(battles: pd.DataFrame, focus: str = "clo", language: str | None = None, rater: str = HUMAN
+              ) -> pd.DataFrame:
     """Wins / ties / losses of the focus variant against each opponent, as in the Korean-transfer study's
     "CLO wins / tie / CLO losses" table.
 
@@ -190,7 +221,7 @@ def wtl_table(battles: pd.DataFrame, focus: str = "clo", language: str | None = 
     One row per opponent: wins, ties, losses, both_bad, battles (all four), then win_pct + tie_pct + loss_pct = 100
     over the judged battles (both_bad excluded) and both_bad_pct over all battles.
     """
-    return _wtl(pair_counts(battles, language), focus)
+    return _wtl(pair_counts(battles, language, rater), focus)
 
 
 def _matrix(counts: pd.DataFrame, values: pd.Series) -> pd.DataFrame:
@@ -199,13 +230,13 @@ def _matrix(counts: pd.DataFrame, values: pd.Series) -> pd.DataFrame:
     return matrix.reindex(index=names, columns=names).rename_axis(index="variant", columns="opponent")
 
 
-def win_rate_matrix(battles: pd.DataFrame, language: str | None = None) -> pd.DataFrame:
+def win_rate_matrix(battles: pd.DataFrame, language: str | None = None, rater: str = HUMAN) -> pd.DataFrame:
     """W[i, j] = (wins + ½·ties) / (wins + ties + losses) of variant i (row) against opponent j (column).
 
     both_bad battles are left out; W[i, j] + W[j, i] = 1; NaN on the diagonal and where a pair never met
     (or met only in both_bad battles).
     """
-    return _win_rates(pair_counts(battles, language))
+    return _win_rates(pair_counts(battles, language, rater))
 
 
 def _win_rates(counts: pd.DataFrame) -> pd.DataFrame:
@@ -213,9 +244,9 @@ def _win_rates(counts: pd.DataFrame) -> pd.DataFrame:
     return _matrix(counts, (counts["wins"] + 0.5 * counts["ties"]) / judged)
 
 
-def count_matrix(battles: pd.DataFrame, language: str | None = None) -> pd.DataFrame:
+def count_matrix(battles: pd.DataFrame, language: str | None = None, rater: str = HUMAN) -> pd.DataFrame:
     """Number of judged battles (wins + ties + losses, both_bad excluded) behind each cell of `win_rate_matrix`."""
-    return _judged_counts(pair_counts(battles, language))
+    return _judged_counts(pair_counts(battles, language, rater))
 
 
 def _judged_counts(counts: pd.DataFrame) -> pd.DataFrame:
@@ -268,8 +299,9 @@ def bradley_terry(
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    rater: str = HUMAN,
 ) -> pd.DataFrame:
-    """Bradley–Terry ratings with percentile-bootstrap intervals, best first.
+    """Bradley–Terry ratings of `rater`'s votes with percentile-bootstrap intervals, best first.
 
     anchor: the variant pinned at `anchor_rating` (its interval is then that point); None = "base" when it has
     judged battles, else the ratings are centred on `anchor_rating`. Columns: variant, rating (the fit on the
@@ -278,7 +310,7 @@ def bradley_terry(
     from a multinomial with the pair's total and observed shares (numpy Generator seeded with `seed`), so its
     cost does not grow with the number of votes.
     """
-    return _bradley_terry(pair_counts(battles, language), anchor, anchor_rating, n_bootstrap, confidence, seed)
+    return _bradley_terry(pair_counts(battles, language, rater), anchor, anchor_rating, n_bootstrap, confidence, seed)
 
 
 def _bradley_terry(counts: pd.DataFrame, anchor: str | None, anchor_rating: float, n_bootstrap: int,
@@ -357,15 +389,15 @@ def rating_note(counts: pd.DataFrame, min_battles: int = MIN_PAIR_BATTLES) -> st
 
 # ---- Elo ----
 
-def elo_ratings(battles: pd.DataFrame, language: str | None = None, k: float = 4.0, initial: float = 1000.0
-                ) -> pd.DataFrame:
+def elo_ratings(battles: pd.DataFrame, language: str | None = None, k: float = 4.0, initial: float = 1000.0,
+                rater: str = HUMAN) -> pd.DataFrame:
     """Online Elo in row order (sort the battles by time first), for reference next to Bradley–Terry.
 
     E_a = 1 / (1 + 10^((R_b − R_a)/400)),  R_a += K·(S_a − E_a),  R_b += K·(E_a − S_a),
     S_a = 1, ½, 0 for a, tie, b; both_bad battles are skipped. K = 4 as in FastChat's reference implementation:
     it depends on the order of the votes, which Bradley–Terry does not. Columns: variant, rating, battles.
     """
-    rated = rated_battles(battles, language)
+    rated = rated_battles(battles, language, rater)
     rated = rated[rated["outcome"] != "both_bad"]
     ratings: dict[str, float] = {}
     played: dict[str, int] = {}
@@ -391,8 +423,10 @@ def leaderboard(
     n_bootstrap: int = 1000,
     seed: int = 0,
     min_battles: int = MIN_PAIR_BATTLES,
+    rater: str = HUMAN,
 ) -> dict[str, pd.DataFrame | str | None]:
-    """Every table for one language (None = all), for the command line and the app's leaderboard tab.
+    """Every table for one language (None = all) from `rater`'s votes (HUMAN: the people's; or a judge's name),
+    for the command line and the app's leaderboard tab.
 
     summary        vote_summary: stored / named / rated votes and outcomes per language
     wtl            wtl_table for `focus`
@@ -404,14 +438,14 @@ def leaderboard(
     elo            online Elo, K = 4; empty likewise
     note           None, or the sentence saying why there are no ratings yet (`rating_note`)
     """
-    counts = pair_counts(battles, language)  # checks the battles and aggregates the rated ones once
+    counts = pair_counts(battles, language, rater)  # checks the battles and aggregates the rated ones once
     note = rating_note(counts, min_battles)
     bt = _bradley_terry(counts.iloc[:0] if note else counts, anchor, 1000.0, n_bootstrap, 0.95, seed)
-    elo = elo_ratings(battles, language)
+    elo = elo_ratings(battles, language, rater=rater)
     order = list(bt["variant"]) or sorted(set(counts["variant"]))
     return {
         "note": note,
-        "summary": vote_summary(battles, language),
+        "summary": vote_summary(battles, language, rater),
         "wtl": _wtl(counts, focus),
         "win_rate": _win_rates(counts).reindex(index=order, columns=order),
         "battles": _judged_counts(counts).reindex(index=order, columns=order),
@@ -419,3 +453,162 @@ def leaderboard(
         "bradley_terry": bt,
         "elo": elo.iloc[:0] if note else elo,
     }
+
+
+# ---- a judge's win rate, and how far a judge agrees with people ----
+
+def win_rate_interval(scores, n_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """Win rate of one side from its per-item scores (1 win, ½ tie, 0 loss), with a percentile-bootstrap interval.
+
+        win rate = (wins + ½·ties) / n          (AlpacaEval's `win_rate`, here a share in [0, 1])
+        interval: the items resampled with replacement `n_bootstrap` times (numpy Generator seeded with `seed`),
+                  the (1 − confidence)/2 and (1 + confidence)/2 percentiles of the resampled rates
+
+    Returns {"rate", "lower", "upper", "n", "wins", "ties", "losses"}; rate and bounds are NaN with no items, the
+    bounds NaN with 0 resamples.
+    """
+    scores = np.asarray(scores, dtype=float).ravel()
+    bad = ~np.isin(scores, (0.0, 0.5, 1.0))
+    if bad.any():
+        raise CLOError(f"a win-rate score is 1 (win), 0.5 (tie) or 0 (loss), got {float(scores[bad][0]):g}")
+    n = len(scores)
+    out = {"rate": float(scores.mean()) if n else math.nan, "lower": math.nan, "upper": math.nan, "n": n,
+           "wins": int((scores == 1).sum()), "ties": int((scores == 0.5).sum()), "losses": int((scores == 0).sum())}
+    if n and n_bootstrap > 0:
+        rng = np.random.default_rng(seed)
+        rates = scores[rng.integers(0, n, size=(n_bootstrap, n))].mean(axis=1)
+        alpha = 100 * (1 - confidence) / 2
+        out["lower"], out["upper"] = (float(x) for x in np.percentile(rates, [alpha, 100 - alpha]))
+    return out
+
+
+def length_controlled_win_rate(scores, length_first, length_second) -> float:
+    """AlpacaEval 2's length-controlled win rate of the first side: the win rate it would have were its answers as
+    long as the second side's.
+
+    A logistic GLM of the per-item preference y (1 win, ½ tie, 0 loss: a fractional response, fitted by maximum
+    likelihood on the Bernoulli log-likelihood, scipy's L-BFGS-B) on the standardised length difference,
+
+        logit P(first wins) = β0 + β1·tanh(Δ / sd(Δ)),   Δ = len(first answer) − len(second answer) in characters,
+
+    then read at Δ = 0: LC = σ(β0). This is AlpacaEval 2's `length_controlled_minimal` model: its default model
+    adds a per-instruction difficulty that is estimated from its own 805 instructions and many other models'
+    answers, which a prompt set of one's own does not have. With no length difference (sd(Δ) = 0) the fit is the
+    intercept alone and LC equals the plain win rate; a first side that wins or loses every item gives 1 or 0.
+    """
+    from scipy.optimize import minimize
+    from scipy.special import log_expit
+
+    y = np.asarray(scores, dtype=float).ravel()
+    delta = np.asarray(length_first, dtype=float).ravel() - np.asarray(length_second, dtype=float).ravel()
+    if len(y) != len(delta):
+        raise CLOError(f"{len(y)} scores but {len(delta)} length differences")
+    if len(y) == 0:
+        return math.nan
+    spread = delta.std(ddof=1) if len(y) > 1 else 0.0
+    if spread == 0 or y.min() == y.max():  # nothing for the length term to explain: the intercept is the mean
+        return float(y.mean())
+    x = np.tanh(delta / spread)
+
+    def loss_and_grad(beta: np.ndarray) -> tuple[float, np.ndarray]:
+        z = beta[0] + beta[1] * x
+        loss = -(y * log_expit(z) + (1 - y) * log_expit(-z)).mean()
+        residual = (expit(z) - y) / len(y)
+        return float(loss), np.array([residual.sum(), (residual * x).sum()])
+
+    fit = minimize(loss_and_grad, np.zeros(2), jac=True, method="L-BFGS-B", bounds=[(-30, 30), (-30, 30)],
+                   options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 1000})
+    return float(expit(fit.x[0]))
+
+
+def cohen_kappa(labels_1, labels_2) -> float:
+    """Cohen's κ between two raters' labels of the same items (any hashable labels):
+
+        κ = (p_o − p_e) / (1 − p_e),   p_o = share of items labelled alike,
+                                       p_e = Σ_k p_1(k)·p_2(k), the agreement expected by chance from each
+                                             rater's own label shares
+
+    1 = perfect agreement, 0 = no better than chance, < 0 = worse (−1 for two labels always swapped with equal
+    shares). NaN when p_e = 1 (both raters gave one and the same label to everything: κ is undefined) or no items.
+    """
+    a, b = _labels(labels_1, labels_2)
+    if len(a) == 0:
+        return math.nan
+    return float(_kappa(*_codes(a, b))[0])
+
+
+def _labels(labels_1, labels_2) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(list(labels_1), dtype=object), np.asarray(list(labels_2), dtype=object)
+    if len(a) != len(b):
+        raise CLOError(f"two raters' labels must be of the same items: got {len(a)} and {len(b)}")
+    return a, b
+
+
+def _codes(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    names = {label: k for k, label in enumerate(sorted(set(a) | set(b), key=str))}
+    return np.array([names[x] for x in a]), np.array([names[x] for x in b]), len(names)
+
+
+def _kappa(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """κ of label codes a, b: [n] or [B, n] (a batch of resamples); returns [B] (NaN where p_e = 1)."""
+    a, b = np.atleast_2d(a), np.atleast_2d(b)
+    n = a.shape[1]
+    observed = (a == b).mean(axis=1)
+    share_a = np.stack([(a == c).mean(axis=1) for c in range(k)], axis=1)
+    share_b = np.stack([(b == c).mean(axis=1) for c in range(k)], axis=1)
+    expected = (share_a * share_b).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = np.where(np.isclose(expected, 1.0), np.nan, (observed - expected) / (1.0 - expected))
+    return kappa if n else np.full(len(a), np.nan)
+
+
+def agreement_interval(labels_1, labels_2, n_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """Percent agreement and Cohen's κ between two raters' labels of the same items, each with a percentile-bootstrap
+    interval (items resampled with replacement; resamples where κ is undefined are left out of κ's).
+
+    Returns {"n", "agreement", "agreement_lower", "agreement_upper", "kappa", "kappa_lower", "kappa_upper"};
+    agreement is a share in [0, 1].
+    """
+    a, b = _labels(labels_1, labels_2)
+    n = len(a)
+    out = {"n": n, "agreement": math.nan, "agreement_lower": math.nan, "agreement_upper": math.nan,
+           "kappa": math.nan, "kappa_lower": math.nan, "kappa_upper": math.nan}
+    if n == 0:
+        return out
+    ca, cb, k = _codes(a, b)
+    out["agreement"], out["kappa"] = float((ca == cb).mean()), float(_kappa(ca, cb, k)[0])
+    if n_bootstrap > 0:
+        rows = np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
+        alpha = 100 * (1 - confidence) / 2
+        same = (ca[rows] == cb[rows]).mean(axis=1)
+        out["agreement_lower"], out["agreement_upper"] = (float(x) for x in np.percentile(same, [alpha, 100 - alpha]))
+        kappas = _kappa(ca[rows], cb[rows], k)
+        if np.isfinite(kappas).any():
+            out["kappa_lower"], out["kappa_upper"] = (float(x) for x in np.nanpercentile(kappas, [alpha, 100 - alpha]))
+    return out
+
+
+def winner_labels(battles: pd.DataFrame) -> pd.Series:
+    """Each vote's verdict whichever side was shown where: the winning variant's name, "tie" or "both_bad"."""
+    outcome = battles["outcome"]
+    return pd.Series(np.where(outcome == "a", battles["variant_a"], np.where(outcome == "b", battles["variant_b"],
+                                                                             outcome)), index=battles.index, dtype=object)
+
+
+def agreement(battles: pd.DataFrame, judge: str, language: str | None = None, n_bootstrap: int = 2000,
+              seed: int = 0) -> dict:
+    """How far `judge` agrees with the people, on the answers both judged: every blind human vote (not both_bad,
+    which a judge cannot say) whose pair_key the judge also judged is one item, labelled by `winner_labels` on
+    both sides (the judge's latest verdict on that pair). Returns `agreement_interval`'s dict."""
+    battles = check_battles(battles)
+    if len(battles) == 0 or "pair_key" not in battles.columns:
+        return agreement_interval([], [], 0)
+    if language is not None:
+        battles = battles[battles["language"] == language]
+    people = battles[_by(battles, HUMAN) & _blind(battles) & (battles["outcome"] != "both_bad")]
+    verdicts = battles[_by(battles, judge)]
+    verdict = pd.Series(winner_labels(verdicts).to_numpy(), index=verdicts["pair_key"].to_numpy())
+    verdict = verdict[~verdict.index.duplicated(keep="last")]
+    both = people[people["pair_key"].isin(verdict.index)]
+    return agreement_interval(winner_labels(both), verdict.reindex(both["pair_key"]).to_numpy(), n_bootstrap,
+                              seed=seed)

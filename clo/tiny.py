@@ -3,12 +3,16 @@
 For tests, benchmarks and smoke runs where no hub is reachable. Its answers are noise.
 
     python -m clo tiny models/tiny          # or: from clo.tiny import build_tiny_model
+    python app.py --model tiny              # the registry's shorthand (clo.registry): models/tiny, made on first use
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+
+from clo.registry import OfflineModel, register
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -110,3 +114,31 @@ def build_random_adapter(model_path: str | Path, folder: str | Path, seed: int =
     manifest = {"method": "random", "target_lang": None, "base_model": {"name_or_path": base_name or str(model_path)}}
     (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return folder
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tiny(OfflineModel):
+    def make(self, out: Path, seed: int = 0) -> Path:
+        """Built in a marked staging folder and renamed into place whole."""
+        from clo import CLOError
+        from clo.files import remove_stale, staging
+
+        if out.exists():
+            raise CLOError(f"{out} exists but is not a model folder (no config.json); remove it or pass another folder")
+        remove_stale(out.parent)
+        with staging(out.parent, out.name) as tmp:
+            build_tiny_model(tmp / out.name, seed=seed)
+            (tmp / out.name).rename(out)
+        return out
+
+
+TINY = register(Tiny(
+    name="tiny",
+    title="a tiny random model",
+    description="random weights (a 2-layer, 128-wide Llama, about 0.6M parameters, with a byte-level tokenizer "
+                "trained on the sample), built here in seconds for smoke runs of the plumbing; its answers are noise",
+    folder="tiny",
+    license="Apache-2.0 (this project)",
+    credits="built by this project (clo.tiny)",
+    origin="built here by clo.tiny.build_tiny_model (random weights)",
+))

@@ -118,10 +118,12 @@ class PairCollator:
         return batch
 
 
-def group_logps(model, batch: dict, keys) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def group_logps(model, batch: dict, keys, chunk: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """One forward over the sequences of `keys`: key -> (summed answer log-probs [B], answer tokens [B]).
 
-    Logits are computed only from the first answer position of the batch on (`logits_to_keep`).
+    Logits are computed only from the first answer position of the batch on (`logits_to_keep`). With `chunk` > 0
+    they are never whole: the decoder's hidden states go through the output layer and the log-softmax `chunk`
+    answer positions at a time (`chunked_answer_logps`), the same numbers in a fraction of the memory.
     """
     width = max(batch[f"{k}_input_ids"].shape[1] for k in keys)
     pad = lambda t, value: F.pad(t, (0, width - t.shape[1]), value=value)  # noqa: E731
@@ -129,15 +131,57 @@ def group_logps(model, batch: dict, keys) -> dict[str, tuple[torch.Tensor, torch
     mask = torch.cat([pad(batch[f"{k}_attention_mask"], 0) for k in keys])
     labels = torch.cat([pad(batch[f"{k}_labels"], -100) for k in keys])
     first_answer = int((labels != -100).int().argmax(-1).min())
-    keep = width - first_answer + 1
-    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
-    sums, counts = sequence_logps(logits[:, :-1], labels[:, width - keep + 1 :])
+    if chunk and plain_output_layer(model):
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        sums, counts = chunked_answer_logps(model.get_output_embeddings(), hidden[:, first_answer - 1 : -1],
+                                            labels[:, first_answer:], chunk)
+    else:
+        keep = width - first_answer + 1
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
+        sums, counts = sequence_logps(logits[:, :-1], labels[:, width - keep + 1 :])
     n = batch[f"{keys[0]}_input_ids"].shape[0]
     return {k: (sums[i * n : (i + 1) * n], counts[i * n : (i + 1) * n]) for i, k in enumerate(keys)}
 
 
+# config fields of models whose logits are more than the output layer of the last hidden state (Gemma 2's soft cap,
+# Cohere's and Granite's scaling): the chunked path would miss them, so those models take the whole-logits path
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def plain_output_layer(model) -> bool:
+    """Whether the model's logits are exactly its output layer applied to its decoder's last hidden state."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return not any(getattr(text, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS)
+
+
+def chunked_answer_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sequence_logps(head(hidden), labels)` without the whole [B, T, V] logits: `chunk` positions at a time.
+
+    hidden: [B, T, H], position t predicts labels[:, t]; labels: [B, T] with -100 off the answer.
+    With gradients, each chunk is recomputed in the backward pass (activation checkpointing), so only one chunk's
+    float32 logits exist at once in either pass.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    def part(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return sequence_logps(head(h), y)
+
+    sums = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    counts = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
+    for start in range(0, hidden.shape[1], chunk):
+        h, y = hidden[:, start : start + chunk], labels[:, start : start + chunk]
+        if not bool((y != -100).any()):
+            continue
+        s, c = checkpoint(part, h, y, use_reentrant=False) if torch.is_grad_enabled() and h.requires_grad else part(h, y)
+        sums, counts = sums + s, counts + c
+    return sums, counts
+
+
 @torch.no_grad()
-def add_reference_logps(model, features: list[dict], collator: PairCollator, batch_size: int, should_stop=lambda: False) -> None:
+def add_reference_logps(model, features: list[dict], collator: PairCollator, batch_size: int, should_stop=lambda: False,
+                        chunk: int = 0) -> None:
     """π_ref log-probs of the four sequences of every pair, with the LoRA adapter disabled, stored in the features."""
     from tqdm.auto import tqdm
 
@@ -147,10 +191,10 @@ def add_reference_logps(model, features: list[dict], collator: PairCollator, bat
         for start in tqdm(range(0, len(features), batch_size), desc="reference log-probs", unit="batch"):
             if should_stop():
                 raise TrainingStopped()
-            chunk = features[start : start + batch_size]
-            batch = {k: v.to(model.device) for k, v in collator(chunk).items()}
-            for key, (sums, _) in group_logps(model, batch, KEYS).items():
-                for f, value in zip(chunk, sums.tolist()):
+            rows = features[start : start + batch_size]
+            batch = {k: v.to(model.device) for k, v in collator(rows).items()}
+            for key, (sums, _) in group_logps(model, batch, KEYS, chunk).items():
+                for f, value in zip(rows, sums.tolist()):
                     f[f"ref_{key}"] = value
     model.train(was_training)
 
@@ -161,8 +205,9 @@ class CLOTrainer(Trainer):
     """transformers' Trainer with the loss of one method (clo, sft, dpo, orpo) on cross-lingual pairs."""
 
     def __init__(self, *args, method: str, lam: float, beta: float, orpo_lambda: float,
-                 sft_english: bool, backward: str = "sequence", **kwargs):
+                 sft_english: bool, backward: str = "sequence", logits_chunk: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
+        self.chunk = logits_chunk
         self.method, self.lam, self.beta, self.orpo_lambda = method, lam, beta, orpo_lambda
         self.keys = needed_keys(method, sft_english)
         self.passes = BACKWARD_PASSES["pair" if method == "sft" else backward]
@@ -184,7 +229,7 @@ class CLOTrainer(Trainer):
         return clo_loss(policy, reference, target_nll, beta=self.beta, lam=self.lam if self.method == "clo" else 0.0)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, metrics = self.method_loss(group_logps(model, inputs, self.keys), inputs)
+        loss, metrics = self.method_loss(group_logps(model, inputs, self.keys, self.chunk), inputs)
         self._store(metrics)
         return (loss, None) if return_outputs else loss
 
@@ -204,10 +249,10 @@ class CLOTrainer(Trainer):
         known: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if len(self.passes) == len(KEYS):  # one sequence per pass: first the rejected answers' values
             with torch.no_grad(), self.compute_loss_context_manager():
-                known.update(group_logps(model, inputs, tuple(r for _, r in DIRECTIONS.values())))
+                known.update(group_logps(model, inputs, tuple(r for _, r in DIRECTIONS.values()), self.chunk))
         for keys in self.passes:
             with self.compute_loss_context_manager():
-                fresh = group_logps(model, inputs, keys)
+                fresh = group_logps(model, inputs, keys, self.chunk)
             stand_in = _placeholder(fresh[keys[0]])
             logps = {k: fresh.get(k) or known.get(k) or stand_in for k in KEYS}
             loss, _ = self.method_loss(logps, inputs)
@@ -441,7 +486,8 @@ def fit(s: Setup, recipe: Recipe, method: str, run_dir: Path, callbacks=(), stop
         for cb in callbacks:
             if isinstance(cb, RunLog):
                 cb.write("reference_begin", pairs=len(s.features))
-        add_reference_logps(peft_model, s.features, PairCollator(s.tokenizer.pad_token_id, KEYS), 2 * t.batch_size, stop_requested)
+        add_reference_logps(peft_model, s.features, PairCollator(s.tokenizer.pad_token_id, KEYS), 2 * t.batch_size, stop_requested,
+                            t.logits_chunk)
     trainer = CLOTrainer(
         model=peft_model,
         args=training_arguments(recipe, run_dir / method, s.mode == "qlora-4bit"),
@@ -449,7 +495,7 @@ def fit(s: Setup, recipe: Recipe, method: str, run_dir: Path, callbacks=(), stop
         data_collator=PairCollator(s.tokenizer.pad_token_id, needed_keys(method, recipe.method.sft_english)),
         callbacks=list(callbacks),
         method=method, lam=recipe.method.lam, beta=recipe.method.beta, orpo_lambda=recipe.method.orpo_lambda,
-        sft_english=recipe.method.sft_english, backward=t.backward,
+        sft_english=recipe.method.sft_english, backward=t.backward, logits_chunk=t.logits_chunk,
     )
     trainer.train()
     return peft_model, trainer

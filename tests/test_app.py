@@ -265,7 +265,7 @@ def test_the_train_form_on_the_miniature_trains_its_own_language(tmp_path):
 
     base = tmp_path / "miniature-base"
     base.mkdir()
-    (base / "miniature.json").write_text("{}")  # what marks a folder as the miniature's base (clo.ui.services)
+    (base / "miniature.json").write_text("{}")  # what marks a folder as the miniature's base (its registry entry)
     services = SimpleNamespace(settings=SimpleNamespace(model=str(base), adapters_dir=str(tmp_path / "adapters")),
                                examples={"mini": []})
     recipe = form_defaults(services)

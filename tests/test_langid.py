@@ -5,7 +5,7 @@ import json
 import pytest
 
 from clo.data import SAMPLE
-from clo.langid import UNKNOWN, detect, fidelity
+from clo.langid import UNKNOWN, Detection, detect, fidelity
 
 ROWS = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()[:20]]
 
@@ -24,9 +24,27 @@ def test_other_paper_languages(text, code):
     assert detect(text).code == code
 
 
-@pytest.mark.parametrize("text", ["", "OK", "42", "`x = 1`", "🙂🙂", "Hi!"])
+@pytest.mark.parametrize("text", ["", "OK", "42", "`x = 1`", "🙂🙂", "Hi!", "Red.", "the cat ."])
 def test_too_short_is_unknown_not_guessed(text):
-    assert detect(text) .code == UNKNOWN
+    """"Red." and "the cat ." are words of the miniature's vocabulary: no model's own detector decides them here."""
+    assert detect(text) == Detection(UNKNOWN, 0.0)
+
+
+def test_a_judge_is_asked_first_and_none_leaves_the_text_to_lingua():
+    """A served model's own detector (clo.registry) decides what it knows; None from it means lingua decides."""
+    asked = []
+
+    def judge(text):
+        asked.append(text)
+        return Detection("xx", 1.0) if text.startswith("zorp") else None
+
+    assert detect("zorp blat", judge) == Detection("xx", 1.0)
+    assert detect("Red.", judge).code == UNKNOWN and detect(ROWS[0]["response_ko"], judge).code == "ko"
+    assert asked[0] == "zorp blat" and len(asked) == 3
+    assert detect("zorp `blat`", judge).code == "xx" and asked[-1] == "zorp  "  # code spans are dropped first
+    pairs = [("xx", "zorp"), ("xx", ROWS[0]["response_en"]), ("xx", "Hi!")]
+    assert fidelity(pairs, judge) == {"fidelity": 0.5, "judged": 2, "unknown": 1, "total": 3}
+    assert fidelity(pairs)["judged"] == 1  # without it, lingua judges only the English answer
 
 
 def test_code_spans_do_not_decide_the_language():

@@ -118,13 +118,18 @@ def test_tokenizer_covers_the_world_and_decodes_words():
     assert tok.unk_token_id not in (chat["input_ids"] if isinstance(chat, dict) else chat)
 
 
-def test_language_id_knows_the_miniature():
-    from clo.langid import detect
+def test_language_id_knows_the_miniature_where_it_is_served():
+    """Its own detector (its registry entry's) judges its words; plain language ID does not know its language."""
+    from clo.langid import UNKNOWN, detect
+    from clo.registry import MODELS
 
+    judge = MODELS["miniature"].detect
     ex = generate(1, seed=0)[0]
-    assert detect(ex.response_tgt).code == CODE
-    assert detect(ex.response_en).code == "en"
-    assert detect("Habari ya asubuhi, rafiki yangu.").code == "sw"  # other texts still go to lingua
+    assert detect(ex.response_tgt, judge).code == CODE
+    assert detect(ex.response_en, judge).code == "en" and detect("Red.", judge).code == "en"
+    assert detect(f"{ex.response_en} {ex.response_tgt}", judge).code == UNKNOWN  # words of both languages
+    assert detect("Habari ya asubuhi, rafiki yangu.", judge).code == "sw"  # other texts still go to lingua
+    assert detect(ex.response_tgt).code != CODE and detect("Red.").code == UNKNOWN  # without it: lingua alone
 
 
 def test_data_source_miniature_builds_pairs_and_refuses_other_languages(project):
@@ -136,11 +141,11 @@ def test_data_source_miniature_builds_pairs_and_refuses_other_languages(project)
     assert len(data) == 12 and data.manifest["translator"] == "file" and data.manifest["source"] == "miniature"
     for r in data.rows:
         assert WORLD.to_target(r["prompt_en"]) == r["prompt_tgt"] and WORLD.to_target(r["response_en"]) == r["response_tgt"]
-    with pytest.raises(CLOError, match="use --lang mini"):
+    with pytest.raises(CLOError, match=r"--data miniature is in Miniature \(synthetic\) only: use --lang mini, not 'ko'"):
         build_pairs(DataConfig(target_lang="ko", source="miniature", pairs=12))
     translator = HFTranslator.__new__(HFTranslator)  # the language check runs before any model is loaded
     translator.family = "m2m100"
-    with pytest.raises(CLOError, match="no translation model knows Miniature"):
+    with pytest.raises(CLOError, match=r"no translation model knows Miniature \(synthetic\) \('mini'\); its pairs come from --data miniature$"):
         translator._code(CODE)
 
 
@@ -243,11 +248,11 @@ def test_train_tab_runs_the_miniature_and_serves_its_new_adapters(miniature, pro
     before = {n: a.sha256 for n, a in services.engine.adapters.items()}
     assert set(before) == {f"sft-{CODE}", f"clo-{CODE}"}
     jobs = services.jobs
-    job = jobs.start_miniature(None, ["--sizes", "8", "--seeds", "0", "--epochs", "1", "--eval-examples", "9",
+    job = jobs.start_experiment(None, "miniature", ["--sizes", "8", "--seeds", "0", "--epochs", "1", "--eval-examples", "9",
                                 "--max-new-tokens", "8", "--learning-rate", "0.01"])
     assert "--app-adapters models/miniature/adapters" in job["command"]
     with pytest.raises(Exception, match="already going"):
-        jobs.start_miniature(None)
+        jobs.start_experiment(None, "miniature")
     deadline = time.time() + 300
     while jobs.running() and time.time() < deadline:
         time.sleep(1)
@@ -324,7 +329,7 @@ def test_bad_settings_are_refused_before_anything_is_written(project, change, me
 
 
 def test_data_tab_lexicon_lists_every_word_once():
-    from clo.ui.data import lexicon
+    from clo.miniature import lexicon
 
     table = lexicon()
     assert len(table) == len(WORLD.lexicon) and table["English"].is_unique and table.iloc[:, 1].is_unique

@@ -328,3 +328,133 @@ def test_one_hash_per_name_keeps_plain_names():
     battles = one_way(3).assign(hash_a=lambda f: np.where(f.variant_a == "clo-ko", "abc", None),
                                 hash_b=lambda f: np.where(f.variant_b == "clo-ko", "abc", None))
     assert set(version_keys(battles)["variant_a"]) == {"clo-ko", "base"}
+
+
+# ---- a judge's numbers and its agreement with people (clo.judge) ----
+
+from clo import CLOError  # noqa: E402
+from clo.ratings import (  # noqa: E402
+    HUMAN,
+    agreement,
+    agreement_interval,
+    cohen_kappa,
+    judges,
+    length_controlled_win_rate,
+    win_rate_interval,
+    winner_labels,
+)
+
+
+def test_win_rate_counts_ties_half_like_alpaca_eval():
+    # 5 wins, 1 tie, 2 losses: (5 + ½) / 8 = 0.6875; alpaca_eval 0.6.6's get_winrate gives 68.75 on the same
+    # preferences [2, 2, 2, 1, 1.5, 2, 1, 2] (checked in a throwaway venv: the package is not a dependency)
+    r = win_rate_interval([1, 1, 1, 0, 0.5, 1, 0, 1], n_bootstrap=2000)
+    assert r["rate"] == 0.6875 and (r["wins"], r["ties"], r["losses"], r["n"]) == (5, 1, 2, 8)
+    assert r["lower"] < r["rate"] < r["upper"]
+    # two items, one won: the resampled rate is 0, ½ or 1 with probability ¼, ½, ¼, so the 95% interval is [0, 1]
+    two = win_rate_interval([1, 0], n_bootstrap=4000)
+    assert (two["rate"], two["lower"], two["upper"]) == (0.5, 0.0, 1.0)
+    # every item won: no spread to resample
+    assert tuple(win_rate_interval([1] * 9).values())[:3] == (1.0, 1.0, 1.0)
+    # the interval narrows as items grow
+    few, many = win_rate_interval([1, 0] * 10), win_rate_interval([1, 0] * 500)
+    assert many["upper"] - many["lower"] < (few["upper"] - few["lower"]) / 4
+    assert math.isnan(win_rate_interval([])["rate"])
+    with pytest.raises(CLOError, match="score is 1 \\(win\\), 0.5 \\(tie\\) or 0 \\(loss\\), got 0.7"):
+        win_rate_interval([1, 0.7])
+
+
+def test_length_controlled_win_rate_by_hand():
+    # 30 items where the first answer is longer (Δ = +5): 24 won; 10 where it is shorter (Δ = −5): 5 won.
+    # tanh(Δ/sd) takes two values ±t, so the fit is saturated: σ(β0 + β1·t) = 0.8, σ(β0 − β1·t) = 0.5, and
+    # β0 = (logit 0.8 + logit 0.5) / 2 = ln 2, LC = σ(ln 2) = 2/3, below the plain 29/40 = 72.5%: the longer
+    # answers won more, and the length-controlled rate discounts that
+    scores = [1] * 24 + [0] * 6 + [1] * 5 + [0] * 5
+    first, second = [10] * 30 + [5] * 10, [5] * 30 + [10] * 10
+    assert win_rate_interval(scores)["rate"] == 29 / 40
+    assert length_controlled_win_rate(scores, first, second) == pytest.approx(2 / 3, abs=1e-6)
+    # a tie is a preference of ½ in the same fit: the shorter side's 5 wins + 5 losses as 10 ties give the same fit
+    assert length_controlled_win_rate([1] * 24 + [0] * 6 + [0.5] * 10, first, second) == pytest.approx(2 / 3, abs=1e-6)
+    # no length difference: the intercept alone, LC = the plain win rate
+    assert length_controlled_win_rate([1, 0, 0.5, 1], [7] * 4, [7] * 4) == 0.625
+    # one side won everything: 1 whatever the lengths
+    assert length_controlled_win_rate([1, 1, 1], [1, 50, 9], [30, 2, 9]) == 1.0
+    # the same outcomes with the lengths swapped: the fit is mirrored, LC unchanged
+    assert length_controlled_win_rate(scores, second, first) == pytest.approx(2 / 3, abs=1e-6)
+    with pytest.raises(CLOError, match="3 scores but 2 length differences"):
+        length_controlled_win_rate([1, 0, 1], [1, 2], [3, 4])
+
+
+def test_kappa_perfect_chance_opposite_and_by_hand():
+    assert cohen_kappa("abcabc", "abcabc") == 1.0  # perfect
+    assert cohen_kappa("aabb", "abab") == 0.0  # p_o = ½ = p_e: no better than chance
+    assert cohen_kappa("abab", "baba") == -1.0  # always opposite, equal shares
+    # 50 items: both yes 20, yes/no 5, no/yes 10, both no 15: p_o = 0.7, p_e = 0.5·0.6 + 0.5·0.4 = 0.5, κ = 0.4
+    one = ["yes"] * 25 + ["no"] * 25
+    two = ["yes"] * 20 + ["no"] * 5 + ["yes"] * 10 + ["no"] * 15
+    assert cohen_kappa(one, two) == pytest.approx(0.4)
+    # three labels: p_o = 4/6; shares (clo, tie, sft) = (3, 1, 2)/6 and (3, 2, 1)/6, so p_e = (9 + 2 + 2)/36 = 13/36
+    # and κ = (24/36 − 13/36) / (23/36) = 11/23
+    assert cohen_kappa(["clo", "clo", "clo", "tie", "sft", "sft"], ["clo", "clo", "tie", "tie", "sft", "clo"]) == \
+        pytest.approx(11 / 23)
+    assert math.isnan(cohen_kappa("aaa", "aaa"))  # one label for everything: κ undefined
+    assert math.isnan(cohen_kappa([], []))
+    with pytest.raises(CLOError, match="same items: got 2 and 3"):
+        cohen_kappa("ab", "abc")
+
+
+def test_agreement_interval():
+    perfect = agreement_interval("abcab" * 4, "abcab" * 4, n_bootstrap=500)
+    assert (perfect["n"], perfect["agreement"], perfect["agreement_lower"], perfect["kappa"]) == (20, 1.0, 1.0, 1.0)
+    assert perfect["kappa_lower"] == perfect["kappa_upper"] == 1.0
+    one = ["yes"] * 25 + ["no"] * 25
+    two = ["yes"] * 20 + ["no"] * 5 + ["yes"] * 10 + ["no"] * 15
+    r = agreement_interval(one, two, n_bootstrap=2000)
+    assert r["agreement"] == 0.7 and r["kappa"] == pytest.approx(0.4)
+    assert r["agreement_lower"] < 0.7 < r["agreement_upper"] and r["kappa_lower"] < 0.4 < r["kappa_upper"]
+    assert r == agreement_interval(one, two, n_bootstrap=2000)  # seeded
+    assert agreement_interval([], [])["n"] == 0
+
+
+def mixed_votes() -> pd.DataFrame:
+    """People's votes and a judge's on the same answers (pair_key), plus a judge-only pair."""
+    rows = [
+        # pair_key, variant_a, variant_b, outcome, judge
+        ("p1", "clo-ko", "sft-ko", "a", None),  # people: clo
+        ("p1", "sft-ko", "clo-ko", "b", None),  # people: clo (other side)
+        ("p1", "sft-ko", "clo-ko", "b", "J"),  # judge: clo
+        ("p2", "clo-ko", "sft-ko", "b", None),  # people: sft
+        ("p2", "clo-ko", "sft-ko", "a", "J"),  # judge: clo (disagrees)
+        ("p3", "clo-ko", "sft-ko", "both_bad", None),  # both bad: no judge can say it, left out
+        ("p3", "clo-ko", "sft-ko", "a", "J"),
+        ("p4", "sft-ko", "clo-ko", "tie", None),  # people: tie
+        ("p4", "sft-ko", "clo-ko", "a", "J"),  # judge: sft
+        ("p5", "clo-ko", "sft-ko", "a", "J"),  # only the judge
+        ("p6", "sft-ko", "clo-ko", "a", None),  # only people
+    ]
+    frame = pd.DataFrame(rows, columns=["pair_key", "variant_a", "variant_b", "outcome", "judge"])
+    return frame.assign(language="ko", blind=True)
+
+
+def test_judge_votes_are_kept_apart_from_the_human_tally():
+    votes = mixed_votes()
+    assert judges(votes) == ["J"] and judges(BATTLES) == []
+    people = leaderboard(votes, language="ko", n_bootstrap=0)
+    assert row(people["summary"], language="ko")[["stored", "rated", "a", "b", "tie", "both_bad"]].tolist() == \
+        [6, 6, 2, 2, 1, 1]
+    assert row(people["wtl"], opponent="sft-ko")[["wins", "ties", "losses", "both_bad"]].tolist() == [2, 1, 2, 1]
+    judge = leaderboard(votes, language="ko", rater="J", n_bootstrap=0)
+    assert row(judge["summary"], language="ko")["stored"] == 5
+    assert row(judge["wtl"], opponent="sft-ko")[["wins", "ties", "losses"]].tolist() == [4, 0, 1]
+    assert leaderboard(votes, rater=HUMAN, n_bootstrap=0)["summary"].equals(leaderboard(votes, n_bootstrap=0)["summary"])
+    assert list(winner_labels(votes.iloc[:3])) == ["clo-ko", "clo-ko", "clo-ko"]
+
+
+def test_agreement_pairs_people_and_judge_on_the_same_answers():
+    r = agreement(mixed_votes(), "J", n_bootstrap=200)
+    # items: p1 ×2 (clo/clo, clo/clo), p2 (sft/clo), p4 (tie/sft); p3 both_bad, p5 and p6 unpaired are left out
+    assert r["n"] == 4 and r["agreement"] == 0.5
+    # people (clo, clo, sft, tie) vs judge (clo, clo, clo, sft): p_o = ½, p_e = ½·¾ + ¼·¼ + ¼·0 = 7/16, κ = 1/9
+    assert r["kappa"] == pytest.approx((0.5 - 7 / 16) / (1 - 7 / 16))
+    assert agreement(mixed_votes(), "nobody")["n"] == 0
+    assert agreement(BATTLES, "J")["n"] == 0  # votes without pair keys: nothing to pair

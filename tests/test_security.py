@@ -15,7 +15,7 @@ from clo import CLOError
 from clo.access import Access, RateLimit
 
 # the handlers that change server state; the test fails if one of them is renamed without this list following
-STATE_CHANGING = {"on_start_1": "Train: Start", "on_stop": "Train: Stop", "on_mini_start": "Train: miniature run",
+STATE_CHANGING = {"on_start_1": "Train: Start", "on_stop": "Train: Stop", "on_experiment_start": "Train: miniature run",
                   "on_upload": "Train: upload", "on_tick": "Train: poll + hot-load", "on_apply": "Serving: Apply"}
 
 
@@ -42,7 +42,7 @@ def test_the_job_supervisor_refuses_every_change_itself(tiny_model, project):
     upload = project / "up.jsonl"
     upload.write_text(json.dumps({"prompt_en": "Hi", "response_en": "Hello"}) + "\n")
     recipe = Recipe.load(overrides={"model.name_or_path": str(tiny_model), "method.method": "sft"})
-    for call in (lambda: jobs.start("visitor", recipe), lambda: jobs.start_miniature("visitor"),
+    for call in (lambda: jobs.start("visitor", recipe), lambda: jobs.start_experiment("visitor", "miniature"),
                  lambda: jobs.stop("visitor"), lambda: jobs.hot_load("visitor"), lambda: jobs.upload("visitor", str(upload))):
         with pytest.raises(CLOError, match="admin password"):
             call()

@@ -48,6 +48,31 @@ def test_padding_and_prompt_do_not_change_logps(project, tiny_model):
     assert together["tgt_tgt"][1][0] == sum(1 for x in f["tgt_tgt_labels"] if x != -100)
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 64])
+def test_chunked_logps_match_whole_logits(project, tiny_model, chunk):
+    """The chunked output layer + log-softmax gives the whole-logits values and the same LoRA gradients."""
+    from peft import LoraConfig, get_peft_model
+
+    s = setup(recipe_for(tiny_model))
+    torch.manual_seed(0)
+    model = get_peft_model(s.model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    batch = PairCollator(s.tokenizer.pad_token_id, KEYS)(s.features[:3])
+    grads = []
+    for c in (0, chunk):
+        model.zero_grad()
+        out = group_logps(model, batch, KEYS, chunk=c)
+        sum(v[0].sum() * (i + 1) for i, v in enumerate(out.values())).backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+        if c == 0:
+            whole = out
+    for key in KEYS:
+        assert torch.allclose(out[key][0], whole[key][0], atol=1e-4, rtol=1e-5), key
+        assert torch.equal(out[key][1], whole[key][1]), key
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 4 * 2  # lora A and B of q and v, 2 layers
+    for name, g in grads[0].items():
+        assert torch.allclose(grads[1][name], g, atol=1e-5, rtol=1e-4), name
+
+
 def test_lora_changes_base_does_not(project, tiny_model):
     recipe = recipe_for(tiny_model, **{"method.method": "clo"})
     s = setup(recipe)

@@ -370,3 +370,103 @@ def test_expired_unvoted_battles_are_pruned(tmp_path):
     with pytest.raises(Exception, match="unknown battle"):
         store.vote(idle.id, "a", voter="v")
     assert len(store.votes()) == 1 and store.prune() == 0
+
+
+# ---- judge votes (clo.judge) ----
+
+def judgment(outcome="a", judge="judge-x", prompt="서울에서 뭘 볼까?", first="clo-ko", **kw):
+    from clo.votes import Judgment
+
+    second = "sft-ko" if first == "clo-ko" else "clo-ko"
+    return Judgment(judge=judge, protocol="clo-pairwise-1", language="ko", prompt=prompt, variant_a=first,
+                    variant_b=second, answer_a=ANSWERS[first], answer_b=ANSWERS[second], outcome=outcome, reply="A", **kw)
+
+
+def test_judge_votes_are_stored_once_flagged_and_exported(store, tmp_path):
+    import pandas as pd
+
+    from clo.votes import export_votes
+
+    human = battle(store)
+    store.vote(human.id, "a", voter="v1")
+    assert store.record_judgment(judgment("a")) is True
+    # the same pair, the other way round: the same pair key, so not judged twice
+    assert store.record_judgment(judgment("b", first="sft-ko")) is False
+    assert store.record_judgment(judgment("b", judge="judge-y")) is True  # another judge may judge it
+    votes = store.votes()
+    assert len(votes) == 3 and votes["judge"].isna().sum() == 1
+    judged = votes[votes["judge"] == "judge-x"].iloc[0]
+    assert (judged.voter, judged.judge_protocol, judged.judge_reply, judged.left_variant, judged.outcome) == (
+        "judge", "clo-pairwise-1", "A", "clo-ko", "a")
+    assert votes["pair_key"].nunique() == 1  # the human vote and both verdicts are on the same answers
+    assert store.judged_keys("judge-x", "clo-pairwise-1") == {judged.pair_key}
+    assert store.judged_keys("judge-x", "another-protocol") == set()
+    assert store.vote_counts("ko") == {frozenset(ANSWERS): 1}  # the Arena's draw counts only people
+    back = pd.read_csv(export_votes(store, tmp_path / "v.csv"))
+    assert sorted(back["judge"].fillna("")) == ["", "judge-x", "judge-y"]
+
+
+def test_bad_judgments_are_refused(store):
+    with pytest.raises(CLOError, match="unknown judge outcome 'both_bad'"):
+        store.record_judgment(judgment("both_bad"))
+    with pytest.raises(CLOError, match="needs the judge's name"):
+        store.record_judgment(judgment(judge=" "))
+    with pytest.raises(CLOError, match="empty prompt"):
+        store.record_judgment(judgment(prompt=" "))
+    assert store.votes().empty
+
+
+def previous_schema_store(path, version=3):
+    """A store as schema `version` wrote it, with one human vote (the columns it had then)."""
+    from clo.votes import APPLICATION_ID, MIGRATIONS
+
+    with sqlite3.connect(path) as conn:
+        for migration in MIGRATIONS[:version]:
+            conn.executescript(migration)
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute("INSERT INTO battles VALUES ('b1', '2025-01-01T00:00:00+00:00', '2025-01-01T01:00:00+00:00', 'v', "
+                     "'ko', 'p', 'sft-ko', 'clo-ko', 'x', 'y', NULL, NULL, NULL, 1, 'ko', 'ko', NULL)")
+        conn.execute("INSERT INTO votes VALUES ('v1', 'b1', '2025-01-01T00:01:00+00:00', 'v', 'ko', 'p', 'sft-ko', "
+                     "'clo-ko', 'x', 'y', 'sft-ko', 'b', NULL, NULL, NULL, 1, 'ko', 'ko', NULL)")
+    conn.close()
+
+
+def test_a_store_of_the_previous_schema_is_read_as_it_is_and_migrated_when_written(tmp_path):
+    from clo.votes import MIGRATIONS, pair_key
+
+    db = tmp_path / "v3.db"
+    previous_schema_store(db)
+    old = open_store(str(db), read_only=True)
+    votes = old.votes()
+    assert votes.iloc[0].outcome == "b" and votes.iloc[0].judge is None
+    assert votes.iloc[0].pair_key == pair_key("ko", "p", "sft-ko", "x", "clo-ko", "y")
+    assert old.judged_keys("judge-x", "clo-pairwise-1") == set()
+    old.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == 3  # reading changed nothing
+    conn.close()
+    store = open_store(str(db))  # opened to write: migrated to the current schema, the old vote kept
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == len(MIGRATIONS) == 4
+    conn.close()
+    votes = store.votes()
+    assert len(votes) == 1 and votes.iloc[0].judge is None and votes.iloc[0].lang_a == "ko"
+    assert store.record_judgment(judgment()) and len(store.votes()) == 2
+    b = battle(store)
+    store.vote(b.id, "tie", voter="v1")  # people still vote on a migrated store
+    assert store.votes()["pair_key"].notna().all()
+
+
+def test_judge_votes_in_postgresql(postgres):
+    s = open_store(postgres, seed=2)
+    assert s.record_judgment(judgment("a", judge="pg-judge")) is True
+    replica = open_store(postgres)
+    assert replica.record_judgment(judgment("b", judge="pg-judge", first="sft-ko")) is False  # one verdict per pair
+    votes = replica.votes()
+    mine = votes[votes["judge"] == "pg-judge"]
+    assert len(mine) == 1 and mine.iloc[0].outcome == "a"
+    assert replica.judged_keys("pg-judge", "clo-pairwise-1") == {mine.iloc[0].pair_key}
+    people = votes[votes["judge"].isna() & (votes["language"] == "ko") & votes["blind"]]
+    assert sum(replica.vote_counts("ko").values()) == len(people)  # judge votes are not counted for the Arena's draw

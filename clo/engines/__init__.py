@@ -37,7 +37,7 @@ def load_engine(kind: str = "auto", model: str = "", adapters_dir: str = "adapte
                 url: str | None = None, **options) -> Engine:
     """Build the engine `kind` on `model` with the adapters found in `adapters_dir` (or only those named)."""
     kind, reason = choose_engine(kind)
-    if kind != "remote":  # a model shorthand (clo.registry: smollm2) becomes its folder, made on first use
+    if kind != "remote":  # a model shorthand (clo.registry) becomes its folder, made on first use
         from clo.registry import resolve_model
 
         model = resolve_model(model)

@@ -29,9 +29,9 @@ import pandas as pd
 
 from clo import CLOError
 from clo.config import _f
-from clo.files import staging
 from clo.miniature.base import DEFAULT_PATH, base_model
 from clo.miniature.world import CODE, WORLD, Example, check, generate, solved
+from clo.registry import copy_whole
 
 APP_ADAPTERS = Path("models") / "miniature" / "adapters"  # what the app serves when the hub is unreachable
 # the same base and adapters, built once by `python -c "from clo.miniature.experiment import ship; ship()"` and
@@ -222,17 +222,6 @@ def publish(adapters_dir: Path, size: int, dest_dir: Path, methods: list[str]) -
     """Copy the seed-0 adapters of `size` pairs to `dest_dir` as <method>-mini, replacing older ones whole."""
     for method in methods:
         copy_whole(adapters_dir / f"{method}-n{size}-s0", dest_dir / f"{method}-{CODE}")
-
-
-def copy_whole(src: Path, dest: Path) -> None:
-    """Copy the folder `src` to `dest` through a marked staging folder (a killed run's copy is removed at the next
-    start), replacing `dest` whole; fresh file times."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with staging(dest.parent, dest.name) as stage:
-        shutil.copytree(src, stage / dest.name, copy_function=shutil.copyfile)
-        if dest.exists():
-            shutil.rmtree(dest)
-        (stage / dest.name).rename(dest)
 
 
 def install_prebuilt(base_path: Path, adapters_dir: Path, prebuilt: Path = PREBUILT, log=print) -> bool:

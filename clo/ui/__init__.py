@@ -45,7 +45,7 @@ def build_app(services: Services) -> gr.Blocks:
                 (panel, train_timer, on_preview, train_inputs, train_preview, serving_lang, serving_refresh,
                  serving_outputs) = train.build(services, visible=not locked)
             with gr.Tab("Data", id="data"):
-                data_lang, data_pairs, data_table = data.build(list(services.examples) or ["ko"])
+                data_lang, data_pairs, data_table = data.build(services)
 
         def check_password(given, request: gr.Request):
             if services.access.unlock(request, given):  # the server remembers this session: every change checks it

@@ -16,11 +16,10 @@ import random
 import gradio as gr
 
 from clo import CLOError
-from clo.langid import detect
 from clo.ui.services import Services
 from clo.votes import OUTCOMES
 
-DRAWS = 8  # prompts tried for a drawn battle before saying every variant answers alike (the miniature's number
+DRAWS = 8  # prompts tried for a drawn battle before saying every variant answers alike (a small model's short
 #           tasks often get one right answer from every variant)
 BUTTONS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 
@@ -59,7 +58,7 @@ def new_battle(services: Services, prompt: str | None, lang: str, voter: str, ad
                 battle = services.store.create_battle(voter=voter, language=lang, prompt=text,
                                                       answers={v: answers[v] for v in pair},
                                                       hashes={v: hashes.get(v) for v in pair}, engine=services.engine.kind,
-                                                      detected={v: detect(answers[v]).code for v in pair},
+                                                      detected={v: services.detect(answers[v]).code for v in pair},
                                                       address=address)
                 return {"battle_id": battle.id, "language": lang, "prompt": text, "english": services.english_of(text, lang),
                         "answer_a": battle.answer_a, "answer_b": battle.answer_b}

@@ -11,22 +11,22 @@ import gradio as gr
 
 from clo import CLOError
 from clo.engines import Answer
-from clo.langid import detect
+from clo.langid import Detection
 from clo.ui.services import Services
 
 SLOTS = ("base", "sft", "clo")
 TITLES = {"base": "Base", "sft": "SFT", "clo": "CLO"}
 
 
-def describe(answer: Answer | None, variant: str | None, expected: str) -> str:
-    """An answer as markdown with its detected language, token count and speed."""
+def describe(answer: Answer | None, variant: str | None, expected: str, detect) -> str:
+    """An answer as markdown with its language (`detect`: the served model's, Services.detect), token count and speed."""
     if variant is None:
         return "*this slot is empty for this language: train an adapter, then choose it under Train → Serving*"
     if answer is None:
         return "*…*"
     if answer.error:  # the request failed part-way: what came is not an answer, so say why instead
         return f"**No answer:** {answer.error}\n\n<sub>`{variant}`</sub>"
-    d = detect(answer.text) if answer.finish_reason else None
+    d: Detection | None = detect(answer.text) if answer.finish_reason else None
     mark = "" if d is None else f"`{d.code}`{' ✓' if d.code == expected else (' ✗' if d.code != 'unknown' else '')} · "
     first = "" if answer.first_token_s is None else f"first token {answer.first_token_s:.2f} s · "
     batch = f" · batch of {answer.batch}" if answer.batch else ""  # sequences that shared a decoding step with it
@@ -47,8 +47,8 @@ def compare_stream(services: Services, prompt: str, lang: str, english: str | No
     for snapshot in services.stream(requests):
         target = dict(zip(variants, snapshot[: len(variants)]))
         en = dict(zip(variants, snapshot[len(variants):]))
-        yield ({s: describe(target.get(v), v, lang) for s, v in slots.items()},
-               {s: describe(en.get(v), v, "en") if english else "*no English version: pick an example or type one*"
+        yield ({s: describe(target.get(v), v, lang, services.detect) for s, v in slots.items()},
+               {s: describe(en.get(v), v, "en", services.detect) if english else "*no English version: pick an example or type one*"
                 for s, v in slots.items()})
 
 
@@ -64,7 +64,7 @@ def compare_api(services: Services, prompt: str, lang: str, english: str | None 
     for side, _ in sides:
         for (slot, variant), a in zip(slots.items(), answers):
             out[side].append({"slot": slot, "variant": variant, "text": a.text,
-                              "language": None if a.error else detect(a.text).code, "error": a.error,
+                              "language": None if a.error else services.detect(a.text).code, "error": a.error,
                               "tokens": a.tokens, "tokens_per_second": round(a.tokens_per_second, 2),
                               "first_token_s": None if a.first_token_s is None else round(a.first_token_s, 3),
                               "batch": a.batch})

@@ -8,6 +8,11 @@ Numbers are written for a person: shares in % to 0.1, ratings and their bounds t
 where there is no value yet (too few votes) or none at all (a variant against itself, the anchor's interval). Only
 the page is rounded: the downloads and the `/leaderboard` API keep every digit.
 
+Judge votes (clo.judge, an LLM judge's verdicts stored beside the people's) never enter the people's tables: they
+are shown apart, per judge, next to the people's numbers ("judge": the judge's CLO wins / ties / losses and win
+rate beside the people's win rate against the same opponent), with how far each judge agrees with the people on
+the answers both judged ("agreement": percent agreement and Cohen's κ, 95% bootstrap intervals).
+
 API: `/leaderboard` (language or "all") -> {"note": str or None, table name: list of records}, full precision.
 """
 
@@ -22,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from clo.langid import code_fidelity, detect
-from clo.ratings import COUNTS, leaderboard, version_keys
+from clo.ratings import COUNTS, HUMAN, agreement, judges, leaderboard, version_keys, wtl_table
 from clo.ui.services import Services
 from clo.votes import export_votes
 
@@ -34,9 +39,12 @@ SHOWN = {
     "win_rate": ["variant"],
     "fidelity": ["variant", "fidelity", "judged", "unknown"],
     "summary": ["language", "stored", "named", "rated", "a", "b", "tie", "both_bad"],
+    "judge": ["judge", "opponent", "wins", "ties", "losses", "judge win %", "people win %", "people battles"],
+    "agreement": ["judge", "battles", "agreement %", "lower %", "upper %", "κ", "κ lower", "κ upper"],
 }
+KAPPA = ("κ", "κ lower", "κ upper")  # written to 0.01: κ's scale is −1 to 1
 # shown columns written as whole numbers: ratings and their bounds (to the point), and counts
-WHOLE = {"rating", "lower", "upper", *COUNTS, "battles", "judged", "unknown", *SHOWN["summary"][1:]}
+WHOLE = {"rating", "lower", "upper", *COUNTS, "battles", "judged", "unknown", *SHOWN["summary"][1:], "people battles"}
 MISSING = "—"  # a value not there yet (too few votes) or not defined (a variant against itself, the anchor's bounds)
 
 
@@ -57,14 +65,41 @@ def answer_fidelity(votes: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SHOWN["fidelity"])
 
 
+def people(votes: pd.DataFrame) -> pd.DataFrame:
+    """The people's votes only (judge votes left out)."""
+    if "judge" not in votes.columns:
+        return votes
+    return votes[votes["judge"].isna() | (votes["judge"].astype(str).str.strip() == "")]
+
+
+def judge_tables(votes: pd.DataFrame, language: str | None, focus: str = "clo") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """("judge", "agreement"): per judge, its W/T/L and win rate for `focus` beside the people's win rate against the
+    same opponent; and its agreement with the people on the battles both judged (clo.ratings.agreement)."""
+    rows, agree = [], []
+    humans = wtl_table(votes, focus, language, rater=HUMAN).set_index("opponent")
+    for judge in judges(votes):
+        for r in wtl_table(votes, focus, language, rater=judge).itertuples():
+            person = humans.loc[r.opponent] if r.opponent in humans.index else None
+            rows.append({"judge": judge, "opponent": r.opponent, "wins": r.wins, "ties": r.ties, "losses": r.losses,
+                         "judge win %": r.win_pct + 0.5 * r.tie_pct,
+                         "people win %": np.nan if person is None else person["win_pct"] + 0.5 * person["tie_pct"],
+                         "people battles": 0 if person is None else int(person["wins"] + person["ties"] + person["losses"])})
+        a = agreement(votes, judge, language, n_bootstrap=1000)
+        agree.append({"judge": judge, "battles": a["n"], "agreement %": 100 * a["agreement"],
+                      "lower %": 100 * a["agreement_lower"], "upper %": 100 * a["agreement_upper"], "κ": a["kappa"],
+                      "κ lower": a["kappa_lower"], "κ upper": a["kappa_upper"]})
+    return pd.DataFrame(rows, columns=SHOWN["judge"]), pd.DataFrame(agree, columns=SHOWN["agreement"])
+
+
 def tables(services: Services, language: str | None, votes: pd.DataFrame | None = None) -> dict:
     language = None if language in (None, "", ALL) else language
     votes = services.store.votes() if votes is None else votes
     if votes.empty:
         return {}
-    out = leaderboard(votes, language=language)
-    scoped = votes if language is None else votes[votes.language == language]
+    out = leaderboard(votes, language=language)  # the people's votes: judge votes are kept apart
+    scoped = people(votes if language is None else votes[votes.language == language])
     out["fidelity"] = answer_fidelity(scoped)
+    out["judge"], out["agreement"] = judge_tables(votes, language)
     return out
 
 
@@ -112,6 +147,9 @@ def shown(name: str, frame: pd.DataFrame | None) -> pd.DataFrame:
     elif name == "fidelity":
         frame["fidelity"] = (100 * frame["fidelity"]).round(1)
         frame = frame.rename(columns={"fidelity": "fidelity (%)"})
+    elif name == "agreement":
+        frame[list(KAPPA)] = frame[list(KAPPA)].round(2)
+        return frame.round({c: 1 for c in frame.columns if c not in KAPPA})
     return frame.round(1)
 
 
@@ -123,7 +161,9 @@ def styled(name: str, frame: pd.DataFrame | None):
     if table.empty:
         return table
     whole = [c for c in table.columns if c in WHOLE]
-    return table.style.format(precision=1, na_rep=MISSING).format("{:.0f}", subset=whole, na_rep=MISSING)
+    kappa = [c for c in table.columns if c in KAPPA]
+    return table.style.format(precision=1, na_rep=MISSING).format("{:.0f}", subset=whole, na_rep=MISSING).format(
+        "{:.2f}", subset=kappa, na_rep=MISSING)
 
 
 def records(t: dict) -> dict:
@@ -180,6 +220,10 @@ def build(services: Services):
         win_rate = table("win_rate", "Win rate (%): row beats column")
         fid = table("fidelity", "Language fidelity of the answers")
     summary = table("summary", "Votes (named side-by-side votes are stored but not rated)")
+    with gr.Row():
+        judge = table("judge", "LLM judge beside the people: CLO's wins / ties / losses by each judge (judge votes are "
+                      "never counted above)")
+        agree = table("agreement", "Judge vs people on the battles both judged: agreement and Cohen's κ (95% intervals)")
     timer = gr.Timer(15)
 
     def update(code):
@@ -188,7 +232,8 @@ def build(services: Services):
         buttons = [gr.update(value=files["csv"]), gr.update(value=files["parquet"])]
         if not t:
             return ["*no votes yet: judge a few battles in the Arena*", gr.update(value=None, visible=False)] + \
-                [styled(k, None) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons
+                [styled(k, None) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons + \
+                [styled(k, None) for k in ("judge", "agreement")]
         scope = ALL if code in (None, "", ALL) else code
         rated = t["summary"].loc[t["summary"]["language"] == scope, "rated"]
         n = int(rated.sum()) if len(rated) else 0
@@ -197,9 +242,10 @@ def build(services: Services):
             else "Ratings: Bradley–Terry, ties count half, 95% bootstrap intervals; `base`, when rated, is the anchor at 1000.")
         figure = rating_plot(t["bradley_terry"])
         return [text, gr.update(value=figure, visible=figure is not None)] + \
-            [styled(k, t[k]) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons
+            [styled(k, t[k]) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons + \
+            [styled(k, t[k]) for k in ("judge", "agreement")]
 
-    outputs = [status, plot, wtl, bt, win_rate, fid, summary, download, download_parquet]
+    outputs = [status, plot, wtl, bt, win_rate, fid, summary, download, download_parquet, judge, agree]
     for trigger in (lang.change, refresh.click, timer.tick):  # their own queue: never behind generation
         trigger(update, lang, outputs, api_visibility="private", show_progress="hidden", concurrency_id="board")
 

@@ -10,27 +10,32 @@ Every flag of `python app.py` can also come from an environment variable (for Sp
     --max-upload-mb CLO_MAX_UPLOAD_MB   --max-upload-rows CLO_MAX_UPLOAD_ROWS   --debug CLO_DEBUG
     admin password: CLO_ADMIN_PASSWORD   allowed Hugging Face users: CLO_ALLOWED_USERS (comma-separated)
     voter pseudonyms' key: CLO_SECRET (else one made once and kept in the vote store)
+
+What the app serves comes from the one table of offline models (clo.registry; `python -m clo models list`): a
+shorthand or a folder one of them made brings its description for the page, its example prompts, its languages,
+its language detector and its adapters; a hub model that cannot be loaded here is replaced by the table's app
+fallback.
+
+    services = start(Settings.from_args(["--model", "smollm2"]))   # what `python app.py --model smollm2` serves
+    services.running_on      # "**SmolLM2-135M-Instruct** (`models/smollm2-135m-instruct`): 135M parameters, ..."
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clo import CLOError
+from clo import CLOError, langid, registry
 from clo.access import Access, RateLimit, visitor_of
-from clo.data import SAMPLE
 from clo.engines import Engine, Request, Sampling, load_engine
-from clo.languages import LANGUAGES, lang_code
 from clo.jobs import MAX_UPLOAD_MB, MAX_UPLOAD_ROWS, ZERO_GPU, Jobs, on_gpu
+from clo.languages import LANGUAGES, lang_code, language
 from clo.lineup import Lineup
-from clo.miniature import is_miniature
-from clo.registry import resolve_model
+from clo.registry import entry_for, resolve_model, sample_examples
 from clo.votes import Limits, open_store
 
 DATA = Path("/data")  # a Space's persistent storage, when it has one
@@ -112,7 +117,8 @@ class Settings:
         env = os.environ.get
         d = cls()
         p = argparse.ArgumentParser(prog="python app.py", description="CLO demo: train, compare, judge blind, tally.")
-        p.add_argument("--model", default=env("CLO_MODEL", d.model), help="base model: hub id or local folder")
+        p.add_argument("--model", default=env("CLO_MODEL", d.model), help="base model: hub id, local folder, or a shorthand of the offline models' table "
+                       f"({', '.join(sorted(registry.MODELS))}: `python -m clo models list`), made on first use")
         p.add_argument("--adapters-dir", default=env("CLO_ADAPTERS_DIR", d.adapters_dir))
         p.add_argument("--db", default=env("CLO_DB", d.db), help="vote store: a path, sqlite:///... or postgresql://...")
         p.add_argument("--engine", default=env("CLO_ENGINE", d.engine), choices=("auto", "vllm", "remote", "peft"))
@@ -157,19 +163,53 @@ class Settings:
                    debug=a.debug)
 
 
-def sample_examples() -> dict[str, list[tuple[str, str]]]:
-    """Per language, (target-language prompt, its English original) pairs from the shipped sample."""
-    rows = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
-    langs = sorted(k.removeprefix("prompt_") for k in rows[0] if k.startswith("prompt_") and k != "prompt_en")
-    return {lang: [(r[f"prompt_{lang}"], r["prompt_en"]) for r in rows] for lang in langs}
+def choose_model(settings: Settings, log=print) -> str:
+    """Fit `settings` to the model `python app.py` serves; returns sentences the page adds about it ("" if none).
+
+    An offline model (a shorthand of clo.registry, or a folder one of them made) is served from its folder, made on
+    first use, with its own adapters when --adapters-dir was not given. Any other model is served when it is a local
+    folder, the hub answers or it is cached here; otherwise the registry's app fallback is served instead, saying why.
+    """
+    from clo.hub import hub_online, locate
+
+    asked, note = settings.model, ""
+    entry = entry_for(asked)
+    if entry is None:
+        source = locate(asked, kind="model", flag="--model")
+        if source.local or hub_online() or _cached(asked):
+            return ""
+        entry = registry.app_fallback()
+        settings.model = entry.name
+        note = (f" The Hugging Face hub is unreachable and {asked} is not cached here; start with --model PATH, or a "
+                f"shorthand ({', '.join(sorted(registry.MODELS))}), to serve another model.")
+    folder = registry.canonical(settings.model)  # a shorthand's folder, not made yet
+    if settings.adapters_dir == Settings().adapters_dir and Path(folder).resolve() == entry.path.resolve():
+        adapters = entry.app_adapters(log=log)  # not chosen by the user: the model's own (the miniature makes both)
+        if adapters is not None:
+            settings.adapters_dir = str(adapters)
+            if not any((p / "adapter_config.json").is_file() for p in adapters.iterdir()):
+                note += f" There are no adapters for it in {adapters} yet, so only the base model answers."
+    settings.model = resolve_model(settings.model)  # its folder, made on first use
+    return note
 
 
-def miniature_examples(n: int = 60) -> dict[str, list[tuple[str, str]]]:
-    """Held-out miniature queries (target language, English), for a model built by clo.miniature."""
-    from clo.miniature.experiment import EVAL_SEED
-    from clo.miniature.world import CODE, generate
+def _cached(model_id: str) -> bool:
+    from huggingface_hub import snapshot_download
 
-    return {CODE: [(ex.prompt_tgt, ex.prompt_en) for ex in generate(n, seed=EVAL_SEED, split="eval")]}
+    try:
+        snapshot_download(model_id, local_files_only=True)
+        return True
+    except Exception:  # noqa: BLE001 (any miss means: not usable offline)
+        return False
+
+
+def start(settings: Settings, log=print) -> "Services":
+    """What `python app.py` serves: the model chosen (`choose_model`), then the services, saying what runs."""
+    note = choose_model(settings, log=log)
+    services = Services(settings)
+    if note:
+        services.running_on += "." + note
+    return services
 
 
 class Services:
@@ -187,11 +227,13 @@ class Services:
             max_prompt_chars=settings.max_prompt_chars, votes_per_window=settings.votes_per_10min, window_s=600.0,
             votes_per_address=settings.votes_per_10min * settings.voters_per_address))
         settings.model = resolve_model(settings.model)  # a shorthand (smollm2) -> its folder, as training records it
+        self.entry = entry_for(settings.model)  # the offline model served (clo.registry), or None
         self.engine = engine or load_engine(settings.engine, model=settings.model, adapters_dir=settings.adapters_dir,
                                             url=settings.url)
-        self.running_on = running_on or f"{settings.model} on the {self.engine.kind} engine"
+        what = f"{self.entry.describe(settings.model)}," if self.entry else settings.model  # what it is, in plain words
+        self.running_on = running_on or f"{what} on the {self.engine.kind} engine"
         self.generations = RateLimit(window_s=60.0)
-        self.examples = miniature_examples() if is_miniature(settings.model) else sample_examples()
+        self.examples = self.entry.examples() if self.entry else sample_examples()
         self.lineup = Lineup(Path(settings.adapters_dir) / LINEUP_FILE, self.engine)
         self.access = Access(settings.demo_mode, settings.admin_password, settings.allowed_users)
         self.jobs = Jobs(settings.model, settings.adapters_dir, self.engine, self.access,
@@ -229,6 +271,10 @@ class Services:
                     if not self.flying[key]:
                         del self.flying[key]
 
+    def detect(self, text: str) -> langid.Detection:
+        """The language of an answer of the served model: its own detector first, where it brings one."""
+        return langid.detect(text, self.entry.detect if self.entry else None)
+
     # ---- variants ----
     def slots(self, lang: str) -> dict[str, str | None]:
         """The variants Compare shows for `lang`: {"base": "base", "sft": name or None, "clo": name or None},
@@ -248,7 +294,7 @@ class Services:
     def served_language_choices(self) -> list[tuple[str, str]]:
         """(label, code) of the languages with adapters or examples, for the Leaderboard filter and Serving."""
         known = set(self.lineup.languages()) | set(self.examples)
-        return [(f"{LANGUAGES[c].name} ({c})", c) for c in self.target_languages() if c in known]
+        return [(f"{language(c).name} ({c})", c) for c in self.target_languages() if c in known]
 
     @property
     def generation(self) -> dict:
@@ -258,7 +304,7 @@ class Services:
     def language_choices(self) -> list[tuple[str, str]]:
         """(label, code) for a language dropdown: those with adapters first, the rest marked."""
         served = set(self.lineup.languages())
-        return [(f"{LANGUAGES[c].name} ({c})" + ("" if c in served else " · no adapters yet"), c)
+        return [(f"{language(c).name} ({c})" + ("" if c in served else " · no adapters yet"), c)
                 for c in self.target_languages()]
 
     # ---- checks shared by every tab and endpoint ----

@@ -17,7 +17,8 @@ import pandas as pd
 from clo import CLOError
 from clo.config import METHODS, SECTIONS, Recipe, base_type
 from clo.jobs import misfit, taken
-from clo.ui.services import Services, is_miniature
+from clo.registry import entry_for, experiments, lookup
+from clo.ui.services import Services
 
 # the recipe fields the form shows, in order; their widgets, labels and help come from the dataclasses
 FORM = ("model.name_or_path", "data.target_lang", "data.source", "data.pairs", "method.method", "training.max_steps",
@@ -53,13 +54,13 @@ def recipe_from_form(values: dict[str, object]) -> Recipe:
 
 
 def form_defaults(services: Services) -> Recipe:
-    """The form's starting recipe, fitted to the served model: the miniature trains its own language on its own
-    data; a real model trains the first language with examples; the adapter name is one not yet taken."""
-    from clo.miniature.world import CODE
-
+    """The form's starting recipe, fitted to the served model: an offline model that brings its own data source
+    (clo.registry) trains that source's language on it; another trains the first language with examples; the
+    adapter name is one not yet taken."""
     overrides = {"model.name_or_path": services.settings.model}
-    if is_miniature(services.settings.model):
-        overrides |= {"data.target_lang": CODE, "data.source": "miniature"}
+    entry = entry_for(services.settings.model)
+    if entry and entry.data_sources:
+        overrides |= {"data.target_lang": entry.data_sources[0].language, "data.source": entry.data_sources[0].name}
     elif services.examples:
         overrides["data.target_lang"] = next(iter(services.examples))
     recipe = Recipe.load(overrides=overrides)
@@ -82,7 +83,7 @@ SERIES = {"loss": "loss", "l_sft": "L_SFT", "l_cl": "L_CL", "tgt/margin": "margi
 
 def progress(events: list[dict]) -> tuple[str, pd.DataFrame]:
     """The status line and the curves of the adapter training now (a run trains one adapter per method in turn;
-    a miniature job, one per size and seed): the same few series names every time, so the chart's legend never
+    an experiment, one per size and seed): the same few series names every time, so the chart's legend never
     carries an earlier run's names."""
     logs = [e for e in events if e["event"] == "log"]
     if not logs:
@@ -121,17 +122,12 @@ def build(services: Services, visible: bool = True):
                            elem_id="loss-plot")
         tail = gr.Code(label="Log", language=None, wrap_lines=True)
         serving_lang, serving_form, serving_refresh, serving_outputs = serving.build(services)
-        with gr.Accordion("The paper in miniature: SFT vs CLO on a synthetic language, on CPU", open=False):
-            gr.Markdown(
-                "Runs `python -m clo miniature`: an English-centric miniature base (pretrained once, cached) is fine-tuned "
-                "with SFT and with CLO on 50, 100, 200 and 400 pairs of an invented language with an exact translation, "
-                "and both are checked on held-out tasks in both languages. A few minutes on two CPU cores; "
-                "when the app serves the miniature, its served `sft-mini` and `clo-mini` are replaced by the new run's "
-                "when it ends (votes on the old and new versions stay apart)."
-            )
-            mini_start = gr.Button("Run the miniature experiment")
-            mini_summary = gr.Markdown()
-            mini_plot = gr.Image(label="CLO vs SFT by data size", type="filepath", interactive=False)
+        runs = {}  # the experiments the offline models bring (clo.registry): name -> (button, summary, plot)
+        for entry in experiments():
+            with gr.Accordion(entry.experiment.title, open=False):
+                gr.Markdown(entry.experiment.about)
+                runs[entry.name] = (gr.Button(entry.experiment.button), gr.Markdown(),
+                                    gr.Image(label="CLO vs SFT by data size", type="filepath", interactive=False))
     timer = gr.Timer(2, active=False)  # polls only on an admin's page, with the Train tab open and a job there
     keys = list(widgets)
 
@@ -170,12 +166,14 @@ def build(services: Services, visible: bool = True):
         except CLOError as e:
             raise gr.Error(str(e)) from None
 
-    def on_mini_start(request: gr.Request):
-        try:
-            job = jobs.start_miniature(request)
-        except CLOError as e:
-            raise gr.Error(str(e)) from None
-        return f"started: `{job['command']}`", "", None, gr.Timer(active=True)
+    def experiment_starter(name: str):
+        def on_experiment_start(request: gr.Request):
+            try:
+                job = jobs.start_experiment(request, name)
+            except CLOError as e:
+                raise gr.Error(str(e)) from None
+            return f"started: `{job['command']}`", "", None, gr.Timer(active=True)
+        return on_experiment_start
 
     unchanged = [gr.update()] * len(serving_outputs)
 
@@ -192,22 +190,25 @@ def build(services: Services, visible: bool = True):
             raise gr.Error(str(e)) from None
         events = jobs.events()
         if not events and not jobs.current():  # no job: stop polling until one starts
-            return [gr.update()] * 6 + unchanged + [gr.Timer(active=False)]
+            return [gr.update()] * (4 + 2 * len(runs)) + unchanged + [gr.Timer(active=False)]
         text, frame = progress(events)
         result = jobs.result()
         finished = not jobs.running() and (result or any(e["event"] == "done" for e in events))
         if not jobs.running() and any(e["event"] == "stopped" for e in events):
             text = "stopped; no adapter was written"
-        elif finished and (jobs.current() or {}).get("kind") == "miniature":
-            text += "\n\n✅ finished; the served miniature adapters were replaced by this run's"
+        elif finished and (job := jobs.current() or {}).get("experiment") in runs:
+            replaced = lookup(job["experiment"]).experiment.replaces_served(services.settings.model)
+            text += ("\n\n✅ finished; the served adapters were replaced by this run's" if replaced else
+                     "\n\n✅ finished; its table and plot are below")
         elif finished:
             names = ", ".join(f"`{n}`" for n in jobs.loaded_names())
             text += (f"\n\n✅ finished: {names} loaded and listed under Serving below. Compare and Arena serve it "
                      "only once you choose it there.")
-        summary, image = result if result else (gr.update(), gr.update())
+        shown = (jobs.current() or {}).get("experiment")  # an experiment's table and plot go under its own button
+        results = [part for name in runs for part in (result if result and name == shown else (gr.update(), gr.update()))]
         # a new adapter took its name: the form moves on to a free one, and the Serving lists show the new adapter
         fresh = [next_name(form)] + serving_refresh(serving_code) if added else [gr.update()] + unchanged
-        return [text, frame, jobs.tail(), summary, image] + fresh + [gr.update()]
+        return [text, frame, jobs.tail()] + results + fresh + [gr.update()]
 
     inputs = [widgets[k] for k in keys]
     upload.change(on_upload, upload, widgets["data.source"], api_visibility="private")
@@ -215,8 +216,9 @@ def build(services: Services, visible: bool = True):
         w.change(on_preview, inputs, preview, api_visibility="private")
     start.click(on_start, inputs, [status, timer], api_visibility="private")
     stop.click(on_stop, None, status, api_visibility="private")
-    mini_start.click(on_mini_start, None, [status, mini_summary, mini_plot, timer], api_visibility="private")
-    timer.tick(on_tick, [serving_lang, *inputs], [status, plot, tail, mini_summary, mini_plot, widgets["training.name"],
-                                                  *serving_outputs, timer],
+    for name, (button, summary, image) in runs.items():
+        button.click(experiment_starter(name), None, [status, summary, image, timer], api_visibility="private")
+    timer.tick(on_tick, [serving_lang, *inputs], [status, plot, tail, *[p for r in runs.values() for p in r[1:]],
+                                                  widgets["training.name"], *serving_outputs, timer],
                api_visibility="private", show_progress="hidden", concurrency_id="poll")
     return panel, timer, on_preview, inputs, preview, serving_lang, serving_refresh, serving_outputs

