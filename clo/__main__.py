@@ -158,14 +158,20 @@ def cmd_votes_export(args: argparse.Namespace) -> None:
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from clo.ratings import leaderboard
+    from clo.ratings import HUMAN, agreement, judges, leaderboard
     from clo.votes import open_store
 
     battles = open_store(args.db, read_only=True).votes()  # reading changes nothing in the store
     if battles.empty:
         print(f"no votes in {args.db} yet")
         return
-    tables = leaderboard(battles, language=args.lang, focus=args.focus, n_bootstrap=args.bootstrap)
+    rater = args.judge or HUMAN
+    if args.judge and args.judge not in judges(battles):
+        raise CLOError(f"no votes by the judge {args.judge!r} in {args.db}; its judges: "
+                       f"{', '.join(judges(battles)) or 'none'}")
+    tables = leaderboard(battles, language=args.lang, focus=args.focus, n_bootstrap=args.bootstrap, rater=rater)
+    print(f"# the judge {args.judge}'s verdicts (the people's votes are left out)" if args.judge
+          else "# the people's votes (judge votes are left out: --judge NAME shows a judge's)")
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.3g}".format):
         for title, key in (("votes", "summary"), (f"{args.focus} wins / ties / losses", "wtl"),
                            ("win rate (row beats column; ties count half)", "win_rate"),
@@ -174,6 +180,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
                 print(f"\n## {title}\n{tables['note']}")
                 continue
             print(f"\n## {title}{f' — {args.lang}' if args.lang else ''}\n{tables[key].to_string()}")
+    if args.judge:
+        a = agreement(battles, args.judge, args.lang, n_bootstrap=args.bootstrap)
+        print(f"\n## agreement with the people on the battles both judged\n" + (
+            f"{a['n']} battles: {100 * a['agreement']:.1f}% agree [95% CI {100 * a['agreement_lower']:.1f}, "
+            f"{100 * a['agreement_upper']:.1f}], Cohen's κ {a['kappa']:.2f} [{a['kappa_lower']:.2f}, {a['kappa_upper']:.2f}]"
+            if a["n"] else "none: the people have not voted on the answers this judge judged"))
 
 
 def cmd_space_build(args: argparse.Namespace) -> None:
@@ -340,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lang", type=_lang, help="only prompts in this language (default: all)")
     p.add_argument("--focus", default="clo", help="the variant whose wins / ties / losses are tabulated")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    p.add_argument("--judge", metavar="NAME", help="a judge's tally (its model name, as stored by python -m clo judge) "
+                   "instead of the people's, and its agreement with them")
     p.set_defaults(func=cmd_leaderboard)
 
     from clo.judge import add_parser as add_judge_parser

@@ -345,7 +345,7 @@ def judge_items(items: list[Item], client: JudgeClient, store, seed: int = 0,
     run.seconds = time.perf_counter() - started
     if failure is not None:
         raise CLOError(f"judging stopped: {failure}; the {run.judged + run.identical} verdict(s) made before it are kept in "
-                       f"{store.where}, and running the same command again resumes (judged pairs are skipped)")
+                       f"{store.where}, and judging again resumes (judged pairs are skipped)")
     return run
 
 
@@ -354,6 +354,33 @@ def _judgment(item: Item, client: JudgeClient, first: str, second: str, outcome:
                     variant_a=first, variant_b=second, answer_a=item.answers[first], answer_b=item.answers[second],
                     outcome=outcome, reply=reply, hash_a=item.hashes.get(first), hash_b=item.hashes.get(second),
                     engine=item.engine)
+
+
+def first_shown_share(verdicts) -> float:
+    """The share of a judge's verdicts (ties left out) that named the answer it was shown first: about ½ for a judge
+    without position bias, 1 for one that always names the first (NaN without verdicts)."""
+    decided = verdicts[verdicts["outcome"].isin(["a", "b"])]
+    return float((decided["outcome"] == "a").mean()) if len(decided) else math.nan
+
+
+def battle_items(votes, language: str | None = None) -> list[Item]:
+    """The people's blind battles in the vote store (`VoteStore.votes()`), as items for a judge: one per pair of
+    answers (a pair several people voted on is judged once), oldest first; `language` keeps one language's."""
+    from clo.ratings import rater_votes
+
+    if votes.empty:
+        return []
+    rows = rater_votes(votes)
+    if language is not None:
+        rows = rows[rows["language"] == language]
+    rows = rows.sort_values("created_utc", kind="stable").drop_duplicates("pair_key")
+    return [Item(r.language, r.prompt, {r.variant_a: r.answer_a, r.variant_b: r.answer_b},
+                 {r.variant_a: _text_or_none(r.hash_a), r.variant_b: _text_or_none(r.hash_b)}, _text_or_none(r.engine))
+            for r in rows.itertuples() if r.variant_a != r.variant_b]
+
+
+def _text_or_none(value) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def judge_results(votes, items: list[Item], judge: str, protocol: str, first: str, second: str,
@@ -375,6 +402,7 @@ def judge_results(votes, items: list[Item], judge: str, protocol: str, first: st
         result = win_rate_interval(scores.to_numpy(), n_bootstrap, seed=seed)
         result["length_controlled"] = length_controlled_win_rate(scores.to_numpy(), length_first.to_numpy(),
                                                                  length_second.to_numpy())
+        result["first_shown"] = first_shown_share(rows)
         out[language] = result
     return out
 
@@ -394,14 +422,19 @@ class PromptPair:
 
 def load_prompt_pairs(source: str, lang: str, limit: int | None = None, translator: str = "m2m100",
                       translator_model: str | None = None, cache_dir: str = "cache") -> list[PromptPair]:
-    """Prompts in `lang` and their English versions from "sample" (assets/sample), a JSONL file (fields prompt_en or
+    """Prompts in `lang` and their English versions from "sample" (assets/sample), "held-out" (the sample's rows that
+    no shipped adapter or `python -m clo replicate` trains on: every fifth), a JSONL file (fields prompt_en or
     instruction for English, prompt_<lang> or prompt for the target language) or a hub prompt set; the first `limit`.
     Rows with only English are translated by the project's translator (clo.data, cached)."""
     from clo.data import SAMPLE, read_records
 
     if limit is not None and limit < 1:
         raise CLOError(f"--limit must be ≥ 1, got {limit}")
-    if source == "sample" or Path(source).exists() or source.endswith((".jsonl", ".json")) or "/" not in source:
+    if source == "held-out":
+        from clo.replicate import HELD_OUT_EVERY
+
+        records = [r for k, r in enumerate(read_records(SAMPLE)) if k % HELD_OUT_EVERY == HELD_OUT_EVERY - 1]
+    elif source == "sample" or Path(source).exists() or source.endswith((".jsonl", ".json")) or "/" not in source:
         path = SAMPLE if source == "sample" else Path(source)
         if not path.is_file():
             raise CLOError(f"prompt file {path} does not exist")
@@ -488,8 +521,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--adapters", required=True, metavar="FIRST,SECOND",
                    help="the two variants, e.g. clo-ko,sft-ko (an adapter under --adapters-dir, or base)")
     p.add_argument("--lang", required=True, type=_lang, help="the target language of the prompts")
-    p.add_argument("--prompts", default="sample", metavar="sample|FILE|HUB_ID",
-                   help="the shipped sample, a JSONL file, or a hub prompt set such as tatsu-lab/alpaca_eval")
+    p.add_argument("--prompts", default="sample", metavar="sample|held-out|FILE|HUB_ID",
+                   help="the shipped sample, its held-out fifth (never trained on), a JSONL file, or a hub prompt set "
+                        "such as tatsu-lab/alpaca_eval")
     p.add_argument("--judge-url", default=os.environ.get("CLO_JUDGE_URL"), help="the judge's OpenAI-compatible server "
                    "(default $CLO_JUDGE_URL), e.g. http://127.0.0.1:8001")
     p.add_argument("--judge-model", default=os.environ.get("CLO_JUDGE_MODEL"),
@@ -586,7 +620,8 @@ def cmd_judge(args: argparse.Namespace) -> None:
             continue
         print(f"  {language}: win rate {100 * r['rate']:.1f}% [95% CI {100 * r['lower']:.1f}, {100 * r['upper']:.1f}] "
               f"(n = {r['n']}: {r['wins']} W / {r['ties']} T / {r['losses']} L); "
-              f"length-controlled {100 * r['length_controlled']:.1f}%")
+              f"length-controlled {100 * r['length_controlled']:.1f}%; named the answer shown first in "
+              f"{100 * r['first_shown']:.0f}% of its decided verdicts (position bias: 50% is none)")
     notes = [f"{run.judged} judged now", f"{run.skipped} already judged (skipped)",
              f"{run.identical} identical pairs (ties, judge not asked)", f"{len(run.unreadable)} unreadable replies"]
     if failed:

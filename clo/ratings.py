@@ -117,6 +117,12 @@ def _by(battles: pd.DataFrame, rater: str) -> pd.Series:
     return ~is_judge if rater == HUMAN else is_judge & (judge == rater)
 
 
+def rater_votes(battles: pd.DataFrame, rater: str = HUMAN, blind_only: bool = True) -> pd.DataFrame:
+    """`rater`'s votes (HUMAN: the people's) as stored, variants not versioned; blind ones only unless asked."""
+    keep = _by(battles, rater)
+    return battles[keep & _blind(battles)] if blind_only else battles[keep]
+
+
 def judges(battles: pd.DataFrame) -> list[str]:
     """The names of the judges that voted (sorted); none when every vote is a person's."""
     if len(battles) == 0 or "judge" not in battles.columns:

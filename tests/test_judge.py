@@ -302,6 +302,8 @@ def test_cli_end_to_end_with_peft_and_a_scripted_judge(scripted, tiny_model, ada
     assert "alpha vs beta, judged by scripted-judge" in out
     assert "  ko: win rate " in out and "  en: win rate " in out and "length-controlled" in out
     assert "91 judge tokens per verdict" in out
+    # neither answer carries the word the scripted judge looks for, so it names the second every time
+    assert "named the answer shown first in 0% of its decided verdicts" in out
     votes = open_store(str(db), read_only=True).votes()
     assert set(votes["language"]) == {"ko", "en"} and votes["judge"].eq(FAKE).all()
     assert set(votes["variant_a"]) <= {"alpha", "beta"} and votes["hash_a"].notna().all()
@@ -400,7 +402,11 @@ def test_leaderboard_shows_the_judge_beside_the_people(scripted, store):
         clo_left = b.answer_a == item.answers["clo-ko"]
         outcome = ["a" if clo_left else "b", "a" if clo_left else "b", "b" if clo_left else "a", "tie"][k]
         store.vote(b.id, outcome, voter=f"v{k}")
-    services = types.SimpleNamespace(store=store, served_language_choices=lambda: [("Korean", "ko")])
+    from clo.access import Access
+    from clo.ui.judging import Judging
+
+    judging = Judging(store, Access(False), scripted.url, FAKE, background=False)  # configured, not in the background
+    services = types.SimpleNamespace(store=store, served_language_choices=lambda: [("Korean", "ko")], judging=judging)
     t = tables(services, "ko")
     assert t["summary"].iloc[-1]["stored"] == 4  # the people's tally: 4 votes, not 10
     assert t["wtl"].set_index("opponent").loc["sft-ko", ["wins", "ties", "losses"]].tolist() == [2, 1, 1]
@@ -411,15 +417,26 @@ def test_leaderboard_shows_the_judge_beside_the_people(scripted, store):
     agree = t["agreement"].iloc[0]
     assert (agree["judge"], agree["battles"], agree["agreement %"]) == (FAKE, 4, 50.0)
     assert agree["κ"] == 0.0  # a judge that says clo-ko every time agrees no better than chance
+    clo_first = [shown_order(item)[0] == "clo-ko" for item in pairs]  # it names clo-ko: first when clo-ko was shown first
+    assert agree["first shown %"] == pytest.approx(100 * sum(clo_first) / len(clo_first))
     assert records(t)["agreement"][0]["battles"] == 4
     with gr.Blocks():
         _, update, outputs = build(services)
     sent = update(ALL)
-    assert len(sent) == len(outputs) == 11
-    shown = outputs[-2].postprocess(sent[-2])
+    assert len(sent) == len(outputs) == 12
+    assert "background" not in sent[0]  # no background judge: the page does not claim one
+    shown = outputs[-3].postprocess(sent[-3])
     assert shown.headers[:2] == ["judge", "opponent"] and shown.metadata["display_value"][0][5] == "100.0"
-    kappa = outputs[-1].postprocess(sent[-1]).metadata["display_value"][0]
+    kappa = outputs[-2].postprocess(sent[-2]).metadata["display_value"][0]
     assert kappa[2] == "50.0" and kappa[5] == "0.00"
+    # the judge's Bradley–Terry beside the people's: 6 verdicts on one pair are enough to rate, 4 votes are not
+    ratings = t["judge_ratings"].set_index("variant")
+    assert list(ratings["judge"].unique()) == [FAKE] and ratings.loc[["clo-ko", "sft-ko"], "judge battles"].tolist() == [6, 6]
+    assert ratings.at["clo-ko", "judge rating"] > ratings.at["sft-ko", "judge rating"]
+    assert ratings["people rating"].isna().all()  # the people's 4 votes are under MIN_PAIR_BATTLES: not rated yet
+    shown = outputs[-1].postprocess(sent[-1])
+    assert shown.headers == ["judge", "variant", "judge rating", "lower", "upper", "judge battles", "people rating"]
+    assert shown.metadata["display_value"][0][-1] == "—"
 
 
 def test_english_only_prompts_are_translated_by_the_project_translator(tiny_m2m100, tmp_path):

@@ -38,7 +38,11 @@ def services(tmp_path):
         left = b.answer_a == ANSWERS[me]
         outcome = {"win": "a" if left else "b", "loss": "b" if left else "a"}.get(result, result)
         store.vote(b.id, outcome, voter=voter)
-    yield types.SimpleNamespace(store=store, served_language_choices=lambda: [("Korean", "ko")])
+    from clo.access import Access
+    from clo.ui.judging import Judging
+
+    yield types.SimpleNamespace(store=store, served_language_choices=lambda: [("Korean", "ko")],
+                                judging=Judging(store, Access(False)))
     store.close()
 
 

@@ -16,7 +16,8 @@ from clo.access import Access, RateLimit
 
 # the handlers that change server state; the test fails if one of them is renamed without this list following
 STATE_CHANGING = {"on_start_1": "Train: Start", "on_stop": "Train: Stop", "on_experiment_start": "Train: miniature run",
-                  "on_upload": "Train: upload", "on_tick": "Train: poll + hot-load", "on_apply": "Serving: Apply"}
+                  "on_upload": "Train: upload", "on_tick": "Train: poll + hot-load", "on_apply": "Serving: Apply",
+                  "on_judge_start": "LLM judge: judge the stored battles"}
 
 
 # ---- the pieces, alone ----

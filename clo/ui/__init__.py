@@ -43,7 +43,7 @@ def build_app(services: Services) -> gr.Blocks:
                     if ON_SPACE:  # Hugging Face OAuth exists only on a Space
                         gr.LoginButton(scale=1)
                 (panel, train_timer, on_preview, train_inputs, train_preview, serving_lang, serving_refresh,
-                 serving_outputs) = train.build(services, visible=not locked)
+                 serving_outputs, judge_refresh, judge_outputs) = train.build(services, visible=not locked)
             with gr.Tab("Data", id="data"):
                 data_lang, data_pairs, data_table = data.build(services)
 
@@ -75,6 +75,7 @@ def build_app(services: Services) -> gr.Blocks:
         demo.load(on_load, None, [gate, panel, train_timer], api_visibility="private")
         demo.load(on_preview, train_inputs, train_preview, api_visibility="private")
         demo.load(serving_refresh, serving_lang, serving_outputs, api_visibility="private")
+        demo.load(judge_refresh, None, judge_outputs, api_visibility="private")
         demo.load(data.preview_pairs, [data_lang, data_pairs], data_table, api_visibility="private")
         demo.load(board_update, board_lang, board_outputs, api_visibility="private")
         board_tab.select(board_update, board_lang, board_outputs, api_visibility="private", show_progress="hidden")

@@ -67,7 +67,9 @@ def new_battle(services: Services, prompt: str | None, lang: str, voter: str, ad
 
 
 def cast_vote(services: Services, battle_id: str, outcome: str, voter: str, address: str | None = None) -> dict:
-    return services.store.vote(battle_id, outcome, voter=voter, address=address)
+    reveal = services.store.vote(battle_id, outcome, voter=voter, address=address)
+    services.judging.poke()  # a background judge, when there is one, judges the new battle in its own thread
+    return reveal
 
 
 def english_line(english: str | None) -> str:

@@ -11,7 +11,8 @@ the page is rounded: the downloads and the `/leaderboard` API keep every digit.
 Judge votes (clo.judge, an LLM judge's verdicts stored beside the people's) never enter the people's tables: they
 are shown apart, per judge, next to the people's numbers ("judge": the judge's CLO wins / ties / losses and win
 rate beside the people's win rate against the same opponent), with how far each judge agrees with the people on
-the answers both judged ("agreement": percent agreement and Cohen's κ, 95% bootstrap intervals).
+the answers both judged ("agreement": percent agreement and Cohen's κ, 95% bootstrap intervals), and each judge's
+Bradley–Terry ratings beside the people's ("judge_ratings").
 
 API: `/leaderboard` (language or "all") -> {"note": str or None, table name: list of records}, full precision.
 """
@@ -27,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from clo.langid import code_fidelity, detect
-from clo.ratings import COUNTS, HUMAN, agreement, judges, leaderboard, version_keys, wtl_table
+from clo.judge import first_shown_share
+from clo.ratings import COUNTS, HUMAN, agreement, judges, leaderboard, rater_votes, version_keys, wtl_table
 from clo.ui.services import Services
 from clo.votes import export_votes
 
@@ -40,11 +42,13 @@ SHOWN = {
     "fidelity": ["variant", "fidelity", "judged", "unknown"],
     "summary": ["language", "stored", "named", "rated", "a", "b", "tie", "both_bad"],
     "judge": ["judge", "opponent", "wins", "ties", "losses", "judge win %", "people win %", "people battles"],
-    "agreement": ["judge", "battles", "agreement %", "lower %", "upper %", "κ", "κ lower", "κ upper"],
+    "agreement": ["judge", "battles", "agreement %", "lower %", "upper %", "κ", "κ lower", "κ upper", "first shown %"],
+    "judge_ratings": ["judge", "variant", "judge rating", "lower", "upper", "judge battles", "people rating"],
 }
 KAPPA = ("κ", "κ lower", "κ upper")  # written to 0.01: κ's scale is −1 to 1
 # shown columns written as whole numbers: ratings and their bounds (to the point), and counts
-WHOLE = {"rating", "lower", "upper", *COUNTS, "battles", "judged", "unknown", *SHOWN["summary"][1:], "people battles"}
+WHOLE = {"rating", "lower", "upper", *COUNTS, "battles", "judged", "unknown", *SHOWN["summary"][1:], "people battles",
+         "judge rating", "judge battles", "people rating"}
 MISSING = "—"  # a value not there yet (too few votes) or not defined (a variant against itself, the anchor's bounds)
 
 
@@ -74,8 +78,10 @@ def people(votes: pd.DataFrame) -> pd.DataFrame:
 
 def judge_tables(votes: pd.DataFrame, language: str | None, focus: str = "clo") -> tuple[pd.DataFrame, pd.DataFrame]:
     """("judge", "agreement"): per judge, its W/T/L and win rate for `focus` beside the people's win rate against the
-    same opponent; and its agreement with the people on the battles both judged (clo.ratings.agreement)."""
+    same opponent; and its agreement with the people on the battles both judged (clo.ratings.agreement), with the
+    share of its verdicts that named the answer shown first (position bias; about 50% is none)."""
     rows, agree = [], []
+    scoped = votes if language is None else votes[votes["language"] == language]
     humans = wtl_table(votes, focus, language, rater=HUMAN).set_index("opponent")
     for judge in judges(votes):
         for r in wtl_table(votes, focus, language, rater=judge).itertuples():
@@ -87,8 +93,31 @@ def judge_tables(votes: pd.DataFrame, language: str | None, focus: str = "clo") 
         a = agreement(votes, judge, language, n_bootstrap=1000)
         agree.append({"judge": judge, "battles": a["n"], "agreement %": 100 * a["agreement"],
                       "lower %": 100 * a["agreement_lower"], "upper %": 100 * a["agreement_upper"], "κ": a["kappa"],
-                      "κ lower": a["kappa_lower"], "κ upper": a["kappa_upper"]})
+                      "κ lower": a["kappa_lower"], "κ upper": a["kappa_upper"],
+                      "first shown %": 100 * first_shown_share(rater_votes(scoped, judge))})
     return pd.DataFrame(rows, columns=SHOWN["judge"]), pd.DataFrame(agree, columns=SHOWN["agreement"])
+
+
+def judge_ratings(votes: pd.DataFrame, language: str | None, people_bt: pd.DataFrame) -> pd.DataFrame:
+    """Per judge, the Bradley–Terry rating of each variant from that judge's verdicts (clo.ratings.leaderboard with
+    `rater=` the judge), beside the people's rating; "—" (NaN) while the judge's verdicts are too few to rate, as
+    for the people."""
+    people_rating = people_bt.set_index("variant")["rating"] if not people_bt.empty else pd.Series(dtype=float)
+    rows = []
+    for judge in judges(votes):
+        t = leaderboard(votes, language=language, rater=judge, n_bootstrap=200)
+        bt = t["bradley_terry"].set_index("variant")
+        counts = t["counts"]
+        battles = counts.groupby("variant")[["wins", "ties", "losses"]].sum().sum(axis=1) if not counts.empty else {}
+        for variant in bt.index if not bt.empty else sorted(set(counts["variant"])):
+            rated = variant in bt.index
+            rows.append({"judge": judge, "variant": variant,
+                         "judge rating": bt.at[variant, "rating"] if rated else np.nan,
+                         "lower": bt.at[variant, "lower"] if rated else np.nan,
+                         "upper": bt.at[variant, "upper"] if rated else np.nan,
+                         "judge battles": int(battles.get(variant, 0)),
+                         "people rating": people_rating.get(variant, np.nan)})
+    return pd.DataFrame(rows, columns=SHOWN["judge_ratings"])
 
 
 def tables(services: Services, language: str | None, votes: pd.DataFrame | None = None) -> dict:
@@ -100,6 +129,7 @@ def tables(services: Services, language: str | None, votes: pd.DataFrame | None 
     scoped = people(votes if language is None else votes[votes.language == language])
     out["fidelity"] = answer_fidelity(scoped)
     out["judge"], out["agreement"] = judge_tables(votes, language)
+    out["judge_ratings"] = judge_ratings(votes, language, out["bradley_terry"])
     return out
 
 
@@ -223,7 +253,10 @@ def build(services: Services):
     with gr.Row():
         judge = table("judge", "LLM judge beside the people: CLO's wins / ties / losses by each judge (judge votes are "
                       "never counted above)")
-        agree = table("agreement", "Judge vs people on the battles both judged: agreement and Cohen's κ (95% intervals)")
+        agree = table("agreement", "Judge vs people on the battles both judged: agreement and Cohen's κ (95% intervals); "
+                      "first shown %: how often the judge named the answer it saw first (about 50% is no position bias)")
+    judge_bt = table("judge_ratings", "Bradley–Terry from each judge's verdicts beside the people's rating (— : too few "
+                     "verdicts per pair to rate yet)")
     timer = gr.Timer(15)
 
     def update(code):
@@ -233,19 +266,21 @@ def build(services: Services):
         if not t:
             return ["*no votes yet: judge a few battles in the Arena*", gr.update(value=None, visible=False)] + \
                 [styled(k, None) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons + \
-                [styled(k, None) for k in ("judge", "agreement")]
+                [styled(k, None) for k in ("judge", "agreement", "judge_ratings")]
         scope = ALL if code in (None, "", ALL) else code
         rated = t["summary"].loc[t["summary"]["language"] == scope, "rated"]
         n = int(rated.sum()) if len(rated) else 0
         text = f"**{n} rated vote{'' if n == 1 else 's'}.** " + (
             f"*{t['note']}: keep voting in the Arena.*" if t["note"]
             else "Ratings: Bradley–Terry, ties count half, 95% bootstrap intervals; `base`, when rated, is the anchor at 1000.")
+        if judge_line := services.judging.public_line():
+            text += f"\n\n{judge_line}"
         figure = rating_plot(t["bradley_terry"])
         return [text, gr.update(value=figure, visible=figure is not None)] + \
             [styled(k, t[k]) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons + \
-            [styled(k, t[k]) for k in ("judge", "agreement")]
+            [styled(k, t[k]) for k in ("judge", "agreement", "judge_ratings")]
 
-    outputs = [status, plot, wtl, bt, win_rate, fid, summary, download, download_parquet, judge, agree]
+    outputs = [status, plot, wtl, bt, win_rate, fid, summary, download, download_parquet, judge, agree, judge_bt]
     for trigger in (lang.change, refresh.click, timer.tick):  # their own queue: never behind generation
         trigger(update, lang, outputs, api_visibility="private", show_progress="hidden", concurrency_id="board")
 

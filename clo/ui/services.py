@@ -8,6 +8,8 @@ Every flag of `python app.py` can also come from an environment variable (for Sp
     --votes-per-10min CLO_VOTES_PER_10MIN   --generations-per-min CLO_GENERATIONS_PER_MIN
     --voters-per-address CLO_VOTERS_PER_ADDRESS   --trusted-proxies CLO_TRUSTED_PROXIES
     --max-upload-mb CLO_MAX_UPLOAD_MB   --max-upload-rows CLO_MAX_UPLOAD_ROWS   --debug CLO_DEBUG
+    --judge-url CLO_JUDGE_URL   --judge-model CLO_JUDGE_MODEL   --judge-background CLO_JUDGE_BACKGROUND (on|off)
+    the judge's API key: CLO_JUDGE_API_KEY
     admin password: CLO_ADMIN_PASSWORD   allowed Hugging Face users: CLO_ALLOWED_USERS (comma-separated)
     voter pseudonyms' key: CLO_SECRET (else one made once and kept in the vote store)
 
@@ -35,6 +37,7 @@ from clo.engines import Engine, Request, Sampling, load_engine
 from clo.jobs import MAX_UPLOAD_MB, MAX_UPLOAD_ROWS, ZERO_GPU, Jobs, on_gpu
 from clo.languages import LANGUAGES, lang_code, language
 from clo.lineup import Lineup
+from clo.ui.judging import Judging
 from clo.registry import entry_for, resolve_model, sample_examples
 from clo.votes import Limits, open_store
 
@@ -81,6 +84,18 @@ def _above_zero(kind):
     return parse
 
 
+def _on_off(name: str, raw: str | None) -> str:
+    """An on/off environment variable (1/true/yes/on or 0/false/no/off) as "on" or "off"; unset: "on"."""
+    if raw is None or not raw.strip():
+        return "on"
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return "on"
+    if word in ("0", "false", "no", "off"):
+        return "off"
+    raise CLOError(f"{name}={raw!r} is neither on nor off: set it to 1 or 0, or unset it")
+
+
 def debug_wanted(argv: list[str]) -> bool:
     """--debug among `argv`, or CLO_DEBUG set to 1/true/yes: show a traceback instead of one line."""
     return "--debug" in argv or os.environ.get("CLO_DEBUG", "").strip().lower() in ("1", "true", "yes")
@@ -111,6 +126,10 @@ class Settings:
     max_upload_mb: float = MAX_UPLOAD_MB  # a training-data upload's size limit (clo.jobs)
     max_upload_rows: int = MAX_UPLOAD_ROWS  # and its row limit
     debug: bool = False  # a start-up error shows its traceback, not one line
+    judge_url: str | None = None  # an OpenAI-compatible LLM judge (clo.judge): its server
+    judge_model: str | None = None  # and its model name there
+    judge_background: bool = True  # with both: every new battle is judged in the background (clo.ui.judging)
+    judge_api_key: str | None = None  # CLO_JUDGE_API_KEY, from the environment only
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "Settings":
@@ -153,14 +172,27 @@ class Settings:
         p.add_argument("--trusted-proxies", default=env("CLO_TRUSTED_PROXIES", SPACE_PROXIES if env("SPACE_ID") else None),
                        help="comma-separated addresses or networks whose X-Forwarded-For header names the client "
                             "(default: loopback; on a Space, the private networks its proxies use)")
+        p.add_argument("--judge-url", default=env("CLO_JUDGE_URL"),
+                       help="an OpenAI-compatible LLM judge's server (clo.judge); its key in CLO_JUDGE_API_KEY")
+        p.add_argument("--judge-model", default=env("CLO_JUDGE_MODEL"), help="the judge's model name at that server")
+        p.add_argument("--judge-background", choices=("on", "off"),
+                       default=_on_off("CLO_JUDGE_BACKGROUND", env("CLO_JUDGE_BACKGROUND")),
+                       help="with a judge: judge every new battle in the background (default on); off leaves it to "
+                            "the admin's button under Train")
         a = p.parse_args(argv)
+        if bool(a.judge_url) != bool(a.judge_model):
+            raise CLOError("a judge needs both --judge-url and --judge-model (CLO_JUDGE_URL and CLO_JUDGE_MODEL); "
+                           f"only {'the URL' if a.judge_url else 'the model'} was given")
+        if a.judge_url and not a.judge_url.startswith(("http://", "https://")):
+            raise CLOError(f"the judge URL must start with http:// or https://, got {a.judge_url!r}")
         users = tuple(u.strip() for u in env("CLO_ALLOWED_USERS", "").split(",") if u.strip())
         return cls(model=a.model, adapters_dir=a.adapters_dir, db=a.db, engine=a.engine, url=a.url, host=a.host, port=a.port,
                    demo_mode=a.demo_mode, admin_password=env("CLO_ADMIN_PASSWORD"), allowed_users=users,
                    max_prompt_chars=a.max_prompt_chars, max_tokens=a.max_tokens, votes_per_10min=a.votes_per_10min,
                    generations_per_min=a.generations_per_min, voters_per_address=a.voters_per_address,
                    trusted_proxies=a.trusted_proxies, max_upload_mb=a.max_upload_mb, max_upload_rows=a.max_upload_rows,
-                   debug=a.debug)
+                   debug=a.debug, judge_url=a.judge_url, judge_model=a.judge_model,
+                   judge_background=a.judge_background == "on", judge_api_key=env("CLO_JUDGE_API_KEY") or None)
 
 
 def choose_model(settings: Settings, log=print) -> str:
@@ -238,6 +270,8 @@ class Services:
         self.access = Access(settings.demo_mode, settings.admin_password, settings.allowed_users)
         self.jobs = Jobs(settings.model, settings.adapters_dir, self.engine, self.access,
                          max_upload_mb=settings.max_upload_mb, max_upload_rows=settings.max_upload_rows)
+        self.judging = Judging(self.store, self.access, settings.judge_url, settings.judge_model,
+                               api_key=settings.judge_api_key, background=settings.judge_background)
         self.flying: dict[str, int] = {}  # session -> generation calls in flight
         self.flying_lock = threading.Lock()
 

@@ -98,7 +98,7 @@ def progress(events: list[dict]) -> tuple[str, pd.DataFrame]:
 
 
 def build(services: Services, visible: bool = True):
-    from clo.ui import serving
+    from clo.ui import judging, serving
 
     jobs = services.jobs
     defaults = form_defaults(services)
@@ -122,6 +122,7 @@ def build(services: Services, visible: bool = True):
                            elem_id="loss-plot")
         tail = gr.Code(label="Log", language=None, wrap_lines=True)
         serving_lang, serving_form, serving_refresh, serving_outputs = serving.build(services)
+        judge_refresh, judge_outputs = judging.build(services)
         runs = {}  # the experiments the offline models bring (clo.registry): name -> (button, summary, plot)
         for entry in experiments():
             with gr.Accordion(entry.experiment.title, open=False):
@@ -221,4 +222,5 @@ def build(services: Services, visible: bool = True):
     timer.tick(on_tick, [serving_lang, *inputs], [status, plot, tail, *[p for r in runs.values() for p in r[1:]],
                                                   widgets["training.name"], *serving_outputs, timer],
                api_visibility="private", show_progress="hidden", concurrency_id="poll")
-    return panel, timer, on_preview, inputs, preview, serving_lang, serving_refresh, serving_outputs
+    return (panel, timer, on_preview, inputs, preview, serving_lang, serving_refresh, serving_outputs, judge_refresh,
+            judge_outputs)
