@@ -127,8 +127,7 @@ def judges(battles: pd.DataFrame) -> list[str]:
     """The names of the judges that voted (sorted); none when every vote is a person's."""
     if len(battles) == 0 or "judge" not in battles.columns:
         return []
-    names = battles["judge"].astype(object)
-    return sorted({str(j) for j in names[names.notna()] if str(j).strip()})
+    return sorted(set(battles.loc[~_by(battles, HUMAN), "judge"].astype(str)))
 
 
 def version_keys(battles: pd.DataFrame) -> pd.DataFrame:
@@ -611,8 +610,9 @@ def agreement(battles: pd.DataFrame, judge: str, language: str | None = None, n_
         return agreement_interval([], [], 0)
     if language is not None:
         battles = battles[battles["language"] == language]
-    people = battles[_by(battles, HUMAN) & _blind(battles) & (battles["outcome"] != "both_bad")]
-    verdicts = battles[_by(battles, judge)]
+    people = rater_votes(battles)
+    people = people[people["outcome"] != "both_bad"]
+    verdicts = rater_votes(battles, judge, blind_only=False)
     verdict = pd.Series(winner_labels(verdicts).to_numpy(), index=verdicts["pair_key"].to_numpy())
     verdict = verdict[~verdict.index.duplicated(keep="last")]
     both = people[people["pair_key"].isin(verdict.index)]

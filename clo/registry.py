@@ -361,11 +361,6 @@ def app_fallback() -> OfflineModel:
     return next(e for e in MODELS.values() if e.app_fallback)
 
 
-def made(entry: OfflineModel, out: Path) -> bool:
-    """Whether `out` is a finished folder for `entry`."""
-    return entry.made(Path(out))
-
-
 def get(name: str, out: str | Path | None = None, **options) -> Path:
     """The folder of model `name`, made if missing (`options` go to its `make`: for smollm2 `cache` and `source`,
     auto, hub or gguf). Returns the folder; a second call returns at once."""

@@ -143,40 +143,13 @@ def markdown(results: pd.DataFrame) -> str:
 
 
 def plot(results: pd.DataFrame, path: Path, title: str) -> Path:
-    """One panel per metric: data size on the x-axis, one line per method, the base model dashed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """One panel per metric: data size on the x-axis, one line per method, the base model dashed (the miniature's
+    plot, over this run's metrics)."""
+    from clo.miniature.experiment import plot as size_plot, summarise
 
     titles = {"english_fidelity": "English fidelity", "facts_accuracy": "English facts accuracy",
               "target_fidelity": "Target fidelity (saturated)"}
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(12, 3.5), sharex=True)
-    trained = results[results.method != "base"]
-    sizes = sorted(trained.pairs.unique())
-    for ax, m in zip(axes, METRICS):
-        for method, style in (("sft", dict(color="#d62728", marker="s")), ("clo", dict(color="#1f77b4", marker="o"))):
-            g = trained[trained.method == method].groupby("pairs")[m]
-            if len(g.mean()):
-                ax.errorbar(g.mean().index, 100 * g.mean(), yerr=100 * g.std(ddof=1).fillna(0), label=method.upper(),
-                            capsize=3, **style)
-        base = results[results.method == "base"]
-        if len(base):
-            ax.axhline(100 * base[m].iloc[0], color="gray", linestyle="--", label="base")
-        ax.set_title(titles[m])
-        if len(sizes) > 1:
-            ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(s) for s in sizes])
-        ax.set_ylim(-3, 103)
-        ax.set_xlabel("training pairs")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("% of prompts")
-    axes[0].legend(loc="best", fontsize=8)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return size_plot(summarise(results, METRICS), path, titles, title, "% of prompts")
 
 
 def recipes_for(cfg: ReplicateConfig, train_file: Path, folder: Path) -> dict[tuple[int, int], object]:

@@ -92,10 +92,9 @@ def score(answers: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def summarise(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation over seeds, per method and size."""
-    cols = list(METRICS) + ["target_solved"]
-    g = results.groupby(["method", "pairs"])[cols]
+def summarise(results: pd.DataFrame, metrics=(*METRICS, "target_solved")) -> pd.DataFrame:
+    """Mean and standard deviation (`{metric}_sd`) of each metric over seeds, per method and size."""
+    g = results.groupby(["method", "pairs"])[list(metrics)]
     mean, std = g.mean(), g.std(ddof=1).fillna(0.0)
     table = mean.join(std, rsuffix="_sd").reset_index()
     table["seeds"] = g.size().values
@@ -112,34 +111,40 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def plot(table: pd.DataFrame, path: Path) -> Path:
-    """Four panels in the paper's style: data size on the x-axis, one line per method, the base model dashed."""
+TITLES = {"target_fidelity": "Target fidelity", "target_accuracy": "Target accuracy",
+          "english_fidelity": "English fidelity", "english_accuracy": "English accuracy"}
+
+
+def plot(table: pd.DataFrame, path: Path, titles: dict[str, str] = TITLES,
+         title: str = "CLO vs SFT in miniature (synthetic target language, exact translation)",
+         ylabel: str = "% of held-out queries") -> Path:
+    """One panel per metric of `titles` in the paper's style, from `summarise`'s table: data size on the x-axis, one
+    line per method with its sd over seeds, the base model dashed. `python -m clo replicate` draws its own with it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    titles = {"target_fidelity": "Target fidelity", "target_accuracy": "Target accuracy",
-              "english_fidelity": "English fidelity", "english_accuracy": "English accuracy"}
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), sharex=True)
+    fig, axes = plt.subplots(1, len(titles), figsize=(3.75 * len(titles), 3.6), sharex=True)
     base = table[table.method == "base"]
-    for ax, m in zip(axes, METRICS):
+    pairs = sorted(table[table.method != "base"].pairs.unique())
+    for ax, (m, name) in zip(axes, titles.items()):
         for method, style in (("sft", dict(color="#d62728", marker="s")), ("clo", dict(color="#1f77b4", marker="o"))):
             t = table[table.method == method].sort_values("pairs")
             if len(t):
                 ax.errorbar(t.pairs, 100 * t[m], yerr=100 * t[m + "_sd"], label=method.upper(), capsize=3, **style)
         if len(base):
             ax.axhline(100 * base[m].iloc[0], color="gray", linestyle="--", label="base")
-        ax.set_title(titles[m])
-        ax.set_xscale("log", base=2)
-        pairs = sorted(table[table.method != "base"].pairs.unique())
+        ax.set_title(name)
+        if len(pairs) > 1:
+            ax.set_xscale("log", base=2)
         ax.set_xticks(pairs, [str(p) for p in pairs])
         ax.set_ylim(-3, 103)
         ax.set_xlabel("training pairs")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("% of held-out queries")
+    axes[0].set_ylabel(ylabel)
     axes[0].legend(loc="best", fontsize=8)
-    fig.suptitle("CLO vs SFT in miniature (synthetic target language, exact translation)", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -69,13 +69,6 @@ def answer_fidelity(votes: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=SHOWN["fidelity"])
 
 
-def people(votes: pd.DataFrame) -> pd.DataFrame:
-    """The people's votes only (judge votes left out)."""
-    if "judge" not in votes.columns:
-        return votes
-    return votes[votes["judge"].isna() | (votes["judge"].astype(str).str.strip() == "")]
-
-
 def judge_tables(votes: pd.DataFrame, language: str | None, focus: str = "clo") -> tuple[pd.DataFrame, pd.DataFrame]:
     """("judge", "agreement"): per judge, its W/T/L and win rate for `focus` beside the people's win rate against the
     same opponent; and its agreement with the people on the battles both judged (clo.ratings.agreement), with the
@@ -126,7 +119,7 @@ def tables(services: Services, language: str | None, votes: pd.DataFrame | None 
     if votes.empty:
         return {}
     out = leaderboard(votes, language=language)  # the people's votes: judge votes are kept apart
-    scoped = people(votes if language is None else votes[votes.language == language])
+    scoped = rater_votes(votes if language is None else votes[votes.language == language], HUMAN, blind_only=False)
     out["fidelity"] = answer_fidelity(scoped)
     out["judge"], out["agreement"] = judge_tables(votes, language)
     out["judge_ratings"] = judge_ratings(votes, language, out["bradley_terry"])
