@@ -12,7 +12,9 @@ that cannot be reached; a bad CLO_* number) ends it with one line, `error: ...`,
 CLO_DEBUG=1 shows the traceback instead.
 """
 
+import atexit
 import os
+import signal
 import sys
 
 # vLLM's engine core runs in this process: a core process would be spawned, and a spawned process re-imports this
@@ -32,12 +34,24 @@ def refuse(error: Exception, argv: list[str]):
     sys.exit(f"error: {error}{hint}")
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (a container or Space stopping, `kill`) ends the app as Ctrl-C does: Gradio closes its server and
+    launch returns, and the vote store is closed below. By default SIGTERM ends the process at once, the newest votes
+    left in votes.db-wal only. A second SIGTERM ends it at once."""
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 ARGV = sys.argv[1:] if __name__ == "__main__" else []
 try:
     settings = Settings.from_args(ARGV)
     if settings.trusted_proxies is not None:  # uvicorn takes the client from X-Forwarded-For only from these peers
         os.environ["FORWARDED_ALLOW_IPS"] = settings.trusted_proxies
     services = start(settings)  # the model (clo.registry: a shorthand, or the offline fallback), engine, votes
+    atexit.register(services.close)  # however the process ends short of a kill, votes.db is checkpointed and closed
     print(f"[clo] running on {services.running_on}", flush=True)
     if settings.demo_mode and not (settings.admin_password or settings.allowed_users):
         print("[clo] demo mode with no CLO_ADMIN_PASSWORD and no CLO_ALLOWED_USERS: nobody can train or change what "
@@ -49,8 +63,13 @@ except (CLOError, OSError) as e:  # what the user gave is wrong: one line, not a
 if __name__ == "__main__":
     # None lets Gradio read GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (a Space sets 0.0.0.0); --host / --port win.
     # Gradio refuses an upload over the limit before it is stored; clo.jobs checks the size and rows again.
+    stop_on_sigterm()
     try:
         demo.launch(server_name=settings.host, server_port=settings.port, css=CSS,
                     max_file_size=int(settings.max_upload_mb * 1e6))
+    except KeyboardInterrupt:  # SIGTERM or Ctrl-C before the server ran (once it runs, Gradio catches it)
+        pass
     except (CLOError, OSError) as e:  # e.g. the port is taken
         refuse(e, ARGV)
+    finally:  # stopped (SIGTERM, Ctrl-C, demo.close()): votes.db alone now holds every acknowledged vote
+        services.close()

@@ -150,8 +150,8 @@ def cmd_votes_export(args: argparse.Namespace) -> None:
     from clo.votes import export_votes, open_store
 
     store = open_store(args.db, read_only=True)  # exporting changes nothing in the store
-    out = args.out or f"votes.{args.format}"
-    path = export_votes(store, out, args.format, args.lang)
+    out = args.out or f"votes.{args.format or 'parquet'}"
+    path = export_votes(store, out, args.format, args.lang, overwrite=args.overwrite)
     print(f"wrote {len(store.votes(args.lang))} votes to {path}")
 
 
@@ -203,9 +203,17 @@ def cmd_space_build(args: argparse.Namespace) -> None:
 
 
 def cmd_tiny(args: argparse.Namespace) -> None:
-    from clo.tiny import build_tiny_model
+    from clo.files import foreign_entries, named
+    from clo.tiny import TINY, build_tiny_model
 
-    print(build_tiny_model(args.path, seed=args.seed))
+    out = Path(args.path)
+    if out.exists() and not out.is_dir():
+        raise CLOError(f"{out} is a file; give a new or empty folder for the tiny model")
+    if out.is_dir() and any(out.iterdir()):  # a model's weights, someone's files: never written over
+        raise CLOError(f"{out} is not empty (it holds {named(foreign_entries(out, set(), ''))}); "
+                       "`python -m clo tiny` writes only a new or empty folder: choose another")
+    # a new folder is built aside and renamed into place whole; an empty one (a mount point) is written into
+    print(TINY.make(out, seed=args.seed) if not out.exists() else build_tiny_model(out, seed=args.seed))
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -342,8 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     votes = p.add_subparsers(dest="votes_command", required=True, metavar="ACTION")
     e = votes.add_parser("export", help="write the votes as CSV, JSONL or Parquet")
     e.add_argument("--db", default="votes.db", help="vote store: a file path or sqlite:///... / postgresql://...")
-    e.add_argument("--format", default="parquet", choices=("csv", "jsonl", "parquet"))
-    e.add_argument("--out", help="output file (default votes.FORMAT)")
+    e.add_argument("--format", choices=("csv", "jsonl", "parquet"),
+                   help="default: the --out file's suffix (.csv, .jsonl, .parquet); one that contradicts it is refused")
+    e.add_argument("--out", help="output file (default votes.FORMAT, Parquet without --format); CSV cells that "
+                   "start like a formula (= + - @) get a leading quote")
+    e.add_argument("--overwrite", action="store_true", help="replace --out when it exists (never the vote store)")
     e.add_argument("--lang", type=_lang, help="only votes on prompts in this language")
     e.set_defaults(func=cmd_votes_export)
 
@@ -395,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("tiny", help="write a tiny random Llama-style chat model (for offline smoke runs)")
-    p.add_argument("path", help="output folder")
+    p.add_argument("path", help="output folder: new or empty (a folder holding anything is refused)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny)
     return parser

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from clo import CLOError
-from clo.files import atomic_write
+from clo.files import atomic_write, read_text
 from clo.languages import lang_code
 from clo.registry import canonical
 
@@ -196,7 +196,7 @@ class Recipe:
             if not path.is_file():
                 raise CLOError(f"recipe file {path} does not exist")
             try:
-                raw = yaml.safe_load(_recipe_text(path))
+                raw = yaml.safe_load(read_text(path, "recipe file"))  # decoded as data files are (clo.files)
             except yaml.YAMLError as e:
                 mark = getattr(e, "problem_mark", None)
                 line = f", line {mark.line + 1}" if mark else ""
@@ -263,8 +263,16 @@ class Recipe:
             raise CLOError(f"training.warmup must be ≥ 0, got {t.warmup}")
         for m in self.method.method:
             check_run_name(self.adapter_name(m))
-        if self.lora.r < 1 or not self.lora.target_modules:
-            raise CLOError("lora: r must be ≥ 1 and target_modules must name at least one module")
+        if self.lora.r < 1:
+            raise CLOError(f"lora.r (the LoRA rank) must be ≥ 1, got {self.lora.r}")
+        if self.lora.alpha <= 0:  # α / r scales the update: 0 trains nothing, a negative α flips its sign
+            raise CLOError(f"lora.alpha must be > 0 (the update is scaled by α / r), got {self.lora.alpha}")
+        if not self.lora.target_modules:
+            raise CLOError("lora.target_modules must name at least one module, got none")
+        if t.save_steps < 0:
+            raise CLOError(f"training.save_steps must be ≥ 0 (0 = no checkpoints), got {t.save_steps}")
+        if not 0 <= t.seed < 2**32:  # what numpy's seeding accepts (transformers seeds numpy with it)
+            raise CLOError(f"training.seed must be a whole number from 0 to 2^32 − 1, got {t.seed}")
 
     def adapter_name(self, method: str) -> str:
         name = self.training.name.replace("{method}", method).replace("{lang}", self.data.target_lang)
@@ -298,21 +306,6 @@ def _kind(value: Any) -> str:
     if isinstance(value, (int, float)):
         return f"a number ({value})"
     return f"a string ({str(value)[:40]!r})"
-
-
-def _recipe_text(path: Path) -> str:
-    """The recipe file's text (UTF-8, a byte-order mark allowed), or one sentence on why it is not text."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CLOError(f"recipe file {path} cannot be read ({e.strerror or e})") from None
-    if b"\0" in data:
-        raise CLOError(f"recipe file {path} is not text (it has NUL bytes): give a YAML recipe such as recipes/demo.yaml")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise CLOError(f"recipe file {path}, line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8") from None
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

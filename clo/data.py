@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Protocol
 
 from clo import CLOError
 from clo.config import DataConfig
-from clo.files import atomic_write
+from clo.files import atomic_write, read_text
 from clo.hub import explain_missing, locate
 from clo.languages import language
 
@@ -80,37 +80,12 @@ _JSON_KINDS = {"list": "an array", "dict": "an object", "int": "a number", "floa
                "bool": "true/false", "NoneType": "null"}
 
 
-def read_text(path: Path) -> str:
-    """The text of a data file: UTF-8 (a byte-order mark, as Excel and Windows editors write, is dropped) or UTF-16/32
-    with a byte-order mark; anything else is one sentence naming the file, and the line for a bad byte."""
-    import codecs
-
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CLOError(f"data file {path} cannot be read ({e.strerror or e})") from None
-    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
-        encoding = "utf-32"
-    elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        encoding = "utf-16"
-    elif b"\0" in data:
-        raise CLOError(f"{path}: not text (it has NUL bytes: binary, or UTF-16/32 without a byte-order mark); save it as UTF-8")
-    else:
-        encoding = "utf-8-sig"
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as e:
-        line = data[: e.start].decode(encoding, errors="replace").count("\n") + 1
-        name, hint = ("UTF-8", ", perhaps Latin-1 or Windows-1252") if encoding == "utf-8-sig" else (encoding.upper(), "")
-        raise CLOError(f"{path}, line {line}: not {name} text (byte 0x{data[e.start]:02x}{hint}); save the file as UTF-8") from None
-
-
 def read_records(path: Path) -> Iterable[tuple[str, dict]]:
     """(where, record) for each record of a .jsonl, .json or .csv file; `where` is 'file, line N'."""
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".ndjson", ".json", ".csv"):
         raise CLOError(f"{path}: unsupported file type {suffix!r}; use .jsonl, .json or .csv")
-    text = read_text(path)
+    text = read_text(path, "data file")  # one decoder for data files and recipes (clo.files)
     if not text.strip():
         raise CLOError(f"{path}: no usable rows (the file is empty)")
     if suffix in (".jsonl", ".ndjson"):
@@ -392,7 +367,7 @@ def build_pairs(cfg: DataConfig, translator_factory: Callable[[DataConfig], Tran
     """
     lang = language(cfg.target_lang).code
     rows, source = load_english(cfg)
-    rows = _dedupe(rows)
+    read, rows = len(rows), _dedupe(rows)
     have_tgt = [r for r in rows if "prompt_tgt" in r]
     translator = cfg.translator
     if translator == "auto":
@@ -408,7 +383,8 @@ def build_pairs(cfg: DataConfig, translator_factory: Callable[[DataConfig], Tran
         if missing:
             raise CLOError(f"{missing[0]['where']}: no translation into {lang!r}, while other rows have one")
     if len(rows) < cfg.pairs:
-        raise CLOError(f"{source['source']}: asked for {cfg.pairs} pairs but only {len(rows)} usable rows exist; lower --pairs")
+        why = f" ({read} rows, of which {read - len(rows)} repeat an earlier row's prompt and answer and were dropped)" if read > len(rows) else ""
+        raise CLOError(f"{source['source']}: asked for {cfg.pairs} pairs but only {len(rows)} usable rows exist{why}; lower --pairs")
 
     rng = random.Random(cfg.seed)
     chosen = sorted(rng.sample(range(len(rows)), cfg.pairs))

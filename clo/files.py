@@ -12,6 +12,15 @@ start time of the process that made it, and renamed into place when complete:
     with staging("adapters", "clo-ko") as tmp:        # adapters/.tmp-clo-ko-XXXXXXXX/, removed on leaving
         write_everything(tmp / "clo-ko"); (tmp / "clo-ko").rename("adapters/clo-ko")
     remove_stale("adapters")                           # at the next start: what killed runs left behind
+
+The one rule for every command that writes output: it writes only into a folder it created (`new_folder`), into
+a folder carrying its own marker that holds nothing it did not write (`foreign_entries` lists anything else, and
+the command refuses), or over a file the user named with an explicit `--overwrite` (`check_output_file`); never
+over a protected file (the vote store), and it removes only what it can prove it made (`remove_stale` takes only
+marked staging folders whose maker is gone).
+
+Reading a user's text file (a recipe, a data file) goes through one decoder, `read_text`: UTF-8 with or without a
+byte-order mark, UTF-16/32 with one, and one sentence naming the file for anything else.
 """
 
 from __future__ import annotations
@@ -20,10 +29,11 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
+
+from clo import CLOError
 
 
 @contextmanager
@@ -54,7 +64,72 @@ def atomic_write(path: str | Path, content: str | bytes) -> Path:
 
 OWNER = ".clo-owner.json"  # in a staging folder: {"pid", "started"} of the process that made it
 STAGING_PREFIXES = (".tmp-", ".old-")  # .tmp-<name>-*: a folder being built; .old-<name>-*: one moved aside
-UNMARKED_GRACE_S = 3600  # an unmarked staging folder (older code, or caught between mkdtemp and its mark) this old is stale
+
+
+def named(paths, limit: int = 8) -> str:
+    """`paths` (strings) as a short list for a message: "a, b, c and 4 more"."""
+    paths = list(paths)
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(paths[:limit]) + more
+
+
+def check_output_file(path: str | Path, overwrite: bool = False, protected=(), what: str = "--out") -> Path:
+    """Refuse to write file `path` where it is not ours to write: a folder, one of the `protected` files (the vote
+    store and its -wal/-shm/-journal: even with `overwrite`), or an existing file without `overwrite`."""
+    path = Path(path)
+    for guarded in map(Path, protected):
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            sibling = Path(f"{guarded}{suffix}")
+            same = path.resolve() == sibling.resolve()
+            with suppress(OSError):
+                same = same or os.path.samefile(path, sibling)  # a hard link or another spelling of it
+            if same:
+                raise CLOError(f"{what} {path} is {'the vote store' if not suffix else f'the {suffix} file of'} "
+                               f"{guarded}, which is never written over: choose another file")
+    if path.is_dir():
+        raise CLOError(f"{what} {path} is a folder; give a file name")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise CLOError(f"{what} {path} already exists; pass --overwrite to replace it, or choose another file")
+    return path
+
+
+def new_folder(parent: str | Path, name: str) -> Path:
+    """A folder made now by this process: `parent/name`, or `name-2`, `name-3`, ... when that is taken (two runs
+    started in the same second never share one)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        folder = parent / (name if n == 1 else f"{name}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise CLOError(f"{parent} already holds {name} and 998 folders named after it; choose another folder")
+
+
+def foreign_entries(folder: str | Path, ours: set[str], marker: str) -> list[str]:
+    """What `folder` holds that its command did not write: entries (relative POSIX paths; a folder as `name/`,
+    whole when nothing of ours is in it) that are neither `marker` nor a file in `ours` nor a folder on the way to
+    one. Links are never followed."""
+    folder = Path(folder)
+    ours = set(ours) | {marker}
+    above = {p.as_posix() for f in ours for p in Path(f).parents if str(p) != "."}  # folders on the way to ours
+    found: list[str] = []
+
+    def walk(here: Path) -> None:
+        for entry in sorted(here.iterdir()):
+            rel = entry.relative_to(folder).as_posix()
+            if entry.is_dir() and not entry.is_symlink():
+                if rel in above:
+                    walk(entry)
+                else:
+                    found.append(rel + "/")
+            elif rel not in ours or entry.is_symlink():
+                found.append(rel)
+
+    walk(folder)
+    return found
 
 
 def staging_folder(parent: str | Path, name: str, kind: str = "tmp") -> Path:
@@ -83,22 +158,20 @@ def staging(parent: str | Path, name: str, kind: str = "tmp") -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _maker_alive(folder: Path) -> bool:
-    """Whether the process that made staging `folder` still runs (an unmarked folder: whether it is recent)."""
+def _ours_and_dead(folder: Path) -> bool:
+    """Whether staging `folder` carries a whole mark (pid and start time, written by `staging_folder`) of a process
+    that no longer runs. An unmarked or garbled folder proves nothing: it may be the user's, and is never ours."""
     import psutil
 
     try:
         owner = json.loads((folder / OWNER).read_text(encoding="utf-8"))
         pid, started = int(owner["pid"]), float(owner["started"])
-    except FileNotFoundError:
-        try:
-            return time.time() - folder.stat().st_mtime < UNMARKED_GRACE_S
-        except OSError:
-            return True  # gone meanwhile: nothing to remove
     except (OSError, ValueError, KeyError, TypeError):
-        return False  # a mark nobody could have written whole (atomic_write): not a live process's
+        return False
     try:
-        return abs(psutil.Process(pid).create_time() - started) < 0.01  # the same process, not one that reused the pid
+        return abs(psutil.Process(pid).create_time() - started) >= 0.01  # another process that reused the pid
+    except psutil.NoSuchProcess:
+        return True
     except (psutil.Error, ValueError, OverflowError):
         return False
 
@@ -106,8 +179,10 @@ def _maker_alive(folder: Path) -> bool:
 def remove_stale(parent: str | Path) -> list[Path]:
     """Remove the staging folders under `parent` whose process is gone (killed mid-save); returns those removed.
 
-    A folder moved aside (`.old-<name>-*`) whose replacement never arrived (no `<name>` beside it) is put back
-    instead, so a run killed between the two renames loses nothing. Folders of live processes are left alone.
+    Only folders marked by `staging_folder` are taken: a `.tmp-*` / `.old-*` folder without a whole mark is the
+    user's (or unprovable) and is left alone, however old. A folder moved aside (`.old-<name>-*`) whose
+    replacement never arrived (no `<name>` beside it) is put back instead, so a run killed between the two renames
+    loses nothing. Folders of live processes are left alone.
     """
     parent = Path(parent)
     if not parent.is_dir():
@@ -116,12 +191,11 @@ def remove_stale(parent: str | Path) -> list[Path]:
     for folder in sorted(parent.iterdir()):
         if not folder.name.startswith(STAGING_PREFIXES) or folder.is_symlink() or not folder.is_dir():
             continue
-        if _maker_alive(folder):
+        if not _ours_and_dead(folder):
             continue
         if folder.name.startswith(".old-"):
             name = folder.name.removeprefix(".old-").rpartition("-")[0]
-            marked = (folder / OWNER).exists()  # staging() keeps the old folder inside; older code renamed it whole
-            kept = folder / name if marked else folder
+            kept = folder / name  # staging() keeps the old folder inside its marked one
             if name and kept.is_dir() and not (parent / name).exists():
                 with suppress(OSError):  # another start put it back first
                     kept.rename(parent / name)
@@ -129,3 +203,30 @@ def remove_stale(parent: str | Path) -> list[Path]:
         if not folder.exists():
             removed.append(folder)
     return removed
+
+
+def read_text(path: Path, what: str = "file") -> str:
+    """The text of a file a user wrote (a data file, a recipe): UTF-8 (a byte-order mark, as Excel and Windows editors
+    write, is dropped) or UTF-16/32 with a byte-order mark; anything else is one sentence naming the file, and the
+    line of a bad byte. `what` names the kind of file when it cannot be read at all ("data file", "recipe file")."""
+    import codecs
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise CLOError(f"{what} {path} cannot be read ({e.strerror or e})") from None
+    if data.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: FF FE 00 00 starts both
+        encoding = "utf-32"
+    elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    elif b"\0" in data:
+        raise CLOError(f"{path} is not text (it has NUL bytes): binary, or UTF-16/32 without a byte-order mark; "
+                       "save it as UTF-8")
+    else:
+        encoding = "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data[: e.start].decode(encoding, errors="replace").count("\n") + 1
+        name, hint = ("UTF-8", ", perhaps Latin-1 or Windows-1252") if encoding == "utf-8-sig" else (encoding.upper(), "")
+        raise CLOError(f"{path}, line {line}: not {name} text (byte 0x{data[e.start]:02x}){hint}; save it as UTF-8") from None

@@ -136,3 +136,89 @@ def explain_missing(source: Source):
         if source.local_files_only or "connect" in str(e).lower() or "offline" in str(e).lower():
             raise CLOError(offline_message(source)) from None
         raise CLOError(f"cannot load {source.kind} '{source.name}' from the hub: {_reason(e)}") from None
+
+
+# ---- what a model is, wherever it lies ----
+
+FINGERPRINT_SAMPLE = 1024  # bytes read at the start, middle and end of every tensor
+_WHERE_SAVED = ("_name_or_path", "transformers_version", "torch_dtype", "dtype")  # config fields that say how it was saved
+
+
+def model_fingerprint(name_or_path: str, revision: str | None = None) -> str | None:
+    """What a base model is, not where it lies: "sha256:<hex>" over its config.json and its safetensors weights.
+
+    The config enters parsed, without the fields that say where and how it was saved (`_name_or_path`,
+    `transformers_version`, `torch_dtype`/`dtype`); the weights enter tensor by tensor, in name order: the
+    tensor's name, dtype and shape from the safetensors header, and three samples of its bytes (the first, middle
+    and last `FINGERPRINT_SAMPLE` bytes, the whole tensor when it is smaller). The file names and offsets do not
+    enter, so a copy, or the same tensors sharded otherwise, has the same fingerprint.
+
+    Cheap at any size: an 8B model (about 300 tensors in 4 files) costs under 1 MB of reads, where hashing every
+    byte would read 16 GB. It still tells two models of the same shape apart (another seed, a fine-tune, a merged
+    adapter: such a change reaches every part of a tensor, so its samples), though an edit confined to bytes
+    between a tensor's samples would go unseen. A hub id is fingerprinted the same way from its snapshot in the local
+    hub cache (no request is sent), so a local copy of a hub model matches it. None when there is nothing to read
+    (no such folder, not in the cache, no safetensors weights): callers then compare names.
+    """
+    folder = Path(str(name_or_path)).expanduser()
+    if not folder.is_dir():
+        folder = _cached_snapshot(str(name_or_path), revision)
+        if folder is None:
+            return None
+    files = [folder / "config.json", *sorted(folder.glob("*.safetensors"))]
+    try:
+        stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    except OSError:
+        return None
+    if len(files) < 2:
+        return None
+    return _fingerprint(str(folder.resolve()), stamp)
+
+
+def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The folder of `repo_id`'s snapshot in the local hub cache (the one holding its config.json), or None."""
+    if not _HUB_ID.match(repo_id) or "/" not in repo_id:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 (a malformed id or revision: not in the cache, as far as we can tell)
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+@functools.lru_cache(maxsize=16)
+def _fingerprint(folder: str, stamp: tuple) -> str | None:
+    """model_fingerprint of `folder`; `stamp` (names, sizes, mtimes) makes a changed folder a new cache entry."""
+    import hashlib
+    import struct
+
+    digest = hashlib.sha256()
+    try:
+        config = json.loads(Path(folder, "config.json").read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            return None
+        digest.update(json.dumps({k: v for k, v in config.items() if k not in _WHERE_SAVED}, sort_keys=True).encode())
+        tensors = []
+        for file in sorted(Path(folder).glob("*.safetensors")):
+            with file.open("rb") as fh:
+                (size,) = struct.unpack("<Q", fh.read(8))
+                if size > file.stat().st_size:
+                    return None  # not a safetensors file: its header would be longer than the file
+                header = json.loads(fh.read(size))
+            tensors += [(name, file, 8 + size, entry) for name, entry in header.items() if name != "__metadata__"]
+        with contextlib.ExitStack() as stack:
+            handles = {}
+            for name, file, start, entry in sorted(tensors, key=lambda t: t[0]):
+                digest.update(json.dumps([name, entry["dtype"], entry["shape"]]).encode())
+                begin, end = (start + offset for offset in entry["data_offsets"])
+                n = FINGERPRINT_SAMPLE
+                spans = [(begin, end - begin)] if end - begin <= 3 * n else [(begin, n), ((begin + end - n) // 2, n), (end - n, n)]
+                fh = handles.get(file) or handles.setdefault(file, stack.enter_context(file.open("rb")))
+                for offset, length in spans:
+                    fh.seek(offset)
+                    digest.update(fh.read(length))
+    except (OSError, ValueError, KeyError, TypeError, struct.error):  # unreadable or not safetensors: no fingerprint
+        return None
+    return "sha256:" + digest.hexdigest()

@@ -17,7 +17,10 @@ and stored as the vote's `variant_a`), and it names the better one. Two identica
 Every reply is read, never guessed: on a vLLM server the reply is constrained to the two labels (structured outputs,
 `{"structured_outputs": {"choice": ["A", "B"]}}`), elsewhere the first token's log-probabilities decide
 (`constraint="logprobs"`), or the text must be a label (`"none"`); a reply that is none of these is counted as
-unreadable and not stored, so a rerun asks again. A verdict is a judge vote in the vote store (clo.votes): the
+unreadable and kept with the pair (`VoteStore.record_unreadable`: its first 500 characters, never a vote), so a
+rerun asks again; the background judge (`due_only=True`) asks it again only when its retry is due, 1, 2, 4 …
+minutes after the last attempt (at most `RETRY_MAX_S`, `RETRY_ATTEMPTS` attempts in all), so an unreadable pair is
+not re-asked with every new vote. A verdict is a judge vote in the vote store (clo.votes): the
 judge's model name, the prompt, both answers, the order shown and the outcome; a rerun skips every pair the same
 judge already judged under the same protocol.
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
+import html
 import json
 import math
 import os
@@ -38,6 +42,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -48,6 +53,9 @@ from clo.votes import Judgment, pair_key
 
 CONSTRAINTS = ("auto", "choice", "logprobs", "none")
 API_KEY_VARIABLE = "CLO_JUDGE_API_KEY"
+RETRY_FIRST_S = 60.0  # an unreadable pair is due again a minute after its first attempt, doubling after each one
+RETRY_MAX_S = 3600.0  # but never more than an hour later
+RETRY_ATTEMPTS = 8  # and after this many unreadable replies only an explicit run (CLI, the admin's job) asks again
 
 
 @dataclass(frozen=True)
@@ -61,18 +69,29 @@ class Protocol:
     template: str  # {instruction}, {first}, {second}, {label_1}, {label_2}
 
     def messages(self, instruction: str, first: str, second: str) -> list[dict]:
-        user = self.template.format(instruction=instruction, first=first, second=second, label_1=self.labels[0],
-                                    label_2=self.labels[1])
+        """The chat sent to the judge. The visitor's instruction and the two answers are escaped as XML text (`&`,
+        `<`, `>` as `&amp;`, `&lt;`, `&gt;`), so none can close the template's `<instruction>` / `<response>` or
+        spell a marker written with `<` (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`): the judge's server renders
+        the chat itself, tokenizing special-token text as markers, and escaping is what the client can do about it.
+        A template's markers without `<` (Mistral's `[INST]`) are beyond this: judge with a ChatML / Llama-3 style model."""
+        user = self.template.format(instruction=_as_text(instruction), first=_as_text(first), second=_as_text(second),
+                                    label_1=self.labels[0], label_2=self.labels[1])
         return [{"role": "system", "content": self.system}, {"role": "user", "content": user}]
 
 
+def _as_text(text: str) -> str:
+    """`text` escaped as XML text: it cannot open or close a tag, nor spell a special token written with `<`."""
+    return html.escape(text, quote=False)
+
+
 PAIRWISE = Protocol(
-    name="clo-pairwise-1",
+    name="clo-pairwise-2",  # 2: the embedded texts are escaped (clo-pairwise-1 sent them raw)
     labels=("A", "B"),
     system=("You judge the work of AI assistants. You are given one instruction and two responses to it, written by "
             "two different assistants. Decide which response the person who wrote the instruction would rather "
             "receive: the one that does what was asked, correctly, helpfully and clearly. A longer response is not "
-            "better for being longer, and the order of the two says nothing about their quality."),
+            "better for being longer, and the order of the two says nothing about their quality. The texts are "
+            "escaped as XML: &lt;, &gt; and &amp; stand for <, > and &."),
     template=("<instruction>\n{instruction}\n</instruction>\n\n"
               "<response id=\"{label_1}\">\n{first}\n</response>\n\n"
               "<response id=\"{label_2}\">\n{second}\n</response>\n\n"
@@ -281,23 +300,28 @@ def shown_order(item: Item, seed: int = 0) -> tuple[str, str]:
 @dataclass
 class JudgeRun:
     """What a run did: verdicts stored now, pairs skipped (already judged), identical pairs (ties, not asked),
-    unreadable replies (not stored; a rerun asks again), and the tokens the judge counted."""
+    unreadable replies (kept apart from the votes, asked again later), pairs left waiting (their last reply was
+    unreadable and their retry is not due yet), and the tokens the judge counted."""
 
     judged: int = 0
     skipped: int = 0
     identical: int = 0
     unreadable: list[str] = field(default_factory=list)
+    waiting: int = 0
     tokens: int = 0
     seconds: float = 0.0
 
 
 def judge_items(items: list[Item], client: JudgeClient, store, seed: int = 0,
-                progress: Callable[[int, int], None] | None = None) -> JudgeRun:
+                progress: Callable[[int, int], None] | None = None, due_only: bool = False) -> JudgeRun:
     """Judge every item not yet judged by this judge (`client.model`, its protocol), `client.concurrency` at a
-    time, storing each verdict as it arrives. On a JudgeError no new pair is sent, the ones in flight finish and
-    are stored, and a CLOError says how many were kept and that a rerun resumes."""
+    time, storing each verdict as it arrives, and each unreadable reply apart (`VoteStore.record_unreadable`).
+    With `due_only` (the background judge) a pair whose last reply was unreadable waits until its retry is due
+    (`waiting`). On a JudgeError no new pair is sent, the ones in flight finish and are stored, and a CLOError says
+    how many were kept and that a rerun resumes."""
     protocol = client.protocol
     done = store.judged_keys(client.model, protocol.name)
+    waiting = not_due(store, client.model, protocol.name) if due_only else set()
     run, todo, started = JudgeRun(), [], time.perf_counter()
     for item in items:
         if len(item.answers) != 2:
@@ -306,6 +330,9 @@ def judge_items(items: list[Item], client: JudgeClient, store, seed: int = 0,
             run.skipped += 1
             continue
         done.add(item.key)  # the same pair twice in one run is judged once
+        if item.key in waiting:
+            run.waiting += 1
+            continue
         first, second = shown_order(item, seed)
         if item.answers[first] == item.answers[second]:
             run.identical += store.record_judgment(_judgment(item, client, first, second, "tie", "identical answers"))
@@ -337,6 +364,8 @@ def judge_items(items: list[Item], client: JudgeClient, store, seed: int = 0,
                     run.tokens += verdict.tokens
                     if verdict.winner is None:
                         run.unreadable.append(verdict.reply)
+                        store.record_unreadable(_judgment(item, client, first, second, "unreadable", verdict.reply),
+                                                RETRY_FIRST_S, RETRY_MAX_S)
                     else:
                         outcome = "a" if verdict.winner == 0 else "b"
                         run.judged += store.record_judgment(_judgment(item, client, first, second, outcome, verdict.reply))
@@ -347,6 +376,25 @@ def judge_items(items: list[Item], client: JudgeClient, store, seed: int = 0,
         raise CLOError(f"judging stopped: {failure}; the {run.judged + run.identical} verdict(s) made before it are kept in "
                        f"{store.where}, and judging again resumes (judged pairs are skipped)")
     return run
+
+
+def not_due(store, judge: str, protocol: str) -> set[str]:
+    """The pairs whose last reply from `judge` was unreadable and whose retry is not due yet (or that had
+    RETRY_ATTEMPTS attempts): the background judge leaves them alone."""
+    kept = store.unreadable(judge, protocol)
+    now = datetime.now(timezone.utc).isoformat()
+    return set(kept.loc[(kept["next_utc"] > now) | (kept["attempts"] >= RETRY_ATTEMPTS), "pair_key"])
+
+
+def next_retry_s(store, judge: str, protocol: str, keys: set[str] | None = None) -> float | None:
+    """Seconds until the first unreadable pair of `judge` (among `keys`, when given) is due again (0 when one is),
+    None when none will be."""
+    kept = store.unreadable(judge, protocol)
+    kept = kept[(kept["attempts"] < RETRY_ATTEMPTS) & (kept["pair_key"].isin(keys) if keys is not None else True)]
+    if kept.empty:
+        return None
+    due = datetime.fromisoformat(min(kept["next_utc"]))
+    return max(0.0, (due - datetime.now(timezone.utc)).total_seconds())
 
 
 def _judgment(item: Item, client: JudgeClient, first: str, second: str, outcome: str, reply: str) -> Judgment:
@@ -629,4 +677,5 @@ def cmd_judge(args: argparse.Namespace) -> None:
     tokens = f"; {run.tokens / run.judged:.0f} judge tokens per verdict" if run.judged and run.tokens else ""
     print(f"  {', '.join(notes)}{tokens}")
     if run.unreadable:
-        print(f"  unreadable (not stored; a rerun asks again), e.g. {_excerpt(run.unreadable[0])}")
+        print(f"  unreadable (kept apart, never counted; a rerun asks again), e.g. {_excerpt(run.unreadable[0])}; "
+              "a judge that answers in plain text may need --judge-constraint none")

@@ -13,6 +13,10 @@ A language nobody has chosen for gets a default from the adapters present when t
 `python app.py` serves what was trained: per slot, the adapter named `{method}-{lang}` (the name training gives
 by default), else the newest adapter of that method for the language. Choices are saved (atomically) in one
 JSON file beside the adapters and hold across restarts.
+
+The file is checked as the Serving panel's Apply checks a choice (`misfit`, one rule for both): a slot naming an
+adapter that is not served (deleted, renamed), one trained for another language or by the other method gets one log
+line naming the slot, the adapter and why, and serves that slot's default instead; the file itself is left as it is.
 """
 
 from __future__ import annotations
@@ -30,11 +34,15 @@ SLOTS = ("sft", "clo")  # the method each Compare slot shows, besides the base
 
 
 class Lineup:
-    def __init__(self, path: str | Path, engine: Engine):
-        self.path, self.engine = Path(path), engine
+    def __init__(self, path: str | Path, engine: Engine, log=print):
+        self.path, self.engine, self.log = Path(path), engine, log
         self.lock = threading.Lock()
         self.at_start = dict(engine.adapters)  # defaults come from these only: later adapters are never promoted
         self.chosen: dict[str, dict] = self._read()
+        self.said: set[tuple] = set()  # the misfits already logged, each once
+        for lang in self.chosen:  # say at start what the file names that cannot be served
+            self.slots(lang)
+            self.arena(lang)
 
     def _read(self) -> dict[str, dict]:
         if not self.path.is_file():
@@ -61,12 +69,41 @@ class Lineup:
             return canonical
         return max(mine, key=_trained_at).name
 
+    def misfit(self, lang: str, slot: str, name: str) -> str | None:
+        """Why adapter `name` cannot fill `slot` (a method: sft, clo; or "arena") for `lang`, or None when it can:
+        the one check of a speaker's choice, whether it comes from the Serving panel or from the file."""
+        if slot == "arena" and name == BASE:
+            return None
+        adapter = self.engine.adapters.get(name) if isinstance(name, str) else None
+        if adapter is None:
+            return "no adapter of that name is served (deleted or renamed?)"
+        if adapter.target_lang not in (lang, None):
+            return f"it was trained for {adapter.target_lang!r}, not {lang!r}"
+        if slot != "arena" and adapter.method != slot:
+            return f"its method is {adapter.method}, not {slot}"
+        return None
+
+    def _fitting(self, lang: str, slot: str, name: str) -> bool:
+        """Whether the file's `name` may fill `slot`; a misfit is logged once, naming the slot, the adapter and why."""
+        why = self.misfit(lang, slot, name)
+        if why is not None and (lang, slot, repr(name), why) not in self.said:
+            self.said.add((lang, slot, repr(name), why))
+            where = "the Arena's list" if slot == "arena" else f"the {slot.upper()} slot"
+            instead = ("it is left out" if slot == "arena"
+                       else f"serving the default ({self._default(lang, slot) or 'empty'}) in its place")
+            self.log(f"[clo] {self.path}: {where} for {lang!r} names {name!r}, which cannot be served there: {why}; "
+                     f"{instead}")
+        return why is None
+
     def slots(self, lang: str) -> dict[str, str | None]:
-        """{"base": "base", "sft": name or None, "clo": name or None}: what Compare shows for `lang`."""
+        """{"base": "base", "sft": name or None, "clo": name or None}: what Compare shows for `lang`; a chosen
+        adapter that does not fit the slot (`misfit`) gives way to the slot's default."""
         choice = self.chosen.get(lang, {})
         out: dict[str, str | None] = {"base": BASE}
         for slot in SLOTS:
             name = choice[slot] if slot in choice else self._default(lang, slot)
+            if slot in choice and name is not None and not self._fitting(lang, slot, name):
+                name = self._default(lang, slot)
             out[slot] = name if name in self.engine.adapters else None
         return out
 
@@ -76,8 +113,10 @@ class Lineup:
     def arena(self, lang: str) -> list[str]:
         """The variants the Arena draws pairs from for `lang`: the chosen list, else the filled slots."""
         chosen = self.chosen.get(lang, {}).get("arena")
-        if chosen:
-            return [v for v in chosen if v in self.engine.variants()]
+        if chosen and isinstance(chosen, list):
+            fits = [v for v in dict.fromkeys(map(str, chosen)) if self._fitting(lang, "arena", v)]
+            if len(fits) >= 2:
+                return fits
         return [v for v in self.slots(lang).values() if v]
 
     def languages(self) -> list[str]:
@@ -89,13 +128,14 @@ class Lineup:
         """Fill the slots of `lang` (None leaves a slot empty) and the Arena's list (None or [] = the slots); saved."""
         picked = {"sft": sft or None, "clo": clo or None}
         for slot, name in picked.items():
-            if name is not None and name not in self.candidates(lang, slot):
+            why = None if name is None else self.misfit(lang, slot, name)
+            if why is not None:
                 fits = ", ".join(self.candidates(lang, slot)) or "none"
-                raise CLOError(f"{name!r} cannot fill the {slot.upper()} slot for {lang!r}: it is not a served {slot} "
-                               f"adapter for that language (those that fit: {fits})")
+                raise CLOError(f"{name!r} cannot fill the {slot.upper()} slot for {lang!r}: {why} "
+                               f"(those that fit: {fits})")
         arena = list(dict.fromkeys(arena or []))
         allowed = [BASE, *self.candidates(lang)]
-        unknown = [v for v in arena if v not in allowed]
+        unknown = [v for v in arena if self.misfit(lang, "arena", v) is not None]
         if unknown:
             raise CLOError(f"the Arena cannot draw {', '.join(map(repr, unknown))} for {lang!r}; "
                            f"served for it: {', '.join(allowed)}")

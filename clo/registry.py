@@ -163,9 +163,12 @@ def _same_files(a: Path, b: Path) -> bool:
 
 def copy_whole(src: Path, dest: Path) -> None:
     """Copy the folder `src` to `dest` through a marked staging folder (a killed run's copy is removed at the next
-    start), replacing `dest` whole; fresh file times."""
+    start), replacing `dest` whole; fresh file times. An existing `dest` is replaced only when it is a model or an
+    adapter folder (an older copy); anything else there is refused, untouched."""
     from clo.files import staging
 
+    if dest.exists() and not any((dest / f).is_file() for f in ("config.json", "adapter_config.json")):
+        raise CLOError(f"{dest} exists and is not a model or adapter folder, so it is not replaced; move it away")
     dest.parent.mkdir(parents=True, exist_ok=True)
     with staging(dest.parent, dest.name) as stage:
         shutil.copytree(src, stage / dest.name, copy_function=shutil.copyfile)

@@ -9,9 +9,13 @@ The folder holds app.py, the `clo` package (its .py files), recipes/, assets/sam
 matter configures the Space (https://huggingface.co/docs/hub/spaces-config-reference) and whose body lists the
 variables and secrets the app reads (VARIABLES, the one table of them), a requirements.txt derived from the
 repository's (parsed, then fitted: the CPU build of torch, `spaces` for ZeroGPU, vLLM for a GPU), and a marker
-file `.clo-space`. Only a folder carrying the marker is ever replaced, and the build is written to a temporary
-sibling folder and renamed into place, so a failed build leaves nothing half-written. Tests, benchmarks,
-adapters, runs, models and the local vote store stay behind.
+file `.clo-space` that lists every file the build wrote, with its sha256. A build goes into a new folder, an
+empty one (a mount point too: it writes into the folder, never renames it), or a previous build that holds
+nothing but the files its marker lists, unchanged: anything else there (`.git/`, notes, a vote store) or any
+file edited since is listed and the build refuses, touching nothing. The build is made whole in a marked staging
+folder first, so a failed build leaves the previous one as it was; a rebuild then replaces only the files the
+previous build wrote. Tests, benchmarks, adapters, runs,
+models and the local vote store stay behind.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import json
 import os
 import re
 import shutil
-import uuid
+import tempfile
+from contextlib import suppress
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -82,6 +87,8 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("CLO_VOTES_PER_10MIN", "variable", "votes one voter (a session from an address) may cast in 10 minutes (default 60)"),
     ("CLO_VOTERS_PER_ADDRESS", "variable", "an address's sessions share this many voters' limits; raise it for a room "
                                            "behind one NAT (default 20)"),
+    ("CLO_QUEUED_PER_ADDRESS", "variable", "Compare and battle requests one address may have waiting or being answered "
+                                           "at once, whatever its sessions; more get a message (default 16)"),
     ("CLO_MAX_UPLOAD_MB", "variable", "largest training-data upload on the Train tab, in MB (default 20); a larger "
                                       "one is refused and nothing is kept"),
     ("CLO_MAX_UPLOAD_ROWS", "variable", "most rows in a training-data upload (default 50000); uploads/ keeps the "
@@ -92,6 +99,8 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("CLO_JUDGE_MODEL", "variable", "the judge's model name at that server (--judge-model)"),
     ("CLO_JUDGE_BACKGROUND", "variable", "`0`: with a judge, judge battles only when an admin starts it under Train, "
                                          "not after every vote (default 1)"),
+    ("CLO_JUDGE_CONSTRAINT", "variable", "how the judge's replies are read (--judge-constraint): auto (default; right "
+                                         "for vLLM), choice, logprobs, or none for a server that answers plain text"),
     ("CLO_JUDGE_API_KEY", "secret", "the judge server's API key, when it needs one (never taken from OPENAI_API_KEY)"),
     ("CLO_HOST", "variable", "address to listen on; leave unset on a Space"),
     ("CLO_PORT", "variable", "port to listen on; leave unset on a Space"),
@@ -231,17 +240,64 @@ def requirements(hardware: str, root: Path = ROOT) -> str:
 
 
 # ---- the folder ----
-def _check_out(out: Path) -> None:
-    """Refuse a folder that is not ours to replace: an existing non-empty folder without the marker, a file, or
-    a place inside the repository other than a top-level folder of its own."""
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _written(out: Path) -> dict[str, str | None]:
+    """The files the previous build in `out` wrote, from its marker, each with the sha256 it had then (None where
+    the marker predates hashes; a marker from before the list was kept: the files this build writes, the only ones
+    it may replace there)."""
+    try:
+        files = json.loads((out / MARKER).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        files = None
+    if isinstance(files, list):
+        files = dict.fromkeys(f for f in files if isinstance(f, str))
+    if not isinstance(files, dict):
+        with tempfile.TemporaryDirectory() as tmp:
+            _copy(Path(tmp))
+            return dict.fromkeys({p.relative_to(tmp).as_posix() for p in Path(tmp).rglob("*") if p.is_file()} | {
+                "README.md", "requirements.txt"})
+    return {f: h if isinstance(h, str) else None for f, h in files.items()
+            if isinstance(f, str) and not Path(f).is_absolute() and ".." not in Path(f).parts}
+
+
+def _check_out(out: Path) -> dict[str, str | None]:
+    """Refuse a folder that is not ours to write: a file, a place inside the repository other than a top-level
+    folder of its own, a non-empty folder without the marker, or a previous build holding anything it did not
+    write or has changed since (listed). Returns the files the previous build wrote with their hashes (none for a
+    new or empty folder)."""
+    from clo.files import foreign_entries, named, remove_stale
+
     if out != ROOT and out.is_relative_to(ROOT) and out.parent != ROOT:
         raise CLOError(f"{out} is inside the repository's folder {out.relative_to(ROOT).parts[0]}/; build outside the "
                        "repository or into a top-level folder of its own (e.g. space/)")
     if out.exists() and not out.is_dir():
         raise CLOError(f"{out} is a file; give a folder to build the Space in")
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise CLOError(f"{out} is not empty and is not a previous Space build (no {MARKER} in it); "
+    if not out.is_dir():
+        return {}
+    remove_stale(out)  # a killed build's staging folder
+    if not any(out.iterdir()):
+        return {}
+    if not (out / MARKER).is_file():
+        there = named(foreign_entries(out, set(), MARKER))
+        raise CLOError(f"{out} is not empty and is not a previous Space build (no {MARKER} in it): it holds {there}; "
                        "give a new or empty folder")
+    written = _written(out)
+    foreign = foreign_entries(out, written, MARKER)
+    if foreign:
+        raise CLOError(f"{out} holds what the previous Space build did not write: {named(foreign)}; a rebuild "
+                       "replaces only its own files: move those out, or build into a new folder")
+    edited = [rel for rel, digest in sorted(written.items())
+              if digest and (out / rel).is_file() and _sha256(out / rel) != digest]
+    if edited:
+        raise CLOError(f"{out} holds files changed since the previous Space build wrote them: {named(edited)}; a "
+                       "rebuild would overwrite them: move them out (or undo the edits), or build into a new folder")
+    return written
 
 
 def _copy(dest: Path) -> None:
@@ -258,34 +314,56 @@ def _copy(dest: Path) -> None:
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
+def _mark(out: Path, hardware: str, files: dict[str, str | None]) -> None:
+    from clo.files import atomic_write
+
+    atomic_write(out / MARKER, json.dumps({"hardware": hardware, "gradio": metadata.version("gradio"),
+                                          "files": dict(sorted(files.items()))}, indent=1) + "\n")
+
+
+def _install(stage: Path, out: Path, hardware: str, old: dict[str, str | None]) -> None:
+    """Move the build from `stage` (inside `out`) into `out` file by file, then remove the files of the previous
+    build that this one no longer has. The marker lists both sets meanwhile, so an interrupted install can be
+    rebuilt over; `out` itself is never renamed or removed (it may be a mount point)."""
+    from clo.files import OWNER
+
+    new = {p.relative_to(stage).as_posix(): _sha256(p) for p in stage.rglob("*")
+           if p.is_file() and p.relative_to(stage).as_posix() != OWNER}  # not the stage's mark
+    _mark(out, hardware, old | new)
+    for rel in sorted(new):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / rel, out / rel)
+    for rel in sorted(old.keys() - new.keys()):
+        gone = out / rel
+        if gone.is_file() and not gone.is_symlink():
+            gone.unlink()
+        for folder in gone.parents:  # folders it leaves empty, up to (not including) `out`
+            if folder == out or not folder.is_relative_to(out):
+                break
+            with suppress(OSError):
+                folder.rmdir()
+    _mark(out, hardware, new)
+
+
 def build_space(out: Path, hardware: str) -> Path:
     """Write the Space for `hardware` ("cpu", "zero-gpu", "gpu") to `out`; returns its absolute path."""
+    from clo.files import staging
+
     if hardware not in HARDWARE:
         raise CLOError(f"unknown hardware {hardware!r}; use one of {', '.join(HARDWARE)}")
     out = Path(out).expanduser().resolve()
-    _check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stem = f".{out.name}.{uuid.uuid4().hex[:8]}"  # hidden, unique: two builds never share one
-    tmp, old = out.parent / f"{stem}.tmp", out.parent / f"{stem}.old"
-    tmp.mkdir()
+    old = _check_out(out)
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
     try:
-        _copy(tmp)
-        (tmp / "README.md").write_text(readme(hardware), encoding="utf-8")
-        (tmp / "requirements.txt").write_text(requirements(hardware), encoding="utf-8")
-        (tmp / MARKER).write_text(json.dumps({"hardware": hardware, "gradio": metadata.version("gradio")}) + "\n",
-                                  encoding="utf-8")
-        if out.exists():  # a previous build (checked above), or an empty folder: swap it out, then drop it
-            os.rename(out, old)
-            try:
-                os.rename(tmp, out)
-            except BaseException:
-                os.rename(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
+        with staging(out, "space") as stage:  # inside `out`: one file system, so each file moves with a rename
+            _copy(stage)
+            (stage / "README.md").write_text(readme(hardware), encoding="utf-8")
+            (stage / "requirements.txt").write_text(requirements(hardware), encoding="utf-8")
+            _install(stage, out, hardware, old)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if made:  # a folder this build created: nothing of the user's can be in it
+            shutil.rmtree(out, ignore_errors=True)
         raise
     return out
 

@@ -29,10 +29,11 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 import clo
 from clo import CLOError
+from clo.chat import chat_pieces, piece_ids, remainder
 from clo.config import Recipe
 from clo.data import CrossLingualData, build_pairs
-from clo.files import remove_stale, staging
-from clo.hub import locate
+from clo.files import new_folder, remove_stale, staging
+from clo.hub import locate, model_fingerprint
 from clo.models import load_base, train_4bit_on_cpu
 from clo.objective import DIRECTIONS, KEYS, clo_loss, orpo_loss, sequence_logps, token_mean_nll
 
@@ -66,12 +67,16 @@ def encode(tokenizer, prompt: str, response: str, max_length: int, max_prompt_le
 
 
 def _encode_uncut(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
-    """Token ids of the chat-formatted prompt (generation prompt included) and of the answer (end of turn included)."""
+    """Token ids of the chat-formatted prompt (generation prompt included) and of the answer (end of turn included).
+
+    The data's text is tokenized as text, so only the template makes turn markers (clo.chat)."""
     messages = [{"role": "user", "content": prompt}]
-    prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    full_text = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
-    answer_text = full_text[len(prompt_text):] if full_text.startswith(prompt_text) else response + tokenizer.eos_token
-    return tokenizer(prompt_text, add_special_tokens=False).input_ids, tokenizer(answer_text, add_special_tokens=False).input_ids
+    prompt_pieces = chat_pieces(tokenizer, messages, add_generation_prompt=True)
+    full = chat_pieces(tokenizer, messages + [{"role": "assistant", "content": response}])
+    answer = remainder(full, "".join(text for text, _ in prompt_pieces))
+    if answer is None:  # a template whose full chat does not begin with its prompt
+        answer = [(response, True), (tokenizer.eos_token, False)]
+    return piece_ids(tokenizer, prompt_pieces), piece_ids(tokenizer, answer)
 
 
 def _cut(prompt_ids: list[int], answer_ids: list[int], max_length: int, max_prompt_length: int) -> tuple[list[int], list[int]]:
@@ -382,7 +387,8 @@ def save_adapter(model, dest: Path, recipe: Recipe, method: str, data: CrossLing
             "method": method,
             "target_lang": recipe.data.target_lang,
             "base_model": {"name_or_path": recipe.model.name_or_path, "revision": recipe.model.revision,
-                           "commit": getattr(config, "_commit_hash", None), "architecture": (config.architectures or [None])[0]},
+                           "commit": getattr(config, "_commit_hash", None), "architecture": (config.architectures or [None])[0],
+                           "fingerprint": model_fingerprint(recipe.model.name_or_path, recipe.model.revision)},  # what it is, wherever it lies
             "mode": mode,
             "data": data.manifest,
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -452,6 +458,7 @@ def setup(recipe: Recipe, data: CrossLingualData | None = None) -> Setup:
     locate(recipe.model.name_or_path, kind="model", flag="--model")  # fail fast on a missing path
     data = data or build_pairs(recipe.data)
     model, tokenizer, mode = load_base(recipe.model)
+    check_target_modules(model, recipe.lora.target_modules, recipe.model.name_or_path)
     if mode == "qlora-4bit":
         if model.device.type == "cpu":
             train_4bit_on_cpu(model)
@@ -471,6 +478,20 @@ def setup(recipe: Recipe, data: CrossLingualData | None = None) -> Setup:
     data = CrossLingualData(data.rows, {**data.manifest, "overlong": {"pairs": overlong, "action": t.overlong,
                                                                       "max_length": t.max_length, "max_prompt_length": t.max_prompt_length}})
     return Setup(model, tokenizer, mode, features, data)
+
+
+def check_target_modules(model, targets: list[str], model_name: str) -> None:
+    """Every name in lora.target_modules matches a layer as PEFT matches them (the layer's full name, or its end after
+    a dot), else one sentence listing the names of the layers LoRA can adapt here (before any run folder exists)."""
+    names = [name for name, _ in model.named_modules() if name]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if not missing:
+        return
+    kinds = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d)
+    adaptable = dict.fromkeys(n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                              if n and (isinstance(m, kinds) or type(m).__name__ == "Conv1D"))
+    raise CLOError(f"lora.target_modules: {', '.join(map(repr, missing))} {'matches' if len(missing) == 1 else 'match'} "
+                   f"no layer of {model_name}; the layers LoRA can adapt there are named {', '.join(adaptable)}")
 
 
 def fit(s: Setup, recipe: Recipe, method: str, run_dir: Path, callbacks=(), stop_requested=lambda: False):
@@ -508,8 +529,8 @@ def train(recipe: Recipe, data: CrossLingualData | None = None) -> list[Path]:
         print(f"[clo] cleaned up {folder}, left by a run that was killed while saving", flush=True)
     s = setup(recipe, data)
     run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{recipe.data.target_lang}-{'-'.join(recipe.method.method)}"
-    run_dir = Path(t.runs_dir) / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = new_folder(t.runs_dir, run_id)  # its own folder: a run started in the same second gets run_id-2
+    run_id = run_dir.name
     log_path = run_dir / "log.jsonl"
     print(f"[clo] run {run_id}: {len(s.features)} pairs, log {log_path}", flush=True)
 

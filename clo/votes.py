@@ -12,7 +12,10 @@ per battle (a UNIQUE constraint, so it holds across processes and replicas). A v
 address; the store keeps only keyed hashes of both (HMAC with a secret made once per store and kept in it, or
 CLO_SECRET), never a raw address, and limits votes per voter and per address (`Limits`), so a fresh session
 does not reset a limit.
-SQLite runs in WAL mode with synchronous=FULL: a vote that `vote` returned from survives a crash.
+SQLite runs in WAL mode with synchronous=FULL: a vote that `vote` returned from survives a crash. `store.close()`
+(the app calls it when it stops) lets the writes under way finish, folds the log into the file and closes every
+thread's connection, so the file alone holds every vote. Before an older store is migrated it is copied to
+`<file>.bak-v<old version>` (never over an existing file) and a line says so.
 `open_store(url, read_only=True)` (the command line's leaderboard and export) changes nothing: SQLite is opened with
 `mode=ro` and `query_only`, PostgreSQL with read-only transactions; no journal mode is set, no schema migrated, no
 secret made, and a store from an older schema is read with the columns it has.
@@ -22,6 +25,11 @@ Judge votes (clo.judge) live in the same table, flagged by `judge` (the judge's 
 
     store.record_judgment(Judgment(...))   # False when this judge already judged this pair (a rerun resumes)
     store.judged_keys("judge-model", "clo-pairwise-1")   # pair keys already judged, to skip them
+    store.record_unreadable(Judgment(..., outcome="unreadable", reply=raw))   # kept apart, asked again later
+    store.unreadable("judge-model", "clo-pairwise-1")    # those replies: attempts so far and when the next is due
+
+An unreadable reply is no vote: it lives in its own table (`judge_unreadable`), never among the votes, so no rating,
+tally or agreement can count it; a readable verdict on the same pair later replaces it.
 
 They are exported with the human votes and kept apart from them everywhere else: clo.ratings rates the human votes
 unless asked for a judge's, and `vote_counts` (which pairs the Arena draws) counts only people. Every vote carries
@@ -39,14 +47,17 @@ import os
 import random
 import secrets
 import sqlite3
+import sys
 import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
 from clo import CLOError
-from clo.files import atomic_path
+from clo.engines.base import prompt_text
+from clo.files import atomic_path, check_output_file
 
 OUTCOMES = ("a", "b", "tie", "both_bad")
 PRUNE_EVERY_S = 60.0  # expired, unvoted battles are deleted at most this often (when a battle is made)
@@ -97,7 +108,16 @@ MIGRATIONS = [
     CREATE UNIQUE INDEX votes_judge_pair ON votes (judge, judge_protocol, pair_key) WHERE judge IS NOT NULL;
     CREATE INDEX votes_pair ON votes (pair_key);
     """,
+    # 5: a judge's unreadable replies, kept apart from the votes (never counted), each with when to ask again
+    """
+    CREATE TABLE judge_unreadable (
+        judge TEXT NOT NULL, judge_protocol TEXT NOT NULL, pair_key TEXT NOT NULL, language TEXT NOT NULL,
+        reply TEXT NOT NULL, attempts INTEGER NOT NULL, first_utc TEXT NOT NULL, last_utc TEXT NOT NULL,
+        next_utc TEXT NOT NULL, PRIMARY KEY (judge, judge_protocol, pair_key)
+    );
+    """,
 ]
+UNREADABLE_REPLY_CHARS = 500  # an unreadable reply is kept this long (its start, then "…")
 
 
 def keyed_hash(secret: str, raw: str) -> str:
@@ -115,7 +135,8 @@ def pair_key(language: str, prompt: str, variant_a: str, answer_a: str, variant_
 @dataclass
 class Judgment:
     """A judge's verdict on two answers to one prompt: `variant_a` was shown as the first candidate, `variant_b` as
-    the second; outcome "a", "b" or "tie" (the judge is not asked when the answers are identical)."""
+    the second; outcome "a", "b" or "tie" (the judge is not asked when the answers are identical), or "unreadable"
+    for a reply kept by `record_unreadable` (never a vote)."""
 
     judge: str  # the judge's model name at its endpoint
     protocol: str  # the prompt and parsing it was asked with (clo.judge.Protocol.name)
@@ -170,6 +191,9 @@ class VoteStore:
         self.pruned_at = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
         self.rng = random.Random(seed)
         self.local = threading.local()  # one connection per thread
+        self.connections: list = []  # every thread's, so `close` closes them all
+        self.gate = threading.Condition()  # guards `busy` and `closed`: close waits for the reads and writes under way
+        self.busy, self.closed = 0, False
         parsed = urlparse(url)
         if parsed.scheme == "sqlite":
             self.kind, self.path, self.ph = "sqlite", Path(url.split("sqlite:///", 1)[-1]), "?"
@@ -196,10 +220,11 @@ class VoteStore:
         conn = getattr(self.local, "conn", None)
         if conn is not None:
             return conn
+        # check_same_thread=False: each thread uses only its own connection, but `close` closes them all from one
         if self.kind == "sqlite" and self.read_only:  # nothing in the file may change, not even its journal mode
-            conn = _open_read_only(self.path, timeout=60, isolation_level=None)
+            conn = _open_read_only(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         elif self.kind == "sqlite":
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -218,7 +243,24 @@ class VoteStore:
                 raise CLOError(f"cannot connect to the vote store {self.where} ({reason}): check its host, port, "
                                "database and credentials in --db / CLO_DB") from None
         self.local.conn = conn
+        with self.gate:
+            self.connections.append(conn)
         return conn
+
+    @contextmanager
+    def _using(self):
+        """This thread's connection, counted as busy until the block ends, so `close` waits for it; refused once the
+        store is closed."""
+        with self.gate:
+            if self.closed:
+                raise CLOError(f"the vote store {self.where} is closed (the app is stopping): nothing was recorded")
+            self.busy += 1
+        try:
+            yield self._connect()
+        finally:
+            with self.gate:
+                self.busy -= 1
+                self.gate.notify_all()
 
     def _check_sqlite_file(self) -> None:
         """Refuse a file that is not ours: not SQLite at all, another application's database, or a store of a newer
@@ -267,20 +309,21 @@ class VoteStore:
         if self.read_only:
             raise CLOError(f"the vote store {self.where} was opened read-only: open it without read_only to record votes")
 
+    @contextmanager
     def _transaction(self):
         self._check_writable()
-        conn = self._connect()
-        return _Transaction(conn, self.kind)
+        with self._using() as conn, _Transaction(conn, self.kind) as cur:
+            yield cur
 
     def _read(self, query: str, args: tuple = ()) -> tuple[list, list[str]]:
         """Rows and column names of a read: a plain snapshot (WAL lets it run beside writers), never the write lock."""
-        conn = self._connect()
-        cur = conn.cursor()
-        try:
-            cur.execute(self._sql(query), args)
-            return cur.fetchall(), [d[0] for d in cur.description]
-        finally:
-            cur.close()
+        with self._using() as conn:
+            cur = conn.cursor()
+            try:
+                cur.execute(self._sql(query), args)
+                return cur.fetchall(), [d[0] for d in cur.description]
+            finally:
+                cur.close()
 
     def _sql(self, text: str) -> str:
         return text.replace("?", self.ph)
@@ -300,6 +343,8 @@ class VoteStore:
             row = cur.fetchone()
             version = row[0] if row else 0
             self._check_version(version)
+            upgrade = 0 < version < len(MIGRATIONS)  # a store with votes of an older schema (0: a new one)
+            backup = self._backup(version) if upgrade and self.kind == "sqlite" else None
             for migration in MIGRATIONS[version:]:
                 for statement in filter(str.strip, migration.split(";")):
                     cur.execute(statement)
@@ -309,6 +354,40 @@ class VoteStore:
                 cur.execute(self._sql("UPDATE schema_version SET version = ?"), (len(MIGRATIONS),))
             if self.kind == "sqlite":
                 cur.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        if upgrade:
+            kept = f"backup at {backup}" if backup else "no backup made here (PostgreSQL: keep your own, pg_dump)"
+            print(f"[clo] migrated {self.where} from schema v{version} to v{len(MIGRATIONS)}; {kept}",
+                  file=sys.stderr, flush=True)
+
+    def _backup(self, version: int) -> Path:
+        """Copy the store as it is, before a migration changes it, to `<store>.bak-v<version>` beside it, with
+        SQLite's backup API (a consistent copy, the write-ahead log included), read through a connection of its
+        own while the migration's holds the write lock. An existing file is never written over: the next free name
+        is taken (`.bak-v3.1`, `.bak-v3.2`, ...). A copy that cannot be made stops the migration, the store left
+        as it was."""
+        first = self.path.with_name(f"{self.path.name}.bak-v{version}")
+        target, n, claimed = first, 0, False
+        try:
+            while not claimed:
+                try:  # O_EXCL: the name is claimed only if no file has it
+                    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.path.stat().st_mode & 0o777))
+                    claimed = True
+                except FileExistsError:
+                    n += 1
+                    target = first.with_name(f"{first.name}.{n}")
+            source, copy = sqlite3.connect(self.path, timeout=60), sqlite3.connect(target)
+            try:
+                source.backup(copy)
+            finally:
+                copy.close()
+                source.close()
+        except (OSError, sqlite3.Error) as e:
+            if claimed:  # the partial copy is ours
+                target.unlink(missing_ok=True)
+            raise CLOError(f"cannot back up the vote store {self.path} to {target} before migrating it from schema "
+                           f"v{version} ({getattr(e, 'strerror', None) or e}); it was left untouched: make room or "
+                           "make its folder writable") from None
+        return target
 
     def _stored_secret(self) -> str:
         """The store's own secret, made on first use by whichever process gets there first."""
@@ -372,7 +451,7 @@ class VoteStore:
         return battle
 
     def _check_prompt(self, prompt: str) -> None:
-        if not prompt or not prompt.strip():
+        if not prompt or not prompt_text(prompt):  # nothing printable (controls, NULs, zero-width characters)
             raise CLOError("empty prompt")
         if len(prompt) > self.limits.max_prompt_chars:
             raise CLOError(f"prompt of {len(prompt)} characters is over the limit of {self.limits.max_prompt_chars}")
@@ -455,6 +534,8 @@ class VoteStore:
                           None, None, None, j.judge, j.protocol, j.reply, key)
                 cur.execute(self._sql(f"INSERT INTO votes ({', '.join(VOTE_COLUMNS)}) "
                                       f"VALUES ({', '.join('?' * len(VOTE_COLUMNS))})"), record)
+                cur.execute(self._sql("DELETE FROM judge_unreadable WHERE judge = ? AND judge_protocol = ? "
+                                      "AND pair_key = ?"), (j.judge, j.protocol, key))
         except Exception as e:  # the unique index, when another process stored the same judgment first
             if "unique" in str(e).lower():
                 return False
@@ -470,6 +551,59 @@ class VoteStore:
 
     def _has_judge_columns(self) -> bool:
         return "judge" in self._read("SELECT * FROM votes WHERE 1 = 0")[1]
+
+    def record_unreadable(self, judgment: Judgment, first_retry_s: float = 60.0, max_retry_s: float = 3600.0) -> int:
+        """Keep a judge's unreadable reply to a pair (`judgment.reply`, its first UNREADABLE_REPLY_CHARS), apart from
+        the votes; the pair is due again `first_retry_s` after its first attempt, twice as long after each further
+        one, at most `max_retry_s`. Returns the attempts made on it so far."""
+        j = judgment
+        if j.outcome != "unreadable":
+            raise CLOError(f"record_unreadable keeps unreadable replies, not a verdict {j.outcome!r}")
+        reply = str(j.reply or "")
+        if len(reply) > UNREADABLE_REPLY_CHARS:
+            reply = reply[:UNREADABLE_REPLY_CHARS] + "…"
+        key, now = j.pair_key, now_utc()
+        try:
+            with self._transaction() as cur:
+                cur.execute(self._sql("SELECT attempts, first_utc FROM judge_unreadable WHERE judge = ? AND "
+                                      "judge_protocol = ? AND pair_key = ?"), (j.judge, j.protocol, key))
+                row = cur.fetchone()
+                attempts, first = (row[0] + 1, row[1]) if row else (1, now.isoformat())
+                wait = min(max_retry_s, first_retry_s * 2 ** (attempts - 1))
+                due = (now + dt.timedelta(seconds=wait)).isoformat()
+                if row:
+                    cur.execute(self._sql("UPDATE judge_unreadable SET reply = ?, attempts = ?, last_utc = ?, "
+                                          "next_utc = ? WHERE judge = ? AND judge_protocol = ? AND pair_key = ?"),
+                                (reply, attempts, now.isoformat(), due, j.judge, j.protocol, key))
+                else:
+                    cur.execute(self._sql("INSERT INTO judge_unreadable VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+                                (j.judge, j.protocol, key, j.language, reply, attempts, first, now.isoformat(), due))
+        except Exception as e:  # the primary key, when another replica kept the same pair's first reply just now
+            if "unique" in str(e).lower():
+                return 1
+            raise
+        return attempts
+
+    def unreadable(self, judge: str | None = None, protocol: str | None = None):
+        """The unreadable replies kept (of `judge` under `protocol`, when given) as a pandas DataFrame: judge,
+        judge_protocol, pair_key, language, reply, attempts, first_utc, last_utc, next_utc (when it is due again)."""
+        import pandas as pd
+
+        columns = ["judge", "judge_protocol", "pair_key", "language", "reply", "attempts", "first_utc", "last_utc",
+                   "next_utc"]
+        if self.blank or not self._has_table("judge_unreadable"):
+            return pd.DataFrame(columns=columns)
+        where = [(c, v) for c, v in (("judge", judge), ("judge_protocol", protocol)) if v is not None]
+        query = f"SELECT {', '.join(columns)} FROM judge_unreadable"
+        if where:
+            query += " WHERE " + " AND ".join(f"{c} = ?" for c, _ in where)
+        rows, _ = self._read(query + " ORDER BY last_utc", tuple(v for _, v in where))
+        return pd.DataFrame(rows, columns=columns)
+
+    def _has_table(self, name: str) -> bool:
+        query = ("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?" if self.kind == "sqlite" else
+                 "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = ? AND table_schema = current_schema()")
+        return bool(self._read(query, (name,))[0][0][0])
 
     def _check_rate(self, cur, now: dt.datetime, column: str, key: str, limit: int, who: str) -> None:
         """Refuse a vote over `limit` in the window, saying when the oldest counted vote leaves it."""
@@ -510,10 +644,25 @@ class VoteStore:
         return frame
 
     def close(self) -> None:
-        conn = getattr(self.local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self.local.conn = None
+        """Close the store for good, from any thread: wait for the reads and writes under way (a vote being written
+        is committed first), fold SQLite's write-ahead log into the file (`wal_checkpoint(TRUNCATE)`) so that the
+        file alone holds every vote, and close every thread's connection. Again, it does nothing; afterwards every
+        read and write is refused. A PostgreSQL store's connections are just closed."""
+        with self.gate:
+            if self.closed:
+                return
+            self.closed = True
+            self.gate.wait_for(lambda: self.busy == 0)
+            connections, self.connections = self.connections, []
+        try:
+            if self.kind == "sqlite" and not self.read_only and connections:
+                blocked = connections[0].execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if blocked:  # another process is reading: the log stays, and the file is not whole without it
+                    print(f"[clo] another process holds the vote store {self.path} open, so its write-ahead log "
+                          f"{self.path}-wal was not folded in: keep the two files together", file=sys.stderr, flush=True)
+        finally:
+            for conn in connections:
+                conn.close()
 
 
 class _Transaction:
@@ -603,18 +752,56 @@ def _scrub(text: str, url: str) -> str:
 # ---- export and hub sync ----
 
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as a formula (OWASP, CSV injection)
 
 
-def export_votes(store: VoteStore, path: str | Path, fmt: str | None = None, language: str | None = None) -> Path:
-    """Write the votes as CSV, JSONL or Parquet (by `fmt` or the file's suffix); written whole or not at all."""
-    path = Path(path)
-    fmt = (fmt or path.suffix.lstrip(".")).lower()
+def spreadsheet_safe(frame):
+    """`frame` with every text cell that a spreadsheet would run as a formula (starting with = + - @, a tab or a
+    carriage return) prefixed with a single quote, as OWASP advises for CSV files; numbers are left as they are.
+    For CSV only: JSONL and Parquet keep the text exact."""
+    def safe(value):
+        return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+    from pandas.api.types import is_numeric_dtype
+
+    frame = frame.copy()
+    for column in frame.columns:
+        if not is_numeric_dtype(frame[column]):  # text, whether pandas holds it as object or str
+            frame[column] = frame[column].map(safe)
+    return frame
+
+
+def export_format(path: str | Path, fmt: str | None = None) -> str:
+    """The export format: `fmt` when given, else the file's suffix; a `fmt` that contradicts the suffix is refused."""
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if fmt and suffix in EXPORT_FORMATS and suffix != fmt.lower():
+        raise CLOError(f"--format {fmt} contradicts the file name {Path(path).name} (.{suffix}); "
+                       f"name the file .{fmt.lower()} or drop --format")
+    fmt = (fmt or suffix).lower()
     if fmt not in EXPORT_FORMATS:
         raise CLOError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    return fmt
+
+
+def export_votes(store: VoteStore, path: str | Path, fmt: str | None = None, language: str | None = None,
+                 overwrite: bool = False) -> Path:
+    """Write the votes as CSV, JSONL or Parquet (by `fmt` or the file's suffix); written whole or not at all.
+
+    Never over the store itself (its file, -wal, -shm) or any SQLite database, and over another existing file
+    only with `overwrite` (clo.files.check_output_file). CSV cells that would run as formulas are quoted
+    (`spreadsheet_safe`)."""
+    path = Path(path)
+    fmt = export_format(path, fmt)
+    check_output_file(path, overwrite, protected=[store.path] if store.path else ())
+    if path.is_file():
+        with open(path, "rb") as fh:
+            if fh.read(16) == b"SQLite format 3\x00":
+                raise CLOError(f"--out {path} is an SQLite database (a vote store?), which an export never "
+                               "writes over: choose another file")
     frame = store.votes(language)
     with atomic_path(path) as tmp:
         if fmt == "csv":
-            frame.to_csv(tmp, index=False)
+            spreadsheet_safe(frame).to_csv(tmp, index=False, lineterminator="\r\n")  # RFC 4180: a cell with a CR is quoted
         elif fmt == "jsonl":
             frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
         else:

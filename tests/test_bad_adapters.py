@@ -290,15 +290,16 @@ def test_staging_marks_name_the_process_not_just_its_pid(tmp_path):
     (reused / OWNER).write_text(json.dumps({"pid": os.getpid(), "started": 1.0}))
     garbled = staging_folder(tmp_path, "b")
     (garbled / OWNER).write_text("{")
-    unmarked_old, unmarked_new = tmp_path / ".old-c-1234abcd", tmp_path / ".tmp-d-5678"  # made by older code
+    unmarked_old, unmarked_new = tmp_path / ".old-c-1234abcd", tmp_path / ".tmp-d-5678"  # the user's, or older code's
     (unmarked_old / "adapter_config.json").parent.mkdir()
     (unmarked_old / "adapter_config.json").write_text("{}")
     unmarked_new.mkdir()
     os.utime(unmarked_old, (time.time() - 7200, time.time() - 7200))
     (tmp_path / ".cache").mkdir()  # not a staging folder
     removed = remove_stale(tmp_path)
-    assert sorted(p.name for p in removed) == sorted([reused.name, garbled.name, unmarked_old.name])
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".cache", unmarked_new.name, "c"]  # c: put back
+    assert [p.name for p in removed] == [reused.name]  # only a whole mark of a process that is gone proves it ours
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".cache", garbled.name, unmarked_old.name,
+                                                                 unmarked_new.name])
 
 
 def test_train_cleans_up_before_it_starts(project, tiny_model, monkeypatch):

@@ -233,6 +233,7 @@ def vllm_server(tiny_model, adapters_dir):
 def test_remote_engine_against_real_vllm_serve(vllm_server, peft_engine, adapters_dir):
     engine = RemoteEngine(vllm_server)
     assert set(engine.variants()) == {BASE, "alpha"}
+    assert engine.tokenizer is not None  # the server's folder is readable here: chats are rendered here (clo.chat)
     requests = side_by_side(engine, (BASE, "alpha"))
     snapshots = list(engine.stream(requests))
     final = snapshots[-1]

@@ -90,8 +90,8 @@ def test_mixed_adapters_on_cuda_equal_each_adapter_alone(tiny_model, tmp_path):
         variants = (BASE, "alpha", "beta")
         prompts = ["Write one sentence about rivers.", "한국어로 짧게 인사해 주세요.", "What is two plus two?"]
         # first-step logits: every row of one left-padded batch, each with its own adapter, against that row alone
-        texts = [engine.render([{"role": "user", "content": p}]) for p in prompts]
-        enc = engine.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to("cuda")
+        ids = [engine.prompt_ids([{"role": "user", "content": p}]) for p in prompts]
+        enc = engine.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to("cuda")
         enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
         names = ["__base__" if v == BASE else v for v in variants]
         with torch.no_grad():

@@ -235,7 +235,7 @@ def test_an_unreadable_reply_is_counted_never_guessed(scripted, store, monkeypat
     monkeypatch.setattr(Judge, "do_POST", chatty)
     run = judge_items(items(3), client, store)
     assert run.judged == 0 and run.unreadable == ["Both are fine, really."] * 3
-    assert judge_votes(store).empty  # nothing stored: a rerun asks again
+    assert judge_votes(store).empty  # no verdict stored (the replies are kept apart, as unreadable): a rerun asks again
 
 
 def test_the_api_key_is_sent_as_a_bearer_token(scripted):

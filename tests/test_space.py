@@ -247,20 +247,22 @@ def test_cli_builds_rebuilds_and_refuses_a_foreign_folder(tmp_path):
     done = run_cli(out, "--hardware", "cpu")
     assert done.returncode == 0, done.stderr
     assert f"wrote the Space (cpu) to {out}" in done.stdout
-    (out / "clo" / "left_over.py").write_text("# from an older build\n")
-    done = run_cli(out, "--hardware", "gpu")  # a previous build is replaced whole
+    (out / "clo" / "left_over.py").write_text("# not written by the build\n")  # refused, kept (tests/test_writes.py)
+    assert "clo/left_over.py" in one_error_line(run_cli(out, "--hardware", "gpu"))
+    (out / "clo" / "left_over.py").unlink()
+    done = run_cli(out, "--hardware", "gpu")  # a previous build is rebuilt over
     assert done.returncode == 0, done.stderr
-    assert not (out / "clo" / "left_over.py").exists()
     assert json.loads((out / MARKER).read_text())["hardware"] == "gpu"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["space"]  # no temporary or old folder left
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
 
     mine = tmp_path / "mine"
     (mine / "notes").mkdir(parents=True)
     (mine / "notes" / "todo.txt").write_text("keep me\n")
     before = snapshot(mine)
     line = one_error_line(run_cli(mine, "--hardware", "cpu"))
-    assert line == (f"error: {mine} is not empty and is not a previous Space build (no {MARKER} in it); "
-                    "give a new or empty folder")
+    assert line == (f"error: {mine} is not empty and is not a previous Space build (no {MARKER} in it): it holds "
+                    "notes/; give a new or empty folder")
     assert snapshot(mine) == before and sorted(p.name for p in mine.iterdir()) == ["notes"]
 
 

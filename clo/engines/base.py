@@ -15,8 +15,10 @@ import json
 import math
 import numbers
 import queue
+import re
 import threading
 import time
+import unicodedata
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -60,11 +62,29 @@ class Sampling:
             raise CLOError(f"seed must be a whole number ≥ 0 or unset, got {self.seed!r}")
 
 
+UNSEEN = {"Cc", "Cf", "Cs", "Cn", "Zs", "Zl", "Zp"}  # Unicode categories with nothing to see: controls, format
+#   characters (zero-width spaces and joiners, BOM), unassigned code points, spaces and line breaks
+BLANK_LETTERS = "\u034f\u115f\u1160\u2800\u3164\uffa0"  # drawn as nothing though not in those categories
+CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # NUL and the C0 controls but tab and newline, and DEL
+
+
+def prompt_text(text: str | None) -> str:
+    """A visitor's prompt as it is generated from and stored: line breaks as \\n, NULs and other control characters
+    (but tab and newline) removed, surrounding whitespace stripped; "" when no character in it is printable (only
+    controls, spaces, zero-width or format characters, variation selectors, fillers), which every check refuses
+    as it refuses an empty prompt."""
+    text = CONTROLS.sub("", str(text or "").replace("\r\n", "\n").replace("\r", "\n")).strip()
+    seen = any(unicodedata.category(c) not in UNSEEN and c not in BLANK_LETTERS
+               and not ("\ufe00" <= c <= "\ufe0f" or "\U000e0100" <= c <= "\U000e01ef") for c in text)
+    return text if seen else ""
+
+
 @dataclass
 class Request:
     variant: str
     messages: list[dict]
     sampling: Sampling = field(default_factory=Sampling)
+    owner: str = ""  # who asked (the app puts the visitor's network address): schedulers serve owners in turn
 
 
 @dataclass
@@ -96,6 +116,7 @@ class Job:
     def __init__(self, requests: list[Request]):
         self.id = uuid.uuid4().hex[:12]
         self.requests = requests
+        self.owner = requests[0].owner if requests else ""  # one caller's requests share an owner (fair_order)
         self.answers = [Answer(r.variant) for r in requests]
         self.queue: queue.Queue = queue.Queue()
         self.cancelled = threading.Event()
@@ -131,6 +152,24 @@ class Job:
             self.cancelled.set()
 
 
+def fair_order(jobs: list[Job], last_served: dict[str, int] | None = None) -> list[Job]:
+    """The waiting `jobs` (in arrival order) in the order a scheduler should serve them: owners in turn
+    (round-robin), each owner's own jobs in arrival order. Owners take their turns by `last_served` (owner -> the
+    number of the batch that last served it; never served first), then by their oldest job. One owner's backlog
+    of n jobs thus puts at most one of its jobs ahead of another owner's first, instead of n, and one served just
+    now lets the others go first next time (how many jobs an owner may have waiting at all is the app's admission
+    limit, clo.ui.services)."""
+    turns: dict[str, list[Job]] = {}
+    for job in jobs:
+        turns.setdefault(job.owner, []).append(job)
+    last_served = last_served or {}
+    lanes = sorted(turns.values(), key=lambda lane: last_served.get(lane[0].owner, -1))  # stable: then oldest job
+    ordered = []
+    for i in range(max(map(len, lanes), default=0)):
+        ordered += [lane[i] for lane in lanes if i < len(lane)]
+    return ordered
+
+
 @dataclass(frozen=True)
 class Adapter:
     name: str
@@ -141,6 +180,7 @@ class Adapter:
     method: str | None = None
     target_lang: str | None = None
     modules_to_save: tuple[str, ...] = ()
+    base_fingerprint: str | None = None  # clo.hub.model_fingerprint of the base it was trained on (None: saved before)
 
 
 def read_adapter(path: str | Path, name: str | None = None) -> Adapter:
@@ -179,6 +219,7 @@ def read_adapter(path: str | Path, name: str | None = None) -> Adapter:
         method=manifest.get("method"),
         target_lang=manifest.get("target_lang"),
         modules_to_save=tuple(config.get("modules_to_save") or ()),
+        base_fingerprint=recorded.get("fingerprint") if isinstance(recorded.get("fingerprint"), str) else None,
     )
 
 
@@ -255,8 +296,18 @@ def find_adapters(adapters_dir: str | Path, names: list[str] | None = None) -> l
             and (p / "adapter_config.json").is_file()]
 
 
-def same_model(a: str, b: str) -> bool:
-    """Two model references name the same model: equal ids, or paths to the same folder."""
+def same_model(a: str, b: str, recorded: str | None = None) -> bool:
+    """Two model references are the same model: the same config and weights (clo.hub.model_fingerprint), so an exact
+    copy at another path is the same model and another model at the same path is not. `recorded` is a's fingerprint
+    taken earlier (an adapter's manifest, from the base it was trained on). Where a fingerprint is unknown (an
+    adapter saved before they were recorded, a hub id not in the local cache), names decide: equal ids, or paths to
+    the same folder."""
+    from clo.hub import model_fingerprint
+
+    fa = recorded or model_fingerprint(a)
+    fb = model_fingerprint(b) if fa else None
+    if fa and fb:
+        return fa == fb
     if a == b:
         return True
     pa, pb = Path(a).expanduser(), Path(b).expanduser()
@@ -283,8 +334,9 @@ class Engine(ABC):
         if adapter.name.startswith("."):
             raise CLOError(f"{adapter.path} is a hidden folder (a save in progress, or one a killed run left), not an "
                            "adapter; serve a folder whose name does not start with '.'")
-        if adapter.base_model and not same_model(adapter.base_model, self.model):
-            raise CLOError(f"adapter {adapter.name} was trained on {adapter.base_model}, but this engine serves {self.model}")
+        if adapter.base_model and not same_model(adapter.base_model, self.model, adapter.base_fingerprint):
+            differ = ", whose config or weights differ from those it was trained on" if adapter.base_fingerprint else ""
+            raise CLOError(f"adapter {adapter.name} was trained on {adapter.base_model}, but this engine serves {self.model}{differ}")
 
     def add_adapter(self, path: str | Path, name: str | None = None) -> Adapter:
         """Load (or replace) an adapter while serving; returns what was loaded."""
@@ -301,7 +353,7 @@ class Engine(ABC):
         for r in requests:
             if r.variant not in self.variants():
                 raise CLOError(f"unknown variant {r.variant!r}; this engine serves {', '.join(self.variants())}")
-            if not r.messages or not any(str(m.get("content", "")).strip() for m in r.messages if m.get("role") == "user"):
+            if not r.messages or not any(prompt_text(m.get("content")) for m in r.messages if m.get("role") == "user"):
                 raise CLOError("empty prompt: write a message first")
             r.sampling.check()
 

@@ -26,8 +26,9 @@ from typing import Iterator
 import torch
 
 from clo import CLOError
+from clo.chat import chat_ids
 from clo.config import ModelConfig
-from clo.engines.base import BASE, Adapter, Answer, Engine, Job, Request, Sampling
+from clo.engines.base import BASE, Adapter, Answer, Engine, Job, Request, Sampling, fair_order
 
 
 class _Batch:
@@ -108,6 +109,7 @@ class PeftEngine(Engine):
         self.stats = {"steps": 0, "max_rows": 0, "generates": 0}  # decoding steps, most rows in one, generate calls
         self.current: _Batch | None = None
         self.waiting: list[Job] = []  # taken from the inbox, not yet decoded
+        self.last_served: dict[str, int] = {}  # owner waiting or just served -> the generate that last served it
         self.inbox: queue.Queue[Job] = queue.Queue()
         self.worker = threading.Thread(target=self._serve, name="clo-peft-scheduler", daemon=True)
         self.worker.start()
@@ -146,14 +148,15 @@ class PeftEngine(Engine):
                 parent, _, child = path.rpartition(".")
                 setattr(self.base.get_submodule(parent), child, module.get_base_layer())
 
-    def render(self, messages: list[dict]) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The chat's token ids, generation prompt included; a visitor's text stays text (clo.chat)."""
+        return chat_ids(self.tokenizer, messages)
 
     # ---- serving: one scheduler thread owns the model; callers submit jobs and read their own queue ----
     def stream(self, requests: list[Request]) -> Iterator[list[Answer]]:
         self.check(requests)
         for r in requests:  # a prompt that cannot fit fails here, alone, before it joins anyone's batch
-            self._check_length(self.render(r.messages), r.sampling.max_tokens)
+            self._check_length(self.prompt_ids(r.messages), r.sampling.max_tokens)
         groups: dict[tuple, list[int]] = {}  # one generate has one sampling setting: a job per setting
         for i, r in enumerate(requests):
             groups.setdefault(_sampling_key(r.sampling), []).append(i)
@@ -178,15 +181,16 @@ class PeftEngine(Engine):
             for job in jobs:
                 job.cancelled.set()
 
-    def _check_length(self, text: str, max_tokens: int) -> None:
-        n = len(self.tokenizer(text, add_special_tokens=False).input_ids)
+    def _check_length(self, ids: list[int], max_tokens: int) -> None:
+        n = len(ids)
         if self.context and n + max_tokens > self.context:
             raise CLOError(f"prompt of {n} tokens + {max_tokens} new tokens exceeds the model's context of {self.context} "
                            "tokens: shorten the prompt or lower max_tokens")
 
     def _serve(self) -> None:
         """Forever: gather the jobs waiting (up to max_batch rows of one sampling setting), decode them in one
-        `generate`, repeat. Jobs that arrive meanwhile wait for the next one (dynamic batching)."""
+        `generate`, repeat. Jobs that arrive meanwhile wait for the next one (dynamic batching). The waiting jobs
+        are taken owners in turn (base.fair_order), so one address's backlog never pushes another visitor back."""
         while True:
             if not self.waiting:
                 job = self.inbox.get()
@@ -205,15 +209,17 @@ class PeftEngine(Engine):
             self.waiting = [j for j in self.waiting if not j.cancelled.is_set()]
             if not self.waiting:
                 continue
-            key = _sampling_key(self.waiting[0].requests[0].sampling)
-            batch, rest, rows = [], [], 0
-            for job in self.waiting:  # a job's requests share one setting (stream splits them)
+            turns = fair_order(self.waiting, self.last_served)
+            key = _sampling_key(turns[0].requests[0].sampling)
+            batch, rows = [], 0
+            for job in turns:  # a job's requests share one setting (stream splits them)
                 if _sampling_key(job.requests[0].sampling) == key and (not batch or rows + len(job.requests) <= self.max_batch):
                     batch.append(job)
                     rows += len(job.requests)
-                else:
-                    rest.append(job)
-            self.waiting = rest
+            self.waiting = [j for j in self.waiting if j not in batch]  # the rest keep their arrival order
+            keep = {j.owner for j in self.waiting + batch}  # an owner neither waiting nor served now is forgotten
+            self.last_served = {o: n for o, n in self.last_served.items() if o in keep}
+            self.last_served.update((j.owner, self.stats["generates"]) for j in batch)
             self._run(batch)
 
     def close(self) -> None:
@@ -233,8 +239,8 @@ class PeftEngine(Engine):
         requests = [job.requests[k] for job, k in step.rows]
         sampling: Sampling = requests[0].sampling
         try:
-            enc = self.tokenizer([self.render(r.messages) for r in requests], return_tensors="pt", padding=True,
-                                 add_special_tokens=False).to(self.base.device)
+            enc = self.tokenizer.pad({"input_ids": [self.prompt_ids(r.messages) for r in requests]}, padding=True,
+                                     return_tensors="pt").to(self.base.device)
             kwargs = dict(**enc, max_new_tokens=max(r.sampling.max_tokens for r in requests),
                           do_sample=sampling.temperature > 0, pad_token_id=self.tokenizer.pad_token_id,
                           eos_token_id=sorted(self.eos), streamer=step, stopping_criteria=[step])

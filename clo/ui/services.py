@@ -6,10 +6,11 @@ Every flag of `python app.py` can also come from an environment variable (for Sp
     --host CLO_HOST     --port CLO_PORT                   --demo-mode CLO_DEMO_MODE
     --max-prompt-chars CLO_MAX_PROMPT_CHARS                --max-tokens CLO_MAX_TOKENS
     --votes-per-10min CLO_VOTES_PER_10MIN   --generations-per-min CLO_GENERATIONS_PER_MIN
-    --voters-per-address CLO_VOTERS_PER_ADDRESS   --trusted-proxies CLO_TRUSTED_PROXIES
+    --voters-per-address CLO_VOTERS_PER_ADDRESS   --queued-per-address CLO_QUEUED_PER_ADDRESS
+    --trusted-proxies CLO_TRUSTED_PROXIES
     --max-upload-mb CLO_MAX_UPLOAD_MB   --max-upload-rows CLO_MAX_UPLOAD_ROWS   --debug CLO_DEBUG
     --judge-url CLO_JUDGE_URL   --judge-model CLO_JUDGE_MODEL   --judge-background CLO_JUDGE_BACKGROUND (on|off)
-    the judge's API key: CLO_JUDGE_API_KEY
+    --judge-constraint CLO_JUDGE_CONSTRAINT (auto|choice|logprobs|none)   the judge's API key: CLO_JUDGE_API_KEY
     admin password: CLO_ADMIN_PASSWORD   allowed Hugging Face users: CLO_ALLOWED_USERS (comma-separated)
     voter pseudonyms' key: CLO_SECRET (else one made once and kept in the vote store)
 
@@ -34,9 +35,11 @@ from pathlib import Path
 from clo import CLOError, langid, registry
 from clo.access import Access, RateLimit, visitor_of
 from clo.engines import Engine, Request, Sampling, load_engine
+from clo.engines.base import prompt_text
 from clo.jobs import MAX_UPLOAD_MB, MAX_UPLOAD_ROWS, ZERO_GPU, Jobs, on_gpu
 from clo.languages import LANGUAGES, lang_code, language
 from clo.lineup import Lineup
+from clo.judge import CONSTRAINTS
 from clo.ui.judging import Judging
 from clo.registry import entry_for, resolve_model, sample_examples
 from clo.votes import Limits, open_store
@@ -96,6 +99,16 @@ def _on_off(name: str, raw: str | None) -> str:
     raise CLOError(f"{name}={raw!r} is neither on nor off: set it to 1 or 0, or unset it")
 
 
+def _judge_constraint(raw: str | None) -> str:
+    """CLO_JUDGE_CONSTRAINT as one of clo.judge.CONSTRAINTS; unset: auto."""
+    if raw is None or not raw.strip():
+        return "auto"
+    if raw.strip().lower() not in CONSTRAINTS:
+        raise CLOError(f"CLO_JUDGE_CONSTRAINT={raw!r} is not one of {', '.join(CONSTRAINTS)}: set it to one "
+                       "(none reads a plain-text judge's reply), or unset it")
+    return raw.strip().lower()
+
+
 def debug_wanted(argv: list[str]) -> bool:
     """--debug among `argv`, or CLO_DEBUG set to 1/true/yes: show a traceback instead of one line."""
     return "--debug" in argv or os.environ.get("CLO_DEBUG", "").strip().lower() in ("1", "true", "yes")
@@ -120,7 +133,8 @@ class Settings:
     per_session: int = 2  # generation calls one visitor may have in flight; more get a message, not a queue spot
     votes_per_10min: int = 60  # per voter (a session from an address)
     generations_per_min: int = 20  # Compare / battle calls per voter per minute
-    voters_per_address: int = 20  # an address (a room behind one NAT) may use this many voters' limits together
+    voters_per_address: int = 20  # an address (a room behind one NAT) may use this many voters' rate limits together
+    queued_per_address: int = 16  # generation calls one address may have waiting or running; more get a message
     trusted_proxies: str | None = None  # peers whose X-Forwarded-For names the client; None: loopback (a Space: SPACE_PROXIES)
     queue_size: int = 256  # events waiting beyond that; the page shows each visitor its position
     max_upload_mb: float = MAX_UPLOAD_MB  # a training-data upload's size limit (clo.jobs)
@@ -129,6 +143,7 @@ class Settings:
     judge_url: str | None = None  # an OpenAI-compatible LLM judge (clo.judge): its server
     judge_model: str | None = None  # and its model name there
     judge_background: bool = True  # with both: every new battle is judged in the background (clo.ui.judging)
+    judge_constraint: str = "auto"  # how its replies are read (clo.judge.CONSTRAINTS): auto suits vLLM
     judge_api_key: str | None = None  # CLO_JUDGE_API_KEY, from the environment only
 
     @classmethod
@@ -160,7 +175,11 @@ class Settings:
                        help="Compare and battle requests one voter may make per minute")
         p.add_argument("--voters-per-address", type=int,
                        default=_env_number("CLO_VOTERS_PER_ADDRESS", d.voters_per_address),
-                       help="an address's sessions share this many voters' limits (raise it for a room behind one NAT)")
+                       help="an address's sessions share this many voters' rate limits (raise it for a room behind one NAT)")
+        p.add_argument("--queued-per-address", type=_above_zero(int),
+                       default=_env_number("CLO_QUEUED_PER_ADDRESS", d.queued_per_address),
+                       help="generation requests one network address may have waiting or being answered at once, "
+                            f"whatever its sessions; more are refused with a message (default {d.queued_per_address})")
         p.add_argument("--max-upload-mb", type=_above_zero(float),
                        default=_env_number("CLO_MAX_UPLOAD_MB", d.max_upload_mb, float),
                        help=f"largest training-data upload, in MB (default {d.max_upload_mb:g})")
@@ -179,6 +198,9 @@ class Settings:
                        default=_on_off("CLO_JUDGE_BACKGROUND", env("CLO_JUDGE_BACKGROUND")),
                        help="with a judge: judge every new battle in the background (default on); off leaves it to "
                             "the admin's button under Train")
+        p.add_argument("--judge-constraint", choices=CONSTRAINTS, default=_judge_constraint(env("CLO_JUDGE_CONSTRAINT")),
+                       help="how the judge's replies are read: auto (default: choice on vLLM, else logprobs), choice, "
+                            "logprobs, or none (plain text, e.g. \"A\": for a server without log-probs)")
         a = p.parse_args(argv)
         if bool(a.judge_url) != bool(a.judge_model):
             raise CLOError("a judge needs both --judge-url and --judge-model (CLO_JUDGE_URL and CLO_JUDGE_MODEL); "
@@ -190,9 +212,11 @@ class Settings:
                    demo_mode=a.demo_mode, admin_password=env("CLO_ADMIN_PASSWORD"), allowed_users=users,
                    max_prompt_chars=a.max_prompt_chars, max_tokens=a.max_tokens, votes_per_10min=a.votes_per_10min,
                    generations_per_min=a.generations_per_min, voters_per_address=a.voters_per_address,
+                   queued_per_address=a.queued_per_address,
                    trusted_proxies=a.trusted_proxies, max_upload_mb=a.max_upload_mb, max_upload_rows=a.max_upload_rows,
                    debug=a.debug, judge_url=a.judge_url, judge_model=a.judge_model,
-                   judge_background=a.judge_background == "on", judge_api_key=env("CLO_JUDGE_API_KEY") or None)
+                   judge_background=a.judge_background == "on", judge_constraint=a.judge_constraint,
+                   judge_api_key=env("CLO_JUDGE_API_KEY") or None)
 
 
 def choose_model(settings: Settings, log=print) -> str:
@@ -271,9 +295,17 @@ class Services:
         self.jobs = Jobs(settings.model, settings.adapters_dir, self.engine, self.access,
                          max_upload_mb=settings.max_upload_mb, max_upload_rows=settings.max_upload_rows)
         self.judging = Judging(self.store, self.access, settings.judge_url, settings.judge_model,
-                               api_key=settings.judge_api_key, background=settings.judge_background)
+                               api_key=settings.judge_api_key, background=settings.judge_background,
+                               constraint=settings.judge_constraint)
         self.flying: dict[str, int] = {}  # session -> generation calls in flight
         self.flying_lock = threading.Lock()
+
+    def close(self) -> None:
+        """What a stop (SIGTERM, Ctrl-C, Gradio's close: app.py) leaves behind: the background judge told to stop,
+        then the vote store closed, a vote being written committed first, so its file alone holds every vote that
+        was acknowledged. Again, it does nothing."""
+        self.judging.close(timeout=0)  # no wait for a judge's reply: its next write is refused
+        self.store.close()
 
     # ---- fairness: one visitor cannot fill the batch ----
     def voter(self, request) -> tuple[str, str]:
@@ -282,12 +314,16 @@ class Services:
 
     @contextmanager
     def in_flight(self, request):
-        """Admit a generation call: within its voter's and its address's rate (a message saying when to retry
-        otherwise), and counted against their in-flight caps for as long as it runs."""
+        """Admit a generation call before it takes a place in the engine's queue, or refuse it with one sentence:
+        its voter (session) may have `per_session` calls waiting or running and its address `queued_per_address`,
+        however many fresh sessions it opens, and both must be within their rate (generations_per_min; an address
+        `voters_per_address` times that). An admitted call counts against those caps until it ends; a refused one
+        takes no place and stores nothing. Its requests carry the address as their owner (`requests`), so the
+        engine serves addresses in turn (clo.engines.base.fair_order)."""
         s = self.settings
         session, address = self.voter(request)
         keys = [("you have", f"voter:{address}|{session}", s.per_session),
-                ("your network address has", f"address:{address}", s.per_session * s.voters_per_address)]
+                ("your network address has", f"address:{address}", s.queued_per_address)]
         with self.flying_lock:
             for who, key, cap in keys:
                 if self.flying.get(key, 0) >= cap:
@@ -343,7 +379,9 @@ class Services:
 
     # ---- checks shared by every tab and endpoint ----
     def check_prompt(self, prompt: str | None) -> str:
-        prompt = (prompt or "").strip()
+        """The prompt as it is generated from and stored (`prompt_text`: control characters removed), or one
+        sentence: one with nothing printable in it (controls, NULs, zero-width characters) is refused as an empty one."""
+        prompt = prompt_text(prompt)
         if not prompt:
             raise CLOError("write a prompt first")
         if len(prompt) > self.settings.max_prompt_chars:
@@ -367,6 +405,7 @@ class Services:
     def stream(self, requests: list[Request]):
         return on_gpu(lambda r: list(self.engine.stream(r)))(requests) if ZERO_GPU else self.engine.stream(requests)
 
-    def requests(self, prompt: str, variants: list[str]) -> list[Request]:
+    def requests(self, prompt: str, variants: list[str], owner: str | None = None) -> list[Request]:
+        """One request per variant; `owner` (the visitor's address) is whom the engine's fair queue serves in turn."""
         sampling = Sampling(max_tokens=self.settings.max_tokens)
-        return [Request(v, [{"role": "user", "content": prompt}], sampling) for v in variants]
+        return [Request(v, [{"role": "user", "content": prompt}], sampling, owner=owner or "") for v in variants]
