@@ -113,6 +113,25 @@ def offline(monkeypatch):
     hub.hub_online.cache_clear()
 
 
+def threaded_servers(make):
+    """A fixture body for HTTP test servers: yields `start(...)`, which builds `make(...)` (a socketserver),
+    serves it in a daemon thread and returns it; every server started is shut down when the test ends."""
+    import threading
+
+    servers = []
+
+    def start(*args, **kwargs):
+        server = make(*args, **kwargs)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -2,10 +2,10 @@
 
 import http.server
 import socket
-import threading
 import time
 
 import pytest
+from conftest import threaded_servers
 
 from clo import hub
 
@@ -48,18 +48,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def serve():
     """Start local HTTP servers in threads: serve(200) -> a server that answers 200 to any GET."""
-    servers = []
-
-    def start(status: int = 200) -> _Server:
-        server = _Server(status)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    yield from threaded_servers(lambda status=200: _Server(status))
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ exactly as many as the template adds for the same turns with a plain prompt. Pla
 """
 
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
+from conftest import threaded_servers
 
 from clo.engines import BASE, Request, Sampling
 
@@ -166,18 +166,7 @@ class FakeHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_server(model, tokenizer):
-    servers = []
-
-    def start(tokenize_reply=None):
-        server = FakeServer(model, tokenizer, tokenize_reply)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    yield from threaded_servers(lambda tokenize_reply=None: FakeServer(model, tokenizer, tokenize_reply))
 
 
 def test_a_remote_server_is_sent_only_the_templates_markers(fake_server, tokenizer):
