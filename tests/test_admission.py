@@ -170,24 +170,25 @@ def test_an_address_flooding_battles_is_refused_past_its_share_and_another_visit
 
 
 def test_fresh_sessions_of_one_address_share_its_places(app):
-    """Each call from a new session: the address's fifth is refused before it takes a place (its count stays 4),
-    another address is not held up, and finished calls free their places."""
+    """Each call from a new session: the address's call past its share is refused before it takes a place (its
+    count stays at the share), another address is not held up, and finished calls free their places."""
     from contextlib import ExitStack
     from types import SimpleNamespace
 
     from clo import CLOError
 
     _, services = app
+    cap = services.settings.queued_per_address
 
     def caller(address: str):
         return SimpleNamespace(session_hash=uuid.uuid4().hex, client=SimpleNamespace(host=address))
 
     with ExitStack() as held:
-        for _ in range(services.settings.queued_per_address):
+        for _ in range(cap):
             held.enter_context(services.in_flight(caller(FLOOD)))
-        with pytest.raises(CLOError, match="^your network address has 4 requests being answered already: wait"):
+        with pytest.raises(CLOError, match=f"^your network address has {cap} requests being answered already: wait"):
             held.enter_context(services.in_flight(caller(FLOOD)))
-        assert services.flying[f"address:{FLOOD}"] == 4
+        assert services.flying[f"address:{FLOOD}"] == cap
         with services.in_flight(caller(VISITOR)):
             pass
     assert services.flying == {}
