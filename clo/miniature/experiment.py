@@ -180,16 +180,17 @@ def run(cfg: MiniatureConfig = MiniatureConfig(), log=print) -> dict:
     started = time.time()
     if not cfg.sizes or not cfg.seeds or not cfg.methods:
         raise CLOError("the miniature needs at least one size, one seed and one method")
-    folder = new_folder(cfg.out_dir, dt.datetime.now().strftime("%Y%m%d-%H%M%S"))  # its own, never a previous run's
-    adapters_dir, runs_dir = folder / "adapters", folder / "runs"
-    try:
-        recipes = {(seed, size): recipe_for(cfg, size, seed, adapters_dir, runs_dir)  # every setting checked first
-                   for seed in cfg.seeds for size in cfg.sizes}
-        hf_logging.set_verbosity_error()
-        base = base_model(cfg.base_path, log=log)  # the cached one, whatever its pretraining settings (miniature.json)
-    except BaseException:
-        folder.rmdir()  # made just now, still empty
-        raise
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+    def recipes_in(folder: Path) -> dict:
+        return {(seed, size): recipe_for(cfg, size, seed, folder / "adapters", folder / "runs")
+                for seed in cfg.seeds for size in cfg.sizes}
+
+    recipes_in(Path(cfg.out_dir) / stamp)  # every setting checked before anything is built or written
+    hf_logging.set_verbosity_error()
+    base = base_model(cfg.base_path, log=log)  # the cached one, whatever its pretraining settings (in its miniature.json)
+    folder = new_folder(cfg.out_dir, stamp)  # its own, never a previous run's
+    adapters_dir, recipes = folder / "adapters", recipes_in(folder)
     (folder / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
 
     for (seed, size), recipe in recipes.items():
