@@ -3,7 +3,7 @@
     python app.py [--model ID_OR_PATH] [--adapters-dir DIR] [--db URL_OR_PATH] [--engine auto|vllm|remote|peft]
                   [--host H] [--port N] [--demo-mode]          # every flag also reads CLO_* environment variables
 
-The model may be a hub id, a local folder, or a shorthand of the one table of offline models (clo.registry:
+The model may be a hub id, a local folder, or a shorthand of the one table of offline models (clo.models.table:
 `python -m clo models list`), e.g. `--model smollm2`, served with its own adapters and described on the page. With no
 hub access and no local copy of the model, the app serves the table's offline fallback instead and says so.
 
@@ -22,8 +22,8 @@ import sys
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 from clo import CLOError
-from clo.ui import CSS, build_app
-from clo.ui.services import Settings, debug_wanted, start
+from clo.app.ui import CSS, build_app
+from clo.app.context import Settings, debug_wanted, start
 
 
 def refuse(error: Exception, argv: list[str]):
@@ -50,7 +50,7 @@ try:
     settings = Settings.from_args(ARGV)
     if settings.trusted_proxies is not None:  # uvicorn takes the client from X-Forwarded-For only from these peers
         os.environ["FORWARDED_ALLOW_IPS"] = settings.trusted_proxies
-    services = start(settings)  # the model (clo.registry: a shorthand, or the offline fallback), engine, votes
+    services = start(settings)  # the model (clo.models.table: a shorthand, or the offline fallback), engine, votes
     atexit.register(services.close)  # however the process ends short of a kill, votes.db is checkpointed and closed
     print(f"[clo] running on {services.running_on}", flush=True)
     if settings.demo_mode and not (settings.admin_password or settings.allowed_users):
@@ -62,7 +62,7 @@ except (CLOError, OSError) as e:  # what the user gave is wrong: one line, not a
 
 if __name__ == "__main__":
     # None lets Gradio read GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (a Space sets 0.0.0.0); --host / --port win.
-    # Gradio refuses an upload over the limit before it is stored; clo.jobs checks the size and rows again.
+    # Gradio refuses an upload over the limit before it is stored; clo.app.jobs checks the size and rows again.
     stop_on_sigterm()
     try:
         demo.launch(server_name=settings.host, server_port=settings.port, css=CSS,

@@ -1,6 +1,6 @@
 """The app under load: start to ready, then 1, 8 and 50 simulated users doing compare + battle + vote, per engine.
 
-Launches `python app.py` on clo.tiny's model with two random adapters on a loopback port, once per engine (PEFT,
+Launches `python app.py` on clo.models.tiny's model with two random adapters on a loopback port, once per engine (PEFT,
 and vLLM where it runs), measures the time until a client can connect (target ≤ 10 s), then for each number of
 users runs them for T seconds, each with its own gradio_client session, looping /compare -> /battle -> /vote.
 Reports per level p50/p95 latency per endpoint, answers generated per second, errors (target 0) and votes lost
@@ -165,8 +165,8 @@ def main() -> None:
     args = p.parse_args()
 
     from clo.engines.vllm_engine import vllm_usable
-    from clo.tiny import build_random_adapter, build_tiny_model
-    from clo.votes import open_store
+    from clo.models.tiny import build_random_adapter, build_tiny_model
+    from clo.evaluate.store import open_store
 
     work = Path(tempfile.mkdtemp(prefix="clo-app-bench-"))
     model = build_tiny_model(work / "tiny")

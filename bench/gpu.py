@@ -12,7 +12,7 @@ Parts (each in its own interpreter, so one's failure or memory does not touch th
              (double quantisation) on the CPU and on the GPU, float32 and bf16 compute, against float32 on the
              dequantised weights (the exact gradient of the quantised model) and against the unquantised weights.
              Prints the max relative difference, and any warning bitsandbytes raised in the backward pass.
-    train    per shape, through clo.train (the code `python -m clo train` runs): CLO and SFT on a QLoRA base
+    train    per shape, through clo.train.trainer (the code `python -m clo train` runs): CLO and SFT on a QLoRA base
              (4-bit nf4, double quantisation, bf16 compute, gradient checkpointing, LoRA r 16 on q/k/v/o),
              CLO on a bf16 base without quantisation, and TRL's DPOTrainer with its NLL term
              (loss_type sigmoid + sft, weights 0.5/0.5) on the same rows and the same QLoRA base. Per training
@@ -22,7 +22,7 @@ Parts (each in its own interpreter, so one's failure or memory does not touch th
              the vLLM engine as well where vLLM is installed.
 
 The models are random weights of the published configurations in bench/configs/ (throughput and memory do not
-depend on the values) with clo.tiny's offline tokenizer; the data is the shipped sample. Nothing is downloaded.
+depend on the values) with clo.models.tiny's offline tokenizer; the data is the shipped sample. Nothing is downloaded.
 FLOPs are counted by torch.utils.flop_counter on one extra training step of each method with gradient
 checkpointing off (model FLOPs: no recomputation), the no-grad passes inside the step included.
 
@@ -147,7 +147,7 @@ def write_random_model(shape: str, folder: Path, smoke: bool = False, shard_gb: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging
 
-    from clo.tiny import build_tiny_model
+    from clo.models.tiny import build_tiny_model
 
     logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(folder / "tiny"))
@@ -319,15 +319,15 @@ def train_worker(spec: dict) -> dict:
     """One shape and one base (QLoRA or bf16): its methods one after another on the same loaded base."""
     import torch
 
-    import clo.train
+    import clo.train.trainer
 
     quantized = spec["base"] == "qlora"
     methods = [m for m in spec["methods"] if m != "trl"]
     recipe = train_recipe(spec, ",".join(methods), quantized)
     results = {}
-    s = clo.train.setup(recipe)
+    s = clo.train.trainer.setup(recipe)
     loaded = memory_now_mb()
-    reference = clo.train.add_reference_logps
+    reference = clo.train.trainer.add_reference_logps
 
     for method in methods:
         name = f"{method}-{spec['base']}"
@@ -340,12 +340,12 @@ def train_worker(spec: dict) -> dict:
             sync()
             r["reference_s"] = time.perf_counter() - started
 
-        clo.train.add_reference_logps = timed_reference
+        clo.train.trainer.add_reference_logps = timed_reference
         reset_peak()
-        peft_model, trainer = clo.train.fit(s, recipe, method, Path(spec["work"]) / "runs", callbacks=[timer])
+        peft_model, trainer = clo.train.trainer.fit(s, recipe, method, Path(spec["work"]) / "runs", callbacks=[timer])
         r["peak_mb"] = peak_mb()
         r["checkpointing"] = bool(getattr(peft_model.get_base_model(), "is_gradient_checkpointing", False))
-        keys = clo.train.needed_keys(method)
+        keys = clo.train.trainer.needed_keys(method)
         r["tokens_per_pair"] = sum(len(f[f"{k}_input_ids"]) for f in s.features for k in keys) / len(s.features)
         r["flops_per_step"] = count_flops(trainer)
         results[name] = finish(r, timer, spec)
@@ -353,7 +353,7 @@ def train_worker(spec: dict) -> dict:
         s.model = peft_model.unload()
         gc.collect()
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    clo.train.add_reference_logps = reference
+    clo.train.trainer.add_reference_logps = reference
     if "trl" in spec["methods"] and quantized:
         results["trl-qlora"] = trl_method(spec, recipe, s)
     return results
@@ -416,7 +416,7 @@ def serve_worker(spec: dict) -> dict:
     """The PEFT engine (and vLLM where installed) on one shape with two random adapters."""
     from serve import first_token_s, timed, timed_callers
 
-    from clo.data import SAMPLE
+    from clo.train.data import SAMPLE
     from clo.engines import BASE, Request, Sampling, find_adapters
     from clo.engines.peft_engine import PeftEngine
     from clo.engines.vllm_engine import vllm_usable
@@ -465,10 +465,10 @@ def numeric_worker(spec: dict) -> dict:
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from clo.data import SAMPLE
-    from clo.models import train_4bit_on_cpu
-    from clo.objective import KEYS, clo_loss, token_mean_nll
-    from clo.train import PairCollator, add_reference_logps, group_logps, tokenize_rows
+    from clo.train.data import SAMPLE
+    from clo.load import train_4bit_on_cpu
+    from clo.train.objective import KEYS, clo_loss, token_mean_nll
+    from clo.train.trainer import PairCollator, add_reference_logps, group_logps, tokenize_rows
 
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 on the GPU means float32
     model_dir = spec["model_dir"]
@@ -774,7 +774,7 @@ def main(argv=None) -> None:
     needed = [s for s in dict.fromkeys(shape for _, shape, _ in steps) if s]  # the order the models are needed in
     with tempfile.TemporaryDirectory(prefix="clo-gpu-bench-") as tmp:
         work = Path(tmp)
-        from clo.tiny import build_tiny_model
+        from clo.models.tiny import build_tiny_model
 
         numeric_model = build_tiny_model(work / "numeric-model") if "numeric" in args.parts else None
         models = Models(needed, work / "models", tiny)

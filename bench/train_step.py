@@ -3,7 +3,7 @@
 All three train the same LoRA (r 16, α 32, no dropout, on q/k/v/o) of the same random model on the same
 cross-lingual rows of the shipped sample, in float32 on the CPU, side by side in one run:
 
-    clo            the project's path, clo.train.setup -> fit, method clo (λ·L_SFT + (1−λ)·L_CL, π_ref precomputed
+    clo            the project's path, clo.train.trainer.setup -> fit, method clo (λ·L_SFT + (1−λ)·L_CL, π_ref precomputed
                    once), back-propagating one sequence at a time (training.backward = sequence, the default)
     clo-direction  the same with training.backward = direction: the x_l pair, then the x_en pair
     sft  the same path, method sft (NLL of y_l | x_l only): the memory floor at the same pairs per step
@@ -15,7 +15,7 @@ Each runs in its own interpreter so its peak RSS (ru_maxrss) is its own; "above 
 the model and data are loaded. Step times come from a TrainerCallback and skip the warm-up steps. CLO's one-off
 reference pass is timed on its own and amortised per pair over one epoch. The model is the published
 Qwen2.5-0.5B(-Instruct) architecture (bench/configs/) with random weights and the tiny offline tokenizer of
-clo.tiny: nothing is downloaded, and the times are those of the real shapes (vocabulary 151,936).
+clo.models.tiny: nothing is downloaded, and the times are those of the real shapes (vocabulary 151,936).
 By default the data is exactly one batch, so every step of every method trains on the same rows.
 
     python bench/train_step.py                                   # Qwen2.5-0.5B shape, ~3.5 min on 2 idle CPU cores
@@ -104,12 +104,12 @@ def step_timer():
 # ---- the model: random weights, offline tokenizer ----
 
 def build_model(shape: str, folder: Path) -> Path:
-    """Write the benchmark model to folder/<shape>: clo.tiny's model, or a random model of bench/configs/<shape>.json;
-    or, for a shorthand of clo.registry (smollm2), the real model's folder under models/ (made once)."""
+    """Write the benchmark model to folder/<shape>: clo.models.tiny's model, or a random model of bench/configs/<shape>.json;
+    or, for a shorthand of clo.models.table (smollm2), the real model's folder under models/ (made once)."""
     from transformers.utils import logging
 
-    from clo.registry import MODELS, resolve_model
-    from clo.tiny import build_tiny_model
+    from clo.models.table import MODELS, resolve_model
+    from clo.models.tiny import build_tiny_model
 
     if shape in MODELS:
         return Path(resolve_model(shape)).resolve()
@@ -159,24 +159,24 @@ def worker(method: str, args, model_dir: Path, work: Path) -> dict:
     import torch
     import trl  # noqa: F401
 
-    import clo.train
+    import clo.train.trainer
 
     recipe = recipe_for(method, args, model_dir, work)
     timer, result = step_timer(), {"method": method, "pairs": recipe.data.pairs}
     if method in ("clo", "clo-direction", "sft"):
-        s = clo.train.setup(recipe)
+        s = clo.train.trainer.setup(recipe)
         make_resident(s.model)
         result["loaded_mb"] = rss_mb()
-        reference = clo.train.add_reference_logps  # fit calls it by module name: time the one-off π_ref pass
+        reference = clo.train.trainer.add_reference_logps  # fit calls it by module name: time the one-off π_ref pass
 
         def timed_reference(*a, **kw):
             started = time.perf_counter()
             reference(*a, **kw)
             result["reference_s"], result["reference_peak_mb"] = time.perf_counter() - started, peak_rss_mb()
 
-        clo.train.add_reference_logps = timed_reference
-        clo.train.fit(s, recipe, recipe.method.method[0], work / "runs", callbacks=[timer])
-        keys = clo.train.needed_keys(recipe.method.method[0])  # the sequences π_θ sees per pair
+        clo.train.trainer.add_reference_logps = timed_reference
+        clo.train.trainer.fit(s, recipe, recipe.method.method[0], work / "runs", callbacks=[timer])
+        keys = clo.train.trainer.needed_keys(recipe.method.method[0])  # the sequences π_θ sees per pair
         result["tokens_per_pair"] = sum(len(f[f"{k}_input_ids"]) for f in s.features for k in keys) / len(s.features)
     else:
         result.update(run_trl(recipe, timer, work))
@@ -201,7 +201,7 @@ def run_trl(recipe, timer, work: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from clo.data import build_pairs
+    from clo.train.data import build_pairs
 
     data = build_pairs(recipe.data)
     turn = lambda role, text: [{"role": role, "content": text}]  # noqa: E731
@@ -213,7 +213,7 @@ def run_trl(recipe, timer, work: Path) -> dict:
                      "rejected": turn("assistant", r["response_tgt"])})
     name = recipe.model.name_or_path
     tokenizer = AutoTokenizer.from_pretrained(name)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True)  # as clo.models.load_base on CPU
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, use_safetensors=True)  # as clo.load.load_base on CPU
     make_resident(model)
     loaded = rss_mb()
     t, lora = recipe.training, recipe.lora
@@ -301,8 +301,8 @@ def report(results: dict[str, dict]) -> tuple[str, list[dict]]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shape", default="qwen2.5-0.5b", help="tiny (clo.tiny), a config in bench/configs/ (random weights), "
-                   "or smollm2 (the real model, clo.registry)")
+    p.add_argument("--shape", default="qwen2.5-0.5b", help="tiny (clo.models.tiny), a config in bench/configs/ (random weights), "
+                   "or smollm2 (the real model, clo.models.table)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
     p.add_argument("--logits-chunk", type=int, default=0, help="training.logits_chunk: answer positions per chunk of the "
                    "output layer and log-softmax (0: whole logits, as before the chunking)")

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from clo.votes import Limits, open_store  # noqa: E402
+from clo.evaluate.store import Limits, open_store  # noqa: E402
 
 TARGET = 1000.0
 

@@ -1,13 +1,16 @@
 """Cross-Lingual Optimization (CLO, Lee et al., ACL 2025) as a small library.
 
     from clo.config import Recipe
-    from clo.train import train
+    from clo.train.trainer import train
     train(Recipe.load("recipes/demo.yaml"))
 
 or from the shell: `python -m clo prepare|train --help`.
 """
 
+from pathlib import Path
+
 __version__ = "0.1.0"
+ROOT = Path(__file__).resolve().parent.parent  # the project folder: recipes/, assets/, adapters/, models/
 
 
 class CLOError(Exception):

@@ -62,7 +62,7 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from clo.data import build_pairs
+    from clo.train.data import build_pairs
 
     recipe = recipe_from_args(args)
     data = build_pairs(recipe.data)
@@ -75,7 +75,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from clo.train import train
+    from clo.train.trainer import train
 
     recipe = recipe_from_args(args)
     for path in train(recipe):
@@ -87,13 +87,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
     import textwrap
 
     from clo.engines import BASE, Request, Sampling, load_engine
-    from clo.langid import detect, fidelity
+    from clo.evaluate.langid import detect, fidelity
 
     if not args.prompt and not args.prompts:
         raise CLOError("give a prompt, or --prompts sample|FILE for language fidelity over many")
     engine = load_engine(args.engine, model=args.model, adapters_dir=args.adapters_dir,
                          adapters=[a for a in args.adapters.split(",") if a] if args.adapters else None, url=args.url)
-    from clo.registry import entry_for
+    from clo.models.table import entry_for
 
     entry = entry_for(args.model)
     judge = entry.detect if entry else None  # an offline model's own detector (the miniature's words) first
@@ -132,7 +132,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def load_prompts(source: str, lang: str, limit: int) -> list[str]:
     """Prompts in `lang`: from the shipped sample (its translations), or a JSONL with prompt_<lang> or prompt fields."""
-    from clo.data import SAMPLE, read_records
+    from clo.train.data import SAMPLE, read_records
 
     path = SAMPLE if source == "sample" else Path(source)
     if not path.is_file():
@@ -147,7 +147,7 @@ def load_prompts(source: str, lang: str, limit: int) -> list[str]:
 
 
 def cmd_votes_export(args: argparse.Namespace) -> None:
-    from clo.votes import export_votes, open_store
+    from clo.evaluate.store import export_votes, open_store
 
     store = open_store(args.db, read_only=True)  # exporting changes nothing in the store
     out = args.out or f"votes.{args.format or 'parquet'}"
@@ -158,8 +158,8 @@ def cmd_votes_export(args: argparse.Namespace) -> None:
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from clo.ratings import HUMAN, agreement, judges, leaderboard
-    from clo.votes import open_store
+    from clo.evaluate.ratings import HUMAN, agreement, judges, leaderboard
+    from clo.evaluate.store import open_store
 
     battles = open_store(args.db, read_only=True).votes()  # reading changes nothing in the store
     if battles.empty:
@@ -189,7 +189,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
 
 
 def cmd_space_build(args: argparse.Namespace) -> None:
-    from clo.space import build_space, hub_token, push_space
+    from clo.app.space import build_space, hub_token, push_space
 
     if args.private and not args.push:
         raise CLOError("--private applies to --push REPO_ID: give both, or neither")
@@ -204,7 +204,7 @@ def cmd_space_build(args: argparse.Namespace) -> None:
 
 def cmd_tiny(args: argparse.Namespace) -> None:
     from clo.files import foreign_entries, named
-    from clo.tiny import TINY, build_tiny_model
+    from clo.models.tiny import TINY, build_tiny_model
 
     out = Path(args.path)
     if out.exists() and not out.is_dir():
@@ -217,7 +217,7 @@ def cmd_tiny(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    from clo.registry import get, listing, lookup
+    from clo.models.table import get, listing, lookup
 
     if args.action == "get":
         if not args.name:
@@ -231,8 +231,8 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_miniature(args: argparse.Namespace) -> None:
-    from clo.miniature.base import base_model
-    from clo.miniature.experiment import MiniatureConfig, run
+    from clo.models.miniature.base import base_model
+    from clo.experiments.miniature import MiniatureConfig, run
 
     cfg = config_from_args(MiniatureConfig, args)
     if args.no_app_adapters:
@@ -244,7 +244,7 @@ def cmd_miniature(args: argparse.Namespace) -> None:
 
 
 def cmd_replicate(args: argparse.Namespace) -> None:
-    from clo.replicate import ReplicateConfig, run
+    from clo.experiments.replicate import ReplicateConfig, run
 
     run(config_from_args(ReplicateConfig, args))
 
@@ -310,7 +310,7 @@ def add_config_options(p: argparse.ArgumentParser, cls) -> None:
 
 
 def add_miniature_options(p: argparse.ArgumentParser) -> None:
-    from clo.miniature.experiment import MiniatureConfig
+    from clo.experiments.miniature import MiniatureConfig
 
     add_config_options(p, MiniatureConfig)
     p.add_argument("--no-app-adapters", action="store_true", help="leave models/miniature/adapters as they are")
@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "instead of the people's, and its agreement with them")
     p.set_defaults(func=cmd_leaderboard)
 
-    from clo.judge import add_parser as add_judge_parser
+    from clo.evaluate.judge import add_parser as add_judge_parser
 
     add_judge_parser(sub)
 
@@ -377,16 +377,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_miniature_options(p)
     p.set_defaults(func=cmd_miniature)
 
-    from clo.replicate import ReplicateConfig
+    from clo.experiments.replicate import ReplicateConfig
 
     p = sub.add_parser("replicate", help="English retention on a real model: SFT vs CLO at several data sizes",
-                       description="Train SFT and CLO adapters at each size and seed through clo.train, answer held-out "
+                       description="Train SFT and CLO adapters at each size and seed through clo.train.trainer, answer held-out "
                        "English and target-language prompts and a set of English facts greedily, and report English "
                        "fidelity, facts accuracy and target fidelity (table and plot under runs/replicate/).")
     add_config_options(p, ReplicateConfig)
     p.set_defaults(func=cmd_replicate)
 
-    from clo.space import HARDWARE
+    from clo.app.space import HARDWARE
 
     p = sub.add_parser("space", help="a Hugging Face Space from this repository: build the folder, upload it")
     space = p.add_subparsers(dest="space_command", required=True, metavar="ACTION")
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as e:
-        from clo.train import TrainingStopped
+        from clo.train.trainer import TrainingStopped
 
         if isinstance(e, TrainingStopped):
             print("stopped: no adapter was written", file=sys.stderr)

@@ -21,7 +21,7 @@ import yaml
 from clo import CLOError
 from clo.files import atomic_write, read_text
 from clo.languages import lang_code
-from clo.registry import canonical
+from clo.models.table import canonical
 
 METHODS = ("clo", "sft", "dpo", "orpo")
 

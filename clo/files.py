@@ -230,3 +230,26 @@ def read_text(path: Path, what: str = "file") -> str:
         line = data[: e.start].decode(encoding, errors="replace").count("\n") + 1
         name, hint = ("UTF-8", ", perhaps Latin-1 or Windows-1252") if encoding == "utf-8-sig" else (encoding.upper(), "")
         raise CLOError(f"{path}, line {line}: not {name} text (byte 0x{data[e.start]:02x}){hint}; save it as UTF-8") from None
+
+
+def same_files(a: Path, b: Path) -> bool:
+    """Whether folder `b` holds exactly the files of `a` with the same bytes (adapters are a few MB)."""
+    if not b.is_dir():
+        return False
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    return files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()) and all(
+        (a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def copy_whole(src: Path, dest: Path) -> None:
+    """Copy the folder `src` to `dest` through a marked staging folder (a killed run's copy is removed at the next
+    start), replacing `dest` whole; fresh file times. An existing `dest` is replaced only when it is a model or an
+    adapter folder (an older copy); anything else there is refused, untouched."""
+    if dest.exists() and not any((dest / f).is_file() for f in ("config.json", "adapter_config.json")):
+        raise CLOError(f"{dest} exists and is not a model or adapter folder, so it is not replaced; move it away")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with staging(dest.parent, dest.name) as stage:
+        shutil.copytree(src, stage / dest.name, copy_function=shutil.copyfile)
+        if dest.exists():
+            shutil.rmtree(dest)
+        (stage / dest.name).rename(dest)

@@ -78,10 +78,10 @@ def hub_online(timeout: float = 3.0) -> bool:
 
 def locate(name: str, kind: str, flag: str) -> Source:
     """Classify `name` as a local path or a hub id; refuse a local-looking path that does not exist, and a LoRA
-    adapter folder given as a base model. A model shorthand of clo.registry (`smollm2`, ...) becomes its folder,
+    adapter folder given as a base model. A model shorthand of clo.models.table (`smollm2`, ...) becomes its folder,
     made on first use."""
     if kind == "model":
-        from clo.registry import resolve_model
+        from clo.models.table import resolve_model
 
         name = resolve_model(name)
     if Path(name).expanduser().exists():

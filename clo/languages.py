@@ -1,7 +1,7 @@
 """Target languages: ISO 639-1 codes and each translator's own code, in one table.
 
 A language no translator knows (an offline model's invented one) is not in the table: the model that brings it
-registers it (`register`; clo.registry does so for its entries), and `language` finds it there.
+registers it (`register`; clo.models.table does so for its entries), and `language` finds it there.
 
     >>> from clo.languages import language
     >>> language("ko").nllb
@@ -69,15 +69,15 @@ _REGISTERED: dict[str, Language] = {}  # languages outside the table, each broug
 
 def register(lang: Language) -> None:
     """Make `language` know a language outside the table, by its code only (an offline model's invented language:
-    clo.registry registers those of its entries). A code of the table cannot be registered again."""
+    clo.models.table registers those of its entries). A code of the table cannot be registered again."""
     if lang.code in LANGUAGES or lang.code in ALIASES:
         raise CLOError(f"language code {lang.code!r} is in the table already")
     _REGISTERED[lang.code] = lang
 
 
 def registered() -> dict[str, Language]:
-    """The languages outside the table that models brought (loading clo.registry, whose entries register theirs)."""
-    import clo.registry  # noqa: F401  (its entries register their languages when it loads)
+    """The languages outside the table that models brought (loading clo.models.table, whose entries register theirs)."""
+    import clo.models.table  # noqa: F401  (its entries register their languages when it loads)
 
     return dict(_REGISTERED)
 

@@ -20,7 +20,7 @@ def smollm2(tmp_path_factory) -> Path:
     GGUF (never the hub, so the manifest is always the same), in a scratch project folder."""
     import time
 
-    from clo.registry import get
+    from clo.models.table import get
 
     out = tmp_path_factory.mktemp("project") / "models" / "smollm2-135m-instruct"
     started = time.perf_counter()
@@ -63,7 +63,7 @@ def serve_vllm(model: Path, log: Path, *args: str, env: dict | None = None):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A random Llama-style model (2 layers, head size 64) with a locally trained BPE tokenizer."""
-    from clo.tiny import build_tiny_model
+    from clo.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 

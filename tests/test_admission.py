@@ -90,8 +90,8 @@ def app(tiny_model, tmp_path_factory):
 
     from clo.engines.base import find_adapters
     from clo.engines.peft_engine import PeftEngine
-    from clo.ui import build_app
-    from clo.ui.services import Services, Settings
+    from clo.app.ui import build_app
+    from clo.app.context import Services, Settings
 
     work = tmp_path_factory.mktemp("admission")
     make_adapters(tiny_model, work / "adapters")
@@ -196,7 +196,7 @@ def test_fresh_sessions_of_one_address_share_its_places(app):
 
 def test_the_address_share_is_a_setting(monkeypatch):
     from clo import CLOError
-    from clo.ui.services import Settings
+    from clo.app.context import Settings
 
     assert Settings.from_args([]).queued_per_address == 16
     assert Settings.from_args(["--queued-per-address", "9"]).queued_per_address == 9

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from clo.data import SAMPLE
-from clo.tiny import build_random_adapter
+from clo.train.data import SAMPLE
+from clo.models.tiny import build_random_adapter
 
 SAMPLE_ROWS = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
 SAMPLE_ROW = SAMPLE_ROWS[0]
@@ -145,8 +145,8 @@ def test_unknown_outcome_and_battle(client):
 
 def test_train_job_runs_to_the_end_and_is_hot_loaded(tiny_model, project):
     from clo.config import Recipe
-    from clo.ui.services import Services, Settings
-    from clo.ui.train import progress
+    from clo.app.context import Services, Settings
+    from clo.app.ui.train import progress
 
     services = Services(Settings(model=str(tiny_model), engine="peft", adapters_dir="adapters", db="votes.db"))
     jobs = services.jobs
@@ -172,16 +172,16 @@ def test_train_job_runs_to_the_end_and_is_hot_loaded(tiny_model, project):
     assert len(answers) == 2 and all(a.tokens for a in answers)
     with pytest.raises(Exception, match="an adapter named 'ui-clo-ko' exists already"):
         jobs.start(None, recipe)  # refused at once, not after the subprocess has started
-    from clo.ui.train import free_name
+    from clo.app.ui.train import free_name
 
     assert free_name(services, recipe) == "ui-{method}-{lang}-2"
 
 
 def test_the_train_form_fits_the_served_model(tiny_model, project):
     from clo.config import Recipe
-    from clo.ui.services import Services, Settings
-    from clo.jobs import misfit
-    from clo.ui.train import form_defaults
+    from clo.app.context import Services, Settings
+    from clo.app.jobs import misfit
+    from clo.app.ui.train import form_defaults
 
     services = Services(Settings(model=str(tiny_model), engine="peft", adapters_dir="adapters", db="votes.db"))
     make_adapters(tiny_model, project / "adapters")
@@ -194,7 +194,7 @@ def test_the_train_form_fits_the_served_model(tiny_model, project):
 
 
 def test_the_loss_chart_shows_the_adapter_training_now_under_fixed_series_names():
-    from clo.ui.train import SERIES, progress
+    from clo.app.ui.train import SERIES, progress
 
     def logs(adapter, log, steps):
         return [{"event": "log", "adapter": adapter, "log": log, "step": k, "max_steps": steps, "eta": 0, "loss": 1.0 / k,
@@ -209,7 +209,7 @@ def test_the_loss_chart_shows_the_adapter_training_now_under_fixed_series_names(
 
 def test_stop_ends_the_process_tree(tiny_model, project):
     from clo.config import Recipe
-    from clo.ui.services import Services, Settings
+    from clo.app.context import Services, Settings
 
     services = Services(Settings(model=str(tiny_model), engine="peft", adapters_dir="adapters", db="votes.db"))
     jobs = services.jobs
@@ -229,8 +229,8 @@ def test_stop_ends_the_process_tree(tiny_model, project):
 ])
 def test_bad_upload_is_a_message(project, content, message):
     from clo import CLOError
-    from clo.access import Access
-    from clo.jobs import Jobs
+    from clo.app.access import Access
+    from clo.app.jobs import Jobs
 
     path = project / "up.jsonl"
     path.write_text(content)
@@ -241,8 +241,8 @@ def test_bad_upload_is_a_message(project, content, message):
 
 def test_good_upload_is_copied_into_the_project_by_an_admin_only(project):
     from clo import CLOError
-    from clo.access import Access
-    from clo.jobs import Jobs
+    from clo.app.access import Access
+    from clo.app.jobs import Jobs
 
     src = project / "up.jsonl"
     src.write_text(json.dumps({"prompt_en": "Hi", "response_en": "Hello!"}) + "\n")
@@ -260,8 +260,8 @@ def test_the_train_form_on_the_miniature_trains_its_own_language(tmp_path):
     from types import SimpleNamespace
 
     from clo.config import Recipe
-    from clo.jobs import misfit
-    from clo.ui.train import form_defaults, widget
+    from clo.app.jobs import misfit
+    from clo.app.ui.train import form_defaults, widget
 
     base = tmp_path / "miniature-base"
     base.mkdir()
@@ -278,7 +278,7 @@ def test_the_train_form_on_the_miniature_trains_its_own_language(tmp_path):
 def test_empty_leaderboard_tables_keep_their_headers_and_numbers_are_rounded():
     import pandas as pd
 
-    from clo.ui.leaderboard import shown
+    from clo.app.ui.leaderboard import shown
 
     assert list(shown("bradley_terry", None).columns) == ["variant", "rating", "lower", "upper", "battles"]
     assert "win %" in shown("wtl", None).columns
@@ -307,8 +307,8 @@ def test_the_app_listens_where_the_platform_says(tiny_model, tmp_path):
 def test_a_stored_job_of_a_stranger_is_not_trusted(tiny_model, project):
     """After a restart the job file names a pid; a live process that reused it is not our job, and Stop leaves it."""
     from clo.files import atomic_write
-    from clo.ui.services import Services, Settings
-    from clo.jobs import RUNS, Jobs, process_started
+    from clo.app.context import Services, Settings
+    from clo.app.jobs import RUNS, Jobs, process_started
 
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     try:
@@ -333,7 +333,7 @@ def test_two_starts_at_once_start_one_job(tiny_model, project):
     import threading
 
     from clo.config import Recipe
-    from clo.ui.services import Services, Settings
+    from clo.app.context import Services, Settings
 
     services = Services(Settings(model=str(tiny_model), engine="peft", adapters_dir="adapters", db="votes.db"))
     jobs = services.jobs

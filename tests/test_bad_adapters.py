@@ -19,7 +19,7 @@ from clo import CLOError
 from clo.engines.base import Request, Sampling, find_adapters, read_adapter
 from clo.files import OWNER, remove_stale, staging, staging_folder
 from clo.hub import explain_missing, locate
-from clo.tiny import build_random_adapter, build_tiny_model
+from clo.models.tiny import build_random_adapter, build_tiny_model
 
 GREEDY = Sampling(max_tokens=6)
 CHAT = [{"role": "user", "content": "What is 2 plus 2?"}]
@@ -69,7 +69,7 @@ def test_adapter_folder_as_model_through_the_cli(adapter, project):
 
 def test_an_adapter_that_transformers_loads_on_its_base_is_refused(adapter, tiny_model, tmp_path, monkeypatch):
     """A hub adapter repo (here a folder passed as one): transformers would load its base with the adapter merged in."""
-    from clo import models
+    from clo import load
     from clo.config import ModelConfig
     from clo.hub import Source
 
@@ -78,7 +78,7 @@ def test_an_adapter_that_transformers_loads_on_its_base_is_refused(adapter, tiny
         shutil.copy(f, repo)
     monkeypatch.setattr(models, "locate", lambda name, **kw: Source(name, "model", "--model", False, True))
     with pytest.raises(CLOError) as e:
-        models.load_base(ModelConfig(name_or_path=str(repo)), verbose=False)
+        load.load_base(ModelConfig(name_or_path=str(repo)), verbose=False)
     assert str(e.value) == (f"{repo} is a LoRA adapter, not a base model; its base is {tiny_model}; "
                             "pass the base as --model and serve the adapter from --adapters-dir")
 
@@ -198,8 +198,8 @@ def test_full_disk_while_saving_is_one_sentence_and_writes_nothing(project, tiny
     from safetensors import SafetensorError
 
     from clo.config import Recipe
-    from clo.data import build_pairs
-    from clo.train import save_adapter
+    from clo.train.data import build_pairs
+    from clo.train.trainer import save_adapter
 
     recipe = Recipe.load(overrides={"model.name_or_path": str(tiny_model), "data.pairs": 2})
     model = _peft_model(tiny_model)
@@ -228,8 +228,8 @@ def test_full_disk_while_saving_is_one_sentence_and_writes_nothing(project, tiny
 
 def test_other_save_errors_are_not_called_a_full_disk(project, tiny_model, monkeypatch):
     from clo.config import Recipe
-    from clo.data import build_pairs
-    from clo.train import save_adapter
+    from clo.train.data import build_pairs
+    from clo.train.trainer import save_adapter
 
     recipe = Recipe.load(overrides={"model.name_or_path": str(tiny_model), "data.pairs": 2})
     model = _peft_model(tiny_model)
@@ -241,8 +241,8 @@ def test_other_save_errors_are_not_called_a_full_disk(project, tiny_model, monke
 
 def test_overwrite_replaces_whole_and_leaves_no_hidden_folder(project, tiny_model):
     from clo.config import Recipe
-    from clo.data import build_pairs
-    from clo.train import save_adapter
+    from clo.train.data import build_pairs
+    from clo.train.trainer import save_adapter
 
     recipe = Recipe.load(overrides={"model.name_or_path": str(tiny_model), "data.pairs": 2})
     model, data, dest = _peft_model(tiny_model), build_pairs(recipe.data), Path("adapters/clo-ko")
@@ -303,13 +303,13 @@ def test_staging_marks_name_the_process_not_just_its_pid(tmp_path):
 
 
 def test_train_cleans_up_before_it_starts(project, tiny_model, monkeypatch):
-    import clo.train
+    import clo.train.trainer
 
     left = _killed_mid_save(project / "adapters")
-    monkeypatch.setattr(clo.train, "setup", lambda *a: (_ for _ in ()).throw(CLOError("stop here")))
-    recipe = clo.train.Recipe.load(overrides={"model.name_or_path": str(tiny_model)})
+    monkeypatch.setattr(clo.train.trainer, "setup", lambda *a: (_ for _ in ()).throw(CLOError("stop here")))
+    recipe = clo.train.trainer.Recipe.load(overrides={"model.name_or_path": str(tiny_model)})
     with pytest.raises(CLOError, match="stop here"):
-        clo.train.train(recipe)
+        clo.train.trainer.train(recipe)
     assert not left.exists() and list((project / "adapters").iterdir()) == []
 
 
@@ -330,7 +330,7 @@ def test_hidden_folders_are_never_served(tmp_path, adapter, tiny_model):
 
 
 def test_miniature_publish_stages_in_a_marked_folder(tmp_path, adapter, monkeypatch):
-    from clo.miniature import experiment
+    from clo.experiments import miniature as experiment
 
     src = tmp_path / "runs"
     shutil.copytree(adapter, src / "clo-n8-s0")

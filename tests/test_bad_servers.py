@@ -308,13 +308,13 @@ def test_a_battle_is_never_made_of_a_failed_answer(server, tmp_path):
     from types import SimpleNamespace
 
     from clo import CLOError
-    from clo.langid import detect
-    from clo.ui.arena import new_battle
-    from clo.votes import open_store
+    from clo.evaluate.langid import detect
+    from clo.app.ui.arena import new_battle
+    from clo.evaluate.store import open_store
 
     engine = RemoteEngine(server.url, timeout=READ_TIMEOUT)
     store = open_store(str(tmp_path / "votes.db"))
-    services = SimpleNamespace(  # the parts of clo.ui.services.Services that new_battle uses
+    services = SimpleNamespace(  # the parts of clo.app.context.Services that new_battle uses
         check_lang=lambda lang: lang, examples={}, battle_variants=lambda lang: ["good", "garbage"],
         check_prompt=lambda text: text, store=store, engine=engine, english_of=lambda *a: None,
         generate=engine.generate, requests=lambda text, variants, owner=None: ask(variants), detect=detect)

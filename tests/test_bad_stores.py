@@ -19,8 +19,8 @@ from conftest import ROOT, write_jsonl
 from test_votes import postgres  # noqa: F401 (the fixture: a real PostgreSQL server, or a skip saying why)
 
 from clo import CLOError
-from clo.access import Access
-from clo.votes import APPLICATION_ID, MIGRATIONS, open_store
+from clo.app.access import Access
+from clo.evaluate.store import APPLICATION_ID, MIGRATIONS, open_store
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 ENV.pop("CLO_DEBUG", None)
@@ -246,7 +246,7 @@ def pairs(n: int) -> list[dict]:
 
 
 def jobs_with(**limits):
-    from clo.jobs import Jobs
+    from clo.app.jobs import Jobs
 
     return Jobs("model", "adapters", None, Access(demo_mode=False), **limits)
 
@@ -285,7 +285,7 @@ def test_a_bad_row_names_the_file_as_uploaded_not_the_servers_copy(project):
 
 
 def test_the_same_file_uploaded_twice_is_kept_once_and_old_uploads_go(project):
-    from clo.jobs import KEEP_UPLOADS
+    from clo.app.jobs import KEEP_UPLOADS
 
     jobs = jobs_with()
     one = write_jsonl(project / "one.jsonl", pairs(3))

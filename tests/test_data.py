@@ -8,7 +8,7 @@ from conftest import arithmetic_rows, write_jsonl
 
 from clo import CLOError
 from clo.config import DataConfig
-from clo.data import SAMPLE, HFTranslator, build_pairs, load_english, read_records, select_oasst_pairs
+from clo.train.data import SAMPLE, HFTranslator, build_pairs, load_english, read_records, select_oasst_pairs
 from clo.languages import LANGUAGES, language
 
 
@@ -136,7 +136,7 @@ def test_every_language_has_translator_codes():
         assert lang.m2m100 and "_" in lang.nllb and lang.tier in ("high", "mid", "low")
     from clo.languages import registered
 
-    for lang in registered().values():  # brought by an offline model (clo.registry): no translator knows it
+    for lang in registered().values():  # brought by an offline model (clo.models.table): no translator knows it
         assert lang.code not in LANGUAGES and lang.m2m100 is None and lang.nllb is None and language(lang.code) == lang
 
 
@@ -230,9 +230,9 @@ def test_eight_processes_building_one_cache_entry_leave_one_complete_file(projec
 
     from conftest import ROOT
 
-    from clo.data import _hash
+    from clo.train.data import _hash
 
-    script = ("from clo.config import DataConfig; from clo.data import build_pairs; "
+    script = ("from clo.config import DataConfig; from clo.train.data import build_pairs; "
               "print(build_pairs(DataConfig(target_lang='ko', pairs=20)).manifest['rows_sha256'])")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "-c", script], cwd=project, env=env, stdout=subprocess.PIPE,

@@ -17,7 +17,7 @@ from clo.engines import BASE, Request, Sampling, find_adapters, read_adapter
 from clo.engines.peft_engine import PeftEngine
 from clo.engines.remote import RemoteEngine
 from clo.engines.vllm_engine import vllm_usable
-from clo.tiny import build_random_adapter
+from clo.models.tiny import build_random_adapter
 
 PROMPTS = ["What is the capital of Korea?", "서울에서 가 볼 만한 곳을 알려 주세요."]
 GREEDY = Sampling(max_tokens=12)

@@ -10,9 +10,9 @@ import torch
 
 from clo.config import ModelConfig, Recipe
 from clo.engines import BASE, Request, Sampling, find_adapters
-from clo.objective import KEYS
-from clo.tiny import build_random_adapter
-from clo.train import PairCollator, fit, group_logps, setup, train
+from clo.train.objective import KEYS
+from clo.models.tiny import build_random_adapter
+from clo.train.trainer import PairCollator, fit, group_logps, setup, train
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (bench/gpu-run.sh runs these on a GPU)")]
@@ -56,7 +56,7 @@ def test_qlora_step_runs_in_4bit_with_bf16_compute_and_moves_the_adapter(project
 def test_adapter_reloaded_on_cuda_gives_the_trained_log_probs(project, tiny_model, bitsandbytes):
     from peft import PeftModel
 
-    from clo.models import load_base
+    from clo.load import load_base
 
     recipe = recipe_for(tiny_model, **QLORA)
     s = setup(recipe)

@@ -14,9 +14,9 @@ from conftest import ROOT, arithmetic_rows, write_jsonl
 
 from clo import CLOError
 from clo.config import DataConfig, Recipe
-from clo.data import build_pairs
+from clo.train.data import build_pairs
 from clo.engines.base import read_adapter, same_model
-from clo.tiny import build_random_adapter, build_tiny_model
+from clo.models.tiny import build_random_adapter, build_tiny_model
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 
@@ -32,8 +32,8 @@ def recipe_for(model: Path, root: Path, **overrides) -> Recipe:
 
 @pytest.fixture(scope="module")
 def trained(tiny_model, tmp_path_factory) -> Path:
-    """An adapter trained on tiny_model by `clo.train` (so its manifest is the one a real run writes)."""
-    from clo.train import train
+    """An adapter trained on tiny_model by `clo.train.trainer` (so its manifest is the one a real run writes)."""
+    from clo.train.trainer import train
 
     root = tmp_path_factory.mktemp("trained")
     (folder,) = train(recipe_for(tiny_model, root))
@@ -120,7 +120,7 @@ def test_shipped_adapters_are_still_matched_by_their_recorded_path(folder):
 
 
 def test_the_app_may_train_for_a_copy_of_its_base(tiny_model, copies):
-    from clo.jobs import misfit
+    from clo.app.jobs import misfit
 
     copy, other = copies
     assert misfit(Recipe.load(overrides={"model.name_or_path": str(tiny_model)}), str(copy)) is None
@@ -160,7 +160,7 @@ def test_negative_alpha_on_the_command_line_writes_nothing(project, tiny_model):
 @pytest.mark.parametrize("targets, named", [("nonexistent_proj", "'nonexistent_proj' matches"),
                                             ("q_proj,v_prj", "'v_prj' matches")])
 def test_unknown_target_modules_name_the_real_layers_and_leave_no_run_folder(tiny_model, tmp_path, targets, named):
-    from clo.train import train
+    from clo.train.trainer import train
 
     with pytest.raises(CLOError) as e:
         train(recipe_for(tiny_model, tmp_path, **{"lora.target_modules": targets}))

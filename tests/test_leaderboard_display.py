@@ -10,9 +10,9 @@ import gradio as gr
 import pandas as pd
 import pytest
 
-from clo.ratings import leaderboard
-from clo.ui.leaderboard import ALL, MISSING, Board, build, rating_plot, records, styled
-from clo.votes import open_store
+from clo.evaluate.ratings import leaderboard
+from clo.app.ui.leaderboard import ALL, MISSING, Board, build, rating_plot, records, styled
+from clo.evaluate.store import open_store
 
 ANSWERS = {"clo-ko": "서울에는 경복궁이 있습니다", "base": "Seoul has many places", "sft-ko": "남산타워에 가 보세요"}
 # (variant, opponent, outcome for the variant): clo-ko vs base 2 wins, 4 losses, 1 both_bad -> win 33.3 %, loss 66.7 %
@@ -38,8 +38,8 @@ def services(tmp_path):
         left = b.answer_a == ANSWERS[me]
         outcome = {"win": "a" if left else "b", "loss": "b" if left else "a"}.get(result, result)
         store.vote(b.id, outcome, voter=voter)
-    from clo.access import Access
-    from clo.ui.judging import Judging
+    from clo.app.access import Access
+    from clo.evaluate.judge_background import Judging
 
     yield types.SimpleNamespace(store=store, served_language_choices=lambda: [("Korean", "ko")],
                                 judging=Judging(store, Access(False)))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from clo import CLOError
-from clo.tiny import build_random_adapter
+from clo.models.tiny import build_random_adapter
 
 
 def adapter(model: Path, folder: Path, method: str, lang: str = "ko", seed: int = 1, age_s: float = 0.0) -> Path:
@@ -39,7 +39,7 @@ def served(tiny_model, tmp_path_factory):
 @pytest.fixture
 def services(tiny_model, served, tmp_path):
     """The app's services on the tiny model (PEFT) over a fresh copy of the adapters."""
-    from clo.ui.services import Services, Settings
+    from clo.app.context import Services, Settings
 
     shutil.copytree(served, tmp_path / "adapters")
     for p in (tmp_path / "adapters").iterdir():  # copytree keeps mtimes: the ages hold
@@ -70,7 +70,7 @@ def test_an_adapter_trained_while_serving_is_listed_not_promoted(services, tiny_
 
 
 def test_the_choice_is_saved_and_survives_a_restart(services, tiny_model, tmp_path):
-    from clo.ui.services import Services
+    from clo.app.context import Services
 
     services.lineup.choose("ko", sft=None, clo="clo-ko-test", arena=["clo-ko", "clo-ko-test"])
     saved = json.loads((tmp_path / "adapters" / "lineup.json").read_text())
@@ -98,7 +98,7 @@ def test_bad_choices_are_refused_and_nothing_is_written(services, tmp_path, kwar
 
 
 def test_a_broken_lineup_file_is_named(services, tmp_path):
-    from clo.lineup import Lineup
+    from clo.app.lineup import Lineup
 
     (tmp_path / "adapters" / "lineup.json").write_text("{not json")
     with pytest.raises(CLOError, match=r"lineup.json: not valid JSON .*line 1"):
@@ -108,7 +108,7 @@ def test_a_broken_lineup_file_is_named(services, tmp_path):
 def test_demo_mode_refuses_a_lineup_change_on_the_server(services):
     from types import SimpleNamespace
 
-    from clo.ui import serving
+    from clo.app.ui import serving
 
     services.access.demo_mode, services.access.password = True, "pw"
     visitor, admin = SimpleNamespace(session_hash="visitor"), SimpleNamespace(session_hash="admin")
@@ -126,7 +126,7 @@ def test_demo_mode_refuses_a_lineup_change_on_the_server(services):
 # ---- battles that can be judged ----
 
 def test_identical_answers_are_never_a_battle(services, tmp_path):
-    from clo.ui.arena import new_battle
+    from clo.app.ui.arena import new_battle
 
     twin = tmp_path / "adapters" / "sft-ko-twin"
     shutil.copytree(tmp_path / "adapters" / "sft-ko", twin)  # the same weights: the same greedy answers
@@ -143,7 +143,7 @@ def test_identical_answers_are_never_a_battle(services, tmp_path):
 
 
 def test_a_drawn_prompt_comes_with_its_english(services):
-    from clo.ui.arena import new_battle
+    from clo.app.ui.arena import new_battle
 
     b = new_battle(services, "", "ko", voter="v")
     assert b["english"] and services.english_of(b["prompt"], "ko") == b["english"]
@@ -151,7 +151,7 @@ def test_a_drawn_prompt_comes_with_its_english(services):
 
 
 def test_a_skipped_battle_records_nothing(services):
-    from clo.ui.arena import new_battle
+    from clo.app.ui.arena import new_battle
 
     b = new_battle(services, "", "ko", voter="v")
     services.store.discard(b["battle_id"], voter="someone else")  # not theirs: nothing happens
@@ -164,8 +164,8 @@ def test_a_skipped_battle_records_nothing(services):
 # ---- a retrained adapter is rated apart ----
 
 def test_votes_before_and_after_retraining_stay_apart(services, tiny_model, tmp_path):
-    from clo.ratings import leaderboard
-    from clo.ui.arena import new_battle
+    from clo.evaluate.ratings import leaderboard
+    from clo.app.ui.arena import new_battle
 
     services.lineup.choose("ko", sft=None, clo="clo-ko", arena=["base", "clo-ko"])
     old_hash = services.engine.variants()["clo-ko"]
@@ -207,8 +207,8 @@ def test_one_visitor_cannot_hold_more_than_its_share(services):
 
 
 def test_the_leaderboard_is_computed_again_only_when_a_vote_arrives(services):
-    from clo.ui.arena import new_battle
-    from clo.ui.leaderboard import Board
+    from clo.app.ui.arena import new_battle
+    from clo.app.ui.leaderboard import Board
 
     board = Board(services)
     b = new_battle(services, "", "ko", voter="v")
@@ -227,7 +227,7 @@ def test_the_leaderboard_is_computed_again_only_when_a_vote_arrives(services):
 
 def test_closing_a_compare_stream_aborts_its_answers(services):
     """What Gradio does when a visitor leaves mid-answer: the handler's generator is closed, the engine stops."""
-    from clo.ui.compare import compare_stream
+    from clo.app.ui.compare import compare_stream
 
     services.settings.max_tokens = 200
     stream = compare_stream(services, "서울에서 가 볼 만한 곳은?", "ko", "What is worth seeing in Seoul?")

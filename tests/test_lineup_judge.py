@@ -15,9 +15,9 @@ from test_judge_app import finished, judge_rows, vote_battles, wait_for
 from test_lineup import adapter
 
 from clo import CLOError
-from clo.access import Access
-from clo.judge import PAIRWISE, JudgeClient, battle_items, judge_items
-from clo.ui.judging import Judging
+from clo.app.access import Access
+from clo.evaluate.judge import PAIRWISE, JudgeClient, battle_items, judge_items
+from clo.evaluate.judge_background import Judging
 
 # ---- the line-up file ----
 
@@ -26,7 +26,7 @@ from clo.ui.judging import Judging
 def services(tiny_model, tmp_path_factory):
     """The app's services on the tiny model (PEFT): sft-ko and clo-ko (the defaults), clo-ko-v2 (a choice), and a
     Chinese SFT adapter, sft-zh."""
-    from clo.ui.services import Services, Settings
+    from clo.app.context import Services, Settings
 
     root = tmp_path_factory.mktemp("lineup-judge")
     adapter(tiny_model, root / "adapters" / "sft-ko", "sft", seed=1, age_s=300)
@@ -41,7 +41,7 @@ def services(tiny_model, tmp_path_factory):
 
 def read_lineup(services, tmp_path, capsys, chosen: dict):
     """A Lineup over `chosen` written as lineup.json, as the app reads it at start; (lineup, the lines it logged)."""
-    from clo.lineup import Lineup
+    from clo.app.lineup import Lineup
 
     path = tmp_path / "lineup.json"
     path.write_text(json.dumps(chosen))
@@ -122,7 +122,7 @@ def unreadable(scripted):
 
 
 def test_unreadable_replies_are_kept_with_the_reply_and_never_counted_as_votes(unreadable, store):
-    from clo.ratings import agreement, judges, rater_votes
+    from clo.evaluate.ratings import agreement, judges, rater_votes
 
     vote_battles(store, 3)  # the people's votes on three pairs
     pairs = battle_items(store.votes())
@@ -164,10 +164,10 @@ def test_the_background_judge_does_not_ask_unreadable_pairs_again_with_every_vot
 
 
 def test_unreadable_pairs_are_asked_again_on_a_backoff_schedule_without_a_vote(unreadable, store, monkeypatch):
-    import clo.judge
+    import clo.evaluate.judge
 
-    monkeypatch.setattr(clo.judge, "RETRY_FIRST_S", 0.4)
-    monkeypatch.setattr(clo.judge, "RETRY_ATTEMPTS", 3)
+    monkeypatch.setattr(clo.evaluate.judge, "RETRY_FIRST_S", 0.4)
+    monkeypatch.setattr(clo.evaluate.judge, "RETRY_ATTEMPTS", 3)
     vote_battles(store, 2)
     judging = Judging(store, Access(False), unreadable.url, FAKE, background=True)
     try:
@@ -202,7 +202,7 @@ def test_the_panel_shows_no_tick_for_a_pass_of_unreadable_replies_and_quotes_one
 
 
 def test_the_judge_constraint_setting_lets_the_app_read_a_plain_text_judge(scripted, services, tmp_path, monkeypatch):
-    from clo.ui.services import Services, Settings
+    from clo.app.context import Services, Settings
 
     scripted.RequestHandlerClass = PlainText
     args = ["--model", services.settings.model, "--adapters-dir", services.settings.adapters_dir, "--db",
@@ -228,6 +228,6 @@ def test_the_judge_constraint_setting_lets_the_app_read_a_plain_text_judge(scrip
 
 
 def open_store_at(path):
-    from clo.votes import open_store
+    from clo.evaluate.store import open_store
 
     return open_store(str(path))

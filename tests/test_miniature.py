@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from clo.miniature.world import CODE, HEADS, NOUNS, TASKS, WORLD, Example, check, generate, held_out, solved, tokens
+from clo.models.miniature.world import CODE, HEADS, NOUNS, TASKS, WORLD, Example, check, generate, held_out, solved, tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 L = WORLD.lexicon
@@ -105,7 +105,7 @@ def test_held_out_split_is_stable():
 
 
 def test_tokenizer_covers_the_world_and_decodes_words():
-    from clo.miniature.base import build_tokenizer
+    from clo.models.miniature.base import build_tokenizer
 
     tok = build_tokenizer()
     for ex in generate(200, seed=5):
@@ -120,8 +120,8 @@ def test_tokenizer_covers_the_world_and_decodes_words():
 
 def test_language_id_knows_the_miniature_where_it_is_served():
     """Its own detector (its registry entry's) judges its words; plain language ID does not know its language."""
-    from clo.langid import UNKNOWN, detect
-    from clo.registry import MODELS
+    from clo.evaluate.langid import UNKNOWN, detect
+    from clo.models.table import MODELS
 
     judge = MODELS["miniature"].detect
     ex = generate(1, seed=0)[0]
@@ -135,7 +135,7 @@ def test_language_id_knows_the_miniature_where_it_is_served():
 def test_data_source_miniature_builds_pairs_and_refuses_other_languages(project):
     from clo import CLOError
     from clo.config import DataConfig
-    from clo.data import HFTranslator, build_pairs
+    from clo.train.data import HFTranslator, build_pairs
 
     data = build_pairs(DataConfig(target_lang=CODE, source="miniature", pairs=12))
     assert len(data) == 12 and data.manifest["translator"] == "file" and data.manifest["source"] == "miniature"
@@ -158,8 +158,8 @@ FAST = dict(hidden_size=128, heads=2, kv_heads=1, layers=2, intermediate_size=25
 @pytest.fixture(scope="session")
 def miniature(tmp_path_factory):
     """A quickly pretrained base and a short experiment (one size, one seed, one epoch) in a scratch project."""
-    from clo.miniature.base import Pretraining, base_model
-    from clo.miniature.experiment import MiniatureConfig, run
+    from clo.models.miniature.base import Pretraining, base_model
+    from clo.experiments.miniature import MiniatureConfig, run
 
     work = tmp_path_factory.mktemp("miniature")
     cwd = os.getcwd()
@@ -240,7 +240,7 @@ def test_train_tab_runs_the_miniature_and_serves_its_new_adapters(miniature, pro
     import shutil
     import time
 
-    from clo.ui.services import Services, Settings
+    from clo.app.context import Services, Settings
     work, _ = miniature
     shutil.copytree(work / "models", project / "models")
     services = Services(Settings(model="models/miniature/base", engine="peft", adapters_dir="models/miniature/adapters",
@@ -296,7 +296,7 @@ def test_app_models_retrain_adapters_older_than_the_base(miniature, project):
     """A rebuilt base makes the published adapters stale: the app's first start trains them again."""
     import shutil
 
-    from clo.miniature.experiment import app_models
+    from clo.experiments.miniature import app_models
 
     work, _ = miniature
     shutil.copytree(work / "models", project / "models")
@@ -318,7 +318,7 @@ def test_app_models_retrain_adapters_older_than_the_base(miniature, project):
 ])
 def test_bad_settings_are_refused_before_anything_is_written(project, change, message):
     from clo import CLOError
-    from clo.miniature.experiment import MiniatureConfig, run
+    from clo.experiments.miniature import MiniatureConfig, run
 
     cfg = MiniatureConfig(base_path=str(project / "no-base-yet"), out_dir="out", app_adapters="apps")
     for k, v in change.items():
@@ -329,7 +329,7 @@ def test_bad_settings_are_refused_before_anything_is_written(project, change, me
 
 
 def test_data_tab_lexicon_lists_every_word_once():
-    from clo.miniature import lexicon
+    from clo.models.miniature import lexicon
 
     table = lexicon()
     assert len(table) == len(WORLD.lexicon) and table["English"].is_unique and table.iloc[:, 1].is_unique
@@ -340,14 +340,14 @@ def test_the_shipped_miniature_is_current_and_a_fresh_start_copies_it_without_tr
     """A fresh clone's first start copies assets/miniature/prebuilt (seconds) instead of pretraining and training."""
     from clo.engines import BASE, Request, Sampling, find_adapters
     from clo.engines.peft_engine import PeftEngine
-    from clo.miniature import experiment
-    from clo.miniature.base import is_current
+    from clo.experiments import miniature as experiment
+    from clo.models.miniature.base import is_current
 
     assert is_current(experiment.PREBUILT / "base"), (
         "assets/miniature/prebuilt was built for another world: rebuild it with "
-        "python -c 'from clo.miniature.experiment import ship; ship()'")
+        "python -c 'from clo.experiments.miniature import ship; ship()'")
     monkeypatch.setattr(experiment, "base_model", lambda *a, **k: pytest.fail("pretrained instead of copying"))
-    monkeypatch.setattr("clo.train.train", lambda *a, **k: pytest.fail("trained instead of copying"))
+    monkeypatch.setattr("clo.train.trainer.train", lambda *a, **k: pytest.fail("trained instead of copying"))
     said = []
     base, adapters = experiment.app_models(log=said.append)
     assert base == Path("models/miniature/base") and is_current(base) and "copied the shipped" in said[0]

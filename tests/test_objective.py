@@ -1,11 +1,11 @@
-"""clo.objective against values worked out by hand (no model involved)."""
+"""clo.train.objective against values worked out by hand (no model involved)."""
 
 import math
 
 import pytest
 import torch
 
-from clo.objective import clo_loss, dpo_loss, log1mexp, orpo_loss, sequence_logps, token_mean_nll
+from clo.train.objective import clo_loss, dpo_loss, log1mexp, orpo_loss, sequence_logps, token_mean_nll
 
 # Two pairs. Rewards r = β·(policy − reference) with β = 0.1:
 #   x_l query:  chosen y_l  r_c = [0.1, 0.0],  rejected y_en r_r = [-0.1, 0.1]  → margins [0.2, -0.1]

@@ -1,4 +1,4 @@
-"""clo.ratings on a literal table worked out by hand; Bradley–Terry and Elo on battles from known strengths."""
+"""clo.evaluate.ratings on a literal table worked out by hand; Bradley–Terry and Elo on battles from known strengths."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clo.ratings import (
+from clo.evaluate.ratings import (
     MIN_PAIR_BATTLES,
     bradley_terry,
     count_matrix,
@@ -330,10 +330,10 @@ def test_one_hash_per_name_keeps_plain_names():
     assert set(version_keys(battles)["variant_a"]) == {"clo-ko", "base"}
 
 
-# ---- a judge's numbers and its agreement with people (clo.judge) ----
+# ---- a judge's numbers and its agreement with people (clo.evaluate.judge) ----
 
 from clo import CLOError  # noqa: E402
-from clo.ratings import (  # noqa: E402
+from clo.evaluate.ratings import (  # noqa: E402
     HUMAN,
     agreement,
     agreement_interval,

@@ -1,4 +1,4 @@
-"""The one table of offline models (clo.registry): what each entry brings, and the code that reads it instead of
+"""The one table of offline models (clo.models.table): what each entry brings, and the code that reads it instead of
 naming a model: language ID, the language table, the data sources, the app's start, its adapters and the Train tab.
 
 The smollm2 tests use the session fixture (conftest.py) that makes the real folder once from the wheel's GGUF (the
@@ -13,10 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from clo import CLOError, registry
-from clo.langid import UNKNOWN, detect
+from clo import CLOError
+from clo.models import table as registry
+from clo.evaluate.langid import UNKNOWN, detect
 from clo.languages import LANGUAGES, language, registered
-from clo.registry import MODELS, canonical, entry_for, lookup, resolve_model
+from clo.models.table import MODELS, canonical, entry_for, lookup, resolve_model
 
 
 # ---- the table ----
@@ -85,7 +86,7 @@ def test_tiny_is_made_on_first_use_whole_and_reused(project):
     assert (project / "models/tiny/model.safetensors").stat().st_mtime_ns == weights
     assert [p.name for p in (project / "models").iterdir()] == ["tiny"]  # no staging folder left
     assert entry_for("models/tiny").name == "tiny"
-    from clo.ui.services import Settings, choose_model
+    from clo.app.context import Settings, choose_model
 
     settings = Settings(model="tiny", db="votes.db")  # `python app.py --model tiny`
     assert choose_model(settings) == "" and settings.model == "models/tiny" and settings.adapters_dir == "adapters"
@@ -108,9 +109,9 @@ def test_a_models_language_is_registered_not_in_the_table():
 
 def test_data_sources_are_looked_up_in_the_table(project):
     from clo.config import DataConfig
-    from clo.data import build_pairs, named_sources
-    from clo.jobs import named_sources as web_sources
-    from clo.jobs import web_data_source
+    from clo.train.data import build_pairs, named_sources
+    from clo.app.jobs import named_sources as web_sources
+    from clo.app.jobs import web_data_source
 
     assert list(named_sources()) == ["miniature"] and named_sources()["miniature"].language == "mini"
     assert web_sources() == ("sample", "miniature") and web_data_source("miniature") == "miniature"
@@ -121,19 +122,19 @@ def test_data_sources_are_looked_up_in_the_table(project):
 
 
 def test_a_new_model_plugs_in_without_touching_the_code_that_reads_the_table(project, monkeypatch):
-    """An entry with its own language, detector and data source: clo.languages, clo.langid (through its judge),
-    clo.data, the translator's message and the web's data check all know it, and nothing names it."""
+    """An entry with its own language, detector and data source: clo.languages, clo.evaluate.langid (through its judge),
+    clo.train.data, the translator's message and the web's data check all know it, and nothing names it."""
     from clo import languages
     from clo.config import DataConfig
-    from clo.data import HFTranslator, build_pairs
-    from clo.jobs import web_data_source
-    from clo.langid import Detection
-    from clo.registry import DataSource, OfflineModel
+    from clo.train.data import HFTranslator, build_pairs
+    from clo.app.jobs import web_data_source
+    from clo.evaluate.langid import Detection
+    from clo.models.table import DataSource, OfflineModel
 
     monkeypatch.setattr(registry, "MODELS", dict(MODELS))
     monkeypatch.setattr(registry, "DATA_SOURCES", dict(registry.DATA_SOURCES))
     monkeypatch.setattr(languages, "_REGISTERED", dict(languages._REGISTERED))
-    monkeypatch.setattr("clo.jobs.DATA_SOURCES", registry.DATA_SOURCES)
+    monkeypatch.setattr("clo.app.jobs.DATA_SOURCES", registry.DATA_SOURCES)
 
     rows = [{"id": str(i), "prompt_en": f"count to {i}", "response_en": f"{i}", "prompt_tgt": f"zorp {i}",
              "response_tgt": f"blat {i}", "where": f"zorp {i}"} for i in range(5)]
@@ -161,7 +162,7 @@ def test_a_new_model_plugs_in_without_touching_the_code_that_reads_the_table(pro
 
 def test_language_id_asks_the_served_models_own_detector_only(tmp_path):
     """"Red." is a word of the miniature: its own detector calls it English, plain language ID cannot judge it."""
-    from clo.ui.services import Services
+    from clo.app.context import Services
 
     assert detect("Red.").code == UNKNOWN
     assert MODELS["miniature"].detect("Red.").code == "en" and MODELS["smollm2"].detect("Red.") is None
@@ -180,9 +181,9 @@ def test_language_id_asks_the_served_models_own_detector_only(tmp_path):
 def test_offline_the_app_falls_back_to_the_miniature_which_judges_its_answers_by_its_words(project, offline):
     """A hub model that cannot be loaded (no hub, not cached): the registry's fallback is served, from its shipped
     copy, with its adapters, examples, language and detector; its answers are judged "mini" or "en" by its words."""
-    from clo.ui import build_app
-    from clo.ui.compare import compare_api
-    from clo.ui.services import Settings, choose_model, start
+    from clo.app.ui import build_app
+    from clo.app.ui.compare import compare_api
+    from clo.app.context import Settings, choose_model, start
 
     said = []
     services = start(Settings(model="nobody/no-such-model", engine="peft", db="votes.db"), log=said.append)
@@ -213,8 +214,8 @@ def test_offline_the_app_falls_back_to_the_miniature_which_judges_its_answers_by
 def test_app_with_model_smollm2_serves_the_real_model_and_says_plainly_what_it_is(smollm2, monkeypatch, offline):
     """`python app.py --model smollm2`: the folder the shorthand stands for, its description from the table, its
     adapters folder (the shipped adapters when the repository has them, else none, and the page says so)."""
-    from clo.ui import build_app
-    from clo.ui.services import Settings, start
+    from clo.app.ui import build_app
+    from clo.app.context import Settings, start
 
     monkeypatch.chdir(smollm2.parent.parent)  # the project folder: models/ is relative to it
     services = start(Settings.from_args(["--model", "smollm2", "--engine", "peft", "--db", "votes.db"]), log=print)
@@ -255,8 +256,8 @@ def test_shipped_adapters_are_copied_once_and_again_when_they_change(project, tm
 
 
 def test_the_train_tabs_experiment_comes_from_the_table(project):
-    from clo.access import Access
-    from clo.jobs import Jobs
+    from clo.app.access import Access
+    from clo.app.jobs import Jobs
 
     assert [e.name for e in registry.experiments()] == ["miniature"]
     experiment = MODELS["miniature"].experiment

@@ -12,7 +12,7 @@ import pytest
 from test_app import launch_app, make_adapters
 
 from clo import CLOError
-from clo.access import Access, RateLimit
+from clo.app.access import Access, RateLimit
 
 # the handlers that change server state; the test fails if one of them is renamed without this list following
 STATE_CHANGING = {"on_start_1": "Train: Start", "on_stop": "Train: Stop", "on_experiment_start": "Train: miniature run",
@@ -37,7 +37,7 @@ def test_access_in_demo_mode_opens_only_to_the_password_or_an_allowed_user():
 
 def test_the_job_supervisor_refuses_every_change_itself(tiny_model, project):
     from clo.config import Recipe
-    from clo.jobs import RUNS, UPLOADS, Jobs
+    from clo.app.jobs import RUNS, UPLOADS, Jobs
 
     jobs = Jobs(str(tiny_model), "adapters", engine=None, access=Access(demo_mode=True, password="pw"))
     upload = project / "up.jsonl"
@@ -51,7 +51,7 @@ def test_the_job_supervisor_refuses_every_change_itself(tiny_model, project):
 
 
 def test_a_path_from_the_web_stays_inside_the_project(project):
-    from clo.jobs import web_data_source
+    from clo.app.jobs import web_data_source
 
     (project / "uploads").mkdir()
     (project / "uploads" / "mine.jsonl").write_text("{}\n")
@@ -230,8 +230,8 @@ def test_a_forged_forwarded_for_from_an_untrusted_peer_is_ignored(tiny_model, tm
 def test_the_data_preview_never_loads_a_translator_or_grows_the_cache_for_a_visitor(project, monkeypatch):
     import gradio as gr
 
-    from clo import data
-    from clo.ui.data import MAX_PREVIEW, preview_pairs
+    from clo.train import data
+    from clo.app.ui.data import MAX_PREVIEW, preview_pairs
 
     monkeypatch.setattr(data, "HFTranslator", lambda *a, **k: pytest.fail("a visitor's call loaded a translator"))
     with pytest.raises(gr.Error, match="no translations into 'yo'"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from clo.engines import BASE, Request, Sampling
-from clo.langid import detect
+from clo.evaluate.langid import detect
 from conftest import ROOT
 
 SHIPPED = ROOT / "assets" / "smollm2" / "adapters"
@@ -79,7 +79,7 @@ def test_a_shipped_adapter_changes_the_answer_identically_on_both_engines(smol_p
 
 def test_one_clo_step_on_the_real_model(smol_project):
     from clo.config import Recipe
-    from clo.train import ADAPTER_FILES, train
+    from clo.train.trainer import ADAPTER_FILES, train
 
     project, _ = smol_project
     recipe = Recipe.load(ROOT / "recipes" / "smollm2.yaml", {
@@ -117,8 +117,8 @@ def test_the_real_model_as_a_judge_on_vllm_every_verdict_parses(smollm2, tmp_pat
     the first token's log-probabilities (what a server without structured outputs gets) every verdict is read too,
     and both are stored as judge votes with the order shown."""
     from clo.engines.vllm_engine import vllm_usable
-    from clo.judge import Item, JudgeClient, judge_items
-    from clo.votes import open_store
+    from clo.evaluate.judge import Item, JudgeClient, judge_items
+    from clo.evaluate.store import open_store
     from conftest import serve_vllm
 
     usable, why = vllm_usable()

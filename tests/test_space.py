@@ -29,8 +29,8 @@ import yaml
 from packaging.requirements import Requirement
 
 from clo import CLOError
-from clo import space
-from clo.space import MARKER, VARIABLES, build_space
+from clo.app import space
+from clo.app.space import MARKER, VARIABLES, build_space
 
 ROOT = Path(__file__).resolve().parent.parent
 HARDWARES = ("cpu", "zero-gpu", "gpu")
@@ -99,7 +99,7 @@ def test_front_matter(built):
     assert card["license"] == "apache-2.0"
     assert {card["colorFrom"], card["colorTo"]} <= COLORS
     assert 0 < len(card["short_description"]) <= 60
-    from clo.ui.services import Settings
+    from clo.app.context import Settings
 
     assert card["preload_from_hub"] == [Settings.model] == card["models"]
 
@@ -117,7 +117,7 @@ def test_front_matter_agrees_with_the_repository_readme():
 
 
 def test_every_variable_the_code_reads_is_documented(built):
-    """Each CLO_* name in the app's code (clo/, app.py) is in clo.space.VARIABLES, so none goes undocumented."""
+    """Each CLO_* name in the app's code (clo/, app.py) is in clo.app.space.VARIABLES, so none goes undocumented."""
     hardware, out = built
     names = [name for name, _, _ in VARIABLES]
     assert len(names) == len(set(names))

@@ -13,9 +13,9 @@ import torch
 from conftest import ROOT
 
 from clo.config import Recipe
-from clo.data import build_pairs
-from clo.objective import DIRECTIONS, KEYS
-from clo.train import ADAPTER_FILES, PairCollator, fit, group_logps, setup, train
+from clo.train.data import build_pairs
+from clo.train.objective import DIRECTIONS, KEYS
+from clo.train.trainer import ADAPTER_FILES, PairCollator, fit, group_logps, setup, train
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 
@@ -169,13 +169,13 @@ def test_qlora_4bit_step_on_cpu(project, tiny_model):
 
 def test_qlora_4bit_gradient_on_cpu_is_the_float32_gradient_of_the_dequantised_model(project, tiny_model):
     """After CLO's π_ref pass (eval mode, no gradient), bitsandbytes would repack its CPU weights for an inference
-    kernel without a backward, and training would lose the gradient through every frozen layer (clo.models.
+    kernel without a backward, and training would lose the gradient through every frozen layer (clo.load.
     train_4bit_on_cpu keeps it). The 4-bit LoRA gradient must equal the float32 one on the same dequantised weights."""
     bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
-    from clo.objective import clo_loss, token_mean_nll
-    from clo.train import add_reference_logps
+    from clo.train.objective import clo_loss, token_mean_nll
+    from clo.train.trainer import add_reference_logps
 
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], lora_dropout=0.0,
                       init_lora_weights=False, task_type="CAUSAL_LM")

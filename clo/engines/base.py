@@ -158,7 +158,7 @@ def fair_order(jobs: list[Job], last_served: dict[str, int] | None = None) -> li
     number of the batch that last served it; never served first), then by their oldest job. One owner's backlog
     of n jobs thus puts at most one of its jobs ahead of another owner's first, instead of n, and one served just
     now lets the others go first next time (how many jobs an owner may have waiting at all is the app's admission
-    limit, clo.ui.services)."""
+    limit, clo.app.context)."""
     turns: dict[str, list[Job]] = {}
     for job in jobs:
         turns.setdefault(job.owner, []).append(job)

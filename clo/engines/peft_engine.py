@@ -87,7 +87,7 @@ class PeftEngine(Engine):
     def __init__(self, model: str, adapters: list[Adapter] = (), load_in_4bit: str = "false",
                  trust_remote_code: bool = False, revision: str | None = None, max_batch: int = 64,
                  gather_s: float = 0.01):
-        from clo.models import load_base
+        from clo.load import load_base
 
         super().__init__(model)
         self.base, self.tokenizer, self.mode = load_base(

@@ -1,0 +1,83 @@
+"""The Gradio app, one module per tab; `build_app(services)` assembles them (app.py calls it).
+
+    from clo.app.ui import build_app
+    from clo.app.context import Services, Settings
+    demo = build_app(Services(Settings(model="models/tiny")))
+"""
+
+from __future__ import annotations
+
+import os
+
+import gradio as gr
+
+from clo.app.ui import arena, compare, data, leaderboard, train
+from clo.app.context import Services
+
+ON_SPACE = bool(os.environ.get("SPACE_ID"))
+CSS = ".answer { min-height: 6em; padding: 0.5em; border: 1px solid var(--border-color-primary); border-radius: 8px; }"
+
+
+def build_app(services: Services) -> gr.Blocks:
+    s = services.settings
+    # delete_cache: files served to visitors (vote exports, plots) are dropped after an hour, checked hourly
+    with gr.Blocks(title="Cross-Lingual Optimization", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(
+            "# Cross-Lingual Optimization (CLO)\n"
+            "Lee et al., ACL 2025: an English-centric chat model learns a target language from English instruction data "
+            "and a translation model, and keeps its English. Compare the base model, SFT and CLO, judge them blind, "
+            f"and watch the tally.\n\n**Running on:** {services.running_on}"
+        )
+        with gr.Tabs(overflow_behavior="wrap") as tabs:  # on a phone every tab stays in sight
+            with gr.Tab("Compare", id="compare"):
+                compare_lang, compare_prompt, to_arena = compare.build(services)
+            with gr.Tab("Arena", id="arena"):
+                arena_prompt, arena_lang = arena.build(services, default_lang=(services.target_languages() or ["ko"])[0])
+            with gr.Tab("Leaderboard", id="leaderboard") as board_tab:
+                board_lang, board_update, board_outputs = leaderboard.build(services)
+            with gr.Tab("Train", id="train"):
+                locked = s.demo_mode
+                with gr.Row(visible=locked) as gate:
+                    password = gr.Textbox(type="password", label="Admin password", scale=3)
+                    unlock = gr.Button("Unlock training", scale=1)
+                    if ON_SPACE:  # Hugging Face OAuth exists only on a Space
+                        gr.LoginButton(scale=1)
+                (panel, train_timer, on_preview, train_inputs, train_preview, serving_lang, serving_refresh,
+                 serving_outputs, judge_refresh, judge_outputs) = train.build(services, visible=not locked)
+            with gr.Tab("Data", id="data"):
+                data_lang, data_pairs, data_table = data.build(services)
+
+        def check_password(given, request: gr.Request):
+            if services.access.unlock(request, given):  # the server remembers this session: every change checks it
+                return gr.update(visible=False), gr.update(visible=True), gr.Timer(active=True)  # on the Train tab
+            gr.Warning("wrong password")  # a toast: the gate stays usable for another try
+            return gr.update(), gr.update(), gr.update()
+
+        def on_load(request: gr.Request, profile: gr.OAuthProfile | None = None):
+            if profile is not None:
+                services.access.login(request, profile.username)
+            show = services.access.allows(request)
+            return gr.update(visible=not show), gr.update(visible=show), gr.update()
+
+        if not ON_SPACE:
+            on_load_with_profile = on_load
+
+            def on_load(request: gr.Request):  # noqa: F811 (no OAuth off a Space)
+                return on_load_with_profile(request, None)
+
+        def on_tab(evt: gr.SelectData, request: gr.Request):  # the Train tab's job polling runs only while it is open
+            return gr.Timer(active=evt.value == "Train" and services.access.allows(request))
+
+        tabs.select(on_tab, None, train_timer, api_visibility="private", show_progress="hidden")
+        to_arena.click(lambda p, code: (p, code, gr.Tabs(selected="arena")), [compare_prompt, compare_lang],
+                       [arena_prompt, arena_lang, tabs], api_visibility="private")
+        unlock.click(check_password, password, [gate, panel, train_timer], api_visibility="private", show_progress="hidden")
+        demo.load(on_load, None, [gate, panel, train_timer], api_visibility="private")
+        demo.load(on_preview, train_inputs, train_preview, api_visibility="private")
+        demo.load(serving_refresh, serving_lang, serving_outputs, api_visibility="private")
+        demo.load(judge_refresh, None, judge_outputs, api_visibility="private")
+        demo.load(data.preview_pairs, [data_lang, data_pairs], data_table, api_visibility="private")
+        demo.load(board_update, board_lang, board_outputs, api_visibility="private")
+        board_tab.select(board_update, board_lang, board_outputs, api_visibility="private", show_progress="hidden")
+    demo.queue(default_concurrency_limit=s.concurrency, max_size=s.queue_size)
+    return demo

@@ -1,0 +1,146 @@
+"""Compare tab: the base, SFT and CLO answers side by side, streamed, in the target language and in English.
+
+A line above the answers says what each slot serves (the adapter, its version, who chose it: clo.app.lineup).
+
+API: `/compare` (prompt, language[, english]) -> {"target": [...], "english": [...]}, one labelled answer per variant.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from clo import CLOError
+from clo.engines import Answer
+from clo.evaluate.langid import Detection
+from clo.app.context import Services
+
+SLOTS = ("base", "sft", "clo")
+TITLES = {"base": "Base", "sft": "SFT", "clo": "CLO"}
+
+
+def describe(answer: Answer | None, variant: str | None, expected: str, detect) -> str:
+    """An answer as markdown with its language (`detect`: the served model's, Services.detect), token count and speed."""
+    if variant is None:
+        return "*this slot is empty for this language: train an adapter, then choose it under Train → Serving*"
+    if answer is None:
+        return "*…*"
+    if answer.error:  # the request failed part-way: what came is not an answer, so say why instead
+        return f"**No answer:** {answer.error}\n\n<sub>`{variant}`</sub>"
+    d: Detection | None = detect(answer.text) if answer.finish_reason else None
+    mark = "" if d is None else f"`{d.code}`{' ✓' if d.code == expected else (' ✗' if d.code != 'unknown' else '')} · "
+    first = "" if answer.first_token_s is None else f"first token {answer.first_token_s:.2f} s · "
+    batch = f" · batch of {answer.batch}" if answer.batch else ""  # sequences that shared a decoding step with it
+    return (f"{answer.text}\n\n<sub>{mark}{answer.tokens} tokens · {first}{answer.tokens_per_second:.1f} tok/s{batch} · "
+            f"`{variant}`</sub>")
+
+
+def compare_stream(services: Services, prompt: str, lang: str, english: str | None, owner: str | None = None):
+    """Yield (slot -> markdown) for the target-language prompt and its English version, as tokens arrive; `owner`
+    (the visitor's address) is whom the engine's fair queue serves in turn."""
+    prompt = services.check_prompt(prompt)
+    lang = services.check_lang(lang)
+    english = (english or "").strip() or services.english_of(prompt, lang)
+    slots = services.slots(lang)
+    variants = [v for v in slots.values() if v]
+    requests = services.requests(prompt, variants, owner)
+    if english:
+        requests += services.requests(services.check_prompt(english), variants, owner)
+    for snapshot in services.stream(requests):
+        target = dict(zip(variants, snapshot[: len(variants)]))
+        en = dict(zip(variants, snapshot[len(variants):]))
+        yield ({s: describe(target.get(v), v, lang, services.detect) for s, v in slots.items()},
+               {s: describe(en.get(v), v, "en", services.detect) if english else "*no English version: pick an example or type one*"
+                for s, v in slots.items()})
+
+
+def compare_api(services: Services, prompt: str, lang: str, english: str | None = None, owner: str | None = None) -> dict:
+    prompt = services.check_prompt(prompt)
+    lang = services.check_lang(lang)
+    english = (english or "").strip() or services.english_of(prompt, lang)
+    slots = {s: v for s, v in services.slots(lang).items() if v}
+    sides = [("target", prompt)] + ([("english", services.check_prompt(english))] if english else [])
+    requests = [r for _, text in sides for r in services.requests(text, list(slots.values()), owner)]
+    answers = iter(services.generate(requests))  # both languages in one batch
+    out = {"language": lang, "target": [], "english": []}
+    for side, _ in sides:
+        for (slot, variant), a in zip(slots.items(), answers):
+            out[side].append({"slot": slot, "variant": variant, "text": a.text,
+                              "language": None if a.error else services.detect(a.text).code, "error": a.error,
+                              "tokens": a.tokens, "tokens_per_second": round(a.tokens_per_second, 2),
+                              "first_token_s": None if a.first_token_s is None else round(a.first_token_s, 3),
+                              "batch": a.batch})
+    return out
+
+
+def answer_row(heading: str, side: str) -> dict[str, gr.Markdown]:
+    """A heading and one answer pane per slot (base, SFT, CLO), side by side; pane ids `{side}-{slot}`."""
+    gr.Markdown(f"### {heading}")
+    panes = {}
+    with gr.Row(equal_height=True):
+        for slot in SLOTS:
+            with gr.Column():
+                gr.Markdown(f"**{TITLES[slot]}**")
+                panes[slot] = gr.Markdown(elem_classes=["answer"], elem_id=f"{side}-{slot}")
+    return panes
+
+
+def serving_line(services: Services, lang: str | None) -> str:
+    if not lang:
+        return ""
+    return services.lineup.describe(lang, services.settings.model)
+
+
+def build(services: Services):
+    default = services.target_languages()[0] if services.target_languages() else "ko"
+    with gr.Row():
+        lang = gr.Dropdown(services.language_choices(), value=default, label="Target language", scale=1)
+        example = gr.Dropdown([p for p, _ in services.examples.get(default, [])], value=None, scale=3,
+                              label="Example prompt", allow_custom_value=False)
+    serving = gr.Markdown(serving_line(services, default), elem_id="serving")
+    prompt = gr.Textbox(label="Prompt in the target language", lines=2, max_length=services.settings.max_prompt_chars)
+    english = gr.Textbox(label="The same prompt in English (filled in for examples)", lines=1)
+    with gr.Row():
+        go = gr.Button("Compare", variant="primary")
+        to_arena = gr.Button("Send to Arena")
+    target_boxes = answer_row("In the target language", "target")
+    english_boxes = answer_row("In English", "english")
+
+    def on_lang(code):
+        return gr.update(choices=[p for p, _ in services.examples.get(code, [])], value=None), serving_line(services, code)
+
+    def pick(code, chosen):
+        return chosen or "", services.english_of(chosen, code) or "" if chosen else ""
+
+    outputs = [target_boxes[s] for s in SLOTS] + [english_boxes[s] for s in SLOTS]
+
+    def run(p, code, en, request: gr.Request):
+        try:  # checked before anything streams: one message for bad input, not an error on every pane
+            services.check_prompt(p)
+            services.check_lang(code)
+            if (en or "").strip():
+                services.check_prompt(en)
+            with services.in_flight(request):
+                line = serving_line(services, code)
+                # leaving the page closes this generator: the engine aborts its requests at the next step
+                for target, eng in compare_stream(services, p, code, en, owner=services.voter(request)[1]):
+                    yield [target[s] for s in SLOTS] + [eng[s] for s in SLOTS] + [line]
+        except CLOError as e:
+            gr.Warning(str(e))
+            yield [gr.skip()] * (len(outputs) + 1)
+
+    lang.change(on_lang, lang, [example, serving], api_visibility="private")
+    example.change(pick, [lang, example], [prompt, english], api_visibility="private")
+    generation = services.generation
+    go.click(run, [prompt, lang, english], outputs + [serving], api_visibility="private", **generation)
+    prompt.submit(run, [prompt, lang, english], outputs + [serving], api_visibility="private", **generation)
+
+    def api(prompt: str, language: str, english: str = "", request: gr.Request = None) -> dict:
+        """Answers of every variant (base, SFT, CLO) to the prompt and to its English version, labelled."""
+        try:
+            with services.in_flight(request):
+                return compare_api(services, prompt, language, english, owner=services.voter(request)[1])
+        except CLOError as e:
+            raise gr.Error(str(e)) from None
+
+    gr.api(api, api_name="compare", **generation)
+    return lang, prompt, to_arena

@@ -1,0 +1,287 @@
+"""Leaderboard tab: W/T/L, win-rate matrix, Bradley–Terry with intervals, language fidelity, votes to download.
+
+Counts and win rates show from the first vote; ratings (Bradley–Terry, its chart, Elo) only once every pair that
+met has enough votes, with a sentence saying how far off that is (clo.evaluate.ratings.rating_note). A variant retrained
+under the same name is rated apart, as `name@hash`.
+
+Numbers are written for a person: shares in % to 0.1, ratings and their bounds to the point, counts whole, and "—"
+where there is no value yet (too few votes) or none at all (a variant against itself, the anchor's interval). Only
+the page is rounded: the downloads and the `/leaderboard` API keep every digit.
+
+Judge votes (clo.evaluate.judge, an LLM judge's verdicts stored beside the people's) never enter the people's tables: they
+are shown apart, per judge, next to the people's numbers ("judge": the judge's CLO wins / ties / losses and win
+rate beside the people's win rate against the same opponent), with how far each judge agrees with the people on
+the answers both judged ("agreement": percent agreement and Cohen's κ, 95% bootstrap intervals), and each judge's
+Bradley–Terry ratings beside the people's ("judge_ratings").
+
+API: `/leaderboard` (language or "all") -> {"note": str or None, table name: list of records}, full precision.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+
+from clo.evaluate.langid import code_fidelity, detect
+from clo.evaluate.judge import first_shown_share
+from clo.evaluate.ratings import COUNTS, HUMAN, agreement, judges, leaderboard, rater_votes, version_keys, wtl_table
+from clo.app.context import Services
+from clo.evaluate.store import export_votes
+
+ALL = "all"
+# the columns of each table as shown, so an empty table still has its real headers
+SHOWN = {
+    "wtl": ["opponent", *COUNTS, "battles", "win %", "tie %", "loss %", "both_bad %"],
+    "bradley_terry": ["variant", "rating", "lower", "upper", "battles"],
+    "win_rate": ["variant"],
+    "fidelity": ["variant", "fidelity", "judged", "unknown"],
+    "summary": ["language", "stored", "named", "rated", "a", "b", "tie", "both_bad"],
+    "judge": ["judge", "opponent", "wins", "ties", "losses", "judge win %", "people win %", "people battles"],
+    "agreement": ["judge", "battles", "agreement %", "lower %", "upper %", "κ", "κ lower", "κ upper", "first shown %"],
+    "judge_ratings": ["judge", "variant", "judge rating", "lower", "upper", "judge battles", "people rating"],
+}
+KAPPA = ("κ", "κ lower", "κ upper")  # written to 0.01: κ's scale is −1 to 1
+# shown columns written as whole numbers: ratings and their bounds (to the point), and counts
+WHOLE = {"rating", "lower", "upper", *COUNTS, "battles", "judged", "unknown", *SHOWN["summary"][1:], "people battles",
+         "judge rating", "judge battles", "people rating"}
+MISSING = "—"  # a value not there yet (too few votes) or not defined (a variant against itself, the anchor's bounds)
+
+
+def answer_fidelity(votes: pd.DataFrame) -> pd.DataFrame:
+    """Per variant (a retrained one apart, as in the ratings), the share of its answers in the prompt's language,
+    from the language detected when each battle was made (older votes without it are detected here)."""
+    votes = version_keys(votes)
+    rows = []
+    for variant in sorted(set(votes.variant_a) | set(votes.variant_b)):
+        pairs = []
+        for side in ("a", "b"):
+            mine = votes[votes[f"variant_{side}"] == variant]
+            stored = mine[f"lang_{side}"] if f"lang_{side}" in mine else pd.Series(None, index=mine.index)
+            pairs += [(lang, code if isinstance(code, str) else detect(text).code)
+                      for lang, code, text in zip(mine["language"], stored, mine[f"answer_{side}"])]
+        f = code_fidelity(pairs)
+        rows.append({"variant": variant, "fidelity": f["fidelity"], "judged": f["judged"], "unknown": f["unknown"]})
+    return pd.DataFrame(rows, columns=SHOWN["fidelity"])
+
+
+def judge_tables(votes: pd.DataFrame, language: str | None, focus: str = "clo") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """("judge", "agreement"): per judge, its W/T/L and win rate for `focus` beside the people's win rate against the
+    same opponent; and its agreement with the people on the battles both judged (clo.evaluate.ratings.agreement), with the
+    share of its verdicts that named the answer shown first (position bias; about 50% is none)."""
+    rows, agree = [], []
+    scoped = votes if language is None else votes[votes["language"] == language]
+    humans = wtl_table(votes, focus, language, rater=HUMAN).set_index("opponent")
+    for judge in judges(votes):
+        for r in wtl_table(votes, focus, language, rater=judge).itertuples():
+            person = humans.loc[r.opponent] if r.opponent in humans.index else None
+            rows.append({"judge": judge, "opponent": r.opponent, "wins": r.wins, "ties": r.ties, "losses": r.losses,
+                         "judge win %": r.win_pct + 0.5 * r.tie_pct,
+                         "people win %": np.nan if person is None else person["win_pct"] + 0.5 * person["tie_pct"],
+                         "people battles": 0 if person is None else int(person["wins"] + person["ties"] + person["losses"])})
+        a = agreement(votes, judge, language, n_bootstrap=1000)
+        agree.append({"judge": judge, "battles": a["n"], "agreement %": 100 * a["agreement"],
+                      "lower %": 100 * a["agreement_lower"], "upper %": 100 * a["agreement_upper"], "κ": a["kappa"],
+                      "κ lower": a["kappa_lower"], "κ upper": a["kappa_upper"],
+                      "first shown %": 100 * first_shown_share(rater_votes(scoped, judge))})
+    return pd.DataFrame(rows, columns=SHOWN["judge"]), pd.DataFrame(agree, columns=SHOWN["agreement"])
+
+
+def judge_ratings(votes: pd.DataFrame, language: str | None, people_bt: pd.DataFrame) -> pd.DataFrame:
+    """Per judge, the Bradley–Terry rating of each variant from that judge's verdicts (clo.evaluate.ratings.leaderboard with
+    `rater=` the judge), beside the people's rating; "—" (NaN) while the judge's verdicts are too few to rate, as
+    for the people."""
+    people_rating = people_bt.set_index("variant")["rating"] if not people_bt.empty else pd.Series(dtype=float)
+    rows = []
+    for judge in judges(votes):
+        t = leaderboard(votes, language=language, rater=judge, n_bootstrap=200)
+        bt = t["bradley_terry"].set_index("variant")
+        counts = t["counts"]
+        battles = counts.groupby("variant")[["wins", "ties", "losses"]].sum().sum(axis=1) if not counts.empty else {}
+        for variant in bt.index if not bt.empty else sorted(set(counts["variant"])):
+            rated = variant in bt.index
+            rows.append({"judge": judge, "variant": variant,
+                         "judge rating": bt.at[variant, "rating"] if rated else np.nan,
+                         "lower": bt.at[variant, "lower"] if rated else np.nan,
+                         "upper": bt.at[variant, "upper"] if rated else np.nan,
+                         "judge battles": int(battles.get(variant, 0)),
+                         "people rating": people_rating.get(variant, np.nan)})
+    return pd.DataFrame(rows, columns=SHOWN["judge_ratings"])
+
+
+def tables(services: Services, language: str | None, votes: pd.DataFrame | None = None) -> dict:
+    language = None if language in (None, "", ALL) else language
+    votes = services.store.votes() if votes is None else votes
+    if votes.empty:
+        return {}
+    out = leaderboard(votes, language=language)  # the people's votes: judge votes are kept apart
+    scoped = rater_votes(votes if language is None else votes[votes.language == language], HUMAN, blind_only=False)
+    out["fidelity"] = answer_fidelity(scoped)
+    out["judge"], out["agreement"] = judge_tables(votes, language)
+    out["judge_ratings"] = judge_ratings(votes, language, out["bradley_terry"])
+    return out
+
+
+class Board:
+    """The tables and the export files (CSV, Parquet), computed again only when a vote was added (keyed on the
+    store's count) and shared by every open page: a refresh without a new vote costs one COUNT query, and a
+    download button already holds its file, so one click downloads it."""
+
+    def __init__(self, services: Services):
+        self.services, self.lock = services, threading.Lock()
+        self.key, self.votes, self.cached, self.computed, self.files = None, None, {}, 0, {}
+        self.folder = Path(tempfile.mkdtemp(prefix="clo-votes-"))
+
+    def get(self, language: str | None) -> tuple[dict, dict[str, str]]:
+        with self.lock:
+            key = self.services.store.count()
+            if key != self.key:
+                self.key, self.votes, self.cached = key, self.services.store.votes(), {}
+                self._export(key[0])
+            if language not in self.cached:
+                self.cached[language] = tables(self.services, language, self.votes)
+                self.computed += 1
+            return self.cached[language], self.files
+
+    def _export(self, n: int) -> None:
+        old, self.files = self.files, {fmt: str(export_votes(self.services.store, self.folder / f"votes-{n}.{fmt}",
+                                                             overwrite=True))  # a folder of its own (mkdtemp)
+                                       for fmt in ("csv", "parquet")}
+        for path in set(old.values()) - set(self.files.values()):  # Gradio serves its own cached copy
+            Path(path).unlink(missing_ok=True)
+
+
+def shown(name: str, frame: pd.DataFrame | None) -> pd.DataFrame:
+    """A table as the page shows it: rounded (ratings to the point, shares in % to 0.1), real headers when empty."""
+    if frame is None or frame.empty:
+        return pd.DataFrame(columns=SHOWN.get(name, ["variant"]))
+    frame = frame.copy()
+    if name == "wtl":
+        frame = frame.rename(columns={f"{k}_pct": f"{k} %" for k in ("win", "tie", "loss", "both_bad")})
+    elif name == "bradley_terry":
+        frame[["rating", "lower", "upper"]] = frame[["rating", "lower", "upper"]].round(0)
+    elif name == "win_rate":
+        frame = (100 * frame).round(1)
+        frame.columns = [f"{c} (%)" for c in frame.columns]
+        frame = frame.reset_index(names="variant")
+    elif name == "fidelity":
+        frame["fidelity"] = (100 * frame["fidelity"]).round(1)
+        frame = frame.rename(columns={"fidelity": "fidelity (%)"})
+    elif name == "agreement":
+        frame[list(KAPPA)] = frame[list(KAPPA)].round(2)
+        return frame.round({c: 1 for c in frame.columns if c not in KAPPA})
+    return frame.round(1)
+
+
+def styled(name: str, frame: pd.DataFrame | None):
+    """A table as the page writes it: `shown`'s rounded copy in a pandas Styler that prints ratings and counts
+    whole, other numbers to 0.1 and a missing value as "—" (a read-only gr.Dataframe shows a Styler's text and keeps
+    its numbers to sort by)."""
+    table = shown(name, frame)
+    if table.empty:
+        return table
+    whole = [c for c in table.columns if c in WHOLE]
+    kappa = [c for c in table.columns if c in KAPPA]
+    return table.style.format(precision=1, na_rep=MISSING).format("{:.0f}", subset=whole, na_rep=MISSING).format(
+        "{:.2f}", subset=kappa, na_rep=MISSING)
+
+
+def records(t: dict) -> dict:
+    """The `/leaderboard` API's answer from `Board.get`'s tables: every table as a list of records, full precision;
+    "note" says why there are no ratings yet (None once there are)."""
+    t = dict(t)
+    out = {"note": t.pop("note", None) if t else "no votes yet"}
+    for k, v in t.items():
+        out[k] = (v.reset_index() if k in ("win_rate", "battles") else v).to_dict(orient="records")
+    return out
+
+
+def rating_plot(bt: pd.DataFrame):
+    """Ratings as bars from 1000 with their 95% intervals; a variant without an interval (the anchor) has none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if bt.empty:
+        return None
+    order = bt.sort_values("rating")
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.5 * len(order)))
+    below = (order["rating"] - order["lower"]).fillna(0).clip(lower=0)  # never negative (matplotlib refuses)
+    above = (order["upper"] - order["rating"]).fillna(0).clip(lower=0)
+    names = [f"{v} {r:.0f}" + (" (anchor)" if np.isnan(lo) else f" [{lo:.0f}, {hi:.0f}]")
+             for v, r, lo, hi in zip(order["variant"], order["rating"], order["lower"], order["upper"])]
+    ax.barh(names, order["rating"] - 1000, left=1000, xerr=[below, above], capsize=4, color="#6366f1")
+    ax.axvline(1000, color="grey", lw=0.8)
+    ax.xaxis.set_major_formatter("{x:.0f}")
+    ax.set_xlabel("Bradley–Terry rating (95% bootstrap interval)")
+    fig.tight_layout()
+    return fig
+
+
+def build(services: Services):
+    choices = [("All languages", ALL)] + services.served_language_choices()
+    board = Board(services)
+    with gr.Row():
+        lang = gr.Dropdown(choices, value=ALL, label="Language")
+        refresh = gr.Button("Refresh")
+        download = gr.DownloadButton("Download votes (CSV)", elem_id="download-csv")
+        download_parquet = gr.DownloadButton("Download votes (Parquet)", elem_id="download-parquet")
+    status = gr.Markdown(elem_id="board-status")
+    plot = gr.Plot(label="Ratings", elem_id="rating-plot", visible=False)
+
+    def table(name: str, label: str) -> gr.Dataframe:  # written by `styled`: only a read-only table shows its text
+        return gr.Dataframe(shown(name, None), label=label, interactive=False)
+
+    with gr.Row():
+        wtl = table("wtl", "CLO wins / ties / losses")
+        bt = table("bradley_terry", "Bradley–Terry (ties count half; both_bad excluded)")
+    with gr.Row():
+        win_rate = table("win_rate", "Win rate (%): row beats column")
+        fid = table("fidelity", "Language fidelity of the answers")
+    summary = table("summary", "Votes (named side-by-side votes are stored but not rated)")
+    with gr.Row():
+        judge = table("judge", "LLM judge beside the people: CLO's wins / ties / losses by each judge (judge votes are "
+                      "never counted above)")
+        agree = table("agreement", "Judge vs people on the battles both judged: agreement and Cohen's κ (95% intervals); "
+                      "first shown %: how often the judge named the answer it saw first (about 50% is no position bias)")
+    judge_bt = table("judge_ratings", "Bradley–Terry from each judge's verdicts beside the people's rating (— : too few "
+                     "verdicts per pair to rate yet)")
+    timer = gr.Timer(15)
+
+    def update(code):
+        t, files = board.get(code)  # recomputed only when a vote was added
+        t = dict(t)
+        buttons = [gr.update(value=files["csv"]), gr.update(value=files["parquet"])]
+        if not t:
+            return ["*no votes yet: judge a few battles in the Arena*", gr.update(value=None, visible=False)] + \
+                [styled(k, None) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons + \
+                [styled(k, None) for k in ("judge", "agreement", "judge_ratings")]
+        scope = ALL if code in (None, "", ALL) else code
+        rated = t["summary"].loc[t["summary"]["language"] == scope, "rated"]
+        n = int(rated.sum()) if len(rated) else 0
+        text = f"**{n} rated vote{'' if n == 1 else 's'}.** " + (
+            f"*{t['note']}: keep voting in the Arena.*" if t["note"]
+            else "Ratings: Bradley–Terry, ties count half, 95% bootstrap intervals; `base`, when rated, is the anchor at 1000.")
+        if judge_line := services.judging.public_line():
+            text += f"\n\n{judge_line}"
+        figure = rating_plot(t["bradley_terry"])
+        return [text, gr.update(value=figure, visible=figure is not None)] + \
+            [styled(k, t[k]) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons + \
+            [styled(k, t[k]) for k in ("judge", "agreement", "judge_ratings")]
+
+    outputs = [status, plot, wtl, bt, win_rate, fid, summary, download, download_parquet, judge, agree, judge_bt]
+    for trigger in (lang.change, refresh.click, timer.tick):  # their own queue: never behind generation
+        trigger(update, lang, outputs, api_visibility="private", show_progress="hidden", concurrency_id="board")
+
+    def api(language: str = ALL) -> dict:
+        """The leaderboard tables for one language ("all" for every language), as lists of records; "note" says
+        why there are no ratings yet (None once there are). Full precision: the page rounds, the API does not."""
+        return records(board.get(language)[0])
+
+    gr.api(api, api_name="leaderboard", concurrency_id="board")
+    return lang, update, outputs

@@ -1,0 +1,226 @@
+"""Train tab: a form built from the recipe dataclasses, `python -m clo train` as a subprocess, live progress.
+
+The job supervisor is `clo.app.jobs.Jobs`: it runs the command, keeps its state so a reloaded page re-attaches, stops
+the process group, hot-loads finished adapters, and checks on the server that the caller may do each of these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+import typing
+
+import gradio as gr
+import pandas as pd
+
+from clo import CLOError
+from clo.config import METHODS, SECTIONS, Recipe, base_type
+from clo.app.jobs import misfit, taken
+from clo.models.table import entry_for, experiments, lookup
+from clo.app.context import Services
+
+# the recipe fields the form shows, in order; their widgets, labels and help come from the dataclasses
+FORM = ("model.name_or_path", "data.target_lang", "data.source", "data.pairs", "method.method", "training.max_steps",
+        "training.epochs", "lora.r", "model.load_in_4bit", "training.name")
+
+
+def field_of(dotted: str) -> dataclasses.Field:
+    section, name = dotted.split(".")
+    return next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
+
+
+def widget(dotted: str, default) -> gr.components.Component:
+    f = field_of(dotted)
+    tp, _ = base_type(f)
+    label = f.metadata.get("label") or dotted.split(".")[1].replace("_", " ").capitalize()
+    info = f.metadata["help"]
+    if dotted == "method.method":
+        return gr.CheckboxGroup(list(METHODS), value=default, label=label, info=info)
+    if f.metadata.get("choices"):
+        return gr.Dropdown(list(f.metadata["choices"]), value=default, label=label, info=info)
+    if tp is bool:
+        return gr.Checkbox(value=default, label=label, info=info)
+    if tp in (int, float):
+        return gr.Number(value=default, label=label, info=info, precision=0 if tp is int else None)
+    if typing.get_origin(tp) is list:
+        return gr.Textbox(value=",".join(default), label=label, info=info)
+    return gr.Textbox(value=default, label=label, info=info)
+
+
+def recipe_from_form(values: dict[str, object]) -> Recipe:
+    overrides = {k: (",".join(v) if isinstance(v, list) else v) for k, v in values.items() if v not in (None, "")}
+    return Recipe.load(overrides=overrides)  # validates every value, with the CLI's messages
+
+
+def form_defaults(services: Services) -> Recipe:
+    """The form's starting recipe, fitted to the served model: an offline model that brings its own data source
+    (clo.models.table) trains that source's language on it; another trains the first language with examples; the
+    adapter name is one not yet taken."""
+    overrides = {"model.name_or_path": services.settings.model}
+    entry = entry_for(services.settings.model)
+    if entry and entry.data_sources:
+        overrides |= {"data.target_lang": entry.data_sources[0].language, "data.source": entry.data_sources[0].name}
+    elif services.examples:
+        overrides["data.target_lang"] = next(iter(services.examples))
+    recipe = Recipe.load(overrides=overrides)
+    recipe.training.name = free_name(services, recipe)
+    return recipe
+
+
+def free_name(services: Services, recipe: Recipe) -> str:
+    """The recipe's adapter-name pattern, or the same with the first suffix -2, -3, … whose adapters are not taken."""
+    stem = re.sub(r"-\d+$", "", recipe.training.name)
+    for k in range(1, 1000):
+        candidate = dataclasses.replace(recipe.training, name=stem if k == 1 else f"{stem}-{k}")
+        if not taken(services.settings.adapters_dir, dataclasses.replace(recipe, training=candidate)):
+            return candidate.name
+    return recipe.training.name
+
+
+SERIES = {"loss": "loss", "l_sft": "L_SFT", "l_cl": "L_CL", "tgt/margin": "margin x_l", "en/margin": "margin x_en"}
+
+
+def progress(events: list[dict]) -> tuple[str, pd.DataFrame]:
+    """The status line and the curves of the adapter training now (a run trains one adapter per method in turn;
+    an experiment, one per size and seed): the same few series names every time, so the chart's legend never
+    carries an earlier run's names."""
+    logs = [e for e in events if e["event"] == "log"]
+    if not logs:
+        return "waiting for the first step…", pd.DataFrame(columns=["step", "value", "series"])
+    last = logs[-1]
+    share = last["step"] / max(last["max_steps"], 1)
+    bar = "█" * int(share * 30) + "░" * (30 - int(share * 30))
+    text = f"`{last['adapter']}` {bar} {share:.0%} · step {last['step']}/{last['max_steps']} · ETA {last['eta']:.0f} s"
+    current = [e for e in logs if e["adapter"] == last["adapter"] and e.get("log") == last.get("log")]
+    rows = [{"step": e["step"], "value": e[k], "series": name} for e in current for k, name in SERIES.items() if k in e]
+    return text, pd.DataFrame(rows, columns=["step", "value", "series"])
+
+
+def build(services: Services, visible: bool = True):
+    from clo.app.ui import judging, serving
+
+    jobs = services.jobs
+    defaults = form_defaults(services)
+    with gr.Column(visible=visible) as panel:
+        widgets = {}
+        with gr.Row():
+            for dotted in FORM[:5]:
+                section, name = dotted.split(".")
+                widgets[dotted] = widget(dotted, getattr(getattr(defaults, section), name))
+        with gr.Row():
+            for dotted in FORM[5:]:
+                section, name = dotted.split(".")
+                widgets[dotted] = widget(dotted, getattr(getattr(defaults, section), name))
+        upload = gr.File(label="…or upload a JSONL of English pairs (prompt_en / response_en)", file_types=[".jsonl"])
+        preview = gr.Code(label="The command that will run", language="shell", wrap_lines=True)
+        with gr.Row():
+            start = gr.Button("Start", variant="primary")
+            stop = gr.Button("Stop", variant="stop")
+        status = gr.Markdown(elem_id="train-status")
+        plot = gr.LinePlot(x="step", y="value", color="series", label="loss, L_SFT, L_CL, margins (the adapter training now)",
+                           elem_id="loss-plot")
+        tail = gr.Code(label="Log", language=None, wrap_lines=True)
+        serving_lang, serving_form, serving_refresh, serving_outputs = serving.build(services)
+        judge_refresh, judge_outputs = judging.build(services)
+        runs = {}  # the experiments the offline models bring (clo.models.table): name -> (button, summary, plot)
+        for entry in experiments():
+            with gr.Accordion(entry.experiment.title, open=False):
+                gr.Markdown(entry.experiment.about)
+                runs[entry.name] = (gr.Button(entry.experiment.button), gr.Markdown(),
+                                    gr.Image(label="CLO vs SFT by data size", type="filepath", interactive=False))
+    timer = gr.Timer(2, active=False)  # polls only on an admin's page, with the Train tab open and a job there
+    keys = list(widgets)
+
+    def values_of(args) -> dict:
+        return dict(zip(keys, args))
+
+    def on_upload(file, request: gr.Request):
+        if file is None:
+            return gr.update()
+        try:
+            return jobs.upload(request, file if isinstance(file, str) else file.name)
+        except CLOError as e:
+            raise gr.Error(str(e)) from None
+
+    def on_preview(*args):
+        try:
+            recipe = recipe_from_form(values_of(args))
+        except CLOError as e:
+            return f"# {e}"
+        flags = " ".join(f"--{k} {shlex.quote(','.join(v) if isinstance(v, list) else str(v))}" for k, v in values_of(args).items()
+                         if v not in (None, ""))
+        warning = misfit(recipe, services.settings.model)
+        return (f"python -m clo train {flags}\n# = {', '.join(recipe.adapter_name(m) for m in recipe.method.method)}"
+                + (f"\n# warning: {warning}" if warning else ""))
+
+    def on_start(request: gr.Request, *args):  # the request first: Gradio passes it by position
+        try:
+            job = jobs.start(request, recipe_from_form(values_of(args)))
+        except CLOError as e:
+            raise gr.Error(str(e)) from None
+        return f"started: `{job['command']}`", gr.Timer(active=True)
+
+    def on_stop(request: gr.Request):
+        try:
+            return f"training {jobs.stop(request)}; no adapter was written"
+        except CLOError as e:
+            raise gr.Error(str(e)) from None
+
+    def experiment_starter(name: str):
+        def on_experiment_start(request: gr.Request):
+            try:
+                job = jobs.start_experiment(request, name)
+            except CLOError as e:
+                raise gr.Error(str(e)) from None
+            return f"started: `{job['command']}`", "", None, gr.Timer(active=True)
+        return on_experiment_start
+
+    unchanged = [gr.update()] * len(serving_outputs)
+
+    def next_name(args) -> dict:
+        try:
+            return gr.update(value=free_name(services, recipe_from_form(values_of(args))))
+        except CLOError:
+            return gr.update()
+
+    def on_tick(request: gr.Request, serving_code, *form):  # the request first: Gradio passes it by position
+        try:
+            added = jobs.hot_load(request)  # loads what the job finished: admins only, like every change
+        except CLOError as e:
+            raise gr.Error(str(e)) from None
+        events = jobs.events()
+        if not events and not jobs.current():  # no job: stop polling until one starts
+            return [gr.update()] * (4 + 2 * len(runs)) + unchanged + [gr.Timer(active=False)]
+        text, frame = progress(events)
+        result = jobs.result()
+        finished = not jobs.running() and (result or any(e["event"] == "done" for e in events))
+        if not jobs.running() and any(e["event"] == "stopped" for e in events):
+            text = "stopped; no adapter was written"
+        elif finished and (job := jobs.current() or {}).get("experiment") in runs:
+            replaced = lookup(job["experiment"]).experiment.replaces_served(services.settings.model)
+            text += ("\n\n✅ finished; the served adapters were replaced by this run's" if replaced else
+                     "\n\n✅ finished; its table and plot are below")
+        elif finished:
+            names = ", ".join(f"`{n}`" for n in jobs.loaded_names())
+            text += (f"\n\n✅ finished: {names} loaded and listed under Serving below. Compare and Arena serve it "
+                     "only once you choose it there.")
+        shown = (jobs.current() or {}).get("experiment")  # an experiment's table and plot go under its own button
+        results = [part for name in runs for part in (result if result and name == shown else (gr.update(), gr.update()))]
+        # a new adapter took its name: the form moves on to a free one, and the Serving lists show the new adapter
+        fresh = [next_name(form)] + serving_refresh(serving_code) if added else [gr.update()] + unchanged
+        return [text, frame, jobs.tail()] + results + fresh + [gr.update()]
+
+    inputs = [widgets[k] for k in keys]
+    upload.change(on_upload, upload, widgets["data.source"], api_visibility="private")
+    for w in inputs:
+        w.change(on_preview, inputs, preview, api_visibility="private")
+    start.click(on_start, inputs, [status, timer], api_visibility="private")
+    stop.click(on_stop, None, status, api_visibility="private")
+    for name, (button, summary, image) in runs.items():
+        button.click(experiment_starter(name), None, [status, summary, image, timer], api_visibility="private")
+    timer.tick(on_tick, [serving_lang, *inputs], [status, plot, tail, *[p for r in runs.values() for p in r[1:]],
+                                                  widgets["training.name"], *serving_outputs, timer],
+               api_visibility="private", show_progress="hidden", concurrency_id="poll")
+    return (panel, timer, on_preview, inputs, preview, serving_lang, serving_refresh, serving_outputs, judge_refresh,
+            judge_outputs)

@@ -1,0 +1,1 @@
+"""Evaluation: language ID, the vote store, ratings and the LLM judge."""
