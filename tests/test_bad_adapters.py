@@ -76,7 +76,7 @@ def test_an_adapter_that_transformers_loads_on_its_base_is_refused(adapter, tiny
     repo = shutil.copytree(adapter, tmp_path / "org--adapter")
     for f in tiny_model.glob("tokenizer*"):
         shutil.copy(f, repo)
-    monkeypatch.setattr(models, "locate", lambda name, **kw: Source(name, "model", "--model", False, True))
+    monkeypatch.setattr(load, "locate", lambda name, **kw: Source(name, "model", "--model", False, True))
     with pytest.raises(CLOError) as e:
         load.load_base(ModelConfig(name_or_path=str(repo)), verbose=False)
     assert str(e.value) == (f"{repo} is a LoRA adapter, not a base model; its base is {tiny_model}; "
