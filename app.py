@@ -23,7 +23,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 from clo import CLOError
 from clo.app.ui import CSS, build_app
-from clo.app.context import Settings, debug_wanted, start
+from clo.app.context import start
+from clo.app.settings import Settings, debug_wanted
 
 
 def refuse(error: Exception, argv: list[str]):

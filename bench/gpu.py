@@ -12,7 +12,7 @@ Parts (each in its own interpreter, so one's failure or memory does not touch th
              (double quantisation) on the CPU and on the GPU, float32 and bf16 compute, against float32 on the
              dequantised weights (the exact gradient of the quantised model) and against the unquantised weights.
              Prints the max relative difference, and any warning bitsandbytes raised in the backward pass.
-    train    per shape, through clo.train.trainer (the code `python -m clo train` runs): CLO and SFT on a QLoRA base
+    train    per shape, through clo.train.run (the code `python -m clo train` runs): CLO and SFT on a QLoRA base
              (4-bit nf4, double quantisation, bf16 compute, gradient checkpointing, LoRA r 16 on q/k/v/o),
              CLO on a bf16 base without quantisation, and TRL's DPOTrainer with its NLL term
              (loss_type sigmoid + sft, weights 0.5/0.5) on the same rows and the same QLoRA base. Per training
@@ -319,15 +319,16 @@ def train_worker(spec: dict) -> dict:
     """One shape and one base (QLoRA or bf16): its methods one after another on the same loaded base."""
     import torch
 
-    import clo.train.trainer
+    import clo.train.batches
+    import clo.train.run
 
     quantized = spec["base"] == "qlora"
     methods = [m for m in spec["methods"] if m != "trl"]
     recipe = train_recipe(spec, ",".join(methods), quantized)
     results = {}
-    s = clo.train.trainer.setup(recipe)
+    s = clo.train.run.setup(recipe)
     loaded = memory_now_mb()
-    reference = clo.train.trainer.add_reference_logps
+    reference = clo.train.run.add_reference_logps
 
     for method in methods:
         name = f"{method}-{spec['base']}"
@@ -340,12 +341,12 @@ def train_worker(spec: dict) -> dict:
             sync()
             r["reference_s"] = time.perf_counter() - started
 
-        clo.train.trainer.add_reference_logps = timed_reference
+        clo.train.run.add_reference_logps = timed_reference
         reset_peak()
-        peft_model, trainer = clo.train.trainer.fit(s, recipe, method, Path(spec["work"]) / "runs", callbacks=[timer])
+        peft_model, trainer = clo.train.run.fit(s, recipe, method, Path(spec["work"]) / "runs", callbacks=[timer])
         r["peak_mb"] = peak_mb()
         r["checkpointing"] = bool(getattr(peft_model.get_base_model(), "is_gradient_checkpointing", False))
-        keys = clo.train.trainer.needed_keys(method)
+        keys = clo.train.batches.needed_keys(method)
         r["tokens_per_pair"] = sum(len(f[f"{k}_input_ids"]) for f in s.features for k in keys) / len(s.features)
         r["flops_per_step"] = count_flops(trainer)
         results[name] = finish(r, timer, spec)
@@ -353,7 +354,7 @@ def train_worker(spec: dict) -> dict:
         s.model = peft_model.unload()
         gc.collect()
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    clo.train.trainer.add_reference_logps = reference
+    clo.train.run.add_reference_logps = reference
     if "trl" in spec["methods"] and quantized:
         results["trl-qlora"] = trl_method(spec, recipe, s)
     return results
@@ -468,7 +469,8 @@ def numeric_worker(spec: dict) -> dict:
     from clo.train.data import SAMPLE
     from clo.load import train_4bit_on_cpu
     from clo.train.objective import KEYS, clo_loss, token_mean_nll
-    from clo.train.trainer import PairCollator, add_reference_logps, group_logps, tokenize_rows
+    from clo.train.batches import PairCollator, tokenize_rows
+    from clo.train.logps import add_reference_logps, group_logps
 
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 on the GPU means float32
     model_dir = spec["model_dir"]

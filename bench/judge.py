@@ -34,7 +34,7 @@ TARGET = 4.0
 
 def start_server(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
     from clo import CLOError
-    from clo.evaluate.judge import JudgeClient
+    from clo.evaluate.judge.client import JudgeClient
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,7 +55,7 @@ def start_server(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def pairs(n: int, tag: str):
-    from clo.evaluate.judge import Item
+    from clo.evaluate.judge.run import Item
 
     return [Item("ko", f"[{tag}] 질문 {i}: 서울에서 가 볼 만한 곳을 알려 주세요.",
                  {"clo-ko": f"경복궁과 북촌 한옥마을을 추천합니다. {i} " * (1 + i % 3),
@@ -63,7 +63,8 @@ def pairs(n: int, tag: str):
 
 
 def measure(url: str, model: str, n: int, concurrency: int, tag: str) -> dict:
-    from clo.evaluate.judge import JudgeClient, judge_items
+    from clo.evaluate.judge.client import JudgeClient
+    from clo.evaluate.judge.run import judge_items
     from clo.evaluate.store import open_store
 
     with tempfile.TemporaryDirectory() as tmp:

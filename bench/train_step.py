@@ -3,7 +3,7 @@
 All three train the same LoRA (r 16, α 32, no dropout, on q/k/v/o) of the same random model on the same
 cross-lingual rows of the shipped sample, in float32 on the CPU, side by side in one run:
 
-    clo            the project's path, clo.train.trainer.setup -> fit, method clo (λ·L_SFT + (1−λ)·L_CL, π_ref precomputed
+    clo            the project's path, clo.train.run.setup -> fit, method clo (λ·L_SFT + (1−λ)·L_CL, π_ref precomputed
                    once), back-propagating one sequence at a time (training.backward = sequence, the default)
     clo-direction  the same with training.backward = direction: the x_l pair, then the x_en pair
     sft  the same path, method sft (NLL of y_l | x_l only): the memory floor at the same pairs per step
@@ -159,24 +159,25 @@ def worker(method: str, args, model_dir: Path, work: Path) -> dict:
     import torch
     import trl  # noqa: F401
 
-    import clo.train.trainer
+    import clo.train.batches
+    import clo.train.run
 
     recipe = recipe_for(method, args, model_dir, work)
     timer, result = step_timer(), {"method": method, "pairs": recipe.data.pairs}
     if method in ("clo", "clo-direction", "sft"):
-        s = clo.train.trainer.setup(recipe)
+        s = clo.train.run.setup(recipe)
         make_resident(s.model)
         result["loaded_mb"] = rss_mb()
-        reference = clo.train.trainer.add_reference_logps  # fit calls it by module name: time the one-off π_ref pass
+        reference = clo.train.run.add_reference_logps  # fit calls it by module name: time the one-off π_ref pass
 
         def timed_reference(*a, **kw):
             started = time.perf_counter()
             reference(*a, **kw)
             result["reference_s"], result["reference_peak_mb"] = time.perf_counter() - started, peak_rss_mb()
 
-        clo.train.trainer.add_reference_logps = timed_reference
-        clo.train.trainer.fit(s, recipe, recipe.method.method[0], work / "runs", callbacks=[timer])
-        keys = clo.train.trainer.needed_keys(recipe.method.method[0])  # the sequences π_θ sees per pair
+        clo.train.run.add_reference_logps = timed_reference
+        clo.train.run.fit(s, recipe, recipe.method.method[0], work / "runs", callbacks=[timer])
+        keys = clo.train.batches.needed_keys(recipe.method.method[0])  # the sequences π_θ sees per pair
         result["tokens_per_pair"] = sum(len(f[f"{k}_input_ids"]) for f in s.features for k in keys) / len(s.features)
     else:
         result.update(run_trl(recipe, timer, work))

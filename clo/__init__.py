@@ -1,7 +1,7 @@
 """Cross-Lingual Optimization (CLO, Lee et al., ACL 2025) as a small library.
 
     from clo.config import Recipe
-    from clo.train.trainer import train
+    from clo.train.run import train
     train(Recipe.load("recipes/demo.yaml"))
 
 or from the shell: `python -m clo prepare|train --help`.

@@ -20,45 +20,14 @@ Precedence: dataclass defaults < --config FILE < options.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import math
 import os
 import sys
-import typing
 from pathlib import Path
 
 from clo import CLOError
-from clo.config import SECTIONS, Recipe, base_type
-
-
-def add_recipe_options(parser: argparse.ArgumentParser) -> None:
-    """One option per dataclass field, grouped by section, with the field's help text and default."""
-    parser.add_argument("--config", metavar="FILE", help="YAML recipe (see recipes/); options below override it")
-    for section, cls in SECTIONS.items():
-        group = parser.add_argument_group(f"{section} ({cls.__name__})")
-        for f in dataclasses.fields(cls):
-            dest = f"{section}.{f.name}"
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            if isinstance(default, list):
-                default = ",".join(default)
-            choices = f.metadata.get("choices")
-            tp, _ = base_type(f)
-            metavar = "{" + ",".join(choices) + "}" if choices else ("A,B,..." if typing.get_origin(tp) is list else tp.__name__.upper())
-            help_text = f"{f.metadata['help']} (default: {default})".replace("%", "%%")
-            flags = [f"--{dest}"]
-            cli = f.metadata.get("cli")
-            if cli and tp is bool:  # a bare switch, e.g. --overwrite
-                group.add_argument(cli, dest=dest, action="store_const", const="true", default=argparse.SUPPRESS,
-                                   help=f"same as --{dest} true")
-            elif cli:
-                flags.insert(0, cli)
-            group.add_argument(*flags, dest=dest, metavar=metavar, default=argparse.SUPPRESS, help=help_text)
-
-
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    overrides = {k: v for k, v in vars(args).items() if "." in k}
-    return Recipe.load(args.config, overrides)
+from clo.cli import add_options, add_recipe_options, finite_float, from_args, recipe_from_args
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -75,7 +44,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from clo.train.trainer import train
+    from clo.train.run import train
 
     recipe = recipe_from_args(args)
     for path in train(recipe):
@@ -96,7 +65,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from clo.models.table import entry_for
 
     entry = entry_for(args.model)
-    judge = entry.detect if entry else None  # an offline model's own detector (the miniature's words) first
+    detector = entry.detect if entry else None  # an offline model's own detector (the miniature's words) first
     variants = [BASE, *[v for v in engine.variants() if v != BASE]]
     sampling = Sampling(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
     if args.prompts:
@@ -121,7 +90,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if a.error:  # the request failed: its partial text is not an answer, so show why instead
             head, text = [f"{a.variant}", "[failed]", "-" * width], a.error
         else:
-            d = detect(a.text, judge)
+            d = detect(a.text, detector)
             mark = "" if not args.lang or d.code == "unknown" else (" ✓" if d.code == args.lang else " ✗")
             head, text = [f"{a.variant}", f"[{d.code}{mark}] {a.tokens} tok, {a.tokens_per_second:.1f} tok/s", "-" * width], a.text
         body = [line for para in text.splitlines() or [""] for line in textwrap.wrap(para, width) or [""]]
@@ -147,7 +116,8 @@ def load_prompts(source: str, lang: str, limit: int) -> list[str]:
 
 
 def cmd_votes_export(args: argparse.Namespace) -> None:
-    from clo.evaluate.store import export_votes, open_store
+    from clo.evaluate.export import export_votes
+    from clo.evaluate.store import open_store
 
     store = open_store(args.db, read_only=True)  # exporting changes nothing in the store
     out = args.out or f"votes.{args.format or 'parquet'}"
@@ -155,21 +125,25 @@ def cmd_votes_export(args: argparse.Namespace) -> None:
     print(f"wrote {len(store.votes(args.lang))} votes to {path}")
 
 
-def cmd_leaderboard(args: argparse.Namespace) -> None:
+def cmd_leaderboard(args: argparse.Namespace) -> dict | None:
+    """Print the Leaderboard's tables (clo.evaluate.board, as the app's tab computes them) and return them."""
     import pandas as pd
 
-    from clo.evaluate.ratings import HUMAN, agreement, judges, leaderboard
+    from clo.evaluate.board import judge_board, leaderboard
+    from clo.evaluate.ratings import judges
     from clo.evaluate.store import open_store
 
     battles = open_store(args.db, read_only=True).votes()  # reading changes nothing in the store
     if battles.empty:
         print(f"no votes in {args.db} yet")
-        return
-    rater = args.judge or HUMAN
+        return None
     if args.judge and args.judge not in judges(battles):
         raise CLOError(f"no votes by the judge {args.judge!r} in {args.db}; its judges: "
                        f"{', '.join(judges(battles)) or 'none'}")
-    tables = leaderboard(battles, language=args.lang, focus=args.focus, n_bootstrap=args.bootstrap, rater=rater)
+    if args.judge:
+        tables = judge_board(battles, args.judge, args.lang, args.focus, n_bootstrap=args.bootstrap)
+    else:
+        tables = leaderboard(battles, language=args.lang, focus=args.focus, n_bootstrap=args.bootstrap)
     print(f"# the judge {args.judge}'s verdicts (the people's votes are left out)" if args.judge
           else "# the people's votes (judge votes are left out: --judge NAME shows a judge's)")
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.3g}".format):
@@ -181,11 +155,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
                 continue
             print(f"\n## {title}{f' — {args.lang}' if args.lang else ''}\n{tables[key].to_string()}")
     if args.judge:
-        a = agreement(battles, args.judge, args.lang, n_bootstrap=args.bootstrap)
-        print(f"\n## agreement with the people on the battles both judged\n" + (
+        a, first = tables["agreement"], tables["first_shown"]
+        print("\n## agreement with the people on the battles both judged\n" + (
             f"{a['n']} battles: {100 * a['agreement']:.1f}% agree [95% CI {100 * a['agreement_lower']:.1f}, "
             f"{100 * a['agreement_upper']:.1f}], Cohen's κ {a['kappa']:.2f} [{a['kappa_lower']:.2f}, {a['kappa_upper']:.2f}]"
             if a["n"] else "none: the people have not voted on the answers this judge judged"))
+        print("\n## position bias\n" + ("no verdict named a side" if math.isnan(first) else
+              f"{100 * first:.1f}% of its verdicts named the answer shown first (about 50%: no position bias)"))
+    return tables
 
 
 def cmd_space_build(args: argparse.Namespace) -> None:
@@ -234,7 +211,7 @@ def cmd_miniature(args: argparse.Namespace) -> None:
     from clo.models.miniature.base import base_model
     from clo.experiments.miniature import MiniatureConfig, run
 
-    cfg = config_from_args(MiniatureConfig, args)
+    cfg = from_args(MiniatureConfig, args)
     if args.no_app_adapters:
         cfg.app_adapters = None
     if args.rebuild_base or args.only_base:
@@ -246,38 +223,7 @@ def cmd_miniature(args: argparse.Namespace) -> None:
 def cmd_replicate(args: argparse.Namespace) -> None:
     from clo.experiments.replicate import ReplicateConfig, run
 
-    run(config_from_args(ReplicateConfig, args))
-
-
-def config_from_args(cls, args: argparse.Namespace):
-    """An experiment's config dataclass: its defaults, with the options given on the command line."""
-    cfg = cls()
-    for f in dataclasses.fields(cls):
-        value = getattr(args, f"opt_{f.name}", None)
-        if value is not None:
-            setattr(cfg, f.name, value)
-    return cfg
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers ≥ 0, got {text!r}")
-    return values
-
-
-def _finite_float(text: str) -> float:
-    """argparse type: a float that is a number (nan, inf and -inf are refused, naming the value)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
+    run(from_args(ReplicateConfig, args))
 
 
 def _lang(text: str) -> str:
@@ -290,29 +236,10 @@ def _lang(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _names(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
-
-
-def add_config_options(p: argparse.ArgumentParser, cls) -> None:
-    """One option per field of an experiment's config dataclass, with its help text and default."""
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if isinstance(default, list):  # sizes and seeds are integers, methods are names
-            kind, metavar, shown = (_int_list if isinstance(default[0], int) else _names), "A,B,...", ",".join(map(str, default))
-        elif default is None:  # optional numbers: the annotation says which
-            kind = _finite_float if "float" in str(f.type) else int
-            metavar, shown = kind.__name__.upper().lstrip("_"), "none"
-        else:
-            kind, metavar, shown = (_finite_float if isinstance(default, float) else type(default)), type(default).__name__.upper(), default
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f"opt_{f.name}", type=kind, default=None, metavar=metavar,
-                       help=f"{f.metadata['help']} (default: {shown})".replace("%", "%%"))
-
-
 def add_miniature_options(p: argparse.ArgumentParser) -> None:
     from clo.experiments.miniature import MiniatureConfig
 
-    add_config_options(p, MiniatureConfig)
+    add_options(p, MiniatureConfig)
     p.add_argument("--no-app-adapters", action="store_true", help="leave models/miniature/adapters as they are")
     p.add_argument("--rebuild-base", action="store_true", help="pretrain the base model again even if it is cached")
     p.add_argument("--only-base", action="store_true", help="build (or check) the cached base model and stop")
@@ -342,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", metavar="sample|FILE", help="instead of one prompt: language fidelity over these prompts")
     p.add_argument("--limit", type=int, default=20, help="with --prompts: how many")
     p.add_argument("--max-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=_finite_float, default=0.0, help="0 = greedy")
+    p.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_generate)
 
@@ -367,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "instead of the people's, and its agreement with them")
     p.set_defaults(func=cmd_leaderboard)
 
-    from clo.evaluate.judge import add_parser as add_judge_parser
+    from clo.evaluate.judge.cli import add_parser as add_judge_parser
 
     add_judge_parser(sub)
 
@@ -380,10 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     from clo.experiments.replicate import ReplicateConfig
 
     p = sub.add_parser("replicate", help="English retention on a real model: SFT vs CLO at several data sizes",
-                       description="Train SFT and CLO adapters at each size and seed through clo.train.trainer, answer held-out "
+                       description="Train SFT and CLO adapters at each size and seed through clo.train.run, answer held-out "
                        "English and target-language prompts and a set of English facts greedily, and report English "
                        "fidelity, facts accuracy and target fidelity (table and plot under runs/replicate/).")
-    add_config_options(p, ReplicateConfig)
+    add_options(p, ReplicateConfig)
     p.set_defaults(func=cmd_replicate)
 
     from clo.app.space import HARDWARE
@@ -435,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except Exception as e:
-        from clo.train.trainer import TrainingStopped
+        from clo.train import TrainingStopped
 
         if isinstance(e, TrainingStopped):
             print("stopped: no adapter was written", file=sys.stderr)

@@ -16,7 +16,7 @@ with them split. A chat whose contents hold no special-token text (nearly every 
 before, so its ids are exactly what they always were (cutting text at a content's edges could change how some
 tokenizers split it: SentencePiece's leading space, a BPE merge across the edge). Used by both in-process engines
 (the PEFT engine's batch; the ids handed to vLLM), by the remote engine when the server's model folder is readable
-here (it then sends ids), and by training (`clo.train.trainer.encode`); the judge's server renders its chats itself
+here (it then sends ids), and by training (`clo.train.batches.encode`); the judge's server renders its chats itself
 (clo.evaluate.judge escapes what it embeds).
 """
 

@@ -1,7 +1,8 @@
 """Typed configuration: one dataclass per concern, grouped in a `Recipe`.
 
-The same classes feed the YAML recipes in `recipes/`, the command line (`python -m clo train --help`
-lists every field as `--section.field`, plus the short aliases such as `--lang`) and the app's forms.
+The same classes feed the YAML recipes in `recipes/`, the command line (clo.cli: `python -m clo train --help`
+lists every field as `--section.field`, plus the short aliases such as `--lang`) and the app's forms. Each field is
+made with `option(default, help, ...)`, which the experiment configs and the app's settings use too.
 
     recipe = Recipe.load("recipes/demo.yaml", overrides={"data.target_lang": "sw"})
     recipe.save("run.yaml")
@@ -26,11 +27,16 @@ from clo.models.table import canonical
 METHODS = ("clo", "sft", "dpo", "orpo")
 
 
-def _f(default: Any, help: str, cli: str | None = None, choices: tuple | None = None, label: str | None = None,
-       normalize: Any = None, **kw) -> Any:
-    """A dataclass field carrying its help text, an optional short flag, the allowed values and a form label;
-    `normalize` maps an accepted spelling to the canonical value (kor, KO, ko-KR → ko)."""
-    meta = {"help": help, "cli": cli, "choices": choices, "label": label, "normalize": normalize}
+def option(default: Any = dataclasses.MISSING, help: str = "", cli: str | bool | None = None, choices: tuple | None = None,
+           label: str | None = None, normalize: Any = None, env: str | None = None, from_env: Any = None,
+           positive: bool = False, **kw) -> Any:
+    """A dataclass field carrying its command-line option (clo.cli turns such fields into options and back): its help
+    text; `cli`, its flag (a recipe field's short alias; False: none, the environment variable alone); the allowed
+    values; a form label; `normalize`, mapping an accepted spelling to the canonical value (kor, KO, ko-KR → ko);
+    `env`, the CLO_* environment variable read when the flag is not given (`from_env(raw)` reads it when the type's
+    reading does not fit); `positive`, a number above 0. A list default is copied for each instance."""
+    meta = {"help": help, "cli": cli, "choices": choices, "label": label, "normalize": normalize, "env": env,
+            "from_env": from_env, "positive": positive}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta, **kw)
     return field(default=default, metadata=meta, **kw)
@@ -38,25 +44,25 @@ def _f(default: Any, help: str, cli: str | None = None, choices: tuple | None = 
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = _f("Qwen/Qwen2.5-0.5B-Instruct", "Base chat model π_ref: a hub id, a local folder, or a shorthand "
+    name_or_path: str = option("Qwen/Qwen2.5-0.5B-Instruct", "Base chat model π_ref: a hub id, a local folder, or a shorthand "
                            "made into a folder on first use (python -m clo models list).", cli="--model", label="Base model π_ref",
                            normalize=canonical)
-    revision: str | None = _f(None, "Hub revision (branch, tag or commit) of the base model.")
-    load_in_4bit: str = _f(
+    revision: str | None = option(None, "Hub revision (branch, tag or commit) of the base model.")
+    load_in_4bit: str = option(
         "auto",
         "QLoRA: load the base in 4-bit nf4. auto = when CUDA and bitsandbytes are present; true forces it (CPU works, slowly).",
         choices=("auto", "true", "false"),
         label="4-bit base (QLoRA)",
     )
-    trust_remote_code: bool = _f(False, "Run modelling code shipped with the model repository. Off unless you trust it.")
+    trust_remote_code: bool = option(False, "Run modelling code shipped with the model repository. Off unless you trust it.")
 
 
 @dataclass
 class LoraConfig:
-    r: int = _f(16, "LoRA rank.", cli="--lora-rank", label="LoRA rank r")
-    alpha: int = _f(32, "LoRA scaling α (the update is scaled by α / r).")
-    dropout: float = _f(0.05, "Dropout on the LoRA input.")
-    target_modules: list[str] = _f(
+    r: int = option(16, "LoRA rank.", cli="--lora-rank", label="LoRA rank r")
+    alpha: int = option(32, "LoRA scaling α (the update is scaled by α / r).")
+    dropout: float = option(0.05, "Dropout on the LoRA input.")
+    target_modules: list[str] = option(
         ["q_proj", "k_proj", "v_proj", "o_proj"],
         "Modules that get LoRA. The paper trains the attention layers only.",
     )
@@ -64,92 +70,92 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    target_lang: str = _f("ko", "Target language l (ISO 639-1: ko, zh, de, id, sw, yo, ...; kor, ko-KR, KO mean ko).",
+    target_lang: str = option("ko", "Target language l (ISO 639-1: ko, zh, de, id, sw, yo, ...; kor, ko-KR, KO mean ko).",
                           cli="--lang", label="Target language l", normalize=lang_code)
-    source: str = _f(
+    source: str = option(
         "sample",
         "English SFT pairs (x_en, y_en): 'sample' (shipped in assets/), 'miniature' (synthetic tasks with an exact "
         "translation, --lang mini), a local .jsonl/.json/.csv file, or a Hugging Face dataset id (OpenAssistant/oasst1 gets the paper's top-ranked single-turn selection).",
         cli="--data",
         label="English pairs (x_en, y_en)",
     )
-    split: str = _f("train", "Split of a hub dataset.")
-    prompt_field: str = _f("prompt_en", "Field holding the English instruction x_en.")
-    response_field: str = _f("response_en", "Field holding the English answer y_en.")
-    target_prompt_field: str = _f("prompt_{lang}", "Field holding x_l when the file carries its own translations.")
-    target_response_field: str = _f("response_{lang}", "Field holding y_l when the file carries its own translations.")
-    pairs: int = _f(200, "Number of cross-lingual pairs to train on (the paper: 6,400).", cli="--pairs", label="Cross-lingual pairs")
-    seed: int = _f(42, "Seed of the pair selection.")
-    translator: str = _f(
+    split: str = option("train", "Split of a hub dataset.")
+    prompt_field: str = option("prompt_en", "Field holding the English instruction x_en.")
+    response_field: str = option("response_en", "Field holding the English answer y_en.")
+    target_prompt_field: str = option("prompt_{lang}", "Field holding x_l when the file carries its own translations.")
+    target_response_field: str = option("response_{lang}", "Field holding y_l when the file carries its own translations.")
+    pairs: int = option(200, "Number of cross-lingual pairs to train on (the paper: 6,400).", cli="--pairs", label="Cross-lingual pairs")
+    seed: int = option(42, "Seed of the pair selection.")
+    translator: str = option(
         "auto",
         "How x_l, y_l are made: auto (translations in the file if present, else m2m100), file, m2m100 or nllb.",
         choices=("auto", "file", "m2m100", "nllb"),
     )
-    translator_model: str | None = _f(
+    translator_model: str | None = option(
         None,
         "Translation model; default facebook/m2m100_418M (m2m100) or facebook/nllb-200-distilled-600M (nllb). "
         "The paper used facebook/m2m100_1.2B.",
     )
-    translation_batch_size: int = _f(16, "Texts per translation batch.")
-    cache_dir: str = _f("cache", "Where translations and built datasets are cached (by content hash).")
+    translation_batch_size: int = option(16, "Texts per translation batch.")
+    cache_dir: str = option("cache", "Where translations and built datasets are cached (by content hash).")
 
 
 @dataclass
 class MethodConfig:
-    method: list[str] = _f(
+    method: list[str] = option(
         ["clo"],
         "Objective(s), one adapter each: clo (λ·L_SFT + (1−λ)·L_CL), sft, dpo (L_CL alone) or orpo.",
         cli="--method",
         label="Methods (one adapter each)",
     )
-    lam: float = _f(0.5, "λ in L_CLO = λ·L_SFT + (1−λ)·L_CL. The paper: 0.5.")
-    beta: float = _f(0.1, "β of the cross-lingual DPO term L_CL (not published; 0.1 is the usual DPO default).")
-    orpo_lambda: float = _f(0.1, "Weight of the odds-ratio term in ORPO.")
-    sft_english: bool = _f(False, "SFT also trains on the English pairs (y_en | x_en), not only on y_l | x_l.")
+    lam: float = option(0.5, "λ in L_CLO = λ·L_SFT + (1−λ)·L_CL. The paper: 0.5.")
+    beta: float = option(0.1, "β of the cross-lingual DPO term L_CL (not published; 0.1 is the usual DPO default).")
+    orpo_lambda: float = option(0.1, "Weight of the odds-ratio term in ORPO.")
+    sft_english: bool = option(False, "SFT also trains on the English pairs (y_en | x_en), not only on y_l | x_l.")
 
 
 @dataclass
 class TrainingConfig:
-    name: str = _f(
+    name: str = option(
         "{method}-{lang}",
         "Adapter folder under adapters_dir; {method} and {lang} are filled in.",
         cli="--name",
         label="Adapter name",
     )
-    adapters_dir: str = _f("adapters", "Where finished adapters are written.", cli="--adapters-dir")
-    runs_dir: str = _f("runs", "Where each run's JSONL log and checkpoints go while it trains.")
-    overwrite: bool = _f(False, "Replace an existing adapter of the same name.", cli="--overwrite")
-    max_steps: int = _f(-1, "Optimizer steps; -1 = train for `epochs`.", cli="--max-steps", label="Max steps (−1: by epochs)")
-    epochs: float = _f(1.0, "Passes over the pairs when max_steps is -1.", cli="--epochs", label="Epochs")
-    batch_size: int = _f(4, "Cross-lingual pairs per device per forward.", cli="--batch-size")
-    grad_accum: int = _f(1, "Gradient accumulation steps (pairs per step = batch_size × grad_accum).")
-    learning_rate: float = _f(1e-4, "Peak learning rate.", cli="--lr")
-    lr_scheduler: str = _f("cosine", "Learning-rate schedule (transformers' names).")
-    warmup: float = _f(0.03, "Warm-up: a fraction of the steps if < 1, else a number of steps.")
-    max_length: int = _f(512, "Longest prompt + answer, in tokens.")
-    max_prompt_length: int = _f(256, "Longest prompt, in tokens (longer prompts keep their end).")
-    overlong: str = _f(
+    adapters_dir: str = option("adapters", "Where finished adapters are written.", cli="--adapters-dir")
+    runs_dir: str = option("runs", "Where each run's JSONL log and checkpoints go while it trains.")
+    overwrite: bool = option(False, "Replace an existing adapter of the same name.", cli="--overwrite")
+    max_steps: int = option(-1, "Optimizer steps; -1 = train for `epochs`.", cli="--max-steps", label="Max steps (−1: by epochs)")
+    epochs: float = option(1.0, "Passes over the pairs when max_steps is -1.", cli="--epochs", label="Epochs")
+    batch_size: int = option(4, "Cross-lingual pairs per device per forward.", cli="--batch-size")
+    grad_accum: int = option(1, "Gradient accumulation steps (pairs per step = batch_size × grad_accum).")
+    learning_rate: float = option(1e-4, "Peak learning rate.", cli="--lr")
+    lr_scheduler: str = option("cosine", "Learning-rate schedule (transformers' names).")
+    warmup: float = option(0.03, "Warm-up: a fraction of the steps if < 1, else a number of steps.")
+    max_length: int = option(512, "Longest prompt + answer, in tokens.")
+    max_prompt_length: int = option(256, "Longest prompt, in tokens (longer prompts keep their end).")
+    overlong: str = option(
         "cut",
         "Pairs longer than max_length / max_prompt_length: cut (prompts keep their end, answers their start) or drop. "
         "Either way the run says how many.",
         choices=("cut", "drop"),
     )
-    gradient_checkpointing: str = _f("auto", "auto = on with 4-bit, off otherwise.", choices=("auto", "true", "false"))
-    backward: str = _f(
+    gradient_checkpointing: str = option("auto", "auto = on with 4-bit, off otherwise.", choices=("auto", "true", "false"))
+    backward: str = option(
         "sequence",
         "How a pair's four sequences are back-propagated, all giving the same gradient: pair (one pass, most memory), "
         "direction (x_l then x_en: half the activations) or sequence (one at a time, plus a no-grad pass over the "
         "rejected answers: the least memory, about 1/6 more compute).",
         choices=("pair", "direction", "sequence"),
     )
-    logits_chunk: int = _f(
+    logits_chunk: int = option(
         64,
         "Answer positions whose logits and log-softmax are computed at a time (recomputed in backward): the "
         "[tokens × vocabulary] float32 logits never exist whole. 0 = all at once (more memory, no recomputation).",
     )
-    logging_steps: int = _f(1, "Log every N steps.")
-    save_steps: int = _f(0, "Checkpoint every N steps into runs_dir (0 = no checkpoints).")
-    seed: int = _f(42, "Seed of LoRA initialisation and data order.")
+    logging_steps: int = option(1, "Log every N steps.")
+    save_steps: int = option(0, "Checkpoint every N steps into runs_dir (0 = no checkpoints).")
+    seed: int = option(42, "Seed of LoRA initialisation and data order.")
 
 
 SECTIONS = {

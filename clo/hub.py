@@ -24,7 +24,7 @@ from pathlib import Path
 
 from clo import CLOError
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")  # a hub repo id: name or owner/name
 
 
 @dataclass(frozen=True)
@@ -78,17 +78,13 @@ def hub_online(timeout: float = 3.0) -> bool:
 
 def locate(name: str, kind: str, flag: str) -> Source:
     """Classify `name` as a local path or a hub id; refuse a local-looking path that does not exist, and a LoRA
-    adapter folder given as a base model. A model shorthand of clo.models.table (`smollm2`, ...) becomes its folder,
-    made on first use."""
-    if kind == "model":
-        from clo.models.table import resolve_model
-
-        name = resolve_model(name)
+    adapter folder given as a base model. `name` is taken as it is: a caller that accepts a model shorthand
+    (`smollm2`, ...) resolves it first (clo.models.table.locate_model), so this leaf never builds a model."""
     if Path(name).expanduser().exists():
         if kind == "model":
             check_model_folder(Path(name).expanduser(), flag)
         return Source(str(Path(name).expanduser()), kind, flag, local=True, local_files_only=True)
-    if name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
+    if name.startswith((".", "/", "~")) or not HUB_ID.match(name):
         raise CLOError(f"{kind} path {name} does not exist")
     return Source(name, kind, flag, local=False, local_files_only=not hub_online())
 
@@ -177,7 +173,7 @@ def model_fingerprint(name_or_path: str, revision: str | None = None) -> str | N
 
 def _cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
     """The folder of `repo_id`'s snapshot in the local hub cache (the one holding its config.json), or None."""
-    if not _HUB_ID.match(repo_id) or "/" not in repo_id:
+    if not HUB_ID.match(repo_id) or "/" not in repo_id:
         return None
     try:
         from huggingface_hub import try_to_load_from_cache

@@ -76,8 +76,13 @@ def register(lang: Language) -> None:
 
 
 def registered() -> dict[str, Language]:
-    """The languages outside the table that models brought (loading clo.models.table, whose entries register theirs)."""
-    import clo.models.table  # noqa: F401  (its entries register their languages when it loads)
+    """The languages outside the table that the offline models brought.
+
+    Each entry of clo.models registers its languages (clo.models.table.register) when the package clo.models loads,
+    its __init__ importing every entry; so the package is loaded first, here, to have them all."""
+    # A lazy, upward import on purpose: clo.models imports this leaf at its top, so a module-level import would be a
+    # cycle; and it is the package, not clo.models.table, whose loading registers the entries.
+    import clo.models  # noqa: F401  (loaded for its side effect: the entries' languages are registered)
 
     return dict(_REGISTERED)
 

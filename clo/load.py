@@ -1,6 +1,6 @@
 """Loading a base chat model: local folder or hub id, QLoRA (4-bit nf4) or full precision, one line saying which.
 
-Kept apart from clo.train.trainer so that serving does not import the training stack.
+Kept apart from clo.train so that serving does not import the training stack.
 
     model, tokenizer, mode = load_base(ModelConfig(name_or_path="Qwen/Qwen2.5-0.5B-Instruct"))
 """
@@ -11,14 +11,15 @@ import torch
 
 from clo import CLOError
 from clo.config import ModelConfig
-from clo.hub import explain_missing, locate
+from clo.hub import explain_missing
+from clo.models.table import locate_model
 
 
 def load_base(cfg: ModelConfig, verbose: bool = True):
     """(model, tokenizer, mode) with mode 'qlora-4bit' or 'lora-<dtype>'; the one line saying which runs is printed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    source = locate(cfg.name_or_path, kind="model", flag="--model")
+    source = locate_model(cfg.name_or_path, flag="--model")
     cuda = torch.cuda.is_available()
     want_4bit = cfg.load_in_4bit == "true" or (cfg.load_in_4bit == "auto" and cuda and _has_bitsandbytes())
     if want_4bit and not _has_bitsandbytes():

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from test_app import free_port, make_adapters
+from conftest import free_port, make_adapters
 
 from clo.engines import Request, Sampling
 
@@ -91,7 +91,8 @@ def app(tiny_model, tmp_path_factory):
     from clo.engines.base import find_adapters
     from clo.engines.peft_engine import PeftEngine
     from clo.app.ui import build_app
-    from clo.app.context import Services, Settings
+    from clo.app.context import Services
+    from clo.app.settings import Settings
 
     work = tmp_path_factory.mktemp("admission")
     make_adapters(tiny_model, work / "adapters")
@@ -196,7 +197,7 @@ def test_fresh_sessions_of_one_address_share_its_places(app):
 
 def test_the_address_share_is_a_setting(monkeypatch):
     from clo import CLOError
-    from clo.app.context import Settings
+    from clo.app.settings import Settings
 
     assert Settings.from_args([]).queued_per_address == 16
     assert Settings.from_args(["--queued-per-address", "9"]).queued_per_address == 9

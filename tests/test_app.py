@@ -1,74 +1,22 @@
 """The app, launched for real on a tiny model with two adapters, driven through gradio_client and the Train machinery."""
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import free_port, launch_app, make_adapters
 
 from clo.train.data import SAMPLE
-from clo.models.tiny import build_random_adapter
 
 SAMPLE_ROWS = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
 SAMPLE_ROW = SAMPLE_ROWS[0]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_adapters(model: Path, folder: Path) -> Path:
-    for seed, method in enumerate(("sft", "clo"), 1):
-        path = build_random_adapter(model, folder / f"{method}-ko", seed=seed)
-        manifest = json.loads((path / "manifest.json").read_text())
-        manifest.update(method=method, target_lang="ko")
-        (path / "manifest.json").write_text(json.dumps(manifest))
-    return folder
-
-
-def launch_app(model: Path | str, work: Path, port: int | None = None, **extra_env):
-    """Start `python app.py` in `work` on a loopback port; returns (process, url) once a client can connect.
-
-    `extra_env` adds or overrides variables; None removes one."""
-    from gradio_client import Client
-
-    port = port or free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "CLO_MODEL": str(model), "CLO_ENGINE": "peft",
-           "CLO_ADAPTERS_DIR": str(work / "adapters"), "CLO_DB": str(work / "votes.db"), "CLO_PORT": str(port),
-           "CLO_MAX_PROMPT_CHARS": "2000", **extra_env}
-    env = {k: v for k, v in env.items() if v is not None}
-    log = open(work / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"app.py exited: {(work / 'app.log').read_text()[-2000:]}")
-        try:
-            Client(url, verbose=False)
-            return proc, url
-        except Exception:  # noqa: BLE001 (not up yet)
-            time.sleep(0.5)
-    proc.kill()
-    pytest.fail("app.py did not start in 120 s")
-
-
-@pytest.fixture(scope="module")
-def app_url(tiny_model, tmp_path_factory):
-    """`python app.py` on the tiny model with an SFT and a CLO adapter, on a loopback port."""
-    work = tmp_path_factory.mktemp("app")
-    make_adapters(tiny_model, work / "adapters")
-    proc, url = launch_app(tiny_model, work)
-    yield url, work
-    proc.terminate()
-    proc.wait(timeout=30)
+# `app_url` (one `python app.py` per run, shared with other files that only drive it), `launch_app`, `make_adapters`
+# and `free_port` are tests/conftest.py's
 
 
 @pytest.fixture
@@ -143,9 +91,11 @@ def test_unknown_outcome_and_battle(client):
 
 # ---- the Train tab's machinery: a real subprocess run, then the adapter is served ----
 
+@pytest.mark.slow
 def test_train_job_runs_to_the_end_and_is_hot_loaded(tiny_model, project):
     from clo.config import Recipe
-    from clo.app.context import Services, Settings
+    from clo.app.context import Services
+    from clo.app.settings import Settings
     from clo.app.ui.train import progress
 
     services = Services(Settings(model=str(tiny_model), engine="peft", adapters_dir="adapters", db="votes.db"))
@@ -179,7 +129,8 @@ def test_train_job_runs_to_the_end_and_is_hot_loaded(tiny_model, project):
 
 def test_the_train_form_fits_the_served_model(tiny_model, project):
     from clo.config import Recipe
-    from clo.app.context import Services, Settings
+    from clo.app.context import Services
+    from clo.app.settings import Settings
     from clo.app.jobs import misfit
     from clo.app.ui.train import form_defaults
 
@@ -207,9 +158,11 @@ def test_the_loss_chart_shows_the_adapter_training_now_under_fixed_series_names(
     assert list(progress([])[1].columns) == ["step", "value", "series"]
 
 
+@pytest.mark.slow
 def test_stop_ends_the_process_tree(tiny_model, project):
     from clo.config import Recipe
-    from clo.app.context import Services, Settings
+    from clo.app.context import Services
+    from clo.app.settings import Settings
 
     services = Services(Settings(model=str(tiny_model), engine="peft", adapters_dir="adapters", db="votes.db"))
     jobs = services.jobs
@@ -288,11 +241,13 @@ def test_empty_leaderboard_tables_keep_their_headers_and_numbers_are_rounded():
     assert shown("win_rate", win).iloc[0]["b (%)"] == 66.7
 
 
+@pytest.mark.slow
 def test_the_app_listens_where_the_platform_says(tiny_model, tmp_path):
     """A Space sets GRADIO_SERVER_NAME=0.0.0.0: with no --host the app listens there (checked on the socket)."""
     import psutil
 
     port = free_port()
+    # its own launch, not the shared app_url: where it listens is a setting at start (GRADIO_SERVER_NAME)
     proc, _ = launch_app(tiny_model, tmp_path, port=port, CLO_PORT=None, GRADIO_SERVER_NAME="0.0.0.0",
                          GRADIO_SERVER_PORT=str(port))
     try:
@@ -307,7 +262,8 @@ def test_the_app_listens_where_the_platform_says(tiny_model, tmp_path):
 def test_a_stored_job_of_a_stranger_is_not_trusted(tiny_model, project):
     """After a restart the job file names a pid; a live process that reused it is not our job, and Stop leaves it."""
     from clo.files import atomic_write
-    from clo.app.context import Services, Settings
+    from clo.app.context import Services
+    from clo.app.settings import Settings
     from clo.app.jobs import RUNS, Jobs, process_started
 
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
@@ -329,11 +285,13 @@ def test_a_stored_job_of_a_stranger_is_not_trusted(tiny_model, project):
         stranger.wait()
 
 
+@pytest.mark.slow
 def test_two_starts_at_once_start_one_job(tiny_model, project):
     import threading
 
     from clo.config import Recipe
-    from clo.app.context import Services, Settings
+    from clo.app.context import Services
+    from clo.app.settings import Settings
 
     services = Services(Settings(model=str(tiny_model), engine="peft", adapters_dir="adapters", db="votes.db"))
     jobs = services.jobs

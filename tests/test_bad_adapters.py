@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_clo
 
 from clo import CLOError
 from clo.engines.base import Request, Sampling, find_adapters, read_adapter
@@ -59,9 +59,7 @@ def test_adapter_folder_as_model_names_its_base(adapter, tiny_model):
 
 
 def test_adapter_folder_as_model_through_the_cli(adapter, project):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "clo", "train", "--model", str(adapter), "--max-steps", "1"], cwd=project,
-                       env=env, capture_output=True, text=True, timeout=120)
+    r = run_clo("train", "--model", str(adapter), "--max-steps", "1", cwd=project)  # in this process (conftest)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"{adapter} is a LoRA adapter folder, not a base model" in r.stderr
     assert not (project / "adapters").exists() and not (project / "runs").exists()
@@ -76,7 +74,7 @@ def test_an_adapter_that_transformers_loads_on_its_base_is_refused(adapter, tiny
     repo = shutil.copytree(adapter, tmp_path / "org--adapter")
     for f in tiny_model.glob("tokenizer*"):
         shutil.copy(f, repo)
-    monkeypatch.setattr(load, "locate", lambda name, **kw: Source(name, "model", "--model", False, True))
+    monkeypatch.setattr(load, "locate_model", lambda name, **kw: Source(name, "model", "--model", False, True))
     with pytest.raises(CLOError) as e:
         load.load_base(ModelConfig(name_or_path=str(repo)), verbose=False)
     assert str(e.value) == (f"{repo} is a LoRA adapter, not a base model; its base is {tiny_model}; "
@@ -199,7 +197,7 @@ def test_full_disk_while_saving_is_one_sentence_and_writes_nothing(project, tiny
 
     from clo.config import Recipe
     from clo.train.data import build_pairs
-    from clo.train.trainer import save_adapter
+    from clo.train.run import save_adapter
 
     recipe = Recipe.load(overrides={"model.name_or_path": str(tiny_model), "data.pairs": 2})
     model = _peft_model(tiny_model)
@@ -229,7 +227,7 @@ def test_full_disk_while_saving_is_one_sentence_and_writes_nothing(project, tiny
 def test_other_save_errors_are_not_called_a_full_disk(project, tiny_model, monkeypatch):
     from clo.config import Recipe
     from clo.train.data import build_pairs
-    from clo.train.trainer import save_adapter
+    from clo.train.run import save_adapter
 
     recipe = Recipe.load(overrides={"model.name_or_path": str(tiny_model), "data.pairs": 2})
     model = _peft_model(tiny_model)
@@ -242,7 +240,7 @@ def test_other_save_errors_are_not_called_a_full_disk(project, tiny_model, monke
 def test_overwrite_replaces_whole_and_leaves_no_hidden_folder(project, tiny_model):
     from clo.config import Recipe
     from clo.train.data import build_pairs
-    from clo.train.trainer import save_adapter
+    from clo.train.run import save_adapter
 
     recipe = Recipe.load(overrides={"model.name_or_path": str(tiny_model), "data.pairs": 2})
     model, data, dest = _peft_model(tiny_model), build_pairs(recipe.data), Path("adapters/clo-ko")
@@ -303,13 +301,13 @@ def test_staging_marks_name_the_process_not_just_its_pid(tmp_path):
 
 
 def test_train_cleans_up_before_it_starts(project, tiny_model, monkeypatch):
-    import clo.train.trainer
+    import clo.train.run
 
     left = _killed_mid_save(project / "adapters")
-    monkeypatch.setattr(clo.train.trainer, "setup", lambda *a: (_ for _ in ()).throw(CLOError("stop here")))
-    recipe = clo.train.trainer.Recipe.load(overrides={"model.name_or_path": str(tiny_model)})
+    monkeypatch.setattr(clo.train.run, "setup", lambda *a: (_ for _ in ()).throw(CLOError("stop here")))
+    recipe = clo.train.run.Recipe.load(overrides={"model.name_or_path": str(tiny_model)})
     with pytest.raises(CLOError, match="stop here"):
-        clo.train.trainer.train(recipe)
+        clo.train.run.train(recipe)
     assert not left.exists() and list((project / "adapters").iterdir()) == []
 
 

@@ -144,7 +144,7 @@ def _long_rows(n_long: int, n: int = 6) -> list[dict]:
 
 def test_tokenize_rows_marks_cuts_and_drops(tiny_model):
     from clo.train.objective import KEYS
-    from clo.train.trainer import tokenize_rows
+    from clo.train.batches import tokenize_rows
 
     tok = _tokenizer(tiny_model)
     rows = _long_rows(2)
@@ -164,7 +164,7 @@ def _recipe(tiny_model, source, **overrides) -> Recipe:
 
 @pytest.mark.parametrize("overlong, said, kept", [("cut", "were cut to fit", 6), ("drop", "were left out", 4)])
 def test_setup_says_once_how_many_pairs_were_too_long(project, tiny_model, capsys, overlong, said, kept):
-    from clo.train.trainer import setup
+    from clo.train.run import setup
 
     rows = [{k: v for k, v in r.items() if not k.endswith("_tgt")} for r in _long_rows(2)]
     write_jsonl(project / "long.jsonl", rows)
@@ -177,7 +177,7 @@ def test_setup_says_once_how_many_pairs_were_too_long(project, tiny_model, capsy
 
 
 def test_setup_refuses_when_drop_leaves_nothing(project, tiny_model):
-    from clo.train.trainer import setup
+    from clo.train.run import setup
 
     write_jsonl(project / "long.jsonl", [{k: v for k, v in r.items() if not k.endswith("_tgt")} for r in _long_rows(6)])
     with pytest.raises(CLOError, match="all 6 pairs are longer than 128 tokens .* leaves none to train on"):

@@ -309,7 +309,7 @@ def test_a_battle_is_never_made_of_a_failed_answer(server, tmp_path):
 
     from clo import CLOError
     from clo.evaluate.langid import detect
-    from clo.app.ui.arena import new_battle
+    from clo.evaluate.arena import new_battle
     from clo.evaluate.store import open_store
 
     engine = RemoteEngine(server.url, timeout=READ_TIMEOUT)

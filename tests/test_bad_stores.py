@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,34 +14,33 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, write_jsonl
-from test_votes import postgres  # noqa: F401 (the fixture: a real PostgreSQL server, or a skip saying why)
+from conftest import ROOT, free_port, run_app_py, run_clo, write_jsonl
 
 from clo import CLOError
 from clo.app.access import Access
-from clo.evaluate.store import APPLICATION_ID, MIGRATIONS, open_store
+from clo.evaluate.schema import APPLICATION_ID, MIGRATIONS
+from clo.evaluate.store import open_store
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 ENV.pop("CLO_DEBUG", None)
 
 
 def run_cli(*args: str, **env) -> subprocess.CompletedProcess:
+    """`python -m clo ARGS` in this process (conftest.run_clo): its status, stdout and stderr."""
+    return run_clo(*args, env=env, cwd=ROOT)
+
+
+def start_app(model: Path, work: Path, **env) -> subprocess.CompletedProcess:
+    """`python app.py` that is expected to refuse to start, in this process (conftest.run_app_py): its exit and its
+    whole output. test_debug_shows_the_traceback starts the real one."""
+    return run_app_py(work, {"CLO_MODEL": str(model), "CLO_ENGINE": "peft", "CLO_ADAPTERS_DIR": str(work / "adapters"),
+                             "CLO_PORT": str(free_port()), **env})
+
+
+def real_cli(*args: str, **env) -> subprocess.CompletedProcess:
+    """The real `python -m clo ARGS`, a subprocess: what the interpreter itself prints (a traceback)."""
     return subprocess.run([sys.executable, "-m", "clo", *args], capture_output=True, text=True, timeout=300,
                           env={**ENV, **env}, cwd=ROOT)
-
-
-def start_app(model: Path, work: Path, *args: str, **env) -> subprocess.CompletedProcess:
-    """`python app.py` that is expected to refuse to start: its exit and its whole output."""
-    env = {**ENV, "CLO_MODEL": str(model), "CLO_ENGINE": "peft", "CLO_ADAPTERS_DIR": str(work / "adapters"),
-           "CLO_PORT": str(free_port()), **env}
-    return subprocess.run([sys.executable, str(ROOT / "app.py"), *args], capture_output=True, text=True, timeout=300,
-                          env=env, cwd=work)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one_line(proc: subprocess.CompletedProcess) -> str:
@@ -217,13 +215,19 @@ def test_the_app_refuses_to_start_in_one_line(tiny_model, tmp_path, case):
         assert env["CLO_DB"].split(":")[2].split("@")[0] not in line  # the password
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(tiny_model, tmp_path):
     (tmp_path / "db").mkdir()
-    for proc in (run_cli("leaderboard", "--db", str(tmp_path / "db"), "--debug"),
-                 run_cli("--debug", "leaderboard", "--db", str(tmp_path / "db")),
-                 run_cli("leaderboard", "--db", str(tmp_path / "db"), CLO_DEBUG="1"),
-                 start_app(tiny_model, tmp_path, "--debug", CLO_DB=str(tmp_path / "db")),
-                 start_app(tiny_model, tmp_path, CLO_DB=str(tmp_path / "db"), CLO_DEBUG="1")):
+    # the real entry points, as subprocesses: the traceback is what the interpreter prints
+    real_app = lambda *args, **env: subprocess.run(  # noqa: E731
+        [sys.executable, str(ROOT / "app.py"), *args], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env={**ENV, "CLO_MODEL": str(tiny_model), "CLO_ENGINE": "peft", "CLO_ADAPTERS_DIR": str(tmp_path / "adapters"),
+             "CLO_PORT": str(free_port()), **env})
+    for proc in (real_cli("leaderboard", "--db", str(tmp_path / "db"), "--debug"),
+                 real_cli("--debug", "leaderboard", "--db", str(tmp_path / "db")),
+                 real_cli("leaderboard", "--db", str(tmp_path / "db"), CLO_DEBUG="1"),
+                 real_app("--debug", CLO_DB=str(tmp_path / "db")),
+                 real_app(CLO_DB=str(tmp_path / "db"), CLO_DEBUG="1")):
         assert proc.returncode != 0 and "Traceback" in proc.stderr and "CLOError: the vote store" in proc.stderr, proc.stderr
     assert "--debug" in run_cli("--help").stdout
 
@@ -310,11 +314,12 @@ def test_the_same_file_uploaded_twice_is_kept_once_and_old_uploads_go(project):
     assert not [p for p in uploads.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
+@pytest.mark.slow
 def test_the_app_unlocks_with_a_non_ascii_password_and_limits_uploads(tiny_model, tmp_path):
     """Through the running app: a wrong and the right "비밀번호" over raw HTTP, then uploads over Gradio's size
     limit (refused before anything is stored) and the same file twice (kept once)."""
     import httpx
-    from test_app import launch_app, make_adapters
+    from conftest import launch_app, make_adapters
     from test_security import queue_call
 
     make_adapters(tiny_model, tmp_path / "adapters")
@@ -348,7 +353,7 @@ def test_the_app_unlocks_with_a_non_ascii_password_and_limits_uploads(tiny_model
         proc.wait(timeout=30)
 
 
-def test_a_read_only_postgresql_store_reads_and_refuses_writes(postgres):  # noqa: F811 (the fixture)
+def test_a_read_only_postgresql_store_reads_and_refuses_writes(postgres):
     from test_votes import battle
 
     writer = open_store(postgres, seed=3)

@@ -7,21 +7,29 @@ Saves screenshots to tests/artifacts/. Skips, saying why, where chromium or Play
 """
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
+from conftest import ARTIFACTS, CHROMIUM, launch_app, make_adapters
 
-from test_app import app_url, launch_app  # noqa: F401 (the launched app fixture)
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; .ci/run does)")
 
 
-def test_battle_in_the_browser(app_url):  # noqa: F811
+@pytest.fixture(scope="module")
+def browsed_app(tiny_model, tmp_path_factory):
+    """`python app.py` on the tiny model with sft-ko and clo-ko, for the battle: not the shared app_url, whose store
+    test_app votes in (the battle counts exactly one vote)."""
+    work = tmp_path_factory.mktemp("browsed")
+    make_adapters(tiny_model, work / "adapters")
+    proc, url = launch_app(tiny_model, work)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_battle_in_the_browser(browsed_app):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
-    url, _ = app_url
+    url = browsed_app
     ARTIFACTS.mkdir(exist_ok=True)
     flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
              "--no-first-run", "--disable-sync"]
@@ -74,13 +82,13 @@ def test_battle_in_the_browser(app_url):  # noqa: F811
     assert (ARTIFACTS / "arena.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_listed_not_served_until_promoted(tiny_model, tmp_path):
     """Two training runs in one page while the demo serves: the loss chart shows each run; Compare's answers do
     not change until the speaker puts the new adapter in a slot."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
-    from test_app import make_adapters
-
     make_adapters(tiny_model, tmp_path / "adapters")
+    # its own launch: the runs it starts and the adapter it promotes change what the app serves
     proc, url = launch_app(tiny_model, tmp_path)
     expect = sync_api.expect
     try:
@@ -139,8 +147,10 @@ def test_a_finished_run_is_listed_not_served_until_promoted(tiny_model, tmp_path
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_demo_mode_hides_train_until_the_admin_password(tiny_model, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
+    # its own launch: demo mode and the admin password are settings at start
     proc, url = launch_app(tiny_model, tmp_path, CLO_DEMO_MODE="1", CLO_ADMIN_PASSWORD="s3cret")
     try:
         with sync_api.sync_playwright() as p:

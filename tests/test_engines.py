@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, serve_vllm
+from conftest import ROOT
 
 from clo import CLOError
 from clo.engines import BASE, Request, Sampling, find_adapters, read_adapter
@@ -30,13 +30,7 @@ def make_adapter(model_path: Path, folder: Path, seed: int, base_name: str | Non
     return build_random_adapter(model_path, folder, seed=seed, base_name=base_name)
 
 
-@pytest.fixture(scope="session")
-def adapters_dir(tiny_model, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("adapters")
-    make_adapter(tiny_model, root / "alpha", seed=1)
-    make_adapter(tiny_model, root / "beta", seed=2)
-    return root
-
+# `adapters_dir` (alpha, beta) and `vllm_server` (a real `vllm serve`, started once per run) are tests/conftest.py's
 
 @pytest.fixture(scope="session")
 def peft_engine(tiny_model, adapters_dir):
@@ -155,6 +149,7 @@ def test_remote_server_unreachable():
         RemoteEngine(f"http://127.0.0.1:{port}", health_timeout=2)
 
 
+@pytest.mark.slow
 def test_cli_generate_side_by_side(tiny_model, adapters_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     r = subprocess.run([sys.executable, "-m", "clo", "generate", "--engine", "peft", "--model", str(tiny_model),
@@ -215,18 +210,6 @@ def test_vllm_refuses_modules_to_save(vllm_engine, tiny_model, tmp_path):
     (folder / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(CLOError, match="modules_to_save"):
         vllm_engine.add_adapter(folder)
-
-
-@pytest.fixture(scope="module")
-def vllm_server(tiny_model, adapters_dir):
-    if not VLLM_OK:
-        pytest.skip(f"vLLM cannot run here: {VLLM_WHY}")
-    proc, url = serve_vllm(tiny_model, adapters_dir.parent / "vllm-serve.log", "--enable-lora", "--max-loras", "3",
-                           "--max-lora-rank", "8", "--lora-modules", f"alpha={adapters_dir / 'alpha'}",
-                           env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"})
-    yield url
-    proc.terminate()
-    proc.wait(timeout=60)
 
 
 @needs_vllm

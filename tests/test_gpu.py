@@ -12,7 +12,9 @@ from clo.config import ModelConfig, Recipe
 from clo.engines import BASE, Request, Sampling, find_adapters
 from clo.train.objective import KEYS
 from clo.models.tiny import build_random_adapter
-from clo.train.trainer import PairCollator, fit, group_logps, setup, train
+from clo.train.batches import PairCollator
+from clo.train.logps import group_logps
+from clo.train.run import fit, setup, train
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (bench/gpu-run.sh runs these on a GPU)")]

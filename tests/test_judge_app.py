@@ -9,12 +9,12 @@ import threading
 import time
 
 import pytest
-from test_judge import FAKE, GOOD, Judge, free_port, scripted, store  # noqa: F401 (fixtures)
+from conftest import FAKE, GOOD, Judge, free_port
 
 from clo import CLOError
 from clo.app.access import Access
-from clo.evaluate.judge import battle_items
-from clo.evaluate.judge_background import Judging
+from clo.evaluate.judge.background import Judging
+from clo.evaluate.judge.run import battle_items
 
 
 def vote_battles(store, n: int, language: str = "ko", tag: str = "", blind: bool = True) -> list[dict]:
@@ -188,7 +188,7 @@ def test_first_shown_share_measures_position_bias():
 
     import pandas as pd
 
-    from clo.evaluate.judge import first_shown_share
+    from clo.evaluate.judge.run import first_shown_share
 
     assert first_shown_share(pd.DataFrame({"outcome": ["a", "a", "b", "tie"]})) == pytest.approx(2 / 3)  # ties left out
     assert first_shown_share(pd.DataFrame({"outcome": ["b", "b"]})) == 0.0
@@ -196,7 +196,7 @@ def test_first_shown_share_measures_position_bias():
 
 
 def test_the_held_out_prompts_are_the_ones_never_trained_on():
-    from clo.evaluate.judge import load_prompt_pairs
+    from clo.evaluate.judge.prompts import load_prompt_pairs
     from clo.experiments.replicate import split_sample
 
     train, held = split_sample("ko")
@@ -209,7 +209,7 @@ def test_the_held_out_prompts_are_the_ones_never_trained_on():
 # ---- configuration ----
 
 def test_the_judge_settings(monkeypatch, tmp_path):
-    from clo.app.context import Settings
+    from clo.app.settings import Settings
 
     s = Settings.from_args(["--judge-url", "http://127.0.0.1:8001", "--judge-model", "judge"])
     assert (s.judge_url, s.judge_model, s.judge_background) == ("http://127.0.0.1:8001", "judge", True)
@@ -250,11 +250,13 @@ def test_leaderboard_command_shows_a_judges_tally_and_its_agreement(store, scrip
 
 # ---- the whole app ----
 
+@pytest.mark.slow
 def test_the_app_judges_arena_votes_in_the_background(tiny_model, tmp_path, scripted):
+    from conftest import launch_app, make_adapters
     from gradio_client import Client
-    from test_app import launch_app, make_adapters
 
     make_adapters(tiny_model, tmp_path / "adapters")
+    # its own launch, not the shared app_url: the background judge is a setting at start (CLO_JUDGE_URL)
     proc, url = launch_app(tiny_model, tmp_path, CLO_JUDGE_URL=scripted.url, CLO_JUDGE_MODEL=FAKE)
     try:
         client = Client(url, verbose=False)
@@ -283,7 +285,7 @@ def browse_the_judge(url: str, scripted) -> None:
     (outside demo mode anyone may) that judges nothing twice, and says so."""
     import shutil
 
-    from test_browser import ARTIFACTS, CHROMIUM
+    from conftest import ARTIFACTS, CHROMIUM
 
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install chromium; .ci/run does): the panel was not browsed")

@@ -10,7 +10,7 @@ import gradio as gr
 import pandas as pd
 import pytest
 
-from clo.evaluate.ratings import leaderboard
+from clo.evaluate.board import leaderboard
 from clo.app.ui.leaderboard import ALL, MISSING, Board, build, rating_plot, records, styled
 from clo.evaluate.store import open_store
 
@@ -39,7 +39,7 @@ def services(tmp_path):
         outcome = {"win": "a" if left else "b", "loss": "b" if left else "a"}.get(result, result)
         store.vote(b.id, outcome, voter=voter)
     from clo.app.access import Access
-    from clo.evaluate.judge_background import Judging
+    from clo.evaluate.judge.background import Judging
 
     yield types.SimpleNamespace(store=store, served_language_choices=lambda: [("Korean", "ko")],
                                 judging=Judging(store, Access(False)))

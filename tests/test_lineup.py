@@ -39,7 +39,8 @@ def served(tiny_model, tmp_path_factory):
 @pytest.fixture
 def services(tiny_model, served, tmp_path):
     """The app's services on the tiny model (PEFT) over a fresh copy of the adapters."""
-    from clo.app.context import Services, Settings
+    from clo.app.context import Services
+    from clo.app.settings import Settings
 
     shutil.copytree(served, tmp_path / "adapters")
     for p in (tmp_path / "adapters").iterdir():  # copytree keeps mtimes: the ages hold
@@ -126,7 +127,7 @@ def test_demo_mode_refuses_a_lineup_change_on_the_server(services):
 # ---- battles that can be judged ----
 
 def test_identical_answers_are_never_a_battle(services, tmp_path):
-    from clo.app.ui.arena import new_battle
+    from clo.evaluate.arena import new_battle
 
     twin = tmp_path / "adapters" / "sft-ko-twin"
     shutil.copytree(tmp_path / "adapters" / "sft-ko", twin)  # the same weights: the same greedy answers
@@ -143,7 +144,7 @@ def test_identical_answers_are_never_a_battle(services, tmp_path):
 
 
 def test_a_drawn_prompt_comes_with_its_english(services):
-    from clo.app.ui.arena import new_battle
+    from clo.evaluate.arena import new_battle
 
     b = new_battle(services, "", "ko", voter="v")
     assert b["english"] and services.english_of(b["prompt"], "ko") == b["english"]
@@ -151,7 +152,7 @@ def test_a_drawn_prompt_comes_with_its_english(services):
 
 
 def test_a_skipped_battle_records_nothing(services):
-    from clo.app.ui.arena import new_battle
+    from clo.evaluate.arena import new_battle
 
     b = new_battle(services, "", "ko", voter="v")
     services.store.discard(b["battle_id"], voter="someone else")  # not theirs: nothing happens
@@ -164,8 +165,8 @@ def test_a_skipped_battle_records_nothing(services):
 # ---- a retrained adapter is rated apart ----
 
 def test_votes_before_and_after_retraining_stay_apart(services, tiny_model, tmp_path):
-    from clo.evaluate.ratings import leaderboard
-    from clo.app.ui.arena import new_battle
+    from clo.evaluate.board import leaderboard
+    from clo.evaluate.arena import new_battle
 
     services.lineup.choose("ko", sft=None, clo="clo-ko", arena=["base", "clo-ko"])
     old_hash = services.engine.variants()["clo-ko"]
@@ -207,7 +208,7 @@ def test_one_visitor_cannot_hold_more_than_its_share(services):
 
 
 def test_the_leaderboard_is_computed_again_only_when_a_vote_arrives(services):
-    from clo.app.ui.arena import new_battle
+    from clo.evaluate.arena import new_battle
     from clo.app.ui.leaderboard import Board
 
     board = Board(services)

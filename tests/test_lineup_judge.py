@@ -10,14 +10,16 @@ import json
 import re
 
 import pytest
-from test_judge import FAKE, Judge, scripted, store  # noqa: F401 (fixtures)
+from conftest import FAKE, Judge
 from test_judge_app import finished, judge_rows, vote_battles, wait_for
 from test_lineup import adapter
 
 from clo import CLOError
 from clo.app.access import Access
-from clo.evaluate.judge import PAIRWISE, JudgeClient, battle_items, judge_items
-from clo.evaluate.judge_background import Judging
+from clo.evaluate.judge.background import Judging
+from clo.evaluate.judge.client import JudgeClient
+from clo.evaluate.judge.protocol import PAIRWISE
+from clo.evaluate.judge.run import battle_items, judge_items
 
 # ---- the line-up file ----
 
@@ -26,7 +28,8 @@ from clo.evaluate.judge_background import Judging
 def services(tiny_model, tmp_path_factory):
     """The app's services on the tiny model (PEFT): sft-ko and clo-ko (the defaults), clo-ko-v2 (a choice), and a
     Chinese SFT adapter, sft-zh."""
-    from clo.app.context import Services, Settings
+    from clo.app.context import Services
+    from clo.app.settings import Settings
 
     root = tmp_path_factory.mktemp("lineup-judge")
     adapter(tiny_model, root / "adapters" / "sft-ko", "sft", seed=1, age_s=300)
@@ -122,7 +125,8 @@ def unreadable(scripted):
 
 
 def test_unreadable_replies_are_kept_with_the_reply_and_never_counted_as_votes(unreadable, store):
-    from clo.evaluate.ratings import agreement, judges, rater_votes
+    from clo.evaluate.agreement import agreement
+    from clo.evaluate.ratings import judges, rater_votes
 
     vote_battles(store, 3)  # the people's votes on three pairs
     pairs = battle_items(store.votes())
@@ -164,10 +168,10 @@ def test_the_background_judge_does_not_ask_unreadable_pairs_again_with_every_vot
 
 
 def test_unreadable_pairs_are_asked_again_on_a_backoff_schedule_without_a_vote(unreadable, store, monkeypatch):
-    import clo.evaluate.judge
+    import clo.evaluate.judge.run as judge_run  # where judge_items, not_due and next_retry_s read them
 
-    monkeypatch.setattr(clo.evaluate.judge, "RETRY_FIRST_S", 0.4)
-    monkeypatch.setattr(clo.evaluate.judge, "RETRY_ATTEMPTS", 3)
+    monkeypatch.setattr(judge_run, "RETRY_FIRST_S", 0.4)
+    monkeypatch.setattr(judge_run, "RETRY_ATTEMPTS", 3)
     vote_battles(store, 2)
     judging = Judging(store, Access(False), unreadable.url, FAKE, background=True)
     try:
@@ -202,7 +206,8 @@ def test_the_panel_shows_no_tick_for_a_pass_of_unreadable_replies_and_quotes_one
 
 
 def test_the_judge_constraint_setting_lets_the_app_read_a_plain_text_judge(scripted, services, tmp_path, monkeypatch):
-    from clo.app.context import Services, Settings
+    from clo.app.context import Services
+    from clo.app.settings import Settings
 
     scripted.RequestHandlerClass = PlainText
     args = ["--model", services.settings.model, "--adapters-dir", services.settings.adapters_dir, "--db",

@@ -209,7 +209,7 @@ def test_app_starts_on_the_miniature_with_no_network(miniature):
     """No hub, no cached model: the app serves the miniature base and its adapters, labelled as synthetic."""
     from gradio_client import Client
 
-    from test_app import launch_app
+    from conftest import launch_app
 
     work, _ = miniature
     proc, url = launch_app("Qwen/Qwen2.5-0.5B-Instruct", work, CLO_ADAPTERS_DIR=None, CLO_MAX_TOKENS="12")
@@ -240,7 +240,9 @@ def test_train_tab_runs_the_miniature_and_serves_its_new_adapters(miniature, pro
     import shutil
     import time
 
-    from clo.app.context import Services, Settings
+    from clo.app.context import Services
+
+    from clo.app.settings import Settings
     work, _ = miniature
     shutil.copytree(work / "models", project / "models")
     services = Services(Settings(model="models/miniature/base", engine="peft", adapters_dir="models/miniature/adapters",
@@ -347,7 +349,7 @@ def test_the_shipped_miniature_is_current_and_a_fresh_start_copies_it_without_tr
         "assets/miniature/prebuilt was built for another world: rebuild it with "
         "python -c 'from clo.experiments.miniature import ship; ship()'")
     monkeypatch.setattr(experiment, "base_model", lambda *a, **k: pytest.fail("pretrained instead of copying"))
-    monkeypatch.setattr("clo.train.trainer.train", lambda *a, **k: pytest.fail("trained instead of copying"))
+    monkeypatch.setattr("clo.train.run.train", lambda *a, **k: pytest.fail("trained instead of copying"))
     said = []
     base, adapters = experiment.app_models(log=said.append)
     assert base == Path("models/miniature/base") and is_current(base) and "copied the shipped" in said[0]

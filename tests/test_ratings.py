@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from clo.evaluate.board import leaderboard
 from clo.evaluate.ratings import (
     MIN_PAIR_BATTLES,
     bradley_terry,
     count_matrix,
     elo_ratings,
     fit_bradley_terry,
-    leaderboard,
     pair_counts,
     rating_note,
     version_keys,
@@ -333,16 +333,15 @@ def test_one_hash_per_name_keeps_plain_names():
 # ---- a judge's numbers and its agreement with people (clo.evaluate.judge) ----
 
 from clo import CLOError  # noqa: E402
-from clo.evaluate.ratings import (  # noqa: E402
-    HUMAN,
+from clo.evaluate.agreement import (  # noqa: E402
     agreement,
     agreement_interval,
     cohen_kappa,
-    judges,
     length_controlled_win_rate,
     win_rate_interval,
     winner_labels,
 )
+from clo.evaluate.ratings import HUMAN, judges  # noqa: E402
 
 
 def test_win_rate_counts_ties_half_like_alpaca_eval():

@@ -86,7 +86,8 @@ def test_tiny_is_made_on_first_use_whole_and_reused(project):
     assert (project / "models/tiny/model.safetensors").stat().st_mtime_ns == weights
     assert [p.name for p in (project / "models").iterdir()] == ["tiny"]  # no staging folder left
     assert entry_for("models/tiny").name == "tiny"
-    from clo.app.context import Settings, choose_model
+    from clo.app.context import choose_model
+    from clo.app.settings import Settings
 
     settings = Settings(model="tiny", db="votes.db")  # `python app.py --model tiny`
     assert choose_model(settings) == "" and settings.model == "models/tiny" and settings.adapters_dir == "adapters"
@@ -110,7 +111,7 @@ def test_a_models_language_is_registered_not_in_the_table():
 def test_data_sources_are_looked_up_in_the_table(project):
     from clo.config import DataConfig
     from clo.train.data import build_pairs, named_sources
-    from clo.app.jobs import named_sources as web_sources
+    from clo.app.jobs import data_source_names as web_sources
     from clo.app.jobs import web_data_source
 
     assert list(named_sources()) == ["miniature"] and named_sources()["miniature"].language == "mini"
@@ -122,7 +123,7 @@ def test_data_sources_are_looked_up_in_the_table(project):
 
 
 def test_a_new_model_plugs_in_without_touching_the_code_that_reads_the_table(project, monkeypatch):
-    """An entry with its own language, detector and data source: clo.languages, clo.evaluate.langid (through its judge),
+    """An entry with its own language, detector and data source: clo.languages, clo.evaluate.langid (through its detector),
     clo.train.data, the translator's message and the web's data check all know it, and nothing names it."""
     from clo import languages
     from clo.config import DataConfig
@@ -183,7 +184,8 @@ def test_offline_the_app_falls_back_to_the_miniature_which_judges_its_answers_by
     copy, with its adapters, examples, language and detector; its answers are judged "mini" or "en" by its words."""
     from clo.app.ui import build_app
     from clo.app.ui.compare import compare_api
-    from clo.app.context import Settings, choose_model, start
+    from clo.app.context import choose_model, start
+    from clo.app.settings import Settings
 
     said = []
     services = start(Settings(model="nobody/no-such-model", engine="peft", db="votes.db"), log=said.append)
@@ -215,7 +217,8 @@ def test_app_with_model_smollm2_serves_the_real_model_and_says_plainly_what_it_i
     """`python app.py --model smollm2`: the folder the shorthand stands for, its description from the table, its
     adapters folder (the shipped adapters when the repository has them, else none, and the page says so)."""
     from clo.app.ui import build_app
-    from clo.app.context import Settings, start
+    from clo.app.context import start
+    from clo.app.settings import Settings
 
     monkeypatch.chdir(smollm2.parent.parent)  # the project folder: models/ is relative to it
     services = start(Settings.from_args(["--model", "smollm2", "--engine", "peft", "--db", "votes.db"]), log=print)

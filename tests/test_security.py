@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_app import launch_app, make_adapters
+from conftest import launch_app, make_adapters
 
 from clo import CLOError
 from clo.app.access import Access, RateLimit
@@ -124,6 +124,7 @@ def snapshot(work: Path) -> dict:
             if not any(part.startswith(skip) for part in p.relative_to(work).parts)}
 
 
+@pytest.mark.slow
 def test_every_endpoint_called_without_authorization_changes_nothing(tiny_model, tmp_path):
     """Demo mode with an admin password: each event the server exposes is called as an anonymous visitor, over raw
     HTTP by its fn_index and through the named route; the state-changing ones are refused, nothing is written or
@@ -132,6 +133,8 @@ def test_every_endpoint_called_without_authorization_changes_nothing(tiny_model,
 
     make_adapters(tiny_model, tmp_path / "adapters")
     password = "pw-" + uuid.uuid4().hex
+    # its own launch, not the shared app_url: demo mode is a setting at start, and its snapshot needs a folder no
+    # other test writes in
     proc, url = launch_app(tiny_model, tmp_path, CLO_DEMO_MODE="1", CLO_ADMIN_PASSWORD=password)
     try:
         config = httpx.get(f"{url}config", timeout=30).json()
@@ -197,6 +200,7 @@ def test_every_endpoint_called_without_authorization_changes_nothing(tiny_model,
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_forged_forwarded_for_from_an_untrusted_peer_is_ignored(tiny_model, tmp_path):
     """Two sessions with different X-Forwarded-For headers from this (untrusted) peer are one address: they share
     its limit. When the peer is a trusted proxy, the header names the client and they are two."""
@@ -208,6 +212,7 @@ def test_a_forged_forwarded_for_from_an_untrusted_peer_is_ignored(tiny_model, tm
         work = tmp_path / trusted
         work.mkdir()
         make_adapters(tiny_model, work / "adapters")
+        # own launches: the trusted proxy and the rate limits are settings at start
         proc, url = launch_app(tiny_model, work, CLO_TRUSTED_PROXIES=trusted, **limits)
         try:
             first = Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.1"})

@@ -79,7 +79,7 @@ def test_a_shipped_adapter_changes_the_answer_identically_on_both_engines(smol_p
 
 def test_one_clo_step_on_the_real_model(smol_project):
     from clo.config import Recipe
-    from clo.train.trainer import ADAPTER_FILES, train
+    from clo.train.run import ADAPTER_FILES, train
 
     project, _ = smol_project
     recipe = Recipe.load(ROOT / "recipes" / "smollm2.yaml", {
@@ -112,12 +112,14 @@ def test_language_id_on_the_real_models_answers(smol_project):
     assert detect(answers[BASE, KOREAN]).code == "ko", answers[BASE, KOREAN]
 
 
+@pytest.mark.slow
 def test_the_real_model_as_a_judge_on_vllm_every_verdict_parses(smollm2, tmp_path):
     """SmolLM2 served by `vllm serve` judges real answers: constrained to the labels every verdict parses; read from
     the first token's log-probabilities (what a server without structured outputs gets) every verdict is read too,
     and both are stored as judge votes with the order shown."""
     from clo.engines.vllm_engine import vllm_usable
-    from clo.evaluate.judge import Item, JudgeClient, judge_items
+    from clo.evaluate.judge.client import JudgeClient
+    from clo.evaluate.judge.run import Item, judge_items
     from clo.evaluate.store import open_store
     from conftest import serve_vllm
 

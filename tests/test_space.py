@@ -26,6 +26,7 @@ from pathlib import Path
 import gradio
 import pytest
 import yaml
+from conftest import run_clo
 from packaging.requirements import Requirement
 
 from clo import CLOError
@@ -99,7 +100,7 @@ def test_front_matter(built):
     assert card["license"] == "apache-2.0"
     assert {card["colorFrom"], card["colorTo"]} <= COLORS
     assert 0 < len(card["short_description"]) <= 60
-    from clo.app.context import Settings
+    from clo.app.settings import Settings
 
     assert card["preload_from_hub"] == [Settings.model] == card["models"]
 
@@ -200,6 +201,7 @@ def index_reachable():
         pytest.skip(f"pip cannot reach the package index: {(probe.stderr.strip().splitlines() or ['?'])[-1]}")
 
 
+@pytest.mark.slow
 def test_requirements_resolve_with_pip(built, index_reachable, tmp_path):
     """pip resolves the built requirements.txt (dry run, metadata only); see the module docstring for the CPU file."""
     hardware, out = built
@@ -242,13 +244,15 @@ def snapshot(folder: Path) -> dict:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_cli_builds_rebuilds_and_refuses_a_foreign_folder(tmp_path):
     out = tmp_path / "space"
     done = run_cli(out, "--hardware", "cpu")
     assert done.returncode == 0, done.stderr
     assert f"wrote the Space (cpu) to {out}" in done.stdout
     (out / "clo" / "left_over.py").write_text("# not written by the build\n")  # refused, kept (tests/test_writes.py)
-    assert "clo/left_over.py" in one_error_line(run_cli(out, "--hardware", "gpu"))
+    # the refusals in this process (conftest.run_clo); the builds and the pushes (HF_* read at import) are real runs
+    assert "clo/left_over.py" in one_error_line(run_clo("space", "build", out, "--hardware", "gpu", cwd=ROOT))
     (out / "clo" / "left_over.py").unlink()
     done = run_cli(out, "--hardware", "gpu")  # a previous build is rebuilt over
     assert done.returncode == 0, done.stderr
@@ -260,7 +264,7 @@ def test_cli_builds_rebuilds_and_refuses_a_foreign_folder(tmp_path):
     (mine / "notes").mkdir(parents=True)
     (mine / "notes" / "todo.txt").write_text("keep me\n")
     before = snapshot(mine)
-    line = one_error_line(run_cli(mine, "--hardware", "cpu"))
+    line = one_error_line(run_clo("space", "build", mine, "--hardware", "cpu", cwd=ROOT))
     assert line == (f"error: {mine} is not empty and is not a previous Space build (no {MARKER} in it): it holds "
                     "notes/; give a new or empty folder")
     assert snapshot(mine) == before and sorted(p.name for p in mine.iterdir()) == ["notes"]

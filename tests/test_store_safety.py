@@ -17,10 +17,11 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-from test_app import launch_app, make_adapters
+from conftest import launch_app, make_adapters
 
 from clo import CLOError
-from clo.evaluate.store import APPLICATION_ID, MIGRATIONS, open_store
+from clo.evaluate.schema import APPLICATION_ID, MIGRATIONS
+from clo.evaluate.store import open_store
 
 NOTHING_PRINTABLE = ["\x00", "\x00\x01\x02\x7f", "\u200b\u200c\u200d\ufeff", "\x00 \u200b\t\x00", "\u3164\u2060"]
 
@@ -38,10 +39,12 @@ def votes_in(path: Path) -> list[tuple]:
 
 # ---- 5: a clean stop leaves votes.db whole ----
 
+@pytest.mark.slow
 def test_a_stopped_app_leaves_every_acknowledged_vote_in_votes_db_alone(tiny_model, tmp_path):
     from gradio_client import Client
 
     make_adapters(tiny_model, tmp_path / "adapters")
+    # its own launch, not the shared app_url: the test stops the app (SIGTERM) and reads its votes.db alone
     proc, url = launch_app(tiny_model, tmp_path, CLO_MAX_TOKENS="8")
     acknowledged = []
     try:
@@ -167,7 +170,8 @@ def test_a_backup_never_overwrites_a_file_already_there(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def services(tiny_model, tmp_path_factory):
-    from clo.app.context import Services, Settings
+    from clo.app.context import Services
+    from clo.app.settings import Settings
 
     work = tmp_path_factory.mktemp("store-safety")
     make_adapters(tiny_model, work / "adapters")
@@ -190,7 +194,7 @@ def battles(services) -> int:
 @pytest.mark.parametrize("prompt", NOTHING_PRINTABLE, ids=repr)
 def test_a_prompt_with_nothing_printable_is_refused_as_an_empty_one(services, prompt):
     from clo.engines import Request
-    from clo.app.ui.arena import new_battle
+    from clo.evaluate.arena import new_battle
     from clo.app.ui.compare import compare_api
 
     empty = message(lambda: compare_api(services, "", "ko"))
@@ -210,7 +214,7 @@ def test_a_prompt_with_nothing_printable_is_refused_as_an_empty_one(services, pr
 
 def test_control_characters_are_taken_out_of_a_printable_prompt_before_it_is_stored(services):
     assert services.check_prompt(" 안녕\x00하세요\x07\r\n뭐 해?\t ") == "안녕하세요\n뭐 해?"
-    from clo.app.ui.arena import new_battle
+    from clo.evaluate.arena import new_battle
 
     battle = new_battle(services, "What\x00 is 2 + 2?\x1b", "ko", voter="visitor", address="10.0.0.2")
     assert battle["prompt"] == "What is 2 + 2?"

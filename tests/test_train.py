@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, run_clo
 
 from clo.config import Recipe
 from clo.train.data import build_pairs
 from clo.train.objective import DIRECTIONS, KEYS
-from clo.train.trainer import ADAPTER_FILES, PairCollator, fit, group_logps, setup, train
+from clo.train.batches import PairCollator
+from clo.train.logps import group_logps
+from clo.train.run import ADAPTER_FILES, fit, setup, train
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 
@@ -175,7 +177,7 @@ def test_qlora_4bit_gradient_on_cpu_is_the_float32_gradient_of_the_dequantised_m
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
     from clo.train.objective import clo_loss, token_mean_nll
-    from clo.train.trainer import add_reference_logps
+    from clo.train.logps import add_reference_logps
 
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], lora_dropout=0.0,
                       init_lora_weights=False, task_type="CAUSAL_LM")
@@ -208,6 +210,7 @@ def test_qlora_4bit_gradient_on_cpu_is_the_float32_gradient_of_the_dequantised_m
 
 # ---- the command line, end to end ----
 
+@pytest.mark.slow
 def test_cli_train_writes_exactly_the_adapter_files(project, tiny_model):
     r = run_cli("train", "--model", str(tiny_model), "--lang", "sw", "--method", "clo", "--pairs", "8",
                 "--max-steps", "3", "--batch-size", "4", "--name", "e2e", "--training.max_length", "128",
@@ -240,19 +243,22 @@ def test_cli_train_writes_exactly_the_adapter_files(project, tiny_model):
     assert json.loads((folder / "adapter_config.json").read_text())["target_modules"]
 
 
+@pytest.mark.slow
 def test_existing_adapter_needs_overwrite(project, tiny_model):
     args = ["train", "--model", str(tiny_model), "--method", "sft", "--pairs", "4", "--max-steps", "1", "--name", "x"]
-    assert run_cli(*args, cwd=project).returncode == 0
+    # in this process (conftest.run_clo): test_cli_train_writes_exactly_the_adapter_files runs the real command
+    assert run_clo(*args, cwd=project).returncode == 0
     first = (project / "adapters" / "x" / "manifest.json").read_text()
-    r = run_cli(*args, cwd=project)
+    r = run_clo(*args, cwd=project)
     assert r.returncode == 2 and "already exists" in r.stderr and "--overwrite" in r.stderr
     assert (project / "adapters" / "x" / "manifest.json").read_text() == first
     time.sleep(1.1)
-    assert run_cli(*args, "--overwrite", cwd=project).returncode == 0
+    assert run_clo(*args, "--overwrite", cwd=project).returncode == 0
     assert (project / "adapters" / "x" / "manifest.json").read_text() != first
     assert sorted(p.name for p in (project / "adapters").iterdir()) == ["x"]
 
 
+@pytest.mark.slow
 def test_sigterm_stops_at_the_next_step_and_writes_nothing(project, tiny_model):
     proc = subprocess.Popen([sys.executable, "-m", "clo", "train", "--model", str(tiny_model), "--method", "sft",
                              "--pairs", "8", "--max-steps", "100000", "--name", "long"],
@@ -290,7 +296,7 @@ def test_sigterm_stops_at_the_next_step_and_writes_nothing(project, tiny_model):
 )
 def test_cli_bad_input_is_one_line_and_writes_nothing(project, tiny_model, args, fragment):
     base = ["train", "--model", str(tiny_model), "--pairs", "4", "--max-steps", "1"]
-    r = run_cli(*base, *args, cwd=project, timeout=120)
+    r = run_clo(*base, *args, cwd=project)  # in this process: the real command runs in the tests above
     assert r.returncode == 2, r.stderr[-2000:]
     assert fragment in r.stderr
     assert "Traceback" not in r.stderr
@@ -299,7 +305,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(project, tiny_model, args,
 
 def test_cli_unknown_recipe_key(project, tiny_model):
     (project / "r.yaml").write_text("training:\n  epoch: 3\n")
-    r = run_cli("train", "--config", "r.yaml", "--model", str(tiny_model), cwd=project)
+    r = run_clo("train", "--config", "r.yaml", "--model", str(tiny_model), cwd=project)
     assert r.returncode == 2 and "unknown key 'training.epoch'" in r.stderr
 
 

@@ -1,13 +1,11 @@
 """The vote store: blind battles, one vote per battle, durability under concurrency and crashes, bad input."""
 
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -19,11 +17,7 @@ ANSWERS = {"sft-ko": "첫째 답입니다", "clo-ko": "둘째 답입니다"}
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = open_store(str(tmp_path / "votes.db"), seed=0)
-    yield s
-    s.close()
+# `store` (a fresh SQLite store) and `postgres` (a new database on a real PostgreSQL server) are tests/conftest.py's
 
 
 def battle(store, voter="v1", prompt="서울에서 뭘 볼까?", **kw):
@@ -224,46 +218,6 @@ def test_sigkill_loses_no_acknowledged_vote(tmp_path):
     assert set(acknowledged) <= stored
 
 
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
-    return str(candidates[-1]) if candidates else None
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    """A real PostgreSQL server on a loopback port, in a temporary folder (Debian's postgresql package)."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
-    pytest.importorskip("psycopg", reason="psycopg is not installed")
-    import socket
-
-    data = tmp_path_factory.mktemp("pg") / "data"
-    user = []
-    if os.geteuid() == 0:  # the server refuses to run as root: run it as an unprivileged account
-        import pwd
-
-        account = next((n for n in ("postgres", "nobody") if n in {p.pw_name for p in pwd.getpwall()}))
-        entry = pwd.getpwnam(account)
-        os.chown(data.parent, entry.pw_uid, entry.pw_gid)
-        for parent in data.parents:  # the account must be able to reach the folder
-            if parent == Path(parent.anchor):
-                break
-            os.chmod(parent, os.stat(parent).st_mode | 0o711)
-        user = ["runuser", "-u", account, "--"]
-    subprocess.run([*user, initdb, "-D", str(data), "-U", "clo", "--auth=trust"], check=True, capture_output=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run([*user, pg_ctl, "-D", str(data), "-o", f"-p {port} -k {data} -h 127.0.0.1", "-l", str(data / "log"), "-w",
-                    "start"], check=True, capture_output=True)
-    yield f"postgresql://clo@127.0.0.1:{port}/postgres"
-    subprocess.run([*user, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-
-
 def test_postgresql_store(postgres):
     s = open_store(postgres, seed=1)
     b = battle(s)
@@ -286,7 +240,7 @@ def test_export_round_trips(store, tmp_path, fmt):
     for outcome in ("a", "b", "tie", "both_bad"):
         store.vote(battle(store).id, outcome, voter="v1")
     out = tmp_path / f"votes.{fmt}"
-    from clo.evaluate.store import export_votes
+    from clo.evaluate.export import export_votes
 
     export_votes(store, out)
     back = {"csv": pd.read_csv, "jsonl": lambda p: pd.read_json(p, lines=True), "parquet": pd.read_parquet}[fmt](out)
@@ -296,14 +250,14 @@ def test_export_round_trips(store, tmp_path, fmt):
 
 
 def test_export_unknown_format(store, tmp_path):
-    from clo.evaluate.store import export_votes
+    from clo.evaluate.export import export_votes
 
     with pytest.raises(CLOError, match="unknown export format 'xlsx'"):
         export_votes(store, tmp_path / "v.xlsx")
 
 
 def test_hub_sync_is_off_without_settings_and_appends_only_new_rows(store, tmp_path):
-    from clo.evaluate.store import HubSync
+    from clo.evaluate.hub_sync import HubSync
 
     assert HubSync.from_settings(repo_id=None, token="x", folder=tmp_path / "s") is None
     assert HubSync.from_settings(repo_id="me/votes", token=None, folder=tmp_path / "s") is None
@@ -316,6 +270,7 @@ def test_hub_sync_is_off_without_settings_and_appends_only_new_rows(store, tmp_p
     assert len((tmp_path / "s" / "votes-r1.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_cli_export_and_leaderboard(tmp_path):
     db = str(tmp_path / "votes.db")
     store = open_store(db, seed=3)
@@ -375,7 +330,7 @@ def test_expired_unvoted_battles_are_pruned(tmp_path):
 # ---- judge votes (clo.evaluate.judge) ----
 
 def judgment(outcome="a", judge="judge-x", prompt="서울에서 뭘 볼까?", first="clo-ko", **kw):
-    from clo.evaluate.store import Judgment
+    from clo.evaluate.judgments import Judgment
 
     second = "sft-ko" if first == "clo-ko" else "clo-ko"
     return Judgment(judge=judge, protocol="clo-pairwise-1", language="ko", prompt=prompt, variant_a=first,
@@ -385,7 +340,7 @@ def judgment(outcome="a", judge="judge-x", prompt="서울에서 뭘 볼까?", fi
 def test_judge_votes_are_stored_once_flagged_and_exported(store, tmp_path):
     import pandas as pd
 
-    from clo.evaluate.store import export_votes
+    from clo.evaluate.export import export_votes
 
     human = battle(store)
     store.vote(human.id, "a", voter="v1")
@@ -418,7 +373,7 @@ def test_bad_judgments_are_refused(store):
 
 def previous_schema_store(path, version=3):
     """A store as schema `version` wrote it, with one human vote (the columns it had then)."""
-    from clo.evaluate.store import APPLICATION_ID, MIGRATIONS
+    from clo.evaluate.schema import APPLICATION_ID, MIGRATIONS
 
     with sqlite3.connect(path) as conn:
         for migration in MIGRATIONS[:version]:
@@ -434,7 +389,8 @@ def previous_schema_store(path, version=3):
 
 
 def test_a_store_of_the_previous_schema_is_read_as_it_is_and_migrated_when_written(tmp_path):
-    from clo.evaluate.store import MIGRATIONS, pair_key
+    from clo.evaluate.battles import pair_key
+    from clo.evaluate.schema import MIGRATIONS
 
     db = tmp_path / "v3.db"
     previous_schema_store(db)

@@ -40,7 +40,7 @@ from clo import CLOError, ROOT
 from clo.app.access import Access
 from clo.config import Recipe
 from clo.files import atomic_path, atomic_write
-from clo.hub import _HUB_ID
+from clo.hub import HUB_ID
 from clo.models.table import DATA_SOURCES, entry_for, experiments, lookup
 
 RUNS = Path("runs") / "ui"
@@ -71,7 +71,7 @@ def command(recipe_path: Path) -> list[str]:
     return [sys.executable, "-m", "clo", "train", "--config", str(recipe_path)]
 
 
-def named_sources() -> tuple[str, ...]:
+def data_source_names() -> tuple[str, ...]:
     """The data sources the library names: the shipped sample, and those the offline models bring (clo.models.table)."""
     return ("sample", *sorted(DATA_SOURCES))
 
@@ -80,9 +80,9 @@ def web_data_source(source: str) -> str:
     """`source` if a visitor may train on it: a named source, a hub dataset id, or a file under uploads/, data/ or
     the shipped assets/. Anything else is refused with one message that does not say whether the path exists."""
     source = (source or "").strip()
-    if source in named_sources():
+    if source in data_source_names():
         return source
-    looks_like_hub = bool(_HUB_ID.match(source)) and Path(source).suffix.lower() not in DATA_SUFFIXES
+    looks_like_hub = bool(HUB_ID.match(source)) and Path(source).suffix.lower() not in DATA_SUFFIXES
     if looks_like_hub and not Path(source).exists():
         return source
     roots = [UPLOADS.resolve(), DATA.resolve(), (ROOT / "assets").resolve()]
@@ -92,7 +92,7 @@ def web_data_source(source: str) -> str:
         inside = False
     if not inside or "~" in source:
         raise CLOError(f"data {source!r} cannot be used from the web: upload a file, or use "
-                       f"{', '.join(repr(n) for n in named_sources())}, a hub dataset id, or a file under uploads/ or data/")
+                       f"{', '.join(repr(n) for n in data_source_names())}, a hub dataset id, or a file under uploads/ or data/")
     return source
 
 
@@ -342,12 +342,12 @@ class Jobs:
                              "folder": str(folder), "command": shlex.join(cmd), "started": time.time(), **extra})
 
     def _start_in_process(self, recipe: Recipe, folder: Path) -> dict:
-        from clo.train.trainer import train
+        from clo.train.run import train
 
         self.thread = threading.Thread(target=on_gpu(train, duration=600), args=(recipe,), daemon=True)
         self.thread.start()
         return self._record({"id": folder.name, "kind": "train", "pid": os.getpid(), "pid_started": process_started(os.getpid()),
-                             "folder": str(folder), "command": "clo.train.trainer.train (in process, ZeroGPU)", "started": time.time()})
+                             "folder": str(folder), "command": "clo.train.run.train (in process, ZeroGPU)", "started": time.time()})
 
     def _record(self, job: dict) -> dict:
         atomic_write(self.state_file, json.dumps(job))

@@ -103,8 +103,7 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("CLO_JUDGE_API_KEY", "secret", "the judge server's API key, when it needs one (never taken from OPENAI_API_KEY)"),
     ("CLO_HOST", "variable", "address to listen on; leave unset on a Space"),
     ("CLO_PORT", "variable", "port to listen on; leave unset on a Space"),
-    ("HF_TOKEN", "secret", "a Hugging Face token: huggingface_hub uses it to download a private or gated CLO_MODEL, "
-                           "and vote mirroring to a dataset (clo.evaluate.store.HubSync) needs one"),
+    ("HF_TOKEN", "secret", "a Hugging Face token: huggingface_hub uses it to download a private or gated CLO_MODEL"),
     ("GRADIO_SERVER_NAME", "platform", "0.0.0.0 on a Space: where the app listens when CLO_HOST is unset"),
     ("GRADIO_SERVER_PORT", "platform", "the port the app listens on when CLO_PORT is unset (7860)"),
     ("SPACE_ID", "platform", "set on every Space; the app then shows the Hugging Face sign-in button"),
@@ -154,7 +153,7 @@ Set under Settings → Variables and secrets (a Space's front matter cannot set 
 
 def space_card(hardware: str) -> dict:
     """The front matter of the Space's README.md for `hardware`."""
-    from clo.app.context import Settings  # the app's default model, preloaded at build time
+    from clo.app.settings import Settings  # the app's default model, preloaded at build time
 
     hw = HARDWARE[hardware]
     return dict(CARD, sdk="gradio", sdk_version=metadata.version("gradio"), python_version=hw.python,

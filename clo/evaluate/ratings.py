@@ -1,4 +1,4 @@
-"""Ratings from blind pairwise votes: W/T/L, win-rate matrix, Bradley–Terry with bootstrap intervals, Elo.
+"""Ratings from blind pairwise votes: vote counts, W/T/L, win-rate matrix, Bradley–Terry with bootstrap intervals, Elo.
 
 Pure functions over a DataFrame of battles, one row per vote, in the order the votes were cast:
 
@@ -15,8 +15,8 @@ Pure functions over a DataFrame of battles, one row per vote, in the order the v
     judge      optional: None on a person's vote, else the name of the LLM judge that cast it (clo.evaluate.judge). Every
                function rates one rater's votes, `rater`: HUMAN (the default: the people, judge votes left out
                entirely) or a judge's name (only that judge's votes), so the two tallies never mix.
-    pair_key   optional: what was judged (clo.evaluate.store.pair_key); a person's vote and a judge's on the same answers
-               share it, which is how `agreement` pairs them.
+    pair_key   optional: what was judged (clo.evaluate.battles.pair_key); a person's vote and a judge's on the same answers
+               share it, which is how clo.evaluate.agreement pairs them.
     hash_a, hash_b  optional: the adapter hash behind each side (None for the base). A variant is rated by
                (name, hash): a name whose votes carry two hashes (an adapter retrained under the same name)
                becomes two variants, `clo-ko@1a2b3c` and `clo-ko@4d5e6f`, whose votes never mix.
@@ -36,15 +36,13 @@ Every function takes `language` (None = all languages). Conventions, for variant
                     MIN_PAIR_BATTLES judged battles and all rated variants are linked by battles (`rating_note`).
     Elo             online, K = 4, in row order, every variant starting at 1000 (FastChat's reference).
 
-    >>> from clo.evaluate.ratings import leaderboard
-    >>> tables = leaderboard(battles, language="ko")     # {"summary", "wtl", "win_rate", "battles", ...}
-    >>> tables["wtl"]                                     # CLO wins / ties / losses against each opponent
-    >>> leaderboard(battles, language="ko", rater="Qwen/Qwen2.5-72B-Instruct")   # the judge's tally, apart
-    >>> agreement(battles, judge="Qwen/Qwen2.5-72B-Instruct")   # people vs judge on the answers both judged
+    >>> from clo.evaluate.ratings import bradley_terry, wtl_table
+    >>> wtl_table(battles, focus="clo", language="ko")   # CLO wins / ties / losses against each opponent
+    >>> bradley_terry(battles, language="ko", rater="Qwen/Qwen2.5-72B-Instruct")   # the judge's ratings, apart
 
-The judge's numbers (AlpacaEval's pairwise protocol, clo.evaluate.judge) are pure functions too: `win_rate_interval`
-(ties count half, percentile-bootstrap interval), `length_controlled_win_rate` (AlpacaEval 2's logistic fit on
-the length difference, read at no difference), `cohen_kappa` and `agreement_interval` on two label sequences.
+The functions ending in `_of_counts` take `pair_counts`' table instead of the battles, so that the Leaderboard's
+tables (clo.evaluate.board) aggregate the votes once; a judge's statistics and its agreement with people are in
+clo.evaluate.agreement.
 """
 
 from __future__ import annotations
@@ -206,7 +204,8 @@ def _is_focus(variants: pd.Series, focus: str) -> pd.Series:
     return (variants == focus) | variants.str.startswith(f"{focus}-") | variants.str.startswith(f"{focus}@")
 
 
-def _wtl(counts: pd.DataFrame, focus: str) -> pd.DataFrame:
+def wtl_of_counts(counts: pd.DataFrame, focus: str) -> pd.DataFrame:
+    """`wtl_table` from `pair_counts`' table."""
     mine = counts[_is_focus(counts["variant"], focus) & ~_is_focus(counts["opponent"], focus)]
     table = mine.groupby("opponent", sort=True)[[*COUNTS, "battles"]].sum().reset_index()
     judged = (table["wins"] + table["ties"] + table["losses"]).replace(0, np.nan)
@@ -226,7 +225,7 @@ def wtl_table(battles: pd.DataFrame, focus: str = "clo", language: str | None = 
     One row per opponent: wins, ties, losses, both_bad, battles (all four), then win_pct + tie_pct + loss_pct = 100
     over the judged battles (both_bad excluded) and both_bad_pct over all battles.
     """
-    return _wtl(pair_counts(battles, language, rater), focus)
+    return wtl_of_counts(pair_counts(battles, language, rater), focus)
 
 
 def _matrix(counts: pd.DataFrame, values: pd.Series) -> pd.DataFrame:
@@ -241,20 +240,22 @@ def win_rate_matrix(battles: pd.DataFrame, language: str | None = None, rater: s
     both_bad battles are left out; W[i, j] + W[j, i] = 1; NaN on the diagonal and where a pair never met
     (or met only in both_bad battles).
     """
-    return _win_rates(pair_counts(battles, language, rater))
+    return win_rates_of_counts(pair_counts(battles, language, rater))
 
 
-def _win_rates(counts: pd.DataFrame) -> pd.DataFrame:
+def win_rates_of_counts(counts: pd.DataFrame) -> pd.DataFrame:
+    """`win_rate_matrix` from `pair_counts`' table."""
     judged = (counts["wins"] + counts["ties"] + counts["losses"]).replace(0, np.nan)
     return _matrix(counts, (counts["wins"] + 0.5 * counts["ties"]) / judged)
 
 
 def count_matrix(battles: pd.DataFrame, language: str | None = None, rater: str = HUMAN) -> pd.DataFrame:
     """Number of judged battles (wins + ties + losses, both_bad excluded) behind each cell of `win_rate_matrix`."""
-    return _judged_counts(pair_counts(battles, language, rater))
+    return judged_of_counts(pair_counts(battles, language, rater))
 
 
-def _judged_counts(counts: pd.DataFrame) -> pd.DataFrame:
+def judged_of_counts(counts: pd.DataFrame) -> pd.DataFrame:
+    """`count_matrix` from `pair_counts`' table."""
     return _matrix(counts, counts["wins"] + counts["ties"] + counts["losses"]).fillna(0).astype(int)
 
 
@@ -315,11 +316,13 @@ def bradley_terry(
     from a multinomial with the pair's total and observed shares (numpy Generator seeded with `seed`), so its
     cost does not grow with the number of votes.
     """
-    return _bradley_terry(pair_counts(battles, language, rater), anchor, anchor_rating, n_bootstrap, confidence, seed)
+    return bradley_terry_of_counts(pair_counts(battles, language, rater), anchor, anchor_rating, n_bootstrap,
+                                   confidence, seed)
 
 
-def _bradley_terry(counts: pd.DataFrame, anchor: str | None, anchor_rating: float, n_bootstrap: int,
-                   confidence: float, seed: int) -> pd.DataFrame:
+def bradley_terry_of_counts(counts: pd.DataFrame, anchor: str | None = None, anchor_rating: float = 1000.0,
+                            n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """`bradley_terry` from `pair_counts`' table (the votes aggregated once)."""
     counts = counts[counts["variant"] < counts["opponent"]]
     outcomes = counts[["wins", "ties", "losses"]].to_numpy(dtype=float)
     judged = outcomes.sum(axis=1)
@@ -416,205 +419,3 @@ def elo_ratings(battles: pd.DataFrame, language: str | None = None, k: float = 4
                           "rating": pd.Series(list(ratings.values()), dtype=float),
                           "battles": pd.Series([played[v] for v in ratings], dtype=int)})
     return table.sort_values(["rating", "variant"], ascending=[False, True], kind="stable").reset_index(drop=True)
-
-
-# ---- everything at once ----
-
-def leaderboard(
-    battles: pd.DataFrame,
-    language: str | None = None,
-    focus: str = "clo",
-    anchor: str | None = None,
-    n_bootstrap: int = 1000,
-    seed: int = 0,
-    min_battles: int = MIN_PAIR_BATTLES,
-    rater: str = HUMAN,
-) -> dict[str, pd.DataFrame | str | None]:
-    """Every table for one language (None = all) from `rater`'s votes (HUMAN: the people's; or a judge's name),
-    for the command line and the app's leaderboard tab.
-
-    summary        vote_summary: stored / named / rated votes and outcomes per language
-    wtl            wtl_table for `focus`
-    win_rate       win_rate_matrix, rows and columns ordered by Bradley–Terry rating
-    battles        count_matrix (judged battles behind each win rate), same order
-    counts         pair_counts: wins / ties / losses / both_bad per (variant, opponent); the only table,
-                   with summary, that shows a variant whose battles were all both_bad
-    bradley_terry  rating with lower / upper bootstrap bounds; empty while `note` says why ratings are not given
-    elo            online Elo, K = 4; empty likewise
-    note           None, or the sentence saying why there are no ratings yet (`rating_note`)
-    """
-    counts = pair_counts(battles, language, rater)  # checks the battles and aggregates the rated ones once
-    note = rating_note(counts, min_battles)
-    bt = _bradley_terry(counts.iloc[:0] if note else counts, anchor, 1000.0, n_bootstrap, 0.95, seed)
-    elo = elo_ratings(battles, language, rater=rater)
-    order = list(bt["variant"]) or sorted(set(counts["variant"]))
-    return {
-        "note": note,
-        "summary": vote_summary(battles, language, rater),
-        "wtl": _wtl(counts, focus),
-        "win_rate": _win_rates(counts).reindex(index=order, columns=order),
-        "battles": _judged_counts(counts).reindex(index=order, columns=order),
-        "counts": counts,
-        "bradley_terry": bt,
-        "elo": elo.iloc[:0] if note else elo,
-    }
-
-
-# ---- a judge's win rate, and how far a judge agrees with people ----
-
-def win_rate_interval(scores, n_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
-    """Win rate of one side from its per-item scores (1 win, ½ tie, 0 loss), with a percentile-bootstrap interval.
-
-        win rate = (wins + ½·ties) / n          (AlpacaEval's `win_rate`, here a share in [0, 1])
-        interval: the items resampled with replacement `n_bootstrap` times (numpy Generator seeded with `seed`),
-                  the (1 − confidence)/2 and (1 + confidence)/2 percentiles of the resampled rates
-
-    Returns {"rate", "lower", "upper", "n", "wins", "ties", "losses"}; rate and bounds are NaN with no items, the
-    bounds NaN with 0 resamples.
-    """
-    scores = np.asarray(scores, dtype=float).ravel()
-    bad = ~np.isin(scores, (0.0, 0.5, 1.0))
-    if bad.any():
-        raise CLOError(f"a win-rate score is 1 (win), 0.5 (tie) or 0 (loss), got {float(scores[bad][0]):g}")
-    n = len(scores)
-    out = {"rate": float(scores.mean()) if n else math.nan, "lower": math.nan, "upper": math.nan, "n": n,
-           "wins": int((scores == 1).sum()), "ties": int((scores == 0.5).sum()), "losses": int((scores == 0).sum())}
-    if n and n_bootstrap > 0:
-        rng = np.random.default_rng(seed)
-        rates = scores[rng.integers(0, n, size=(n_bootstrap, n))].mean(axis=1)
-        alpha = 100 * (1 - confidence) / 2
-        out["lower"], out["upper"] = (float(x) for x in np.percentile(rates, [alpha, 100 - alpha]))
-    return out
-
-
-def length_controlled_win_rate(scores, length_first, length_second) -> float:
-    """AlpacaEval 2's length-controlled win rate of the first side: the win rate it would have were its answers as
-    long as the second side's.
-
-    A logistic GLM of the per-item preference y (1 win, ½ tie, 0 loss: a fractional response, fitted by maximum
-    likelihood on the Bernoulli log-likelihood, scipy's L-BFGS-B) on the standardised length difference,
-
-        logit P(first wins) = β0 + β1·tanh(Δ / sd(Δ)),   Δ = len(first answer) − len(second answer) in characters,
-
-    then read at Δ = 0: LC = σ(β0). This is AlpacaEval 2's `length_controlled_minimal` model: its default model
-    adds a per-instruction difficulty that is estimated from its own 805 instructions and many other models'
-    answers, which a prompt set of one's own does not have. With no length difference (sd(Δ) = 0) the fit is the
-    intercept alone and LC equals the plain win rate; a first side that wins or loses every item gives 1 or 0.
-    """
-    from scipy.optimize import minimize
-    from scipy.special import log_expit
-
-    y = np.asarray(scores, dtype=float).ravel()
-    delta = np.asarray(length_first, dtype=float).ravel() - np.asarray(length_second, dtype=float).ravel()
-    if len(y) != len(delta):
-        raise CLOError(f"{len(y)} scores but {len(delta)} length differences")
-    if len(y) == 0:
-        return math.nan
-    spread = delta.std(ddof=1) if len(y) > 1 else 0.0
-    if spread == 0 or y.min() == y.max():  # nothing for the length term to explain: the intercept is the mean
-        return float(y.mean())
-    x = np.tanh(delta / spread)
-
-    def loss_and_grad(beta: np.ndarray) -> tuple[float, np.ndarray]:
-        z = beta[0] + beta[1] * x
-        loss = -(y * log_expit(z) + (1 - y) * log_expit(-z)).mean()
-        residual = (expit(z) - y) / len(y)
-        return float(loss), np.array([residual.sum(), (residual * x).sum()])
-
-    fit = minimize(loss_and_grad, np.zeros(2), jac=True, method="L-BFGS-B", bounds=[(-30, 30), (-30, 30)],
-                   options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 1000})
-    return float(expit(fit.x[0]))
-
-
-def cohen_kappa(labels_1, labels_2) -> float:
-    """Cohen's κ between two raters' labels of the same items (any hashable labels):
-
-        κ = (p_o − p_e) / (1 − p_e),   p_o = share of items labelled alike,
-                                       p_e = Σ_k p_1(k)·p_2(k), the agreement expected by chance from each
-                                             rater's own label shares
-
-    1 = perfect agreement, 0 = no better than chance, < 0 = worse (−1 for two labels always swapped with equal
-    shares). NaN when p_e = 1 (both raters gave one and the same label to everything: κ is undefined) or no items.
-    """
-    a, b = _labels(labels_1, labels_2)
-    if len(a) == 0:
-        return math.nan
-    return float(_kappa(*_codes(a, b))[0])
-
-
-def _labels(labels_1, labels_2) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.asarray(list(labels_1), dtype=object), np.asarray(list(labels_2), dtype=object)
-    if len(a) != len(b):
-        raise CLOError(f"two raters' labels must be of the same items: got {len(a)} and {len(b)}")
-    return a, b
-
-
-def _codes(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    names = {label: k for k, label in enumerate(sorted(set(a) | set(b), key=str))}
-    return np.array([names[x] for x in a]), np.array([names[x] for x in b]), len(names)
-
-
-def _kappa(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
-    """κ of label codes a, b: [n] or [B, n] (a batch of resamples); returns [B] (NaN where p_e = 1)."""
-    a, b = np.atleast_2d(a), np.atleast_2d(b)
-    n = a.shape[1]
-    observed = (a == b).mean(axis=1)
-    share_a = np.stack([(a == c).mean(axis=1) for c in range(k)], axis=1)
-    share_b = np.stack([(b == c).mean(axis=1) for c in range(k)], axis=1)
-    expected = (share_a * share_b).sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kappa = np.where(np.isclose(expected, 1.0), np.nan, (observed - expected) / (1.0 - expected))
-    return kappa if n else np.full(len(a), np.nan)
-
-
-def agreement_interval(labels_1, labels_2, n_bootstrap: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
-    """Percent agreement and Cohen's κ between two raters' labels of the same items, each with a percentile-bootstrap
-    interval (items resampled with replacement; resamples where κ is undefined are left out of κ's).
-
-    Returns {"n", "agreement", "agreement_lower", "agreement_upper", "kappa", "kappa_lower", "kappa_upper"};
-    agreement is a share in [0, 1].
-    """
-    a, b = _labels(labels_1, labels_2)
-    n = len(a)
-    out = {"n": n, "agreement": math.nan, "agreement_lower": math.nan, "agreement_upper": math.nan,
-           "kappa": math.nan, "kappa_lower": math.nan, "kappa_upper": math.nan}
-    if n == 0:
-        return out
-    ca, cb, k = _codes(a, b)
-    out["agreement"], out["kappa"] = float((ca == cb).mean()), float(_kappa(ca, cb, k)[0])
-    if n_bootstrap > 0:
-        rows = np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
-        alpha = 100 * (1 - confidence) / 2
-        same = (ca[rows] == cb[rows]).mean(axis=1)
-        out["agreement_lower"], out["agreement_upper"] = (float(x) for x in np.percentile(same, [alpha, 100 - alpha]))
-        kappas = _kappa(ca[rows], cb[rows], k)
-        if np.isfinite(kappas).any():
-            out["kappa_lower"], out["kappa_upper"] = (float(x) for x in np.nanpercentile(kappas, [alpha, 100 - alpha]))
-    return out
-
-
-def winner_labels(battles: pd.DataFrame) -> pd.Series:
-    """Each vote's verdict whichever side was shown where: the winning variant's name, "tie" or "both_bad"."""
-    outcome = battles["outcome"]
-    return pd.Series(np.where(outcome == "a", battles["variant_a"], np.where(outcome == "b", battles["variant_b"],
-                                                                             outcome)), index=battles.index, dtype=object)
-
-
-def agreement(battles: pd.DataFrame, judge: str, language: str | None = None, n_bootstrap: int = 2000,
-              seed: int = 0) -> dict:
-    """How far `judge` agrees with the people, on the answers both judged: every blind human vote (not both_bad,
-    which a judge cannot say) whose pair_key the judge also judged is one item, labelled by `winner_labels` on
-    both sides (the judge's latest verdict on that pair). Returns `agreement_interval`'s dict."""
-    battles = check_battles(battles)
-    if len(battles) == 0 or "pair_key" not in battles.columns:
-        return agreement_interval([], [], 0)
-    if language is not None:
-        battles = battles[battles["language"] == language]
-    people = rater_votes(battles)
-    people = people[people["outcome"] != "both_bad"]
-    verdicts = rater_votes(battles, judge, blind_only=False)
-    verdict = pd.Series(winner_labels(verdicts).to_numpy(), index=verdicts["pair_key"].to_numpy())
-    verdict = verdict[~verdict.index.duplicated(keep="last")]
-    both = people[people["pair_key"].isin(verdict.index)]
-    return agreement_interval(winner_labels(both), verdict.reindex(both["pair_key"]).to_numpy(), n_bootstrap,
-                              seed=seed)

@@ -1,6 +1,6 @@
 """The paper in miniature: SFT vs CLO on the synthetic two-language world, at several data sizes, on CPU.
 
-For every seed and data size, the project's own training path (`clo.train.trainer.train`, what `python -m clo train`
+For every seed and data size, the project's own training path (`clo.train.run.train`, what `python -m clo train`
 runs) fine-tunes the cached English-centric base with SFT and with CLO: same LoRA, same steps, same pairs.
 The project's own serving path (the PEFT engine) then answers held-out queries in both languages, greedily, and
 each answer is checked exactly:
@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from clo import ROOT, CLOError
-from clo.config import _f
+from clo.config import option
 from clo.files import new_folder
 from clo.models.miniature.base import DEFAULT_PATH, base_model
 from clo.models.miniature.world import CODE, WORLD, Example, check, generate, solved
@@ -46,20 +46,20 @@ EVAL_SEED = 1234
 class MiniatureConfig:
     """One miniature experiment. Both methods share every setting but the objective."""
 
-    sizes: list[int] = _f([50, 100, 200, 400], "Training-pair counts to compare at (the x-axis).")
-    seeds: list[int] = _f([0, 1, 2], "Seeds (pair selection, LoRA initialisation, data order); several show the spread.")
-    methods: list[str] = _f(["sft", "clo"], "Objectives, each trained at every size and seed.")
-    epochs: float = _f(3.0, "Passes over the pairs; the same steps for every method at a size.")
-    batch_size: int = _f(8, "Pairs per step.")
-    learning_rate: float = _f(2e-3, "Peak learning rate of the LoRA weights.")
-    lora_r: int = _f(8, "LoRA rank on q/k/v/o (α = 2r).")
-    lam: float = _f(0.5, "λ in L_CLO = λ·L_SFT + (1−λ)·L_CL.")
-    beta: float = _f(0.1, "β of the cross-lingual DPO term.")
-    eval_examples: int = _f(180, "Held-out queries, each asked in both languages.")
-    max_new_tokens: int = _f(16, "Longest answer, in tokens (a right one has at most 10, end included).")
-    out_dir: str = _f("runs/miniature", "Where each experiment's folder is written.")
-    base_path: str = _f(str(DEFAULT_PATH), "The cached base model (pretrained here when missing).")
-    app_adapters: str | None = _f(str(APP_ADAPTERS), "Where the largest seed-0 SFT and CLO adapters go for the app.")
+    sizes: list[int] = option([50, 100, 200, 400], "Training-pair counts to compare at (the x-axis).")
+    seeds: list[int] = option([0, 1, 2], "Seeds (pair selection, LoRA initialisation, data order); several show the spread.")
+    methods: list[str] = option(["sft", "clo"], "Objectives, each trained at every size and seed.")
+    epochs: float = option(3.0, "Passes over the pairs; the same steps for every method at a size.")
+    batch_size: int = option(8, "Pairs per step.")
+    learning_rate: float = option(2e-3, "Peak learning rate of the LoRA weights.")
+    lora_r: int = option(8, "LoRA rank on q/k/v/o (α = 2r).")
+    lam: float = option(0.5, "λ in L_CLO = λ·L_SFT + (1−λ)·L_CL.")
+    beta: float = option(0.1, "β of the cross-lingual DPO term.")
+    eval_examples: int = option(180, "Held-out queries, each asked in both languages.")
+    max_new_tokens: int = option(16, "Longest answer, in tokens (a right one has at most 10, end included).")
+    out_dir: str = option("runs/miniature", "Where each experiment's folder is written.")
+    base_path: str = option(str(DEFAULT_PATH), "The cached base model (pretrained here when missing).")
+    app_adapters: str | None = option(str(APP_ADAPTERS), "Where the largest seed-0 SFT and CLO adapters go for the app.")
 
 
 def evaluate(engine, variants: list[str], examples: list[Example], max_new_tokens: int, chunk: int = 512) -> pd.DataFrame:
@@ -175,7 +175,7 @@ def run(cfg: MiniatureConfig = MiniatureConfig(), log=print) -> dict:
 
     from clo.engines.base import find_adapters
     from clo.engines.peft_engine import PeftEngine
-    from clo.train.trainer import train
+    from clo.train.run import train
 
     started = time.time()
     if not cfg.sizes or not cfg.seeds or not cfg.methods:
@@ -275,7 +275,7 @@ def app_models(base_path: str | Path = DEFAULT_PATH, adapters_dir: str | Path = 
     The shipped copy is used only at the default paths, where its adapters' manifests name their base.
     """
     from clo.models.miniature.base import is_current
-    from clo.train.trainer import train
+    from clo.train.run import train
 
     base_path, adapters_dir = Path(base_path), Path(adapters_dir)
     if (prebuilt is not None and not is_current(base_path) and base_path == DEFAULT_PATH

@@ -1,6 +1,6 @@
 """English retention on a real model: does SFT on target-language answers cost the model its English, and does CLO?
 
-For every seed and data size, the project's training path (`clo.train.trainer.train`, what `python -m clo train` runs)
+For every seed and data size, the project's training path (`clo.train.run.train`, what `python -m clo train` runs)
 fine-tunes the model with SFT and with CLO on the same pairs of the shipped sample; the project's serving path (the
 PEFT engine) then answers, greedily:
 
@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from clo import ROOT, CLOError
-from clo.config import _f
+from clo.config import option
 from clo.models.table import SAMPLE
 
 FACTS = ROOT / "assets" / "english" / "facts.jsonl"
@@ -45,16 +45,16 @@ HELD_OUT_EVERY = 5  # every 5th sample row is held out for evaluation: 40 of 200
 class ReplicateConfig:
     """One English-retention run. Both methods share every setting but the objective."""
 
-    model: str = _f("smollm2", "Base model: a shorthand (python -m clo models list), a folder or a hub id.")
-    lang: str = _f("ko", "Target language; the shipped sample has ko, zh and sw.")
-    recipe: str = _f(str(RECIPE), "Recipe with the training settings (LoRA, steps, lengths); sizes and seeds override it.")
-    sizes: list[int] = _f([32, 128], "Training-pair counts (at most 160: the rest of the sample is held out).")
-    seeds: list[int] = _f([0], "Seeds (pair selection, LoRA initialisation, data order).")
-    methods: list[str] = _f(["sft", "clo"], "Objectives, each trained at every size and seed.")
-    epochs: float | None = _f(None, "Passes over the pairs (default: the recipe's).")
-    limit: int | None = _f(None, "Ask only the first N held-out prompts and N facts (a quick run).")
-    max_tokens: int = _f(64, "Longest answer, in tokens.")
-    out_dir: str = _f("runs/replicate", "Where each run's folder is written.")
+    model: str = option("smollm2", "Base model: a shorthand (python -m clo models list), a folder or a hub id.")
+    lang: str = option("ko", "Target language; the shipped sample has ko, zh and sw.")
+    recipe: str = option(str(RECIPE), "Recipe with the training settings (LoRA, steps, lengths); sizes and seeds override it.")
+    sizes: list[int] = option([32, 128], "Training-pair counts (at most 160: the rest of the sample is held out).")
+    seeds: list[int] = option([0], "Seeds (pair selection, LoRA initialisation, data order).")
+    methods: list[str] = option(["sft", "clo"], "Objectives, each trained at every size and seed.")
+    epochs: float | None = option(None, "Passes over the pairs (default: the recipe's).")
+    limit: int | None = option(None, "Ask only the first N held-out prompts and N facts (a quick run).")
+    max_tokens: int = option(64, "Longest answer, in tokens.")
+    out_dir: str = option("runs/replicate", "Where each run's folder is written.")
 
 
 def split_sample(lang: str) -> tuple[list[dict], list[dict]]:
@@ -177,7 +177,7 @@ def run(cfg: ReplicateConfig = ReplicateConfig(), log=print) -> dict:
     from clo.engines.peft_engine import PeftEngine
     from clo.languages import lang_code
     from clo.models.table import resolve_model
-    from clo.train.trainer import train
+    from clo.train.run import train
 
     started = time.time()
     cfg.lang = lang_code(cfg.lang)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clo import CLOError
-from clo.models.table import MANIFEST, OfflineModel, _manifest, register
+from clo.models.table import MANIFEST, OfflineModel, read_manifest, register
 
 
 def wheel_cache() -> Path:
@@ -59,7 +59,7 @@ class PackagedModel(OfflineModel):
 
     def made(self, out: Path) -> bool:
         """A folder renamed into place whole by `make`, manifest included."""
-        manifest = _manifest(Path(out))
+        manifest = read_manifest(Path(out))
         return manifest.get("model") == self.name and (Path(out) / "config.json").is_file()
 
     def owns(self, folder: Path) -> bool:
@@ -67,7 +67,7 @@ class PackagedModel(OfflineModel):
 
     def describe(self, folder: str | Path) -> str:
         text = self.description
-        if str(_manifest(Path(folder)).get("source", "")).startswith("hub"):
+        if str(read_manifest(Path(folder)).get("source", "")).startswith("hub"):
             text = text.replace(self.weights, "the original weights from the hub")
         return f"**{self.title}** (`{folder}`): {text}"
 

@@ -5,8 +5,9 @@
     python -m clo generate --model smollm2 "What is the capital of France?"
     python app.py --model miniature               # any shorthand works wherever a model is given
 
-    from clo.models.table import MODELS, entry_for, resolve_model
+    from clo.models.table import MODELS, entry_for, locate_model, resolve_model
     resolve_model("smollm2")   # -> "models/smollm2-135m-instruct", made on first use
+    locate_model("smollm2")    # -> clo.hub.Source of that folder (what loading a base model asks first)
     resolve_model("gpt2")      # -> "gpt2" (anything not in the table passes through unchanged)
     entry_for("models/miniature/base").examples()   # a folder an entry made names its entry
 
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Callable
 
 from clo import ROOT, CLOError
 from clo.files import copy_whole, same_files
+from clo.hub import Source, locate
 from clo.languages import Language
 from clo.languages import register as register_language
 
@@ -135,7 +137,8 @@ class OfflineModel:
         return dest
 
 
-def _manifest(folder: Path) -> dict:
+def read_manifest(folder: Path) -> dict:
+    """The folder's manifest.json as a dict; {} when it is missing, unreadable or not an object."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -204,6 +207,12 @@ def resolve_model(name: str) -> str:
             get(entry.name)
             return name
     return name
+
+
+def locate_model(name: str, flag: str = "--model") -> Source:
+    """A base model given as anything a user may type, classified (`clo.hub.locate`): a shorthand of the table
+    becomes its folder first (`resolve_model`, made on first use); a path or hub id is checked as it is."""
+    return locate(resolve_model(name), kind="model", flag=flag)
 
 
 def entry_for(model: str | Path | None) -> OfflineModel | None:

@@ -1,7 +1,8 @@
 """The Gradio app, one module per tab; `build_app(services)` assembles them (app.py calls it).
 
     from clo.app.ui import build_app
-    from clo.app.context import Services, Settings
+    from clo.app.context import Services
+    from clo.app.settings import Settings
     demo = build_app(Services(Settings(model="models/tiny")))
 """
 
@@ -30,11 +31,11 @@ def build_app(services: Services) -> gr.Blocks:
         )
         with gr.Tabs(overflow_behavior="wrap") as tabs:  # on a phone every tab stays in sight
             with gr.Tab("Compare", id="compare"):
-                compare_lang, compare_prompt, to_arena = compare.build(services)
+                compare_tab = compare.build(services)
             with gr.Tab("Arena", id="arena"):
-                arena_prompt, arena_lang = arena.build(services, default_lang=(services.target_languages() or ["ko"])[0])
+                arena_tab = arena.build(services, default_lang=(services.target_languages() or ["ko"])[0])
             with gr.Tab("Leaderboard", id="leaderboard") as board_tab:
-                board_lang, board_update, board_outputs = leaderboard.build(services)
+                board = leaderboard.build(services)
             with gr.Tab("Train", id="train"):
                 locked = s.demo_mode
                 with gr.Row(visible=locked) as gate:
@@ -42,10 +43,9 @@ def build_app(services: Services) -> gr.Blocks:
                     unlock = gr.Button("Unlock training", scale=1)
                     if ON_SPACE:  # Hugging Face OAuth exists only on a Space
                         gr.LoginButton(scale=1)
-                (panel, train_timer, on_preview, train_inputs, train_preview, serving_lang, serving_refresh,
-                 serving_outputs, judge_refresh, judge_outputs) = train.build(services, visible=not locked)
+                train_tab = train.build(services, visible=not locked)
             with gr.Tab("Data", id="data"):
-                data_lang, data_pairs, data_table = data.build(services)
+                data_tab = data.build(services)
 
         def check_password(given, request: gr.Request):
             if services.access.unlock(request, given):  # the server remembers this session: every change checks it
@@ -68,16 +68,18 @@ def build_app(services: Services) -> gr.Blocks:
         def on_tab(evt: gr.SelectData, request: gr.Request):  # the Train tab's job polling runs only while it is open
             return gr.Timer(active=evt.value == "Train" and services.access.allows(request))
 
-        tabs.select(on_tab, None, train_timer, api_visibility="private", show_progress="hidden")
-        to_arena.click(lambda p, code: (p, code, gr.Tabs(selected="arena")), [compare_prompt, compare_lang],
-                       [arena_prompt, arena_lang, tabs], api_visibility="private")
-        unlock.click(check_password, password, [gate, panel, train_timer], api_visibility="private", show_progress="hidden")
-        demo.load(on_load, None, [gate, panel, train_timer], api_visibility="private")
-        demo.load(on_preview, train_inputs, train_preview, api_visibility="private")
-        demo.load(serving_refresh, serving_lang, serving_outputs, api_visibility="private")
-        demo.load(judge_refresh, None, judge_outputs, api_visibility="private")
-        demo.load(data.preview_pairs, [data_lang, data_pairs], data_table, api_visibility="private")
-        demo.load(board_update, board_lang, board_outputs, api_visibility="private")
-        board_tab.select(board_update, board_lang, board_outputs, api_visibility="private", show_progress="hidden")
+        tabs.select(on_tab, None, train_tab.timer, api_visibility="private", show_progress="hidden")
+        compare_tab.to_arena.click(lambda p, code: (p, code, gr.Tabs(selected="arena")),
+                                   [compare_tab.prompt, compare_tab.lang], [arena_tab.prompt, arena_tab.lang, tabs],
+                                   api_visibility="private")
+        unlock.click(check_password, password, [gate, train_tab.panel, train_tab.timer], api_visibility="private",
+                     show_progress="hidden")
+        demo.load(on_load, None, [gate, train_tab.panel, train_tab.timer], api_visibility="private")
+        demo.load(train_tab.on_preview, train_tab.inputs, train_tab.preview, api_visibility="private")
+        demo.load(train_tab.serving.refresh, train_tab.serving.lang, train_tab.serving.outputs, api_visibility="private")
+        demo.load(train_tab.judge.refresh, None, train_tab.judge.outputs, api_visibility="private")
+        demo.load(data.preview_pairs, [data_tab.lang, data_tab.pairs], data_tab.table, api_visibility="private")
+        demo.load(board.update, board.lang, board.outputs, api_visibility="private")
+        board_tab.select(board.update, board.lang, board.outputs, api_visibility="private", show_progress="hidden")
     demo.queue(default_concurrency_limit=s.concurrency, max_size=s.queue_size)
     return demo

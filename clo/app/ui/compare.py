@@ -7,6 +7,8 @@ API: `/compare` (prompt, language[, english]) -> {"target": [...], "english": [.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gradio as gr
 
 from clo import CLOError
@@ -90,6 +92,15 @@ def serving_line(services: Services, lang: str | None) -> str:
     return services.lineup.describe(lang, services.settings.model)
 
 
+
+@dataclass(frozen=True)
+class CompareTab:
+    """What build_app wires from the Compare tab."""
+
+    lang: object  # the language dropdown
+    prompt: object  # the prompt box
+    to_arena: object  # the Send to Arena button
+
 def build(services: Services):
     default = services.target_languages()[0] if services.target_languages() else "ko"
     with gr.Row():
@@ -143,4 +154,4 @@ def build(services: Services):
             raise gr.Error(str(e)) from None
 
     gr.api(api, api_name="compare", **generation)
-    return lang, prompt, to_arena
+    return CompareTab(lang=lang, prompt=prompt, to_arena=to_arena)

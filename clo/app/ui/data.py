@@ -6,6 +6,8 @@ source; the served model's notes about its language (for an invented one: its le
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gradio as gr
 import pandas as pd
 
@@ -36,6 +38,15 @@ def preview_pairs(lang: str, pairs: int, source: str = "sample") -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+
+@dataclass(frozen=True)
+class DataTab:
+    """What build_app wires from the Data tab (its preview is filled on load)."""
+
+    lang: object  # the language dropdown
+    pairs: object  # the number of pairs
+    table: object  # the pairs shown
+
 def build(services: Services):
     languages = list(services.examples) or ["ko"]
     with gr.Row():
@@ -51,4 +62,4 @@ def build(services: Services):
             gr.Dataframe(words, show_label=False, max_height=400)
     for trigger in (lang.change, pairs.change):
         trigger(preview_pairs, [lang, pairs], table, api_visibility="private")
-    return lang, pairs, table
+    return DataTab(lang=lang, pairs=pairs, table=table)

@@ -1,12 +1,22 @@
 """The Train tab's "LLM judge" panel: an admin starts a judging job over the stored battles and watches its progress
-(the job itself: clo.evaluate.judge_background.Judging)."""
+(the job itself: clo.evaluate.judge.background.Judging)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import gradio as gr
 
 from clo import CLOError
 
+
+
+@dataclass(frozen=True)
+class JudgePanel:
+    """What the Train tab wires from the LLM judge panel (refreshed on load)."""
+
+    refresh: object  # the handler that shows the judging job's state
+    outputs: object  # the components it fills
 
 def build(services):
     """The Train tab's "LLM judge" accordion: the judge's URL and model (the configured ones to start with), a
@@ -42,4 +52,4 @@ def build(services):
 
     start.click(on_judge_start, [url, model, lang], [status, timer], api_visibility="private")
     timer.tick(on_judge_tick, None, [status, timer], api_visibility="private", show_progress="hidden", concurrency_id="poll")
-    return on_judge_tick, [status, timer]
+    return JudgePanel(refresh=on_judge_tick, outputs=[status, timer])

@@ -14,10 +14,15 @@ rate beside the people's win rate against the same opponent), with how far each 
 the answers both judged ("agreement": percent agreement and Cohen's κ, 95% bootstrap intervals), and each judge's
 Bradley–Terry ratings beside the people's ("judge_ratings").
 
+The tables are computed by clo.evaluate.board, as for `python -m clo leaderboard [--judge NAME]`; this module holds
+the widgets, their handlers and the rounding.
+
 API: `/leaderboard` (language or "all") -> {"note": str or None, table name: list of records}, full precision.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import tempfile
 import threading
@@ -27,11 +32,11 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
-from clo.evaluate.langid import code_fidelity, detect
-from clo.evaluate.judge import first_shown_share
-from clo.evaluate.ratings import COUNTS, HUMAN, agreement, judges, leaderboard, rater_votes, version_keys, wtl_table
 from clo.app.context import Services
-from clo.evaluate.store import export_votes
+from clo.evaluate.board import COLUMNS
+from clo.evaluate.board import tables as board_tables
+from clo.evaluate.ratings import COUNTS
+from clo.evaluate.export import export_votes
 
 ALL = "all"
 # the columns of each table as shown, so an empty table still has its real headers
@@ -39,11 +44,8 @@ SHOWN = {
     "wtl": ["opponent", *COUNTS, "battles", "win %", "tie %", "loss %", "both_bad %"],
     "bradley_terry": ["variant", "rating", "lower", "upper", "battles"],
     "win_rate": ["variant"],
-    "fidelity": ["variant", "fidelity", "judged", "unknown"],
     "summary": ["language", "stored", "named", "rated", "a", "b", "tie", "both_bad"],
-    "judge": ["judge", "opponent", "wins", "ties", "losses", "judge win %", "people win %", "people battles"],
-    "agreement": ["judge", "battles", "agreement %", "lower %", "upper %", "κ", "κ lower", "κ upper", "first shown %"],
-    "judge_ratings": ["judge", "variant", "judge rating", "lower", "upper", "judge battles", "people rating"],
+    **COLUMNS,  # fidelity, judge, agreement, judge_ratings: clo.evaluate.board's own columns
 }
 KAPPA = ("κ", "κ lower", "κ upper")  # written to 0.01: κ's scale is −1 to 1
 # shown columns written as whole numbers: ratings and their bounds (to the point), and counts
@@ -52,78 +54,11 @@ WHOLE = {"rating", "lower", "upper", *COUNTS, "battles", "judged", "unknown", *S
 MISSING = "—"  # a value not there yet (too few votes) or not defined (a variant against itself, the anchor's bounds)
 
 
-def answer_fidelity(votes: pd.DataFrame) -> pd.DataFrame:
-    """Per variant (a retrained one apart, as in the ratings), the share of its answers in the prompt's language,
-    from the language detected when each battle was made (older votes without it are detected here)."""
-    votes = version_keys(votes)
-    rows = []
-    for variant in sorted(set(votes.variant_a) | set(votes.variant_b)):
-        pairs = []
-        for side in ("a", "b"):
-            mine = votes[votes[f"variant_{side}"] == variant]
-            stored = mine[f"lang_{side}"] if f"lang_{side}" in mine else pd.Series(None, index=mine.index)
-            pairs += [(lang, code if isinstance(code, str) else detect(text).code)
-                      for lang, code, text in zip(mine["language"], stored, mine[f"answer_{side}"])]
-        f = code_fidelity(pairs)
-        rows.append({"variant": variant, "fidelity": f["fidelity"], "judged": f["judged"], "unknown": f["unknown"]})
-    return pd.DataFrame(rows, columns=SHOWN["fidelity"])
-
-
-def judge_tables(votes: pd.DataFrame, language: str | None, focus: str = "clo") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """("judge", "agreement"): per judge, its W/T/L and win rate for `focus` beside the people's win rate against the
-    same opponent; and its agreement with the people on the battles both judged (clo.evaluate.ratings.agreement), with the
-    share of its verdicts that named the answer shown first (position bias; about 50% is none)."""
-    rows, agree = [], []
-    scoped = votes if language is None else votes[votes["language"] == language]
-    humans = wtl_table(votes, focus, language, rater=HUMAN).set_index("opponent")
-    for judge in judges(votes):
-        for r in wtl_table(votes, focus, language, rater=judge).itertuples():
-            person = humans.loc[r.opponent] if r.opponent in humans.index else None
-            rows.append({"judge": judge, "opponent": r.opponent, "wins": r.wins, "ties": r.ties, "losses": r.losses,
-                         "judge win %": r.win_pct + 0.5 * r.tie_pct,
-                         "people win %": np.nan if person is None else person["win_pct"] + 0.5 * person["tie_pct"],
-                         "people battles": 0 if person is None else int(person["wins"] + person["ties"] + person["losses"])})
-        a = agreement(votes, judge, language, n_bootstrap=1000)
-        agree.append({"judge": judge, "battles": a["n"], "agreement %": 100 * a["agreement"],
-                      "lower %": 100 * a["agreement_lower"], "upper %": 100 * a["agreement_upper"], "κ": a["kappa"],
-                      "κ lower": a["kappa_lower"], "κ upper": a["kappa_upper"],
-                      "first shown %": 100 * first_shown_share(rater_votes(scoped, judge))})
-    return pd.DataFrame(rows, columns=SHOWN["judge"]), pd.DataFrame(agree, columns=SHOWN["agreement"])
-
-
-def judge_ratings(votes: pd.DataFrame, language: str | None, people_bt: pd.DataFrame) -> pd.DataFrame:
-    """Per judge, the Bradley–Terry rating of each variant from that judge's verdicts (clo.evaluate.ratings.leaderboard with
-    `rater=` the judge), beside the people's rating; "—" (NaN) while the judge's verdicts are too few to rate, as
-    for the people."""
-    people_rating = people_bt.set_index("variant")["rating"] if not people_bt.empty else pd.Series(dtype=float)
-    rows = []
-    for judge in judges(votes):
-        t = leaderboard(votes, language=language, rater=judge, n_bootstrap=200)
-        bt = t["bradley_terry"].set_index("variant")
-        counts = t["counts"]
-        battles = counts.groupby("variant")[["wins", "ties", "losses"]].sum().sum(axis=1) if not counts.empty else {}
-        for variant in bt.index if not bt.empty else sorted(set(counts["variant"])):
-            rated = variant in bt.index
-            rows.append({"judge": judge, "variant": variant,
-                         "judge rating": bt.at[variant, "rating"] if rated else np.nan,
-                         "lower": bt.at[variant, "lower"] if rated else np.nan,
-                         "upper": bt.at[variant, "upper"] if rated else np.nan,
-                         "judge battles": int(battles.get(variant, 0)),
-                         "people rating": people_rating.get(variant, np.nan)})
-    return pd.DataFrame(rows, columns=SHOWN["judge_ratings"])
-
-
 def tables(services: Services, language: str | None, votes: pd.DataFrame | None = None) -> dict:
+    """clo.evaluate.board.tables for the language chosen on the page ("all": every language), from `votes` or the
+    store's."""
     language = None if language in (None, "", ALL) else language
-    votes = services.store.votes() if votes is None else votes
-    if votes.empty:
-        return {}
-    out = leaderboard(votes, language=language)  # the people's votes: judge votes are kept apart
-    scoped = rater_votes(votes if language is None else votes[votes.language == language], HUMAN, blind_only=False)
-    out["fidelity"] = answer_fidelity(scoped)
-    out["judge"], out["agreement"] = judge_tables(votes, language)
-    out["judge_ratings"] = judge_ratings(votes, language, out["bradley_terry"])
-    return out
+    return board_tables(services.store.votes() if votes is None else votes, language)
 
 
 class Board:
@@ -223,6 +158,15 @@ def rating_plot(bt: pd.DataFrame):
     return fig
 
 
+
+@dataclass(frozen=True)
+class BoardTab:
+    """What build_app wires from the Leaderboard tab (refreshed on load and when the tab opens)."""
+
+    lang: object  # the language filter
+    update: object  # the handler that refreshes every table
+    outputs: object  # the components it fills
+
 def build(services: Services):
     choices = [("All languages", ALL)] + services.served_language_choices()
     board = Board(services)
@@ -284,4 +228,4 @@ def build(services: Services):
         return records(board.get(language)[0])
 
     gr.api(api, api_name="leaderboard", concurrency_id="board")
-    return lang, update, outputs
+    return BoardTab(lang=lang, update=update, outputs=outputs)

@@ -7,6 +7,8 @@ admin password or logged in as an allowed user may apply one, whatever the page 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gradio as gr
 
 from clo import CLOError
@@ -39,6 +41,15 @@ def apply(services: Services, request, lang: str, sft: str | None, clo: str | No
     return f"✅ saved: {services.lineup.describe(lang, services.settings.model)}"
 
 
+
+@dataclass(frozen=True)
+class ServingPanel:
+    """What the Train tab wires from the serving panel (refreshed on load)."""
+
+    lang: object  # the language dropdown
+    refresh: object  # code -> the slots' choices and the overview
+    outputs: object  # the components refresh fills
+
 def build(services: Services):
     codes = services.served_language_choices()
     default = codes[0][1] if codes else "ko"
@@ -62,4 +73,5 @@ def build(services: Services):
     form = [sft, clo, arena]
     lang.change(lambda code: form_for(services, code), lang, form, api_visibility="private")
     save.click(on_apply, [lang, sft, clo, arena], status, api_visibility="private")
-    return lang, form, lambda code: form_for(services, code) + [overview(services)], [*form, status]
+    return ServingPanel(lang=lang, refresh=lambda code: form_for(services, code) + [overview(services)],
+                        outputs=[*form, status])

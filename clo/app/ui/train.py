@@ -10,6 +10,7 @@ import dataclasses
 import re
 import shlex
 import typing
+from collections.abc import Callable
 
 import gradio as gr
 import pandas as pd
@@ -19,6 +20,10 @@ from clo.config import METHODS, SECTIONS, Recipe, base_type
 from clo.app.jobs import misfit, taken
 from clo.models.table import entry_for, experiments, lookup
 from clo.app.context import Services
+
+if typing.TYPE_CHECKING:
+    from clo.app.ui.judging import JudgePanel
+    from clo.app.ui.serving import ServingPanel
 
 # the recipe fields the form shows, in order; their widgets, labels and help come from the dataclasses
 FORM = ("model.name_or_path", "data.target_lang", "data.source", "data.pairs", "method.method", "training.max_steps",
@@ -97,7 +102,19 @@ def progress(events: list[dict]) -> tuple[str, pd.DataFrame]:
     return text, pd.DataFrame(rows, columns=["step", "value", "series"])
 
 
-def build(services: Services, visible: bool = True):
+@dataclasses.dataclass(frozen=True)
+class TrainTab:
+    """What `build` hands the page (clo.app.ui.build_app) to wire to the gate and to the page's load."""
+    panel: gr.Column  # the form, the Serving and judge panels: shown once the session may train
+    timer: gr.Timer  # polls the job, only while an admin has the tab open
+    on_preview: Callable  # the form's values -> the command that will run
+    inputs: list  # the form's widgets, in FORM order
+    preview: gr.Code  # where that command is shown
+    serving: "ServingPanel"  # the Serving panel: its language, refresh and outputs
+    judge: "JudgePanel"  # the LLM judge panel: its refresh and outputs
+
+
+def build(services: Services, visible: bool = True) -> TrainTab:
     from clo.app.ui import judging, serving
 
     jobs = services.jobs
@@ -121,8 +138,8 @@ def build(services: Services, visible: bool = True):
         plot = gr.LinePlot(x="step", y="value", color="series", label="loss, L_SFT, L_CL, margins (the adapter training now)",
                            elem_id="loss-plot")
         tail = gr.Code(label="Log", language=None, wrap_lines=True)
-        serving_lang, serving_form, serving_refresh, serving_outputs = serving.build(services)
-        judge_refresh, judge_outputs = judging.build(services)
+        serving_panel = serving.build(services)
+        judge_panel = judging.build(services)
         runs = {}  # the experiments the offline models bring (clo.models.table): name -> (button, summary, plot)
         for entry in experiments():
             with gr.Accordion(entry.experiment.title, open=False):
@@ -176,7 +193,7 @@ def build(services: Services, visible: bool = True):
             return f"started: `{job['command']}`", "", None, gr.Timer(active=True)
         return on_experiment_start
 
-    unchanged = [gr.update()] * len(serving_outputs)
+    unchanged = [gr.update()] * len(serving_panel.outputs)
 
     def next_name(args) -> dict:
         try:
@@ -208,7 +225,7 @@ def build(services: Services, visible: bool = True):
         shown = (jobs.current() or {}).get("experiment")  # an experiment's table and plot go under its own button
         results = [part for name in runs for part in (result if result and name == shown else (gr.update(), gr.update()))]
         # a new adapter took its name: the form moves on to a free one, and the Serving lists show the new adapter
-        fresh = [next_name(form)] + serving_refresh(serving_code) if added else [gr.update()] + unchanged
+        fresh = [next_name(form)] + serving_panel.refresh(serving_code) if added else [gr.update()] + unchanged
         return [text, frame, jobs.tail()] + results + fresh + [gr.update()]
 
     inputs = [widgets[k] for k in keys]
@@ -219,8 +236,8 @@ def build(services: Services, visible: bool = True):
     stop.click(on_stop, None, status, api_visibility="private")
     for name, (button, summary, image) in runs.items():
         button.click(experiment_starter(name), None, [status, summary, image, timer], api_visibility="private")
-    timer.tick(on_tick, [serving_lang, *inputs], [status, plot, tail, *[p for r in runs.values() for p in r[1:]],
-                                                  widgets["training.name"], *serving_outputs, timer],
+    timer.tick(on_tick, [serving_panel.lang, *inputs], [status, plot, tail, *[p for r in runs.values() for p in r[1:]],
+                                                  widgets["training.name"], *serving_panel.outputs, timer],
                api_visibility="private", show_progress="hidden", concurrency_id="poll")
-    return (panel, timer, on_preview, inputs, preview, serving_lang, serving_refresh, serving_outputs, judge_refresh,
-            judge_outputs)
+    return TrainTab(panel=panel, timer=timer, on_preview=on_preview, inputs=inputs, preview=preview,
+                    serving=serving_panel, judge=judge_panel)

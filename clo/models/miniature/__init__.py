@@ -2,7 +2,7 @@
 
 - `world`      English, an invented target language with an exact translation, tasks with checkable answers
 - `base`       the English-centric base model: a few-million-parameter Llama pretrained here, cached
-- `experiment` SFT vs CLO at several data sizes and seeds, through `clo.train.trainer` and the PEFT engine; table + plot
+- `experiment` SFT vs CLO at several data sizes and seeds, through `clo.train.run` and the PEFT engine; table + plot
 
     python -m clo miniature                 # or: from clo.experiments.miniature import run
 

@@ -25,8 +25,6 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from transformers import TrainerCallback
-
 from clo.models.miniature.world import WORLD, World, generate
 
 DEFAULT_PATH = Path("models") / "miniature" / "base"  # relative to the project folder, like adapters/ and runs/
@@ -118,7 +116,7 @@ def pretrain(path: Path, cfg: Pretraining = Pretraining(), world: World = WORLD,
     """Pretrain the base from random weights with transformers' Trainer; written to `path` only when complete."""
     import torch
     from transformers import (DataCollatorForLanguageModeling, LlamaConfig, LlamaForCausalLM, PrinterCallback,
-                              Trainer, TrainingArguments)
+                              Trainer, TrainerCallback, TrainingArguments)
     from transformers.utils import logging as hf_logging
 
     started = time.time()
@@ -148,7 +146,7 @@ def pretrain(path: Path, cfg: Pretraining = Pretraining(), world: World = WORLD,
         trainer = Trainer(model=model, args=args, train_dataset=[{"input_ids": x} for x in ids],
                           data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
         trainer.remove_callback(PrinterCallback)  # our own one-line progress instead
-        trainer.add_callback(_Progress(log, cfg.steps))
+        trainer.add_callback(progress_callback(TrainerCallback, log, cfg.steps))
         result = trainer.train()
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
         model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -170,12 +168,13 @@ def pretrain(path: Path, cfg: Pretraining = Pretraining(), world: World = WORLD,
     return path
 
 
-class _Progress(TrainerCallback):
-    """Prints one line per logging step (the Trainer's own bar is off)."""
+def progress_callback(base: type, log, steps: int):
+    """A Trainer callback (a subclass of transformers' TrainerCallback, passed in: this module imports no
+    transformers at its top, so `python -m clo --help` stays instant) printing one line per logging step."""
 
-    def __init__(self, log, steps: int):
-        self.log, self.steps = log, steps
+    class Progress(base):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                log(f"[clo]   step {state.global_step}/{steps}  loss {logs['loss']:.3f}")
 
-    def on_log(self, args, state, control, logs=None, **kw):
-        if logs and "loss" in logs:
-            self.log(f"[clo]   step {state.global_step}/{self.steps}  loss {logs['loss']:.3f}")
+    return Progress()

@@ -91,7 +91,7 @@ class Example:
     response_tgt: str
 
     def row(self) -> dict:
-        """The cross-lingual row `clo.train.trainer` trains on (plus the task, for the checkers)."""
+        """The cross-lingual row `clo.train.run` trains on (plus the task, for the checkers)."""
         return {"id": self.id, "task": self.task, "prompt_en": self.prompt_en, "response_en": self.response_en,
                 "prompt_tgt": self.prompt_tgt, "response_tgt": self.response_tgt}
 

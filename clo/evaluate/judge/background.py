@@ -6,14 +6,14 @@ word as a job with progress, and in the background after every vote when the app
     judging.poke()                           # after a vote: the background judge wakes; returns at once
     judging.state()                          # {"status": "running", "done": 12, "total": 40, ...}
 
-Both ways judge what `clo.evaluate.judge.battle_items` finds in the vote store and the judge has not judged yet, so a job
-that stopped (the judge down, slow, HTTP 500) resumes where it stopped, a restart of the app catches up, and no pair
-is judged twice. One judging pass runs at a time, in its own threads: a vote only sets an event, so judging never
-holds up a visitor. After a failure the background judge waits `retry_s` before it asks again; an admin's job asks
-at once. A pair whose reply was unreadable is kept (clo.evaluate.judge) and the background judge asks it again on its
-schedule (1, 2, 4 … minutes later), waking for it without a vote, never once per new vote; an admin's job asks every
-such pair again. The Train tab's "LLM judge" panel (clo.app.ui.judging) drives it; it shows how many replies were unreadable and
-one of them.
+Both ways judge what `clo.evaluate.judge.run.battle_items` finds in the vote store and the judge has not judged yet,
+so a job that stopped (the judge down, slow, HTTP 500) resumes where it stopped, a restart of the app catches up, and
+no pair is judged twice. One judging pass runs at a time, in its own threads: a vote only sets an event, so judging
+never holds up a visitor. After a failure the background judge waits `retry_s` before it asks again; an admin's job
+asks at once. A pair whose reply was unreadable is kept (clo.evaluate.judge.run) and the background judge asks it
+again on its schedule (1, 2, 4 … minutes later), waking for it without a vote, never once per new vote; an admin's
+job asks every such pair again. The Train tab's "LLM judge" panel (clo.app.ui.judging) drives it; it shows how many
+replies were unreadable and one of them.
 
 Configured with `python app.py --judge-url URL --judge-model NAME` or CLO_JUDGE_URL / CLO_JUDGE_MODEL (the key, when
 the endpoint needs one, in CLO_JUDGE_API_KEY; CLO_JUDGE_BACKGROUND=0 leaves judging to the admin's button;
@@ -29,7 +29,9 @@ import traceback
 from typing import TYPE_CHECKING
 
 from clo import CLOError
-from clo.evaluate.judge import PAIRWISE, JudgeClient, battle_items, judge_items, next_retry_s
+from clo.evaluate.judge.client import JudgeClient
+from clo.evaluate.judge.protocol import PAIRWISE
+from clo.evaluate.judge.run import battle_items, judge_items, next_retry_s
 
 if TYPE_CHECKING:
     from clo.app.access import Access  # the caller passes the app's Access; judging never imports the app

@@ -1,0 +1,186 @@
+"""The Leaderboard's tables, computed in one place for the command line (`python -m clo leaderboard [--judge NAME]`)
+and the app's Leaderboard tab (clo.app.ui.leaderboard, whose `/leaderboard` API returns them as records).
+
+Every function takes the votes as `VoteStore.votes()` gives them (people's and judges' rows together; the battles
+DataFrame of clo.evaluate.ratings) and returns plain DataFrames and dicts at full precision: rounding for a person
+is the page's business, and the command line prints what it is given.
+
+    leaderboard(votes, language, rater=HUMAN)   one rater's tables: vote counts, W/T/L, win-rate matrix, Bradley–Terry
+                                                 with intervals and Elo, or the sentence saying why there are no ratings
+    judge_board(votes, judge, language)          a judge's tables (`leaderboard` with rater=judge), its agreement with
+                                                 the people and its position bias: `leaderboard --judge NAME`
+    tables(votes, language)                      everything the tab shows: the people's tables, the answers' language
+                                                 fidelity per variant, and per judge its W/T/L beside the people's win
+                                                 rate ("judge"), agreement and position bias ("agreement") and its
+                                                 Bradley–Terry beside the people's ("judge_ratings")
+
+    >>> from clo.evaluate.board import judge_board, tables
+    >>> tables(store.votes(), language="ko")["wtl"]
+    >>> judge_board(store.votes(), "Qwen/Qwen2.5-72B-Instruct", language="ko")["agreement"]   # {"n", "kappa", ...}
+
+Both callers use the same resample count (N_BOOTSTRAP, the command line's --bootstrap default) and seed, so the
+command line and the tab give the same intervals for the same votes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from clo.evaluate.agreement import agreement
+from clo.evaluate.judge.run import first_shown_share
+from clo.evaluate.langid import code_fidelity, detect
+from clo.evaluate.ratings import (
+    HUMAN,
+    MIN_PAIR_BATTLES,
+    bradley_terry_of_counts,
+    elo_ratings,
+    judged_of_counts,
+    judges,
+    pair_counts,
+    rater_votes,
+    rating_note,
+    version_keys,
+    vote_summary,
+    win_rates_of_counts,
+    wtl_of_counts,
+)
+
+N_BOOTSTRAP = 1000  # bootstrap resamples behind every interval (Bradley–Terry, agreement, κ)
+# the columns of the tables this module builds (the `/leaderboard` API's record keys)
+COLUMNS = {
+    "fidelity": ["variant", "fidelity", "judged", "unknown"],
+    "judge": ["judge", "opponent", "wins", "ties", "losses", "judge win %", "people win %", "people battles"],
+    "agreement": ["judge", "battles", "agreement %", "lower %", "upper %", "κ", "κ lower", "κ upper", "first shown %"],
+    "judge_ratings": ["judge", "variant", "judge rating", "lower", "upper", "judge battles", "people rating"],
+}
+
+
+def leaderboard(
+    battles: pd.DataFrame,
+    language: str | None = None,
+    focus: str = "clo",
+    anchor: str | None = None,
+    n_bootstrap: int = N_BOOTSTRAP,
+    seed: int = 0,
+    min_battles: int = MIN_PAIR_BATTLES,
+    rater: str = HUMAN,
+) -> dict[str, pd.DataFrame | str | None]:
+    """Every ratings table for one language (None = all) from `rater`'s votes (HUMAN: the people's; or a judge's
+    name), the votes checked and aggregated once (clo.evaluate.ratings.pair_counts).
+
+    summary        vote_summary: stored / named / rated votes and outcomes per language
+    wtl            wtl_table for `focus`
+    win_rate       win_rate_matrix, rows and columns ordered by Bradley–Terry rating
+    battles        count_matrix (judged battles behind each win rate), same order
+    counts         pair_counts: wins / ties / losses / both_bad per (variant, opponent); the only table,
+                   with summary, that shows a variant whose battles were all both_bad
+    bradley_terry  rating with lower / upper bootstrap bounds; empty while `note` says why ratings are not given
+    elo            online Elo, K = 4; empty likewise
+    note           None, or the sentence saying why there are no ratings yet (`rating_note`)
+    """
+    counts = pair_counts(battles, language, rater)  # checks the battles and aggregates the rated ones once
+    note = rating_note(counts, min_battles)
+    bt = bradley_terry_of_counts(counts.iloc[:0] if note else counts, anchor, 1000.0, n_bootstrap, 0.95, seed)
+    elo = elo_ratings(battles, language, rater=rater)
+    order = list(bt["variant"]) or sorted(set(counts["variant"]))
+    return {
+        "note": note,
+        "summary": vote_summary(battles, language, rater),
+        "wtl": wtl_of_counts(counts, focus),
+        "win_rate": win_rates_of_counts(counts).reindex(index=order, columns=order),
+        "battles": judged_of_counts(counts).reindex(index=order, columns=order),
+        "counts": counts,
+        "bradley_terry": bt,
+        "elo": elo.iloc[:0] if note else elo,
+    }
+
+
+def judge_board(votes: pd.DataFrame, judge: str, language: str | None = None, focus: str = "clo",
+                n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+    """`judge`'s tables (`leaderboard` with rater=judge: the people's votes left out), and beside them
+    "agreement": how far it agrees with the people on the answers both judged (clo.evaluate.agreement.agreement's
+    dict: n, agreement and κ with their intervals) and "first_shown": the share of its verdicts that named the answer
+    it was shown first (position bias: about ½ is none; NaN without verdicts)."""
+    out = leaderboard(votes, language, focus, n_bootstrap=n_bootstrap, seed=seed, rater=judge)
+    scoped = votes if language is None else votes[votes["language"] == language]
+    out["agreement"] = agreement(votes, judge, language, n_bootstrap=n_bootstrap, seed=seed)
+    out["first_shown"] = first_shown_share(rater_votes(scoped, judge))
+    return out
+
+
+def answer_fidelity(votes: pd.DataFrame) -> pd.DataFrame:
+    """Per variant (a retrained one apart, as in the ratings), the share of its answers in the prompt's language,
+    from the language detected when each battle was made (older votes without it are detected here)."""
+    votes = version_keys(votes)
+    rows = []
+    for variant in sorted(set(votes.variant_a) | set(votes.variant_b)):
+        pairs = []
+        for side in ("a", "b"):
+            mine = votes[votes[f"variant_{side}"] == variant]
+            stored = mine[f"lang_{side}"] if f"lang_{side}" in mine else pd.Series(None, index=mine.index)
+            pairs += [(lang, code if isinstance(code, str) else detect(text).code)
+                      for lang, code, text in zip(mine["language"], stored, mine[f"answer_{side}"])]
+        f = code_fidelity(pairs)
+        rows.append({"variant": variant, "fidelity": f["fidelity"], "judged": f["judged"], "unknown": f["unknown"]})
+    return pd.DataFrame(rows, columns=COLUMNS["fidelity"])
+
+
+def judge_tables(votes: pd.DataFrame, language: str | None, people: dict, focus: str = "clo",
+                 n_bootstrap: int = N_BOOTSTRAP) -> dict[str, pd.DataFrame]:
+    """Per judge, from `judge_board`, beside the people's tables `people` (`leaderboard` of the people's votes):
+
+    judge          its W/T/L for `focus` and win rate (ties count half) against each opponent, beside the people's
+                   win rate and judged battles against the same opponent
+    agreement      its agreement with the people (percent and Cohen's κ, bootstrap intervals) and the share of its
+                   verdicts that named the answer shown first, in %
+    judge_ratings  its Bradley–Terry rating of each variant (NaN while its verdicts are too few to rate, as for the
+                   people) beside the people's rating
+    """
+    humans = people["wtl"].set_index("opponent")
+    people_bt = people["bradley_terry"]
+    people_rating = people_bt.set_index("variant")["rating"] if not people_bt.empty else pd.Series(dtype=float)
+    rows, agree, ratings = [], [], []
+    for judge in judges(votes):
+        t = judge_board(votes, judge, language, focus, n_bootstrap)
+        for r in t["wtl"].itertuples():
+            person = humans.loc[r.opponent] if r.opponent in humans.index else None
+            rows.append({"judge": judge, "opponent": r.opponent, "wins": r.wins, "ties": r.ties, "losses": r.losses,
+                         "judge win %": r.win_pct + 0.5 * r.tie_pct,
+                         "people win %": np.nan if person is None else person["win_pct"] + 0.5 * person["tie_pct"],
+                         "people battles": 0 if person is None else int(person["wins"] + person["ties"] + person["losses"])})
+        a = t["agreement"]
+        agree.append({"judge": judge, "battles": a["n"], "agreement %": 100 * a["agreement"],
+                      "lower %": 100 * a["agreement_lower"], "upper %": 100 * a["agreement_upper"], "κ": a["kappa"],
+                      "κ lower": a["kappa_lower"], "κ upper": a["kappa_upper"], "first shown %": 100 * t["first_shown"]})
+        bt, counts = t["bradley_terry"].set_index("variant"), t["counts"]
+        battles = counts.groupby("variant")[["wins", "ties", "losses"]].sum().sum(axis=1) if not counts.empty else {}
+        for variant in bt.index if not bt.empty else sorted(set(counts["variant"])):
+            rated = variant in bt.index
+            ratings.append({"judge": judge, "variant": variant,
+                            "judge rating": bt.at[variant, "rating"] if rated else math.nan,
+                            "lower": bt.at[variant, "lower"] if rated else math.nan,
+                            "upper": bt.at[variant, "upper"] if rated else math.nan,
+                            "judge battles": int(battles.get(variant, 0)),
+                            "people rating": people_rating.get(variant, math.nan)})
+    return {"judge": pd.DataFrame(rows, columns=COLUMNS["judge"]),
+            "agreement": pd.DataFrame(agree, columns=COLUMNS["agreement"]),
+            "judge_ratings": pd.DataFrame(ratings, columns=COLUMNS["judge_ratings"])}
+
+
+def tables(votes: pd.DataFrame, language: str | None = None, focus: str = "clo",
+           n_bootstrap: int = N_BOOTSTRAP) -> dict:
+    """Every table the Leaderboard tab shows, for one language (None = all); {} without votes.
+
+    The people's `leaderboard` (judge votes never enter it), "fidelity" (`answer_fidelity` of the people's answers,
+    named votes included) and `judge_tables`' "judge", "agreement" and "judge_ratings".
+    """
+    if votes.empty:
+        return {}
+    out = leaderboard(votes, language, focus, n_bootstrap=n_bootstrap)
+    scoped = rater_votes(votes if language is None else votes[votes["language"] == language], HUMAN, blind_only=False)
+    out["fidelity"] = answer_fidelity(scoped)
+    out |= judge_tables(votes, language, out, focus, n_bootstrap)
+    return out

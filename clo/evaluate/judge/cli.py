@@ -1,0 +1,152 @@
+"""`python -m clo judge`: the win rate of one variant against another, by an LLM judge.
+
+    python -m clo judge --adapters clo-ko,sft-ko --lang ko --prompts sample \\
+        --judge-url http://127.0.0.1:8001 --judge-model Qwen/Qwen2.5-72B-Instruct --limit 50
+
+answers the prompts (clo.evaluate.judge.prompts; in the target language, and their English versions) with both
+variants through the project's engines, asks the judge which answer of each pair is better (clo.evaluate.judge.run),
+stores its verdicts as judge votes, and prints the win rate of the first variant against the second with a 95%
+bootstrap interval, per language, the length-controlled win rate and the judge's position bias. The judge is checked
+before minutes of generation; a rerun skips what was judged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from clo import CLOError
+from clo.evaluate.judge.client import API_KEY_VARIABLE, JudgeClient, excerpt
+from clo.evaluate.judge.prompts import PromptPair, load_prompt_pairs
+from clo.evaluate.judge.protocol import CONSTRAINTS
+from clo.evaluate.judge.run import Item, judge_items, judge_results
+
+def _lang(text: str) -> str:
+    from clo.languages import lang_code
+
+    try:
+        return lang_code(text)
+    except CLOError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """`python -m clo judge`: the parser, added to the command line's subparsers."""
+    p = subparsers.add_parser(
+        "judge", help="an LLM judge (AlpacaEval's pairwise protocol): win rate of one variant against another",
+        description="Answer the prompts with both variants (target language and English), ask an OpenAI-compatible "
+        "judge which answer of each pair is better, store its verdicts as judge votes, and print the first variant's "
+        f"win rate with a 95% bootstrap interval and the length-controlled win rate. API key: ${API_KEY_VARIABLE}.")
+    p.add_argument("--adapters", required=True, metavar="FIRST,SECOND",
+                   help="the two variants, e.g. clo-ko,sft-ko (an adapter under --adapters-dir, or base)")
+    p.add_argument("--lang", required=True, type=_lang, help="the target language of the prompts")
+    p.add_argument("--prompts", default="sample", metavar="sample|held-out|FILE|HUB_ID",
+                   help="the shipped sample, its held-out fifth (never trained on), a JSONL file, or a hub prompt set "
+                        "such as tatsu-lab/alpaca_eval")
+    p.add_argument("--judge-url", default=os.environ.get("CLO_JUDGE_URL"), help="the judge's OpenAI-compatible server "
+                   "(default $CLO_JUDGE_URL), e.g. http://127.0.0.1:8001")
+    p.add_argument("--judge-model", default=os.environ.get("CLO_JUDGE_MODEL"),
+                   help="the judge's model name at that server (default $CLO_JUDGE_MODEL)")
+    p.add_argument("--judge-constraint", default="auto", choices=CONSTRAINTS,
+                   help="how every reply is made readable: auto (choice on vLLM, else logprobs)")
+    p.add_argument("--judge-timeout", type=float, default=120.0, help="seconds to wait for one verdict")
+    p.add_argument("--concurrency", type=int, default=16, help="judgments in flight at once")
+    p.add_argument("--limit", type=int, help="only the first N prompts")
+    p.add_argument("--db", default="votes.db", help="vote store: a file path or sqlite:///... / postgresql://...")
+    p.add_argument("--seed", type=int, default=0, help="draws which answer is shown first, per pair")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
+    p.add_argument("--model", default="Qwen/Qwen2.5-0.5B-Instruct", help="base model: hub id or local folder")
+    p.add_argument("--adapters-dir", default="adapters")
+    p.add_argument("--engine", default="auto", choices=("auto", "vllm", "remote", "peft"))
+    p.add_argument("--url", help="the vLLM server for --engine remote")
+    p.add_argument("--max-tokens", type=int, default=512, help="new tokens per answer")
+    p.add_argument("--translator", default="m2m100", choices=("m2m100", "nllb"),
+                   help="translates prompts given only in English (a hub set) into --lang")
+    p.add_argument("--translator-model", help="the translation model (default: the translator's usual one)")
+    p.add_argument("--cache-dir", default="cache", help="where translations are cached")
+    p.set_defaults(func=cmd_judge)
+    return p
+
+
+def answer_pairs(engine, prompts: list[PromptPair], lang: str, variants: list[str], sampling) -> tuple[list[Item], int]:
+    """Both variants' answers to every prompt in `lang` and to its English version, as items to judge; and how many
+    prompts were left out because a generation failed. The engine is closed afterwards."""
+    from clo.engines import Request
+
+    try:
+        served = engine.variants()
+        for v in variants:
+            if v not in served:
+                raise CLOError(f"unknown adapter {v!r}: the engine serves {', '.join(served)}")
+        sets = [(lang, [p.target for p in prompts])]
+        if lang != "en":
+            sets.append(("en", [p.english for p in prompts if p.english]))
+        items, failed = [], 0
+        for language, texts in sets:
+            print(f"[clo] answering {len(texts)} {language} prompts with {variants[0]} and {variants[1]}", flush=True)
+            answers = engine.generate([Request(v, [{"role": "user", "content": t}], sampling) for t in texts for v in variants])
+            for k, text in enumerate(texts):
+                pair = answers[2 * k: 2 * k + 2]
+                if any(a.error for a in pair):
+                    failed += 1
+                    continue
+                items.append(Item(language, text, {a.variant: a.text for a in pair},
+                                  {v: served[v] for v in variants}, engine.kind))
+        return items, failed
+    finally:
+        engine.close()
+
+
+def cmd_judge(args: argparse.Namespace) -> None:
+    from clo.engines import BASE, Sampling, load_engine
+    from clo.evaluate.store import open_store
+
+    variants = [v.strip() for v in args.adapters.split(",") if v.strip()]
+    if len(variants) != 2 or variants[0] == variants[1]:
+        raise CLOError(f"--adapters takes two different variants, FIRST,SECOND (e.g. clo-ko,sft-ko), got {args.adapters!r}")
+    if not args.judge_url:
+        raise CLOError("give the judge's server with --judge-url URL (or set CLO_JUDGE_URL)")
+    if not args.judge_model:
+        raise CLOError("give the judge's model with --judge-model NAME (or set CLO_JUDGE_MODEL)")
+    # cheap checks first: the judge answers and the prompts read, before minutes of generation
+    client = JudgeClient(args.judge_url, args.judge_model, api_key=os.environ.get(API_KEY_VARIABLE) or None,
+                         constraint=args.judge_constraint, timeout=args.judge_timeout, concurrency=args.concurrency)
+    try:
+        prompts = load_prompt_pairs(args.prompts, args.lang, args.limit, args.translator, args.translator_model,
+                                    args.cache_dir)
+        store = open_store(args.db)
+        adapters = [v for v in variants if v != BASE]
+        engine = load_engine(args.engine, model=args.model, adapters_dir=args.adapters_dir, adapters=adapters or None,
+                             url=args.url)
+        items, failed = answer_pairs(engine, prompts, args.lang, variants, Sampling(max_tokens=args.max_tokens))
+        print(f"[clo] judging {len(items)} pairs with {client.model} at {client.url} ({client.constraint}, "
+              f"{client.concurrency} in flight)", flush=True)
+        step = max(1, len(items) // 10)
+
+        def progress(k: int, n: int) -> None:
+            if k % step == 0 or k == n:
+                print(f"[clo] judged {k}/{n}", flush=True)
+
+        run = judge_items(items, client, store, seed=args.seed, progress=progress)
+        results = judge_results(store.votes(), items, client.model, client.protocol.name, variants[0], variants[1],
+                                args.bootstrap, args.seed)
+    finally:
+        client.close()
+    print(f"\n{variants[0]} vs {variants[1]}, judged by {client.model} ({client.protocol.name}); ties count half")
+    for language, r in results.items():
+        if not r["n"]:
+            print(f"  {language}: no verdicts")
+            continue
+        print(f"  {language}: win rate {100 * r['rate']:.1f}% [95% CI {100 * r['lower']:.1f}, {100 * r['upper']:.1f}] "
+              f"(n = {r['n']}: {r['wins']} W / {r['ties']} T / {r['losses']} L); "
+              f"length-controlled {100 * r['length_controlled']:.1f}%; named the answer shown first in "
+              f"{100 * r['first_shown']:.0f}% of its decided verdicts (position bias: 50% is none)")
+    notes = [f"{run.judged} judged now", f"{run.skipped} already judged (skipped)",
+             f"{run.identical} identical pairs (ties, judge not asked)", f"{len(run.unreadable)} unreadable replies"]
+    if failed:
+        notes.append(f"{failed} prompts whose generation failed")
+    tokens = f"; {run.tokens / run.judged:.0f} judge tokens per verdict" if run.judged and run.tokens else ""
+    print(f"  {', '.join(notes)}{tokens}")
+    if run.unreadable:
+        print(f"  unreadable (kept apart, never counted; a rerun asks again), e.g. {excerpt(run.unreadable[0])}; "
+              "a judge that answers in plain text may need --judge-constraint none")

@@ -1,0 +1,100 @@
+"""Log-probabilities of answers: per sequence under the policy π_θ, and once under the reference π_ref.
+
+    logps = group_logps(model, batch, KEYS)            # key -> (summed answer log-probs [B], answer tokens [B])
+    add_reference_logps(peft_model, features, PairCollator(pad_id, KEYS), batch_size=8)   # f["ref_tgt_tgt"], ...
+
+One forward evaluates several sequence groups of a batch (clo.train.batches) at once; with `chunk` > 0 the logits are
+never whole (the output layer runs a few answer positions at a time), for long answers over a large vocabulary.
+π_ref is the same weights with the LoRA adapter disabled, evaluated once before training (clo.train.run.fit).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from clo.train import TrainingStopped
+from clo.train.batches import PairCollator
+from clo.train.objective import KEYS, sequence_logps
+
+
+def group_logps(model, batch: dict, keys, chunk: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """One forward over the sequences of `keys`: key -> (summed answer log-probs [B], answer tokens [B]).
+
+    Logits are computed only from the first answer position of the batch on (`logits_to_keep`). With `chunk` > 0
+    they are never whole: the decoder's hidden states go through the output layer and the log-softmax `chunk`
+    answer positions at a time (`chunked_answer_logps`), the same numbers in a fraction of the memory.
+    """
+    width = max(batch[f"{k}_input_ids"].shape[1] for k in keys)
+    pad = lambda t, value: F.pad(t, (0, width - t.shape[1]), value=value)  # noqa: E731
+    ids = torch.cat([pad(batch[f"{k}_input_ids"], 0) for k in keys])
+    mask = torch.cat([pad(batch[f"{k}_attention_mask"], 0) for k in keys])
+    labels = torch.cat([pad(batch[f"{k}_labels"], -100) for k in keys])
+    first_answer = int((labels != -100).int().argmax(-1).min())
+    if chunk and plain_output_layer(model):
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        sums, counts = chunked_answer_logps(model.get_output_embeddings(), hidden[:, first_answer - 1 : -1],
+                                            labels[:, first_answer:], chunk)
+    else:
+        keep = width - first_answer + 1
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
+        sums, counts = sequence_logps(logits[:, :-1], labels[:, width - keep + 1 :])
+    n = batch[f"{keys[0]}_input_ids"].shape[0]
+    return {k: (sums[i * n : (i + 1) * n], counts[i * n : (i + 1) * n]) for i, k in enumerate(keys)}
+
+
+# config fields of models whose logits are more than the output layer of the last hidden state (Gemma 2's soft cap,
+# Cohere's and Granite's scaling): the chunked path would miss them, so those models take the whole-logits path
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def plain_output_layer(model) -> bool:
+    """Whether the model's logits are exactly its output layer applied to its decoder's last hidden state."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return not any(getattr(text, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS)
+
+
+def chunked_answer_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sequence_logps(head(hidden), labels)` without the whole [B, T, V] logits: `chunk` positions at a time.
+
+    hidden: [B, T, H], position t predicts labels[:, t]; labels: [B, T] with -100 off the answer.
+    With gradients, each chunk is recomputed in the backward pass (activation checkpointing), so only one chunk's
+    float32 logits exist at once in either pass.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    def part(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return sequence_logps(head(h), y)
+
+    sums = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    counts = torch.zeros(hidden.shape[0], dtype=torch.long, device=hidden.device)
+    for start in range(0, hidden.shape[1], chunk):
+        h, y = hidden[:, start : start + chunk], labels[:, start : start + chunk]
+        if not bool((y != -100).any()):
+            continue
+        s, c = checkpoint(part, h, y, use_reentrant=False) if torch.is_grad_enabled() and h.requires_grad else part(h, y)
+        sums, counts = sums + s, counts + c
+    return sums, counts
+
+
+@torch.no_grad()
+def add_reference_logps(model, features: list[dict], collator: PairCollator, batch_size: int, should_stop=lambda: False,
+                        chunk: int = 0) -> None:
+    """π_ref log-probs of the four sequences of every pair, with the LoRA adapter disabled, stored in the features."""
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    with model.disable_adapter():
+        for start in tqdm(range(0, len(features), batch_size), desc="reference log-probs", unit="batch"):
+            if should_stop():
+                raise TrainingStopped()
+            rows = features[start : start + batch_size]
+            batch = {k: v.to(model.device) for k, v in collator(rows).items()}
+            for key, (sums, _) in group_logps(model, batch, KEYS, chunk).items():
+                for f, value in zip(rows, sums.tolist()):
+                    f[f"ref_{key}"] = value
+    model.train(was_training)
+

@@ -1,0 +1,131 @@
+"""The command line and the Leaderboard tab give the same numbers: both take their tables from clo.evaluate.board.
+
+One vote store holds the people's votes and a judge's verdicts on the same answers (and a few votes in another
+language, which `--lang ko` leaves out). `python -m clo leaderboard [--judge NAME]` runs in-process through the real
+parser (so with its real defaults) and returns the tables it prints; the `/leaderboard` API is the function the tab
+registers with Gradio, called in-process. Every number must agree to the last digit.
+
+    python -m pytest -q tests/test_board.py
+"""
+
+import math
+import random
+import types
+
+import gradio as gr
+import pytest
+
+from clo.app.ui.leaderboard import build
+from clo.evaluate.store import open_store
+
+JUDGE = "scripted-judge"
+PAIRS = (("clo-ko", "base"), ("clo-ko", "sft-ko"), ("sft-ko", "base"))
+STRENGTH = {"clo-ko": 1.0, "sft-ko": 0.3, "base": -0.5}  # who tends to win, for the people and the judge alike
+
+
+def winner(rng: random.Random, first: str, second: str) -> str:
+    """An outcome for `first` shown on the left: "a", "b" or "tie", drawn from the two strengths."""
+    x = rng.random()
+    p = 1 / (1 + math.exp(STRENGTH[second] - STRENGTH[first]))
+    return "tie" if x < 0.15 else "a" if x < 0.15 + 0.85 * p else "b"
+
+
+@pytest.fixture
+def store(tmp_path):
+    from clo.evaluate.judgments import Judgment
+
+    rng = random.Random(0)
+    store = open_store(str(tmp_path / "votes.db"), seed=0)
+    n = 0
+    for language, per_pair in (("ko", 8), ("zh", 2)):
+        for first, second in PAIRS:
+            for k in range(per_pair):
+                prompt = f"질문 {language} {first} {second} {k}"
+                answers = {first: f"{first} 답 {k}", second: f"{second} 답 {k}"}
+                voter = f"v{n}"
+                n += 1
+                b = store.create_battle(voter=voter, language=language, prompt=prompt, answers=answers)
+                left, right = (first, second) if b.answer_a == answers[first] else (second, first)
+                store.vote(b.id, "both_bad" if k == 7 else winner(rng, left, right), voter=voter)
+                if k % 4 != 3:  # the judge judges most of the people's pairs, in an order of its own
+                    shown = (first, second) if rng.random() < 0.5 else (second, first)
+                    store.record_judgment(Judgment(
+                        judge=JUDGE, protocol="clo-pairwise-2", language=language, prompt=prompt,
+                        variant_a=shown[0], variant_b=shown[1], answer_a=answers[shown[0]],
+                        answer_b=answers[shown[1]], outcome=winner(rng, *shown), reply="A"))
+    yield store
+    store.close()
+
+
+def cli(store, *options: str) -> dict:
+    """What `python -m clo leaderboard --db STORE --lang ko OPTIONS` prints its numbers from (the handler's return)."""
+    from clo.__main__ import build_parser
+
+    args = build_parser().parse_args(["leaderboard", "--db", store.where, "--lang", "ko", *options])
+    return args.func(args)
+
+
+def api(store) -> dict:
+    """What `/leaderboard` answers for "ko": the function the Leaderboard tab registers under that name."""
+    services = types.SimpleNamespace(store=store, served_language_choices=lambda: [("Korean", "ko")],
+                                     judging=types.SimpleNamespace(public_line=lambda: ""))
+    with gr.Blocks() as demo:
+        build(services)
+    leaderboard = next(f.fn for f in demo.fns.values() if f.api_name == "leaderboard")
+    return leaderboard("ko")
+
+
+def same(x, y) -> bool:
+    """Equal to the last digit; two missing values (None / NaN) are the same."""
+    missing = [v is None or (isinstance(v, float) and math.isnan(v)) for v in (x, y)]
+    return all(missing) if any(missing) else x == y
+
+
+def assert_rows(got: list[dict], want: list[dict], what: str) -> None:
+    assert len(got) == len(want) and got, what
+    for g, w in zip(got, want):
+        assert set(g) == set(w), what
+        bad = {k: (g[k], w[k]) for k in g if not same(g[k], w[k])}
+        assert not bad, f"{what}: {bad}"
+
+
+def test_cli_and_api_give_the_same_numbers(store, capsys):
+    board = api(store)
+    people = cli(store)  # the people's tables
+    judge = cli(store, "--judge", JUDGE)  # the judge's tables, its agreement and its position bias
+    printed = capsys.readouterr().out
+
+    # the people's tables, record for record
+    assert people["note"] is None and board["note"] is None  # enough votes: ratings are given on both
+    for name in ("summary", "wtl", "bradley_terry", "elo", "counts"):
+        assert_rows(board[name], people[name].to_dict(orient="records"), name)
+    for name in ("win_rate", "battles"):
+        assert_rows(board[name], people[name].reset_index().to_dict(orient="records"), name)
+
+    # the judge's W/T/L and win rate beside the people's
+    mine = [r for r in board["judge"] if r["judge"] == JUDGE]
+    assert_rows([{k: r[k] for k in ("opponent", "wins", "ties", "losses", "judge win %", "people win %")} for r in mine],
+                [{"opponent": j.opponent, "wins": j.wins, "ties": j.ties, "losses": j.losses,
+                  "judge win %": j.win_pct + 0.5 * j.tie_pct,
+                  "people win %": p.win_pct + 0.5 * p.tie_pct}
+                 for j, p in zip(judge["wtl"].itertuples(), people["wtl"].itertuples())], "judge")
+    assert [j.opponent for j in judge["wtl"].itertuples()] == [p.opponent for p in people["wtl"].itertuples()]
+
+    # its agreement with the people and its position bias
+    a, row = judge["agreement"], next(r for r in board["agreement"] if r["judge"] == JUDGE)
+    assert a["n"] > 0 and 0 < a["kappa"] < 1
+    assert_rows([row], [{"judge": JUDGE, "battles": a["n"], "agreement %": 100 * a["agreement"],
+                         "lower %": 100 * a["agreement_lower"], "upper %": 100 * a["agreement_upper"],
+                         "κ": a["kappa"], "κ lower": a["kappa_lower"], "κ upper": a["kappa_upper"],
+                         "first shown %": 100 * judge["first_shown"]}], "agreement")
+    assert (f"{row['battles']} battles: {row['agreement %']:.1f}% agree [95% CI {row['lower %']:.1f}, "
+            f"{row['upper %']:.1f}], Cohen's κ {row['κ']:.2f} [{row['κ lower']:.2f}, {row['κ upper']:.2f}]") in printed
+    assert f"{row['first shown %']:.1f}% of its verdicts named the answer shown first" in printed
+
+    # its Bradley–Terry ratings, with the same bootstrap intervals, beside the people's
+    assert judge["note"] is None
+    people_rating = dict(zip(people["bradley_terry"]["variant"], people["bradley_terry"]["rating"]))
+    assert_rows([r for r in board["judge_ratings"] if r["judge"] == JUDGE],
+                [{"judge": JUDGE, "variant": r.variant, "judge rating": r.rating, "lower": r.lower, "upper": r.upper,
+                  "judge battles": r.battles, "people rating": people_rating[r.variant]}
+                 for r in judge["bradley_terry"].itertuples()], "judge_ratings")
