@@ -76,7 +76,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(f"language fidelity over {len(prompts)} {args.lang} prompts (share of judged answers in {args.lang}):")
         for v in variants:
             mine = [a for a in answers if a.variant == v]
-            f = fidelity(((args.lang, a.text) for a in mine if a.error is None), judge)  # a failed request is no answer
+            f = fidelity(((args.lang, a.text) for a in mine if a.error is None), detector)  # a failed request is no answer
             failed = sum(a.error is not None for a in mine)
             print(f"  {v:<16} {f['fidelity']:.0%}  ({f['judged']} judged, {f['unknown']} unknown"
                   f"{f', {failed} failed' if failed else ''})")
