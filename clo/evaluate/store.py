@@ -9,7 +9,7 @@
 This module holds the connections: one per thread, in the store's dialect, each write one transaction. What a store
 does is bound from the modules of each concern: people's battles and votes (clo.evaluate.battles), a judge's votes
 (clo.evaluate.judgments), the tables and their migrations (clo.evaluate.schema); exports are
-clo.evaluate.export, the hub mirror clo.evaluate.hub_sync.
+clo.evaluate.export (the hub mirror clo.evaluate.hub_sync is not wired to the app yet).
 A voter is a session from a client address; the store keeps only keyed hashes of both (HMAC with a secret made once
 per store and kept in it, or CLO_SECRET), never a raw address, and limits votes per voter and per address (`Limits`).
 SQLite runs in WAL mode with synchronous=FULL: a vote that `vote` returned from survives a crash. `store.close()`

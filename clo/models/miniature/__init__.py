@@ -2,7 +2,8 @@
 
 - `world`      English, an invented target language with an exact translation, tasks with checkable answers
 - `base`       the English-centric base model: a few-million-parameter Llama pretrained here, cached
-- `experiment` SFT vs CLO at several data sizes and seeds, through `clo.train.run` and the PEFT engine; table + plot
+
+The experiment itself (SFT vs CLO at several data sizes and seeds, table + plot) is clo.experiments.miniature:
 
     python -m clo miniature                 # or: from clo.experiments.miniature import run
 
