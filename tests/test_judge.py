@@ -354,7 +354,8 @@ def test_leaderboard_shows_the_judge_beside_the_people(scripted, store):
     assert agree["first shown %"] == pytest.approx(100 * sum(clo_first) / len(clo_first))
     assert records(t)["agreement"][0]["battles"] == 4
     with gr.Blocks():
-        _, update, outputs = build(services)
+        tab = build(services)
+    update, outputs = tab.update, tab.outputs
     sent = update(ALL)
     assert len(sent) == len(outputs) == 12
     assert "background" not in sent[0]  # no background judge: the page does not claim one

@@ -50,7 +50,8 @@ def services(tmp_path):
 def page(services):
     """What the tab's update handler sends for "all languages", each table as its gr.Dataframe serialises it."""
     with gr.Blocks():
-        _, update, outputs = build(services)
+        tab = build(services)
+    update, outputs = tab.update, tab.outputs
     sent = update(ALL)
     return {name: outputs[2 + i].postprocess(sent[2 + i]) for i, name in enumerate(TABLES)} | {"plot": sent[1]}
 
