@@ -94,14 +94,20 @@ def finite_float(text: str) -> float:
     return value
 
 
+def _above_zero(kind, text: str):
+    """`text` as a finite number of `kind` above 0, else None (nan, inf, 0, negatives, not a number)."""
+    try:
+        value = kind(text)
+    except ValueError:
+        return None
+    return value if value > 0 and value != float("inf") else None
+
+
 def above_zero(kind):
     """An argparse type: a number of `kind` above 0."""
     def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not value > 0 or value == float("inf"):
+        value = _above_zero(kind, text)
+        if value is None:
             raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
         return value
     return parse
@@ -125,11 +131,8 @@ def env_number(name: str, default, kind=int):
     raw = os.environ.get(name)
     if raw is None or not raw.strip():
         return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = None
-    if value is None or not value > 0 or value == float("inf"):
+    value = _above_zero(kind, raw)
+    if value is None:
         what = "a whole number" if kind is int else "a number"
         raise CLOError(f"{name}={raw!r} is not {what} above 0: set it to one"
                        + (f" (default {default:g})" if default is not None else "") + ", or unset it")
