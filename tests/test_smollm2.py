@@ -52,6 +52,8 @@ def _answers(engine, prompts, variants, max_tokens=32):
 
 
 def test_a_shipped_adapter_changes_the_answer_identically_on_both_engines(smol_project):
+    """Greedy answers agree token for token between the two in-process engines: the base model's to plain questions
+    (it knows Paris and 2 + 3), and each shipped adapter's, which differ from the base's."""
     from clo.engines.base import find_adapters
     from clo.engines.peft_engine import PeftEngine
     from clo.engines.vllm_engine import VLLMEngine, vllm_usable
@@ -59,11 +61,18 @@ def test_a_shipped_adapter_changes_the_answer_identically_on_both_engines(smol_p
     project, adapters = smol_project
     model = "models/smollm2-135m-instruct"
     variants = [BASE, "sft-ko", "clo-ko"]
+    plain = ["What is the capital of France?", "What is 2 plus 3?", "서울은 어느 나라의 수도인가요?"]
+
+    def answers(engine):
+        return {**_answers(engine, [KOREAN, ENGLISH], variants, max_tokens=96),
+                **_answers(engine, plain, [BASE], max_tokens=24)}
+
     engine = PeftEngine(model, find_adapters(adapters))
     try:
-        peft = _answers(engine, [KOREAN, ENGLISH], variants, max_tokens=96)
+        peft = answers(engine)
     finally:
         engine.close()
+    assert "Paris" in peft[BASE, plain[0]] and "5" in peft[BASE, plain[1]]
     for adapter in ("sft-ko", "clo-ko"):  # each adapter changes some answer (Korean is ~2 tokens a character)
         assert any(peft[adapter, p] != peft[BASE, p] for p in (KOREAN, ENGLISH)), adapter
     usable, why = vllm_usable()
@@ -71,7 +80,7 @@ def test_a_shipped_adapter_changes_the_answer_identically_on_both_engines(smol_p
         pytest.skip(f"vLLM cannot run here, so only the PEFT engine was checked: {why}")
     engine = VLLMEngine(model, find_adapters(adapters), spare_slots=0)
     try:
-        vllm = _answers(engine, [KOREAN, ENGLISH], variants, max_tokens=96)
+        vllm = answers(engine)
     finally:
         engine.close()
     assert vllm == peft
