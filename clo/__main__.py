@@ -27,7 +27,8 @@ import sys
 from pathlib import Path
 
 from clo import CLOError
-from clo.cli import add_options, add_recipe_options, finite_float, from_args, recipe_from_args
+from clo.cli import (above_zero, add_options, add_recipe_options, add_serving_options, add_store_option,
+                     finite_float, from_args, lang_arg, recipe_from_args)
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -226,16 +227,6 @@ def cmd_replicate(args: argparse.Namespace) -> None:
     run(from_args(ReplicateConfig, args))
 
 
-def _lang(text: str) -> str:
-    """argparse type: a language code in any form clo.languages accepts (KO, kor, ko-KR), as the table's code."""
-    from clo.languages import lang_code
-
-    try:
-        return lang_code(text)
-    except CLOError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def add_miniature_options(p: argparse.ArgumentParser) -> None:
     from clo.experiments.miniature import MiniatureConfig
 
@@ -260,15 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="answer a prompt with the base model and each adapter, side by side")
     p.add_argument("prompt", nargs="?", help="the user message")
-    p.add_argument("--model", default="Qwen/Qwen2.5-0.5B-Instruct", help="base model: hub id or local folder")
     p.add_argument("--adapters", help="comma-separated adapter names under --adapters-dir (default: all there)")
-    p.add_argument("--adapters-dir", default="adapters")
-    p.add_argument("--engine", default="auto", choices=("auto", "vllm", "remote", "peft"))
-    p.add_argument("--url", help="the vLLM server for --engine remote, e.g. http://127.0.0.1:8000")
-    p.add_argument("--lang", type=_lang, help="the prompt's language: each answer is marked ✓ when it is in it, ✗ when not")
+    add_serving_options(p, max_tokens=256)
+    p.add_argument("--lang", type=lang_arg, help="the prompt's language: each answer is marked ✓ when it is in it, ✗ when not")
     p.add_argument("--prompts", metavar="sample|FILE", help="instead of one prompt: language fidelity over these prompts")
-    p.add_argument("--limit", type=int, default=20, help="with --prompts: how many")
-    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--limit", type=above_zero(int), default=20, help="with --prompts: how many")
     p.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_generate)
@@ -276,18 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("votes", help="the vote store: export the votes")
     votes = p.add_subparsers(dest="votes_command", required=True, metavar="ACTION")
     e = votes.add_parser("export", help="write the votes as CSV, JSONL or Parquet")
-    e.add_argument("--db", default="votes.db", help="vote store: a file path or sqlite:///... / postgresql://...")
+    add_store_option(e)
     e.add_argument("--format", choices=("csv", "jsonl", "parquet"),
                    help="default: the --out file's suffix (.csv, .jsonl, .parquet); one that contradicts it is refused")
     e.add_argument("--out", help="output file (default votes.FORMAT, Parquet without --format); CSV cells that "
                    "start like a formula (= + - @) get a leading quote")
     e.add_argument("--overwrite", action="store_true", help="replace --out when it exists (never the vote store)")
-    e.add_argument("--lang", type=_lang, help="only votes on prompts in this language")
+    e.add_argument("--lang", type=lang_arg, help="only votes on prompts in this language")
     e.set_defaults(func=cmd_votes_export)
 
     p = sub.add_parser("leaderboard", help="W/T/L, win rates, Bradley–Terry and Elo from the blind votes")
-    p.add_argument("--db", default="votes.db", help="vote store: a file path or sqlite:///... / postgresql://...")
-    p.add_argument("--lang", type=_lang, help="only prompts in this language (default: all)")
+    add_store_option(p)
+    p.add_argument("--lang", type=lang_arg, help="only prompts in this language (default: all)")
     p.add_argument("--focus", default="clo", help="the variant whose wins / ties / losses are tabulated")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     p.add_argument("--judge", metavar="NAME", help="a judge's tally (its model name, as stored by python -m clo judge) "

@@ -113,6 +113,32 @@ def above_zero(kind):
     return parse
 
 
+def lang_arg(text: str) -> str:
+    """argparse type: a language code in any form clo.languages accepts (KO, kor, ko-KR), as the table's code."""
+    from clo import CLOError
+    from clo.languages import lang_code
+
+    try:
+        return lang_code(text)
+    except CLOError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# ---- options several commands share ----
+
+def add_store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default="votes.db", help="vote store: a file path or sqlite:///... / postgresql://...")
+
+
+def add_serving_options(parser: argparse.ArgumentParser, *, max_tokens: int, max_tokens_help: str | None = None) -> None:
+    """The base model, its adapters' folder, the engine that answers and its length limit (generate, judge)."""
+    parser.add_argument("--model", default="Qwen/Qwen2.5-0.5B-Instruct", help="base model: hub id or local folder")
+    parser.add_argument("--adapters-dir", default="adapters")
+    parser.add_argument("--engine", default="auto", choices=("auto", "vllm", "remote", "peft"))
+    parser.add_argument("--url", help="the vLLM server for --engine remote, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--max-tokens", type=above_zero(int), default=max_tokens, help=max_tokens_help)
+
+
 def type_of(f: dataclasses.Field):
     """The argparse type that reads the field's value from its text."""
     tp, _ = base_type(f)

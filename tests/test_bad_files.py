@@ -354,6 +354,23 @@ def test_cli_floats_outside_the_recipe_refuse_nan_and_inf(argv, capsys):
     assert f"argument {option}: expected a finite number, got {value!r}" in capsys.readouterr().err
 
 
+JUDGE = ["judge", "--adapters", "clo-ko,sft-ko", "--lang", "ko"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["generate", "hi", "--max-tokens", "0"], ["generate", "--prompts", "sample", "--limit", "-3"],
+     [*JUDGE, "--max-tokens", "0"], [*JUDGE, "--concurrency", "0"], [*JUDGE, "--judge-timeout", "nan"],
+     [*JUDGE, "--limit", "0"]],
+)
+def test_cli_counts_and_timeouts_must_be_above_zero(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    option, value = argv[-2:]
+    assert f"argument {option}: expected a number above 0, got {value!r}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("option", ["--method.lam", "--method.beta", "--lr", "--epochs", "--training.warmup"])
 def test_cli_train_refuses_nan_before_anything_is_written(project, capsys, option):
     assert main(["train", option, "nan"]) == 2

@@ -63,9 +63,11 @@ def test_a_shipped_adapter_changes_the_answer_identically_on_both_engines(smol_p
     variants = [BASE, "sft-ko", "clo-ko"]
     plain = ["What is the capital of France?", "What is 2 plus 3?", "서울은 어느 나라의 수도인가요?"]
 
-    def answers(engine):
-        return {**_answers(engine, [KOREAN, ENGLISH], variants, max_tokens=96),
-                **_answers(engine, plain, [BASE], max_tokens=24)}
+    def answers(engine):  # one mixed batch: every adapter's and the base's rows in the same steps
+        requests = [Request(v, [{"role": "user", "content": p}], Sampling(max_tokens=48))
+                    for p in (KOREAN, ENGLISH) for v in variants]
+        requests += [Request(BASE, [{"role": "user", "content": p}], Sampling(max_tokens=24)) for p in plain]
+        return {(a.variant, r.messages[0]["content"]): a.text for r, a in zip(requests, engine.generate(requests))}
 
     engine = PeftEngine(model, find_adapters(adapters))
     try:
@@ -73,7 +75,7 @@ def test_a_shipped_adapter_changes_the_answer_identically_on_both_engines(smol_p
     finally:
         engine.close()
     assert "Paris" in peft[BASE, plain[0]] and "5" in peft[BASE, plain[1]]
-    for adapter in ("sft-ko", "clo-ko"):  # each adapter changes some answer (Korean is ~2 tokens a character)
+    for adapter in ("sft-ko", "clo-ko"):  # each adapter changes some answer (the English one within its first 40 tokens)
         assert any(peft[adapter, p] != peft[BASE, p] for p in (KOREAN, ENGLISH)), adapter
     usable, why = vllm_usable()
     if not usable:

@@ -16,19 +16,11 @@ import argparse
 import os
 
 from clo import CLOError
+from clo.cli import above_zero, add_serving_options, add_store_option, lang_arg
 from clo.evaluate.judge.client import API_KEY_VARIABLE, JudgeClient, excerpt
 from clo.evaluate.judge.prompts import PromptPair, load_prompt_pairs
 from clo.evaluate.judge.protocol import CONSTRAINTS
 from clo.evaluate.judge.run import Item, judge_items, judge_results
-
-def _lang(text: str) -> str:
-    from clo.languages import lang_code
-
-    try:
-        return lang_code(text)
-    except CLOError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """`python -m clo judge`: the parser, added to the command line's subparsers."""
@@ -39,7 +31,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         f"win rate with a 95% bootstrap interval and the length-controlled win rate. API key: ${API_KEY_VARIABLE}.")
     p.add_argument("--adapters", required=True, metavar="FIRST,SECOND",
                    help="the two variants, e.g. clo-ko,sft-ko (an adapter under --adapters-dir, or base)")
-    p.add_argument("--lang", required=True, type=_lang, help="the target language of the prompts")
+    p.add_argument("--lang", required=True, type=lang_arg, help="the target language of the prompts")
     p.add_argument("--prompts", default="sample", metavar="sample|held-out|FILE|HUB_ID",
                    help="the shipped sample, its held-out fifth (never trained on), a JSONL file, or a hub prompt set "
                         "such as tatsu-lab/alpaca_eval")
@@ -49,17 +41,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="the judge's model name at that server (default $CLO_JUDGE_MODEL)")
     p.add_argument("--judge-constraint", default="auto", choices=CONSTRAINTS,
                    help="how every reply is made readable: auto (choice on vLLM, else logprobs)")
-    p.add_argument("--judge-timeout", type=float, default=120.0, help="seconds to wait for one verdict")
-    p.add_argument("--concurrency", type=int, default=16, help="judgments in flight at once")
-    p.add_argument("--limit", type=int, help="only the first N prompts")
-    p.add_argument("--db", default="votes.db", help="vote store: a file path or sqlite:///... / postgresql://...")
+    p.add_argument("--judge-timeout", type=above_zero(float), default=120.0, help="seconds to wait for one verdict")
+    p.add_argument("--concurrency", type=above_zero(int), default=16, help="judgments in flight at once")
+    p.add_argument("--limit", type=above_zero(int), help="only the first N prompts")
+    add_store_option(p)
     p.add_argument("--seed", type=int, default=0, help="draws which answer is shown first, per pair")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
-    p.add_argument("--model", default="Qwen/Qwen2.5-0.5B-Instruct", help="base model: hub id or local folder")
-    p.add_argument("--adapters-dir", default="adapters")
-    p.add_argument("--engine", default="auto", choices=("auto", "vllm", "remote", "peft"))
-    p.add_argument("--url", help="the vLLM server for --engine remote")
-    p.add_argument("--max-tokens", type=int, default=512, help="new tokens per answer")
+    add_serving_options(p, max_tokens=512, max_tokens_help="new tokens per answer")
     p.add_argument("--translator", default="m2m100", choices=("m2m100", "nllb"),
                    help="translates prompts given only in English (a hub set) into --lang")
     p.add_argument("--translator-model", help="the translation model (default: the translator's usual one)")
