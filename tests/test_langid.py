@@ -1,6 +1,7 @@
 """Language of an answer and language fidelity, offline."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,96 @@ def test_fidelity_counts_only_judged_answers():
     pairs = [("ko", ROWS[0]["response_ko"]), ("ko", ROWS[1]["response_en"]), ("ko", "네"), ("ko", ROWS[2]["response_ko"])]
     f = fidelity(pairs)
     assert f == {"fidelity": pytest.approx(2 / 3), "judged": 3, "unknown": 1, "total": 4}
+
+
+# ---- answers judged among the languages in play (the app, generate, replicate, `python -m clo langid`) ----
+
+LABELLED = [json.loads(line) for line in (Path(__file__).parent / "data" / "langid_answers.jsonl").read_text(
+    encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_the_labelled_set_is_what_it_says():
+    """tests/data/langid_answers.jsonl: at least 300 short answers, every shipped language, English answers to
+    other-language prompts (the error fidelity must catch), answers that are no language."""
+    from collections import Counter
+
+    langs = Counter(r["lang"] for r in LABELLED)
+    assert len(LABELLED) >= 300 and len({r["text"] for r in LABELLED}) == len(LABELLED)
+    assert all(langs[code] >= 40 for code in ("en", "ko", "zh", "sw")) and langs[UNKNOWN] >= 20
+    assert sum(r["lang"] == "en" and r["prompt_lang"] != "en" for r in LABELLED) >= 40
+    assert {"sentence", "fragment", "number", "names", "mixed"} <= {r["kind"] for r in LABELLED}
+
+
+def test_short_answers_are_judged_right_among_the_languages_in_play():
+    """Measured against the labelled set (bench/langid.py prints the table): an English answer is never called the
+    prompt's language, each shipped language is mostly right, and the old judging among all of lingua's languages
+    is measurably worse on the same rows (so the set can tell the two apart)."""
+    after = [detect(r["text"], lang=r["prompt_lang"]).code for r in LABELLED]
+    before = [detect(r["text"]).code for r in LABELLED]
+    english_as_target = [r["text"] for r, code in zip(LABELLED, after)
+                         if r["lang"] == "en" and r["prompt_lang"] != "en" and code == r["prompt_lang"]]
+    assert english_as_target == []
+    for lang in ("en", "ko", "zh", "sw"):
+        mine = [code == r["lang"] for r, code in zip(LABELLED, after) if r["lang"] == lang]
+        assert sum(mine) / len(mine) >= 0.9, (lang, sum(mine), len(mine))
+    right = lambda codes: sum(code == r["lang"] for r, code in zip(LABELLED, codes)) / len(LABELLED)  # noqa: E731
+    assert right(after) >= 0.9 and right(after) - right(before) >= 0.15, (right(after), right(before))
+
+
+@pytest.mark.parametrize("text, lang, code", [
+    ("The capital of Japan is Tokyo.", "ko", "en"),  # all languages, low accuracy: st
+    ("Paris is in France.", "ko", "en"),  # fr
+    ("The sun rises in the east.", "sw", "en"),  # fi
+    ("Water boils at 100 degrees Celsius.", "zh", "en"),  # unknown
+    ("Mji mkuu wa Kenya ni Nairobi.", "sw", "sw"),  # so
+    ("Jakarta is the capital of Indonesia.", "id", UNKNOWN),  # names alone would say id: unsure, not a guess
+    ("네, 맞아요.", "ko", "ko"),
+    ("L'Étoile, la Marseillaise, la femme, la femme", "en", "fr"),  # a drift language still shows when it is one
+])
+def test_the_examples_that_broke_the_old_judging(text, lang, code):
+    assert detect(text, lang=lang).code == code
+
+
+def test_an_english_answer_that_drifts_into_the_target_language_is_caught():
+    """Compare judges an answer to the English prompt among English and the demo's target language too."""
+    assert detect("서울은 한국의 수도입니다.", lang="en", also=("ko",)).code == "ko"
+    assert detect("Mji mkuu wa Tanzania ni Dodoma.", lang="en", also=("sw",)).code == "sw"
+
+
+def test_cli_langid_judges_one_line_at_a_time_as_the_app(monkeypatch, capsys):
+    import io
+
+    from clo.__main__ import main
+
+    lines = ["The capital of Japan is Tokyo.", "", "서울은 한국의 수도입니다.", "42", "Mji mkuu wa Kenya ni Nairobi."]
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+    assert main(["langid", "--lang", "KO"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"{detect(t, lang='ko').code}\t{t}" for t in lines if t]
+    assert [line.split("\t")[0] for line in out] == ["en", "ko", UNKNOWN, "en"]  # sw is not in play for a ko prompt
+    monkeypatch.setattr("sys.stdin", io.StringIO("Red.\n"))
+    assert main(["langid", "--lang", "mini", "--model", "miniature"]) == 0  # the model's own detector first
+    assert capsys.readouterr().out == "en\tRed.\n"
+
+
+def test_replicate_judges_each_answer_for_the_language_it_was_asked_in():
+    """The replication's scores (English fidelity, target fidelity) read each answer's language as judged for the
+    prompt it answers: a short English answer to a Swahili prompt counts against target fidelity."""
+    from clo.engines.base import Answer
+    from clo.experiments.replicate import answer_all, score
+
+    replies = {"How do I boil an egg?": "Boil it for eight minutes.", "Ninachemshaje yai?": "Boil it for eight minutes.",
+               "What is the capital of Kenya?": "The capital of Kenya is Nairobi."}
+
+    class Replies:  # an engine that answers from the table above, for the scoring only
+        def generate(self, requests):
+            return [Answer(r.variant, replies[r.messages[0]["content"]], finish_reason="stop") for r in requests]
+
+    asked = [{"kind": "held-out", "id": "a", "query_lang": "en", "prompt": "How do I boil an egg?", "answers": None},
+             {"kind": "held-out", "id": "a", "query_lang": "sw", "prompt": "Ninachemshaje yai?", "answers": None},
+             {"kind": "facts", "id": "f", "query_lang": "en", "prompt": "What is the capital of Kenya?", "answers": ["Nairobi"]}]
+    seen = []
+    answers = answer_all(Replies(), ["base"], asked, 16, lambda text, lang: seen.append(lang) or detect(text, lang=lang))
+    assert seen == ["en", "sw", "en"] and list(answers.answer_lang) == ["en", "en", "en"]
+    [row] = score(answers, "sw").to_dict("records")
+    assert (row["english_fidelity"], row["target_fidelity"], row["facts_accuracy"]) == (1.0, 0.0, 1.0)

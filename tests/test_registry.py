@@ -168,13 +168,13 @@ def test_language_id_asks_the_served_models_own_detector_only(tmp_path):
     assert detect("Red.").code == UNKNOWN
     assert MODELS["miniature"].detect("Red.").code == "en" and MODELS["smollm2"].detect("Red.") is None
     served = lambda entry: SimpleNamespace(entry=entry)  # noqa: E731 (the part of Services that detect reads)
-    assert Services.detect(served(MODELS["miniature"]), "Red.").code == "en"
-    assert Services.detect(served(MODELS["smollm2"]), "Red.").code == UNKNOWN
-    assert Services.detect(served(None), "Red.").code == UNKNOWN
+    assert Services.detect(served(MODELS["miniature"]), "Red.", "en").code == "en"
+    assert Services.detect(served(MODELS["smollm2"]), "Red.", "en").code == UNKNOWN
+    assert Services.detect(served(None), "Red.", "en").code == UNKNOWN
     mini = tmp_path / "mini"
     mini.mkdir()
     (mini / "miniature.json").write_text("{}")
-    assert Services.detect(served(entry_for(mini)), "Red.").code == "en"
+    assert Services.detect(served(entry_for(mini)), "Red.", "en").code == "en"
 
 
 # ---- the app's start reads the table ----
@@ -197,14 +197,16 @@ def test_offline_the_app_falls_back_to_the_miniature_which_judges_its_answers_by
                 "start with --model PATH, or a shorthand (miniature, smollm2, tiny), to serve another model.") in services.running_on
         assert sorted(services.engine.adapters) == ["clo-mini", "sft-mini"]
         assert services.language_choices()[0] == ("Miniature (synthetic) (mini)", "mini") and list(services.examples) == ["mini"]
-        assert services.detect("Red.").code == "en"
-        answers = []
+        assert services.detect("Red.", "mini").code == "en"
+        answers, asked = [], []
         for prompt, english in services.examples["mini"][:3]:
             out = compare_api(services, prompt, "mini")
             answers += out["target"] + out["english"]
+            asked += ["mini"] * len(out["target"]) + ["en"] * len(out["english"])
         assert len(answers) == 18 and all(a["error"] is None for a in answers)
         assert {a["language"] for a in answers} <= {"mini", "en", UNKNOWN} and {"mini", "en"} <= {a["language"] for a in answers}
-        assert all(a["language"] == (MODELS["miniature"].detect(a["text"]) or detect(a["text"])).code for a in answers)
+        assert all(a["language"] == (MODELS["miniature"].detect(a["text"]) or detect(a["text"], lang=lang, also=("mini",))).code
+                   for a, lang in zip(answers, asked))
         build_app(services)  # the Data tab shows the lexicon the entry brings
         asked = Settings(model="miniature", engine="peft", db="votes.db")
         assert choose_model(asked, log=said.append) == "" and asked.model == "models/miniature/base"
@@ -231,7 +233,7 @@ def test_app_with_model_smollm2_serves_the_real_model_and_says_plainly_what_it_i
         shipped = Path(registry.ROOT) / "assets/smollm2/adapters"
         names = sorted(p.name for p in shipped.iterdir() if (p / "adapter_config.json").is_file())
         assert names == ["clo-ko", "sft-ko"] and sorted(services.engine.adapters) == names
-        assert list(services.examples) == ["ko", "sw", "zh"] and services.detect("Red.").code == UNKNOWN
+        assert list(services.examples) == ["ko", "sw", "zh"] and services.detect("Red.", "ko").code == UNKNOWN
         base = sum(p.numel() for n, p in services.engine.base.named_parameters() if "lora_" not in n)
         assert base == pytest.approx(134.5e6, rel=0.01)
         build_app(services)

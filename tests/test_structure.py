@@ -127,6 +127,6 @@ def test_help_imports_no_torch_transformers_vllm_gradio():
     found = help_imports(ROOT)
     asked = {name: (code, usage) for name, code, usage in found["asked"]}
     for name in ("", "prepare", "train", "generate", "votes export", "leaderboard", "judge", "miniature", "replicate",
-                 "space build", "models", "tiny"):
+                 "space build", "models", "tiny", "langid"):
         assert asked.get(name) == (0, True), f"python -m clo {name} --help: {asked.get(name)}"
     assert not found["heavy"], f"--help imported {', '.join(found['heavy'])}: import it inside the function that needs it"

@@ -79,6 +79,8 @@ def start(settings: Settings, log=print) -> "Services":
     services = Services(settings)
     if note:
         services.running_on += "." + note
+    # language ID loads its models on first use (~2 s): in the background now, not in the first visitor's Compare
+    threading.Thread(target=langid.warm, args=(list(services.examples),), name="clo-langid-warm", daemon=True).start()
     return services
 
 
@@ -155,9 +157,10 @@ class Services:
                     if not self.flying[key]:
                         del self.flying[key]
 
-    def detect(self, text: str) -> langid.Detection:
-        """The language of an answer of the served model: its own detector first, where it brings one."""
-        return langid.detect(text, self.entry.detect if self.entry else None)
+    def detect(self, text: str, lang: str, also: tuple[str, ...] = ()) -> langid.Detection:
+        """The language of the served model's answer to a `lang` prompt (`also`: other languages in play, e.g. the
+        demo's target language beside an English prompt): its own detector first, where it brings one."""
+        return langid.detect(text, self.entry.detect if self.entry else None, lang=lang, also=also)
 
     # ---- variants ----
     def slots(self, lang: str) -> dict[str, str | None]:

@@ -121,7 +121,7 @@ def answer_fidelity(votes: pd.DataFrame) -> pd.DataFrame:
         for side in ("a", "b"):
             mine = votes[votes[f"variant_{side}"] == variant]
             stored = mine[f"lang_{side}"] if f"lang_{side}" in mine else pd.Series(None, index=mine.index)
-            pairs += [(lang, code if isinstance(code, str) else detect(text).code)
+            pairs += [(lang, code if isinstance(code, str) else detect(text, lang=lang).code)
                       for lang, code, text in zip(mine["language"], stored, mine[f"answer_{side}"])]
         f = code_fidelity(pairs)
         rows.append({"variant": variant, "fidelity": f["fidelity"], "judged": f["judged"], "unknown": f["unknown"]})

@@ -98,7 +98,8 @@ def questions(lang: str, held: list[dict], facts: list[dict], limit: int | None)
 
 
 def answer_all(engine, variants: list[str], asked: list[dict], max_tokens: int, detect) -> pd.DataFrame:
-    """Greedy answers of every variant to every question; one row per answer with its detected language."""
+    """Greedy answers of every variant to every question; one row per answer with its language (`detect(text,
+    query_lang)`)."""
     from clo.engines import Request, Sampling
 
     sampling = Sampling(max_tokens=max_tokens, temperature=0.0)
@@ -109,7 +110,7 @@ def answer_all(engine, variants: list[str], asked: list[dict], max_tokens: int, 
         if a.error:
             raise CLOError(f"the engine failed to answer {q['id']} for {v}: {a.error}")
         rows.append({"variant": v, "kind": q["kind"], "id": q["id"], "query_lang": q["query_lang"], "prompt": q["prompt"],
-                     "answer": a.text, "answer_lang": detect(a.text).code,
+                     "answer": a.text, "answer_lang": detect(a.text, q["query_lang"]).code,
                      "correct": None if q["answers"] is None else correct(a.text, q["answers"])})
     return pd.DataFrame(rows)
 
@@ -211,7 +212,8 @@ def run(cfg: ReplicateConfig = ReplicateConfig(), log=print) -> dict:
     engine = PeftEngine(cfg.model, find_adapters(folder / "adapters"))
     variants = ["base"] + sorted(engine.adapters)
     asked = questions(cfg.lang, held, facts, cfg.limit)
-    answers = answer_all(engine, variants, asked, cfg.max_tokens, detect)
+    answers = answer_all(engine, variants, asked, cfg.max_tokens,
+                         lambda text, lang: detect(text, lang=lang, also=(cfg.lang,)))
     answers.to_csv(folder / "answers.csv", index=False)
     scores = score(answers, cfg.lang)
     meta = {"base": {"method": "base", "pairs": 0, "seed": -1}}

@@ -21,14 +21,15 @@ TITLES = {"base": "Base", "sft": "SFT", "clo": "CLO"}
 
 
 def describe(answer: Answer | None, variant: str | None, expected: str, detect) -> str:
-    """An answer as markdown with its language (`detect`: the served model's, Services.detect), token count and speed."""
+    """An answer to an `expected`-language prompt as markdown with its language (`detect(text, expected)`: the served
+    model's, Services.detect), token count and speed."""
     if variant is None:
         return "*this slot is empty for this language: train an adapter, then choose it under Train → Serving*"
     if answer is None:
         return "*…*"
     if answer.error:  # the request failed part-way: what came is not an answer, so say why instead
         return f"**No answer:** {answer.error}\n\n<sub>`{variant}`</sub>"
-    d: Detection | None = detect(answer.text) if answer.finish_reason else None
+    d: Detection | None = detect(answer.text, expected) if answer.finish_reason else None
     mark = "" if d is None else f"`{d.code}`{' ✓' if d.code == expected else (' ✗' if d.code != 'unknown' else '')} · "
     first = "" if answer.first_token_s is None else f"first token {answer.first_token_s:.2f} s · "
     batch = f" · batch of {answer.batch}" if answer.batch else ""  # sequences that shared a decoding step with it
@@ -47,11 +48,14 @@ def compare_stream(services: Services, prompt: str, lang: str, english: str | No
     requests = services.requests(prompt, variants, owner)
     if english:
         requests += services.requests(services.check_prompt(english), variants, owner)
+    def detect(text, expected):  # an answer to the English prompt may drift into the target language
+        return services.detect(text, expected, also=(lang,))
+
     for snapshot in services.stream(requests):
         target = dict(zip(variants, snapshot[: len(variants)]))
         en = dict(zip(variants, snapshot[len(variants):]))
-        yield ({s: describe(target.get(v), v, lang, services.detect) for s, v in slots.items()},
-               {s: describe(en.get(v), v, "en", services.detect) if english else "*no English version: pick an example or type one*"
+        yield ({s: describe(target.get(v), v, lang, detect) for s, v in slots.items()},
+               {s: describe(en.get(v), v, "en", detect) if english else "*no English version: pick an example or type one*"
                 for s, v in slots.items()})
 
 
@@ -65,9 +69,10 @@ def compare_api(services: Services, prompt: str, lang: str, english: str | None 
     answers = iter(services.generate(requests))  # both languages in one batch
     out = {"language": lang, "target": [], "english": []}
     for side, _ in sides:
+        asked = lang if side == "target" else "en"
         for (slot, variant), a in zip(slots.items(), answers):
-            out[side].append({"slot": slot, "variant": variant, "text": a.text,
-                              "language": None if a.error else services.detect(a.text).code, "error": a.error,
+            out[side].append({"slot": slot, "variant": variant, "text": a.text, "error": a.error,
+                              "language": None if a.error else services.detect(a.text, asked, also=(lang,)).code,
                               "tokens": a.tokens, "tokens_per_second": round(a.tokens_per_second, 2),
                               "first_token_s": None if a.first_token_s is None else round(a.first_token_s, 3),
                               "batch": a.batch})
