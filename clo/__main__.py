@@ -78,10 +78,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(f"language fidelity over {len(prompts)} {args.lang} prompts (share of judged answers in {args.lang}):")
         for v in variants:
             mine = [a for a in answers if a.variant == v]
-            f = fidelity(((args.lang, a.text) for a in mine if a.error is None), detector)  # a failed request is no answer
+            f = fidelity(((args.lang, a.text, p) for a, p in zip(mine, prompts) if a.error is None),  # a failure is
+                         detector)                                                                  # no answer
             failed = sum(a.error is not None for a in mine)
+            apart = ", ".join(f"{f[k]} {k}" for k in ("echo", "loop") if f[k])
             print(f"  {v:<16} {f['fidelity']:.0%}  ({f['judged']} judged, {f['unknown']} unknown"
-                  f"{f', {failed} failed' if failed else ''})")
+                  f"{', ' + apart if apart else ''}{f', {failed} failed' if failed else ''})")
         for a in [a for a in answers if a.error][:3]:
             print(f"  failed: {a.error}")
         return
@@ -92,7 +94,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if a.error:  # the request failed: its partial text is not an answer, so show why instead
             head, text = [f"{a.variant}", "[failed]", "-" * width], a.error
         else:
-            d = detect(a.text, detector, lang=args.lang) if args.lang else detect(a.text, detector)
+            d = detect(a.text, detector, lang=args.lang, prompt=args.prompt) if args.lang else detect(a.text, detector)
             mark = "" if not args.lang or d.code == "unknown" else (" ✓" if d.code == args.lang else " ✗")
             head, text = [f"{a.variant}", f"[{d.code}{mark}] {a.tokens} tok, {a.tokens_per_second:.1f} tok/s", "-" * width], a.text
         body = [line for para in text.splitlines() or [""] for line in textwrap.wrap(para, width) or [""]]

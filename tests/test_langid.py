@@ -44,7 +44,7 @@ def test_a_judge_is_asked_first_and_none_leaves_the_text_to_lingua():
     assert asked[0] == "zorp blat" and len(asked) == 3
     assert detect("zorp `blat`", judge).code == "xx" and asked[-1] == "zorp  "  # code spans are dropped first
     pairs = [("xx", "zorp"), ("xx", ROWS[0]["response_en"]), ("xx", "Hi!")]
-    assert fidelity(pairs, judge) == {"fidelity": 0.5, "judged": 2, "unknown": 1, "total": 3}
+    assert fidelity(pairs, judge) == {"fidelity": 0.5, "judged": 2, "unknown": 1, "echo": 0, "loop": 0, "total": 3}
     assert fidelity(pairs)["judged"] == 1  # without it, lingua judges only the English answer
 
 
@@ -56,7 +56,7 @@ def test_code_spans_do_not_decide_the_language():
 def test_fidelity_counts_only_judged_answers():
     pairs = [("ko", ROWS[0]["response_ko"]), ("ko", ROWS[1]["response_en"]), ("ko", "네"), ("ko", ROWS[2]["response_ko"])]
     f = fidelity(pairs)
-    assert f == {"fidelity": pytest.approx(2 / 3), "judged": 3, "unknown": 1, "total": 4}
+    assert f == {"fidelity": pytest.approx(2 / 3), "judged": 3, "unknown": 1, "echo": 0, "loop": 0, "total": 4}
 
 
 # ---- answers judged among the languages in play (the app, generate, replicate, `python -m clo langid`) ----
@@ -136,7 +136,8 @@ def test_replicate_judges_each_answer_for_the_language_it_was_asked_in():
     from clo.experiments.replicate import answer_all, score
 
     replies = {"How do I boil an egg?": "Boil it for eight minutes.", "Ninachemshaje yai?": "Boil it for eight minutes.",
-               "What is the capital of Kenya?": "The capital of Kenya is Nairobi."}
+               "What is the capital of Kenya?": "The capital of Kenya is Nairobi.",
+               "Nitapikaje wali?": "Nitapikaje wali? Nitapikaje wali?"}
 
     class Replies:  # an engine that answers from the table above, for the scoring only
         def generate(self, requests):
@@ -144,9 +145,43 @@ def test_replicate_judges_each_answer_for_the_language_it_was_asked_in():
 
     asked = [{"kind": "held-out", "id": "a", "query_lang": "en", "prompt": "How do I boil an egg?", "answers": None},
              {"kind": "held-out", "id": "a", "query_lang": "sw", "prompt": "Ninachemshaje yai?", "answers": None},
-             {"kind": "facts", "id": "f", "query_lang": "en", "prompt": "What is the capital of Kenya?", "answers": ["Nairobi"]}]
+             {"kind": "facts", "id": "f", "query_lang": "en", "prompt": "What is the capital of Kenya?", "answers": ["Nairobi"]},
+             {"kind": "held-out", "id": "b", "query_lang": "sw", "prompt": "Nitapikaje wali?", "answers": None}]
     seen = []
-    answers = answer_all(Replies(), ["base"], asked, 16, lambda text, lang: seen.append(lang) or detect(text, lang=lang))
-    assert seen == ["en", "sw", "en"] and list(answers.answer_lang) == ["en", "en", "en"]
+    answers = answer_all(Replies(), ["base"], asked, 16,
+                         lambda text, lang, prompt: seen.append(lang) or detect(text, lang=lang, prompt=prompt))
+    assert seen == ["en", "sw", "en", "sw"] and list(answers.answer_lang) == ["en", "en", "en", "echo"]
     [row] = score(answers, "sw").to_dict("records")
     assert (row["english_fidelity"], row["target_fidelity"], row["facts_accuracy"]) == (1.0, 0.0, 1.0)
+    assert (row["target_judged"], row["target_asked"], row["echoes_or_loops"]) == (1, 2, 1)  # the echo is not judged
+
+
+ECHOED = "서울에서 가 볼 만한 곳은 어디인가요?"
+
+
+@pytest.mark.parametrize("answer, prompt, code", [
+    ("서울에서 가 볼 만한 곳은 어디인가요? 어디인가요?", ECHOED, "echo"),  # SmolLM2's SFT and CLO answers, seen in Compare
+    ("서울에서 가 볼 만한 곳은 경복궁, 북촌 한옥마을, 남산타워입니다.", ECHOED, "ko"),  # restates, then answers
+    ("How do I boil an egg? How do I boil an egg?", "How do I boil an egg?", "echo"),
+    ("Gyeongbokgung Palace and Bukchon Hanok Village.", ECHOED, "en"),
+    ("L'Étoile, la Marseillaise, la femme, la femme, la femme, la femme, la femme, la femme, la femme, la femme, "
+     "la femme, la femme", "What is the capital of France?", "loop"),  # the Korean adapters' English, seen in the app
+    ("어디인가요? " * 20, "What is the capital of France?", "loop"),
+])
+def test_echoes_and_loops_are_not_answers_in_a_language(answer, prompt, code):
+    assert detect(answer, lang="ko" if "?" in prompt and not prompt.isascii() else "en", prompt=prompt).code == code
+
+
+@pytest.mark.parametrize("lang", ["en", "ko", "zh", "sw"])
+def test_no_sample_answer_is_an_echo_or_a_loop(lang):
+    """Every answer of the shipped sample (200 per language, written as good answers) is judged a language."""
+    from clo.evaluate.langid import is_echo, is_loop
+
+    rows = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
+    assert not [r["id"] for r in rows if is_loop(r[f"response_{lang}"]) or is_echo(r[f"response_{lang}"], r[f"prompt_{lang}"])]
+
+
+def test_fidelity_counts_echoes_and_loops_apart():
+    pairs = [("ko", ROWS[0]["response_ko"], ROWS[0]["prompt_ko"]), ("ko", ROWS[1]["prompt_ko"] * 2, ROWS[1]["prompt_ko"]),
+             ("ko", "네, 네, 네, 네, 네, " * 12, ROWS[2]["prompt_ko"]), ("ko", ROWS[3]["response_en"], ROWS[3]["prompt_ko"])]
+    assert fidelity(pairs) == {"fidelity": 0.5, "judged": 2, "unknown": 0, "echo": 1, "loop": 1, "total": 4}

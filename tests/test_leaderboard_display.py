@@ -101,10 +101,10 @@ def test_known_rates_ratings_and_missing_values_as_shown(page):
 
 def test_missing_fidelity_reads_as_a_dash_and_an_empty_table_keeps_its_headers():
     fid = pd.DataFrame({"variant": ["clo-ko", "base"], "fidelity": [2 / 3, float("nan")],
-                        "judged": [3, 0], "unknown": [0, 4]})
+                        "judged": [3, 0], "unknown": [0, 4], "echo": [1, 0], "loop": [0, 2]})
     data = gr.Dataframe(interactive=False).postprocess(styled("fidelity", fid))
-    assert data.headers == ["variant", "fidelity (%)", "judged", "unknown"]
-    assert data.metadata["display_value"] == [["clo-ko", "66.7", "3", "0"], ["base", MISSING, "0", "4"]]
+    assert data.headers == ["variant", "fidelity (%)", "judged", "unknown", "echo", "loop"]
+    assert data.metadata["display_value"] == [["clo-ko", "66.7", "3", "0", "1", "0"], ["base", MISSING, "0", "4", "0", "2"]]
     for name in TABLES:
         empty = gr.Dataframe(interactive=False).postprocess(styled(name, None))
         assert empty.headers and empty.data == []

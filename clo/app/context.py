@@ -157,10 +157,11 @@ class Services:
                     if not self.flying[key]:
                         del self.flying[key]
 
-    def detect(self, text: str, lang: str, also: tuple[str, ...] = ()) -> langid.Detection:
+    def detect(self, text: str, lang: str, also: tuple[str, ...] = (), prompt: str | None = None) -> langid.Detection:
         """The language of the served model's answer to a `lang` prompt (`also`: other languages in play, e.g. the
-        demo's target language beside an English prompt): its own detector first, where it brings one."""
-        return langid.detect(text, self.entry.detect if self.entry else None, lang=lang, also=also)
+        demo's target language beside an English prompt; `prompt`: what it answers, so that an echo of it is
+        called one): its own detector first, where it brings one."""
+        return langid.detect(text, self.entry.detect if self.entry else None, lang=lang, also=also, prompt=prompt)
 
     # ---- variants ----
     def slots(self, lang: str) -> dict[str, str | None]:

@@ -70,7 +70,7 @@ def new_battle(services: Services, prompt: str | None, lang: str, voter: str, ad
                 battle = services.store.create_battle(voter=voter, language=lang, prompt=text,
                                                       answers={v: answers[v] for v in pair},
                                                       hashes={v: hashes.get(v) for v in pair}, engine=services.engine.kind,
-                                                      detected={v: services.detect(answers[v], lang).code for v in pair},
+                                                      detected={v: services.detect(answers[v], lang, prompt=text).code for v in pair},
                                                       address=address)
                 return {"battle_id": battle.id, "language": lang, "prompt": text, "english": services.english_of(text, lang),
                         "answer_a": battle.answer_a, "answer_b": battle.answer_b}

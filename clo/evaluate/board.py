@@ -51,7 +51,7 @@ from clo.evaluate.ratings import (
 N_BOOTSTRAP = 1000  # bootstrap resamples behind every interval (Bradley–Terry, agreement, κ)
 # the columns of the tables this module builds (the `/leaderboard` API's record keys)
 COLUMNS = {
-    "fidelity": ["variant", "fidelity", "judged", "unknown"],
+    "fidelity": ["variant", "fidelity", "judged", "unknown", "echo", "loop"],
     "judge": ["judge", "opponent", "wins", "ties", "losses", "judge win %", "people win %", "people battles"],
     "agreement": ["judge", "battles", "agreement %", "lower %", "upper %", "κ", "κ lower", "κ upper", "first shown %"],
     "judge_ratings": ["judge", "variant", "judge rating", "lower", "upper", "judge battles", "people rating"],
@@ -121,10 +121,10 @@ def answer_fidelity(votes: pd.DataFrame) -> pd.DataFrame:
         for side in ("a", "b"):
             mine = votes[votes[f"variant_{side}"] == variant]
             stored = mine[f"lang_{side}"] if f"lang_{side}" in mine else pd.Series(None, index=mine.index)
-            pairs += [(lang, code if isinstance(code, str) else detect(text, lang=lang).code)
-                      for lang, code, text in zip(mine["language"], stored, mine[f"answer_{side}"])]
+            pairs += [(lang, code if isinstance(code, str) else detect(text, lang=lang, prompt=prompt).code)
+                      for lang, code, text, prompt in zip(mine["language"], stored, mine[f"answer_{side}"], mine["prompt"])]
         f = code_fidelity(pairs)
-        rows.append({"variant": variant, "fidelity": f["fidelity"], "judged": f["judged"], "unknown": f["unknown"]})
+        rows.append({"variant": variant, **{k: f[k] for k in COLUMNS["fidelity"][1:]}})
     return pd.DataFrame(rows, columns=COLUMNS["fidelity"])
 
 

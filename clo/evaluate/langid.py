@@ -23,6 +23,11 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 UNKNOWN = "unknown"
+ECHO = "echo"  # the answer mostly repeats the prompt: not an answer in any language
+LOOP = "loop"  # degenerate repetition ("la femme, la femme, la femme…"): not an answer either
+ECHO_SHARE = 0.8  # of the answer's character trigrams found in the prompt
+LOOP_RATIO = 0.35  # zlib's compressed size over the raw size, at or below which a long answer is a loop
+LOOP_MIN_CHARS = 100  # (prose compresses to 0.55–0.93 of its size on the sample's answers; loops to 0.15–0.37)
 MIN_LETTERS = 8  # fewer letters than this (CJK characters count double) cannot be judged among all languages
 MIN_LETTERS_IN_PLAY = 4  # among the few languages in play a short answer ("Ndiyo.", "네.") can be
 _NAME = re.compile(r"\b[A-ZÀ-ÖØ-Þ][\w'’-]*")  # a capitalised Latin word: most often a name ("Jakarta", "Kenya")
@@ -80,15 +85,40 @@ def _letters(text: str) -> int:
 Detector = Callable[[str], "Detection | None"]  # a model's own detector: a Detection, or None to leave the text to lingua
 
 
-def detect(text: str, detector: Detector | None = None, *, lang: str | None = None, also: tuple[str, ...] = ()) -> Detection:
+def _trigrams(text: str) -> list[str]:
+    squeezed = re.sub(r"[\W_]+", "", text.lower())
+    return [squeezed[i:i + 3] for i in range(len(squeezed) - 2)]
+
+
+def is_echo(answer: str, prompt: str) -> bool:
+    """Whether `answer` mostly repeats `prompt` (at least ECHO_SHARE of its character trigrams are the prompt's)."""
+    mine, theirs = _trigrams(answer), set(_trigrams(prompt))
+    return len(mine) >= 3 and sum(g in theirs for g in mine) >= ECHO_SHARE * len(mine)
+
+
+def is_loop(answer: str) -> bool:
+    """Whether a long `answer` is degenerate repetition (it compresses to LOOP_RATIO of its size or less)."""
+    import zlib
+
+    raw = answer.strip().encode("utf-8")
+    return len(answer.strip()) >= LOOP_MIN_CHARS and len(zlib.compress(raw, 9)) <= LOOP_RATIO * len(raw)
+
+
+def detect(text: str, detector: Detector | None = None, *, lang: str | None = None, also: tuple[str, ...] = (),
+           prompt: str | None = None) -> Detection:
     """The language of `text` without its code spans; "unknown" when too short or unsure.
 
     `lang` is the language of the prompt `text` answers: the text is judged among `in_play(lang, *also)`, the prompt's
     language and English at full weight, the drift languages at DRIFT_WEIGHT. Without it, among all of lingua's
     languages (version 1's judging, for a text that answers no known prompt). `detector` is the served model's own
     detector, for a language no statistical detector knows (clo.models.table: an entry's `detect`, e.g. one that
-    judges by the model's vocabulary); it is asked first, and a None from it leaves the text to lingua.
+    judges by the model's vocabulary); it is asked first, and a None from it leaves the text to lingua. With `lang`,
+    an answer that is a loop is LOOP, and one that mostly repeats its `prompt` is ECHO, before any language.
     """
+    if lang is not None and is_loop(text or ""):
+        return Detection(LOOP, 0.0)
+    if lang is not None and prompt and is_echo(text or "", prompt):
+        return Detection(ECHO, 0.0)
     prose = _CODE.sub(" ", text or "")
     if detector is not None:
         own = detector(prose)
@@ -135,22 +165,29 @@ def warm(langs: Iterable[str]) -> None:
                 detect(text, lang="en", also=(lang,))
 
 
-def fidelity(pairs: Iterable[tuple[str, str]], detector: Detector | None = None) -> dict[str, float | int]:
-    """Language fidelity over (query language, answer text) pairs (`detector`: as for `detect`).
+def fidelity(pairs: Iterable[tuple], detector: Detector | None = None) -> dict[str, float | int]:
+    """Language fidelity over (query language, answer text[, prompt]) tuples (`detector`: as for `detect`).
 
-    Returns {"fidelity": share of judged answers in the query's language, "judged": answers with a known
-    language, "unknown": answers too short or unsure, "total"}. Fidelity is NaN when nothing could be judged.
+    Returns `code_fidelity`'s counts: the share of judged answers in the query's language, and apart from it the
+    answers too short or unsure to judge, the echoes of their prompt and the loops.
     """
-    return code_fidelity((lang, detect(answer, detector, lang=lang).code) for lang, answer in pairs)
+    return code_fidelity((lang, detect(answer, detector, lang=lang, prompt=rest[0] if rest else None).code)
+                         for lang, answer, *rest in pairs)
 
 
 def code_fidelity(pairs: Iterable[tuple[str, str]]) -> dict[str, float | int]:
-    """`fidelity` over (query language, detected language code) pairs, for answers detected before (a stored vote)."""
-    judged = hits = unknown = 0
+    """`fidelity` over (query language, detected language code) pairs, for answers detected before (a stored vote).
+
+    {"fidelity": share of judged answers in the query's language (NaN when none was judged), "judged", "unknown",
+    "echo", "loop", "total"}: unknown answers, echoes and loops are counted, never judged.
+    """
+    counts = {UNKNOWN: 0, ECHO: 0, LOOP: 0}
+    judged = hits = 0
     for lang, code in pairs:
-        if code == UNKNOWN:
-            unknown += 1
+        if code in counts:
+            counts[code] += 1
             continue
         judged += 1
         hits += code == lang
-    return {"fidelity": hits / judged if judged else float("nan"), "judged": judged, "unknown": unknown, "total": judged + unknown}
+    return {"fidelity": hits / judged if judged else float("nan"), "judged": judged, "unknown": counts[UNKNOWN],
+            "echo": counts[ECHO], "loop": counts[LOOP], "total": judged + sum(counts.values())}

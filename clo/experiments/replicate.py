@@ -33,6 +33,7 @@ import pandas as pd
 
 from clo import ROOT, CLOError
 from clo.config import option
+from clo.evaluate.langid import ECHO, LOOP, UNKNOWN
 from clo.models.table import SAMPLE
 
 FACTS = ROOT / "assets" / "english" / "facts.jsonl"
@@ -99,7 +100,7 @@ def questions(lang: str, held: list[dict], facts: list[dict], limit: int | None)
 
 def answer_all(engine, variants: list[str], asked: list[dict], max_tokens: int, detect) -> pd.DataFrame:
     """Greedy answers of every variant to every question; one row per answer with its language (`detect(text,
-    query_lang)`)."""
+    query_lang, prompt)`: a language code, unknown, echo or loop)."""
     from clo.engines import Request, Sampling
 
     sampling = Sampling(max_tokens=max_tokens, temperature=0.0)
@@ -110,24 +111,27 @@ def answer_all(engine, variants: list[str], asked: list[dict], max_tokens: int, 
         if a.error:
             raise CLOError(f"the engine failed to answer {q['id']} for {v}: {a.error}")
         rows.append({"variant": v, "kind": q["kind"], "id": q["id"], "query_lang": q["query_lang"], "prompt": q["prompt"],
-                     "answer": a.text, "answer_lang": detect(a.text, q["query_lang"]).code,
+                     "answer": a.text, "answer_lang": detect(a.text, q["query_lang"], q["prompt"]).code,
                      "correct": None if q["answers"] is None else correct(a.text, q["answers"])})
     return pd.DataFrame(rows)
 
 
 def score(answers: pd.DataFrame, lang: str) -> pd.DataFrame:
-    """Per variant: English fidelity, facts accuracy, target fidelity (shares), and how many answers were judged."""
+    """Per variant: English fidelity, facts accuracy, target fidelity (shares), how many answers were judged, and
+    how many were echoes of their prompt or loops (never judged)."""
     out = []
     for variant, g in answers.groupby("variant", sort=False):
         en, tgt = g[g.query_lang == "en"], g[g.query_lang == lang]
-        en_judged, tgt_judged = en[en.answer_lang != "unknown"], tgt[tgt.answer_lang != "unknown"]
+        judged = lambda part: part[~part.answer_lang.isin([UNKNOWN, ECHO, LOOP])]  # noqa: E731
+        en_judged, tgt_judged = judged(en), judged(tgt)
         facts = g[g.correct.notna()]
         out.append({"variant": variant,
                     "english_fidelity": (en_judged.answer_lang == "en").mean() if len(en_judged) else float("nan"),
                     "facts_accuracy": facts.correct.astype(bool).mean() if len(facts) else float("nan"),
                     "target_fidelity": (tgt_judged.answer_lang == lang).mean() if len(tgt_judged) else float("nan"),
                     "english_judged": len(en_judged), "english_asked": len(en),
-                    "target_judged": len(tgt_judged), "target_asked": len(tgt)})
+                    "target_judged": len(tgt_judged), "target_asked": len(tgt),
+                    "echoes_or_loops": int(g.answer_lang.isin([ECHO, LOOP]).sum())})
     return pd.DataFrame(out)
 
 
@@ -213,7 +217,7 @@ def run(cfg: ReplicateConfig = ReplicateConfig(), log=print) -> dict:
     variants = ["base"] + sorted(engine.adapters)
     asked = questions(cfg.lang, held, facts, cfg.limit)
     answers = answer_all(engine, variants, asked, cfg.max_tokens,
-                         lambda text, lang: detect(text, lang=lang, also=(cfg.lang,)))
+                         lambda text, lang, prompt: detect(text, lang=lang, also=(cfg.lang,), prompt=prompt))
     answers.to_csv(folder / "answers.csv", index=False)
     scores = score(answers, cfg.lang)
     meta = {"base": {"method": "base", "pairs": 0, "seed": -1}}

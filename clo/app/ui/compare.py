@@ -48,14 +48,14 @@ def compare_stream(services: Services, prompt: str, lang: str, english: str | No
     requests = services.requests(prompt, variants, owner)
     if english:
         requests += services.requests(services.check_prompt(english), variants, owner)
-    def detect(text, expected):  # an answer to the English prompt may drift into the target language
-        return services.detect(text, expected, also=(lang,))
+    def answering(asked: str):  # an answer to the English prompt may drift into the target language
+        return lambda text, expected: services.detect(text, expected, also=(lang,), prompt=asked)
 
     for snapshot in services.stream(requests):
         target = dict(zip(variants, snapshot[: len(variants)]))
         en = dict(zip(variants, snapshot[len(variants):]))
-        yield ({s: describe(target.get(v), v, lang, detect) for s, v in slots.items()},
-               {s: describe(en.get(v), v, "en", detect) if english else "*no English version: pick an example or type one*"
+        yield ({s: describe(target.get(v), v, lang, answering(prompt)) for s, v in slots.items()},
+               {s: describe(en.get(v), v, "en", answering(english)) if english else "*no English version: pick an example or type one*"
                 for s, v in slots.items()})
 
 
@@ -68,11 +68,11 @@ def compare_api(services: Services, prompt: str, lang: str, english: str | None 
     requests = [r for _, text in sides for r in services.requests(text, list(slots.values()), owner)]
     answers = iter(services.generate(requests))  # both languages in one batch
     out = {"language": lang, "target": [], "english": []}
-    for side, _ in sides:
-        asked = lang if side == "target" else "en"
+    for side, asked in sides:
+        in_lang = lang if side == "target" else "en"
         for (slot, variant), a in zip(slots.items(), answers):
             out[side].append({"slot": slot, "variant": variant, "text": a.text, "error": a.error,
-                              "language": None if a.error else services.detect(a.text, asked, also=(lang,)).code,
+                              "language": None if a.error else services.detect(a.text, in_lang, also=(lang,), prompt=asked).code,
                               "tokens": a.tokens, "tokens_per_second": round(a.tokens_per_second, 2),
                               "first_token_s": None if a.first_token_s is None else round(a.first_token_s, 3),
                               "batch": a.batch})
