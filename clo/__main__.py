@@ -94,7 +94,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if a.error:  # the request failed: its partial text is not an answer, so show why instead
             head, text = [f"{a.variant}", "[failed]", "-" * width], a.error
         else:
-            d = detect(a.text, detector, lang=args.lang, prompt=args.prompt) if args.lang else detect(a.text, detector)
+            d = detect(a.text, detector, lang=args.lang, prompt=args.prompt)  # without --lang: among all languages
             mark = "" if not args.lang or d.code == "unknown" else (" ✓" if d.code == args.lang else " ✗")
             head, text = [f"{a.variant}", f"[{d.code}{mark}] {a.tokens} tok, {a.tokens_per_second:.1f} tok/s", "-" * width], a.text
         body = [line for para in text.splitlines() or [""] for line in textwrap.wrap(para, width) or [""]]

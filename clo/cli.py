@@ -115,7 +115,6 @@ def above_zero(kind):
 
 def lang_arg(text: str) -> str:
     """argparse type: a language code in any form clo.languages accepts (KO, kor, ko-KR), as the table's code."""
-    from clo import CLOError
     from clo.languages import lang_code
 
     try:

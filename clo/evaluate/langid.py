@@ -149,9 +149,10 @@ def detect(text: str, detector: Detector | None = None, *, lang: str | None = No
 
 def _weighted(prose: str, codes: tuple[str, ...], full: set[str]) -> dict[str, float]:
     """lingua's confidences among `codes`, those outside `full` (the drift languages) weighted down, summing to 1."""
-    values = {v.language.iso_code_639_1.name.lower(): v.value * (1.0 if v.language.iso_code_639_1.name.lower() in full
-                                                                   else DRIFT_WEIGHT)
-              for v in _lingua_among(codes).compute_language_confidence_values(prose)}
+    values = {}
+    for v in _lingua_among(codes).compute_language_confidence_values(prose):
+        code = v.language.iso_code_639_1.name.lower()
+        values[code] = v.value * (1.0 if code in full else DRIFT_WEIGHT)
     total = sum(values.values())
     return {c: (v / total if total else 0.0) for c, v in values.items()}
 

@@ -48,14 +48,23 @@ def compare_stream(services: Services, prompt: str, lang: str, english: str | No
     requests = services.requests(prompt, variants, owner)
     if english:
         requests += services.requests(services.check_prompt(english), variants, owner)
-    def answering(asked: str):  # an answer to the English prompt may drift into the target language
-        return lambda text, expected: services.detect(text, expected, also=(lang,), prompt=asked)
+    def answering(asked: str):
+        """Services.detect for answers to `asked`, once per finished answer (every later snapshot shows it again); an
+        answer to the English prompt may drift into the target language, so that is in play too."""
+        judged = {}
 
+        def detect(text, expected):
+            if (text, expected) not in judged:
+                judged[text, expected] = services.detect(text, expected, also=(lang,), prompt=asked)
+            return judged[text, expected]
+        return detect
+
+    on_target, on_english = answering(prompt), answering(english)
     for snapshot in services.stream(requests):
         target = dict(zip(variants, snapshot[: len(variants)]))
         en = dict(zip(variants, snapshot[len(variants):]))
-        yield ({s: describe(target.get(v), v, lang, answering(prompt)) for s, v in slots.items()},
-               {s: describe(en.get(v), v, "en", answering(english)) if english else "*no English version: pick an example or type one*"
+        yield ({s: describe(target.get(v), v, lang, on_target) for s, v in slots.items()},
+               {s: describe(en.get(v), v, "en", on_english) if english else "*no English version: pick an example or type one*"
                 for s, v in slots.items()})
 
 
