@@ -1,7 +1,9 @@
-"""Language ID on short answers: the labelled set in tests/data/langid_answers.jsonl judged both ways, side by side.
+"""Language ID on short answers: the labelled sets in tests/data/ judged both ways, side by side.
 
-    python bench/langid.py            # a markdown table: per true language, right / wrong / unknown, before and after
+    python bench/langid.py            # markdown tables: per true language, right / wrong / unknown, before and after
 
+Two sets: langid_answers.jsonl, on which the detector was tuned, and langid_heldout.jsonl, written after the tuning
+and never used for it (its figures are the honest ones); then langid_echoes.jsonl, answers that repeat their prompt.
 "before" is version 1's judging (all of lingua's languages, low-accuracy mode); "after" is the judging the app,
 `generate`, `replicate` and `python -m clo langid` use (clo.evaluate.langid.detect with the prompt's language: the
 languages in play, drift languages weighted down). A row labelled "unknown" is right when the detector says unknown.
@@ -19,7 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-LABELLED = ROOT / "tests" / "data" / "langid_answers.jsonl"
+DATA = ROOT / "tests" / "data"
+SETS = {"tuned on": DATA / "langid_answers.jsonl", "held out": DATA / "langid_heldout.jsonl"}
+ECHOES = DATA / "langid_echoes.jsonl"
 
 
 def judge_all(rows: list[dict]) -> dict[str, list[str]]:
@@ -54,24 +58,49 @@ def english_called_target(rows: list[dict], codes: list[str]) -> tuple[int, int]
     return sum(c == r["prompt_lang"] for r, c in mine), len(mine)
 
 
-def main() -> None:
-    rows = [json.loads(line) for line in LABELLED.read_text(encoding="utf-8").splitlines() if line.strip()]
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def table(name: str, path: Path) -> None:
+    rows = read(path)
     judged = judge_all(rows)
     before, after = tally(rows, judged["before"]), tally(rows, judged["after"])
-    print(f"# Language ID on {len(rows)} short answers ({LABELLED.relative_to(ROOT)})\n")
+    print(f"# Language ID on {len(rows)} short answers, {name} ({path.relative_to(ROOT)})\n")
     print("| true language | n | before: right / wrong / unknown | after: right / wrong / unknown |")
     print("| --- | ---: | --- | --- |")
     for lang in sorted(before, key=lambda k: (-before[k]["n"], k)):
         b, a = before[lang], after[lang]
         print(f"| {lang} | {b['n']} | {b['right']} / {b['wrong']} / {b['unknown']} ({b['right'] / b['n']:.0%} right) "
               f"| {a['right']} / {a['wrong']} / {a['unknown']} ({a['right'] / a['n']:.0%} right) |")
-    for name in ("before", "after"):
-        t = tally(rows, judged[name])
+    for when in ("before", "after"):
+        t = tally(rows, judged[when])
         right = sum(v["right"] for v in t.values())
         wrong = sum(v["wrong"] for v in t.values())
-        hit, of = english_called_target(rows, judged[name])
-        print(f"\n{name}: {right}/{len(rows)} right ({right / len(rows):.1%}), {wrong} wrong; English answers to "
-              f"other-language prompts called the prompt's language: {hit} of {of}; {judged[name + '_ms']:.2f} ms a text")
+        hit, of = english_called_target(rows, judged[when])
+        print(f"\n{when}: {right}/{len(rows)} right ({right / len(rows):.1%}), {wrong} wrong; English answers to "
+              f"other-language prompts called the prompt's language: {hit} of {of}; {judged[when + '_ms']:.2f} ms a text")
+    print()
+
+
+def echoes() -> None:
+    """Answers that repeat their prompt: judged with it, per kind of row."""
+    from clo.evaluate.langid import detect
+
+    rows = read(ECHOES)
+    print(f"# Echoes of the prompt ({ECHOES.relative_to(ROOT)}), judged with the prompt\n")
+    print("| kind | n | right |")
+    print("| --- | ---: | ---: |")
+    for kind in sorted({r["kind"] for r in rows}):
+        mine = [r for r in rows if r["kind"] == kind]
+        right = sum(detect(r["text"], lang=r["prompt_lang"], prompt=r["prompt"]).code == r["label"] for r in mine)
+        print(f"| {kind} | {len(mine)} | {right} |")
+
+
+def main() -> None:
+    for name, path in SETS.items():
+        table(name, path)
+    echoes()
 
 
 if __name__ == "__main__":

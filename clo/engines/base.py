@@ -280,7 +280,7 @@ def _check_safetensors(file: Path) -> None:
 
 
 def find_adapters(adapters_dir: str | Path, names: list[str] | None = None) -> list[Adapter]:
-    """The adapters under `adapters_dir` (every complete folder, or those named), sorted by name.
+    """The adapters under `adapters_dir` (every complete folder, or those named: [] names none), sorted by name.
 
     Hidden folders are never adapters: `.tmp-*` / `.old-*` are staging folders of a save (clo.files.staging), and
     those that a killed run left behind are removed here first, so every engine start (and the app's) cleans up.
@@ -288,7 +288,7 @@ def find_adapters(adapters_dir: str | Path, names: list[str] | None = None) -> l
     root = Path(adapters_dir)
     for folder in remove_stale(root):
         print(f"[clo] cleaned up {folder}, left by a run that was killed while saving", flush=True)
-    if names:
+    if names is not None:
         return [read_adapter(root / n, n) for n in names]
     if not root.is_dir():
         return []

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from clo import CLOError
+from clo.evaluate.langid import VERSION as LANGID_VERSION
 from clo.evaluate.schema import VOTE_COLUMNS, is_unique_violation
 
 if TYPE_CHECKING:
@@ -95,8 +96,8 @@ def create_battle(store: VoteStore, voter: str, language: str, prompt: str, answ
                   hashes: dict[str, str | None] | None = None, engine: str | None = None, blind: bool = True,
                   detected: dict[str, str] | None = None, address: str | None = None) -> Battle:
     """Store a battle between the two variants of `answers`, placed left/right at random, owned by session
-    `voter` from `address`; `detected` holds each answer's language code (clo.evaluate.langid), kept with the vote so no
-    one detects it again."""
+    `voter` from `address`; `detected` holds each answer's language code (clo.evaluate.langid), kept with the vote and
+    the detector's version so no one detects it again unless the detector has changed since."""
     if len(answers) != 2:
         raise CLOError(f"a battle has exactly two answers, got {len(answers)}")
     store._check_prompt(prompt)
@@ -113,7 +114,8 @@ def create_battle(store: VoteStore, voter: str, language: str, prompt: str, answ
             "id": battle.id, "created_utc": created.isoformat(), "expires_utc": battle.expires_utc, "voter": who,
             "language": language, "prompt": prompt, "variant_a": left, "variant_b": right, "answer_a": battle.answer_a,
             "answer_b": battle.answer_b, "hash_a": hashes.get(left), "hash_b": hashes.get(right), "engine": engine,
-            "blind": int(blind), "lang_a": detected.get(left), "lang_b": detected.get(right), "voter_address": where})
+            "blind": int(blind), "lang_a": detected.get(left), "lang_b": detected.get(right), "voter_address": where,
+            "langid_version": LANGID_VERSION if detected else None})
     return battle
 
 
@@ -178,7 +180,7 @@ def insert_vote(store: VoteStore, cur, battle: dict, outcome: str, created: dt.d
         "answer_a": b["answer_a"], "answer_b": b["answer_b"], "left_variant": b["variant_a"], "outcome": outcome,
         "engine": b["engine"], "hash_a": b["hash_a"], "hash_b": b["hash_b"], "blind": b["blind"],
         "lang_a": b["lang_a"], "lang_b": b["lang_b"], "voter_address": voter_address, "judge": judge,
-        "judge_protocol": protocol, "judge_reply": reply,
+        "judge_protocol": protocol, "judge_reply": reply, "langid_version": b.get("langid_version"),
         "pair_key": pair_key(b["language"], b["prompt"], b["variant_a"], b["answer_a"], b["variant_b"], b["answer_b"])})
 
 

@@ -24,6 +24,7 @@ command line and the tab give the same intervals for the same votes.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -31,7 +32,7 @@ import pandas as pd
 
 from clo.evaluate.agreement import agreement
 from clo.evaluate.judge.run import first_shown_share
-from clo.evaluate.langid import code_fidelity, detect
+from clo.evaluate.langid import VERSION as LANGID_VERSION, code_fidelity, detect, known
 from clo.evaluate.ratings import (
     HUMAN,
     MIN_PAIR_BATTLES,
@@ -113,7 +114,9 @@ def judge_board(votes: pd.DataFrame, judge: str, language: str | None = None, fo
 
 def answer_fidelity(votes: pd.DataFrame) -> pd.DataFrame:
     """Per variant (a retrained one apart, as in the ratings), the share of its answers in the prompt's language,
-    from the language detected when each battle was made (older votes without it are detected here)."""
+    from the language detected when each battle was made. A vote stored without it, or judged by an older version
+    of the detector (`langid_version` below langid.VERSION), is judged again here, as the app judges answers now; a
+    language lingua does not know keeps what the served model's own detector stored."""
     votes = version_keys(votes)
     rows = []
     for variant in sorted(set(votes.variant_a) | set(votes.variant_b)):
@@ -121,11 +124,28 @@ def answer_fidelity(votes: pd.DataFrame) -> pd.DataFrame:
         for side in ("a", "b"):
             mine = votes[votes[f"variant_{side}"] == variant]
             stored = mine[f"lang_{side}"] if f"lang_{side}" in mine else pd.Series(None, index=mine.index)
-            pairs += [(lang, code if isinstance(code, str) else detect(text, lang=lang, prompt=prompt).code)
-                      for lang, code, text, prompt in zip(mine["language"], stored, mine[f"answer_{side}"], mine["prompt"])]
+            versions = mine["langid_version"] if "langid_version" in mine else pd.Series(None, index=mine.index)
+            pairs += [(lang, code if current(code, version, lang) else rejudge(text, lang, prompt))
+                      for lang, code, version, text, prompt
+                      in zip(mine["language"], stored, versions, mine[f"answer_{side}"], mine["prompt"])]
         f = code_fidelity(pairs)
         rows.append({"variant": variant, **{k: f[k] for k in COLUMNS["fidelity"][1:]}})
     return pd.DataFrame(rows, columns=COLUMNS["fidelity"])
+
+
+def current(code, version, lang: str) -> bool:
+    """Whether a stored language `code` stands: judged by this version of the detector, or (any version) in a
+    language lingua does not know, which only the served model's own detector judges."""
+    if not isinstance(code, str):
+        return False
+    return not known(lang) or (pd.notna(version) and int(version) >= LANGID_VERSION)
+
+
+@functools.lru_cache(maxsize=65536)
+def rejudge(text: str, lang: str, prompt: str) -> str:
+    """An answer's language as the detector judges it now (a Leaderboard re-renders often: each answer is judged once
+    a process)."""
+    return detect(text, lang=lang, prompt=prompt).code
 
 
 def judge_tables(votes: pd.DataFrame, language: str | None, people: dict, focus: str = "clo",

@@ -75,7 +75,8 @@ def record_judgment(store: VoteStore, judgment: Judgment) -> bool:
     battle = {"id": str(uuid.uuid4()), "created_utc": now.isoformat(), "expires_utc": now.isoformat(),
               "voter": JUDGE_VOTER, "language": j.language, "prompt": j.prompt, "variant_a": j.variant_a,
               "variant_b": j.variant_b, "answer_a": j.answer_a, "answer_b": j.answer_b, "hash_a": j.hash_a,
-              "hash_b": j.hash_b, "engine": j.engine, "blind": 1, "lang_a": None, "lang_b": None, "voter_address": None}
+              "hash_b": j.hash_b, "engine": j.engine, "blind": 1, "lang_a": None, "lang_b": None, "voter_address": None,
+              "langid_version": None}
     try:
         with store._transaction() as cur:
             cur.execute(store._sql("SELECT 1 FROM votes WHERE judge = ? AND judge_protocol = ? AND pair_key = ?"),

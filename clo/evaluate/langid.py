@@ -22,12 +22,16 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+VERSION = 2  # how answers are judged; stored with every detected language (clo.evaluate.schema), so a Leaderboard
+# re-judges what an older version stored. 1: among all of lingua's languages; 2: among the languages in play, echoed
+# sentences of the prompt left out, echoes and loops apart
 UNKNOWN = "unknown"
 ECHO = "echo"  # the answer mostly repeats the prompt: not an answer in any language
 LOOP = "loop"  # degenerate repetition ("la femme, la femme, la femme…"): not an answer either
 ECHO_SHARE = 0.8  # of the answer's character trigrams found in the prompt
-LOOP_RATIO = 0.35  # zlib's compressed size over the raw size, at or below which a long answer is a loop
-LOOP_MIN_CHARS = 100  # (prose compresses to 0.55–0.93 of its size on the sample's answers; loops to 0.15–0.37)
+LOOP_RATIO = 0.45  # zlib's compressed size over the raw size of an answer's last LOOP_WINDOW characters, at or
+LOOP_WINDOW = 120  # below which it is a loop (the sample's answers in four languages: 0.66 or more; SmolLM2's loops
+LOOP_MIN_CHARS = 60  # of 60–100 characters, "Je, umai, umai, umai…": 0.15–0.40; below 60 zlib's overhead dominates)
 MIN_LETTERS = 8  # fewer letters than this (CJK characters count double) cannot be judged among all languages
 MIN_LETTERS_IN_PLAY = 4  # among the few languages in play a short answer ("Ndiyo.", "네.") can be
 _NAME = re.compile(r"\b[A-ZÀ-ÖØ-Þ][\w'’-]*")  # a capitalised Latin word: most often a name ("Jakarta", "Kenya")
@@ -90,18 +94,34 @@ def _trigrams(text: str) -> list[str]:
     return [squeezed[i:i + 3] for i in range(len(squeezed) - 2)]
 
 
-def is_echo(answer: str, prompt: str) -> bool:
-    """Whether `answer` mostly repeats `prompt` (at least ECHO_SHARE of its character trigrams are the prompt's)."""
-    mine, theirs = _trigrams(answer), set(_trigrams(prompt))
+def is_echo(answer: str, prompt: str, theirs: set[str] | None = None) -> bool:
+    """Whether `answer` mostly repeats `prompt` (at least ECHO_SHARE of its character trigrams are the prompt's;
+    `theirs`: the prompt's trigrams, when the caller has them)."""
+    mine, theirs = _trigrams(answer), set(_trigrams(prompt)) if theirs is None else theirs
     return len(mine) >= 3 and sum(g in theirs for g in mine) >= ECHO_SHARE * len(mine)
 
 
+# where a sentence or a quotation ends: after . ! ? and a space, right after a CJK full stop, at a line break, at
+# a quotation mark ('… translates to "<the prompt again>"' is an English sentence around an echo)
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|(?<=[。？！])|\n+|[\"“”«»「」]")
+
+
+def without_echo(answer: str, prompt: str) -> str:
+    """`answer` without the sentences that repeat `prompt` (SmolLM2 often opens with the question, then goes on in
+    another language: "Kwa nini anga ni la buluu? The answer is…" is an English answer)."""
+    theirs = set(_trigrams(prompt))
+    kept = [s for s in _SENTENCE.split(answer) if s.strip() and not is_echo(s, prompt, theirs)]
+    return " ".join(kept)
+
+
 def is_loop(answer: str) -> bool:
-    """Whether a long `answer` is degenerate repetition (it compresses to LOOP_RATIO of its size or less)."""
+    """Whether `answer` ends in degenerate repetition: its last LOOP_WINDOW characters compress to LOOP_RATIO of
+    their size or less (a window, so that a long answer's ordinary redundancy does not count)."""
     import zlib
 
-    raw = answer.strip().encode("utf-8")
-    return len(answer.strip()) >= LOOP_MIN_CHARS and len(zlib.compress(raw, 9)) <= LOOP_RATIO * len(raw)
+    tail = answer.strip()[-LOOP_WINDOW:]
+    raw = tail.encode("utf-8")
+    return len(tail) >= LOOP_MIN_CHARS and len(zlib.compress(raw, 9)) <= LOOP_RATIO * len(raw)
 
 
 def detect(text: str, detector: Detector | None = None, *, lang: str | None = None, also: tuple[str, ...] = (),
@@ -113,13 +133,20 @@ def detect(text: str, detector: Detector | None = None, *, lang: str | None = No
     languages (version 1's judging, for a text that answers no known prompt). `detector` is the served model's own
     detector, for a language no statistical detector knows (clo.models.table: an entry's `detect`, e.g. one that
     judges by the model's vocabulary); it is asked first, and a None from it leaves the text to lingua. With `lang`,
-    an answer that is a loop is LOOP, and one that mostly repeats its `prompt` is ECHO, before any language.
+    an answer that is a loop is LOOP, and one that mostly repeats its `prompt` is ECHO, before any language; the
+    sentences of an answer that repeat its `prompt` are left out of its judging (`without_echo`).
     """
     if lang is not None and is_loop(text or ""):
         return Detection(LOOP, 0.0)
-    if lang is not None and prompt and is_echo(text or "", prompt):
-        return Detection(ECHO, 0.0)
     prose = _CODE.sub(" ", text or "")
+    if lang is not None and prompt:
+        if is_echo(text or "", prompt):
+            return Detection(ECHO, 0.0)
+        rest = without_echo(prose, prompt)
+        if _letters(rest) < _letters(prose):  # it opened with the prompt: what follows is the answer
+            if _letters(rest) < MIN_LETTERS_IN_PLAY:
+                return Detection(ECHO, 0.0)
+            prose = rest
     if detector is not None:
         own = detector(prose)
         if own is not None:

@@ -25,10 +25,11 @@ if TYPE_CHECKING:
 
 APPLICATION_ID = 0x434C4F31  # "CLO1" in the SQLite header: our files are recognisable, foreign ones refused
 BATTLE_COLUMNS = ("id", "created_utc", "expires_utc", "voter", "language", "prompt", "variant_a", "variant_b",
-                  "answer_a", "answer_b", "hash_a", "hash_b", "engine", "blind", "lang_a", "lang_b", "voter_address")
+                  "answer_a", "answer_b", "hash_a", "hash_b", "engine", "blind", "lang_a", "lang_b", "voter_address",
+                  "langid_version")
 VOTE_COLUMNS = ("id", "battle_id", "created_utc", "voter", "language", "prompt", "variant_a", "variant_b", "answer_a",
                 "answer_b", "left_variant", "outcome", "engine", "hash_a", "hash_b", "blind", "lang_a", "lang_b",
-                "voter_address", "judge", "judge_protocol", "judge_reply", "pair_key")
+                "voter_address", "judge", "judge_protocol", "judge_reply", "pair_key", "langid_version")
 
 # Each migration brings the schema from version i to i + 1; never edit one that has shipped.
 MIGRATIONS = [
@@ -78,6 +79,12 @@ MIGRATIONS = [
         reply TEXT NOT NULL, attempts INTEGER NOT NULL, first_utc TEXT NOT NULL, last_utc TEXT NOT NULL,
         next_utc TEXT NOT NULL, PRIMARY KEY (judge, judge_protocol, pair_key)
     );
+    """,
+    # 6: the version of the language detector that judged lang_a and lang_b (clo.evaluate.langid.VERSION; NULL on
+    # older rows), so what an older detector stored is judged again where it is shown
+    """
+    ALTER TABLE battles ADD COLUMN langid_version INTEGER;
+    ALTER TABLE votes ADD COLUMN langid_version INTEGER;
     """,
 ]
 

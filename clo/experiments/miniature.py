@@ -116,11 +116,14 @@ TITLES = {"target_fidelity": "Target fidelity", "target_accuracy": "Target accur
           "english_fidelity": "English fidelity", "english_accuracy": "English accuracy"}
 
 
+STYLES = {"sft": dict(color="#d62728", marker="s"), "clo": dict(color="#1f77b4", marker="o")}  # method → line style
+
+
 def plot(table: pd.DataFrame, path: Path, titles: dict[str, str] = TITLES,
          title: str = "CLO vs SFT in miniature (synthetic target language, exact translation)",
-         ylabel: str = "% of held-out queries") -> Path:
+         ylabel: str = "% of held-out queries", styles: dict[str, dict] | None = None) -> Path:
     """One panel per metric of `titles` in the paper's style, from `summarise`'s table: data size on the x-axis, one
-    line per method with its sd over seeds, the base model dashed. `python -m clo replicate` draws its own with it."""
+    line per method of `styles` with its sd over seeds, the base model dashed. `python -m clo replicate` draws its own with it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -130,10 +133,11 @@ def plot(table: pd.DataFrame, path: Path, titles: dict[str, str] = TITLES,
     base = table[table.method == "base"]
     pairs = sorted(table[table.method != "base"].pairs.unique())
     for ax, (m, name) in zip(axes, titles.items()):
-        for method, style in (("sft", dict(color="#d62728", marker="s")), ("clo", dict(color="#1f77b4", marker="o"))):
+        for method, style in (styles or STYLES).items():
             t = table[table.method == method].sort_values("pairs")
             if len(t):
-                ax.errorbar(t.pairs, 100 * t[m], yerr=100 * t[m + "_sd"], label=method.upper(), capsize=3, **style)
+                ax.errorbar(t.pairs, 100 * t[m], yerr=100 * t[m + "_sd"], label=method.upper().replace(
+                    " ALL-LINEAR", ", all linear"), capsize=3, **style)
         if len(base):
             ax.axhline(100 * base[m].iloc[0], color="gray", linestyle="--", label="base")
         ax.set_title(name)

