@@ -335,9 +335,10 @@ def run(cfg: ReplicateConfig = ReplicateConfig(), log=print) -> dict:
                              lambda text, lang, prompt: detect(text, lang=lang, also=(cfg.lang,), prompt=prompt))
         finally:
             engine.close()
-        answers = pd.concat([kept, new.assign(max_tokens=cfg.max_tokens)], ignore_index=True)
+        new = new.assign(max_tokens=cfg.max_tokens)
+        answers = pd.concat([kept, new], ignore_index=True) if len(kept) else new
     else:
-        answers = kept
+        answers = kept.copy()
     # judged again: what an older detector said about a kept answer does not stand (clo.evaluate.langid.VERSION)
     answers["answer_lang"] = [detect(str(a), lang=q, also=(cfg.lang,), prompt=p).code
                               for a, q, p in zip(answers.answer, answers.query_lang, answers.prompt)]
