@@ -3,7 +3,8 @@ cost the model its English?
 
 For every seed, data size and set of LoRA layers, the project's training path (`clo.train.run.train`, what
 `python -m clo train` runs) fine-tunes the model with SFT and with CLO on the same pairs of the shipped sample; the
-fastest engine present (vLLM where it runs, else PEFT) then answers, greedily:
+engine asked for (auto: vLLM where it runs, else PEFT; on a CPU PEFT was the quicker with many adapters) then
+answers, greedily:
 
 - English prompts: the held-out English sample prompts and a set of plain facts written by the project
   (assets/english/facts.jsonl: capitals, arithmetic, colours, each with its accepted answers);
@@ -19,8 +20,7 @@ Swahili is the language to look at: its base answers a Swahili prompt in English
     python -m clo replicate --resume runs/replicate/<run>  --seeds 0,1,2,3           # more seeds: only new ones train
     python -m clo replicate --model smollm2 --sizes 8 --epochs 1 --limit 8           # a smoke run, a few minutes
 
-Writes runs/replicate/<model>-<lang>-<stamp>/{results.csv, answers.csv, timings.json, summary.md, plot.png,
-adapters/}. `--resume` continues such a folder: adapters already there are kept, answers already given by an
+Writes runs/replicate/<model>-<lang>-<stamp>/{results.csv, answers.csv, summary.md, plot.png, adapters/}. `--resume` continues such a folder: adapters already there are kept, answers already given by an
 unchanged variant are reused, so a long replication can grow over several sittings. The held-out prompts (4 of
 every 20 sample rows, all categories) are never trained on.
 """
@@ -177,7 +177,7 @@ def markdown(results: pd.DataFrame) -> str:
     order = results.assign(_base=results.method != "base").sort_values(["_base", "layers", "pairs", "method"])
     for (method, layers, pairs), g in order.groupby(["method", "layers", "pairs"], sort=False):
         cells = []
-        for m in ("target_fidelity", "english_fidelity", "facts_accuracy"):
+        for m in METRICS:
             mean, sd = 100 * g[m].mean(), 100 * g[m].std(ddof=1) if len(g) > 1 else 0.0
             cells.append(f"{mean:.1f}" + (f" ± {sd:.1f}" if len(g) > 1 else ""))
         cells.append(f"{g.facts_lost.mean():.1f}")
@@ -189,20 +189,19 @@ def markdown(results: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-STYLES = {"sft": dict(color="#d62728", marker="s"), "clo": dict(color="#1f77b4", marker="o"),
-          "sft all-linear": dict(color="#ff9896", marker="s", linestyle=":"),
-          "clo all-linear": dict(color="#aec7e8", marker="o", linestyle=":")}
+ALL_LINEAR_STYLES = {"sft all-linear": dict(color="#ff9896", marker="s", linestyle=":"),  # beside the miniature's
+                     "clo all-linear": dict(color="#aec7e8", marker="o", linestyle=":")}
 
 
 def plot(results: pd.DataFrame, path: Path, title: str) -> Path:
     """One panel per metric: data size on the x-axis, one line per method (and layers), sd over seeds as error
     bars, the base model dashed (the miniature's plot, over this run's metrics)."""
-    from clo.experiments.miniature import plot as size_plot, summarise
+    from clo.experiments.miniature import STYLES, plot as size_plot, summarise
 
     titles = {"target_fidelity": "Target fidelity", "english_fidelity": "English fidelity",
               "facts_accuracy": "English facts accuracy"}
     labelled = results.assign(method=[label(m, v) for m, v in zip(results.method, results.layers)])
-    return size_plot(summarise(labelled, METRICS), path, titles, title, "% of prompts", styles=STYLES)
+    return size_plot(summarise(labelled, METRICS), path, titles, title, "% of prompts", styles={**STYLES, **ALL_LINEAR_STYLES})
 
 
 def recipes_for(cfg: ReplicateConfig, train_file: Path, folder: Path) -> dict[tuple[int, int, str], object]:
@@ -297,8 +296,6 @@ def run(cfg: ReplicateConfig = ReplicateConfig(), log=print) -> dict:
     atomic_write(folder / "config.json", json.dumps(asdict(cfg), indent=2))
     hf_logging.set_verbosity_error()
 
-    timings_file = folder / "timings.json"
-    timings = json.loads(timings_file.read_text(encoding="utf-8")) if timings_file.exists() else {}
     meta, fresh = {"base": {"method": "base", "layers": "attention", "pairs": 0, "seed": -1}}, set()
     for (seed, size, layers), recipe in recipes.items():
         names = {m: adapter_name(m, cfg.lang, layers, size, seed) for m in cfg.methods}
@@ -309,10 +306,7 @@ def run(cfg: ReplicateConfig = ReplicateConfig(), log=print) -> dict:
             continue
         recipe.method.method = todo
         log(f"[clo] replicate: {', '.join(todo)} ({layers}) on {size} pairs, seed {seed}")
-        began = time.time()
         train(recipe)
-        timings[adapter_name("+".join(todo), cfg.lang, layers, size, seed)] = round(time.time() - began, 1)
-        atomic_write(timings_file, json.dumps(timings, indent=2))  # wall time of each training, model loading included
         fresh |= {names[m] for m in todo}
     trained_s = time.time() - started
 
@@ -325,7 +319,7 @@ def run(cfg: ReplicateConfig = ReplicateConfig(), log=print) -> dict:
         same = ("max_tokens" in before and (before.max_tokens == cfg.max_tokens).all()
                 and set(before.prompt) == {q["prompt"] for q in asked})
         kept = before[before.variant.isin(set(variants) - fresh)] if same else pd.DataFrame()
-    todo = [v for v in variants if kept.empty or v not in set(kept.variant)]
+    todo, new = [v for v in variants if kept.empty or v not in set(kept.variant)], pd.DataFrame()
     if todo:
         log(f"[clo] replicate: {len(todo)} variant(s) answer {len(asked)} prompts, greedily")
         engine = load_engine(cfg.engine, model=cfg.model, adapters_dir=str(folder / "adapters"),
@@ -336,13 +330,10 @@ def run(cfg: ReplicateConfig = ReplicateConfig(), log=print) -> dict:
         finally:
             engine.close()
         new = new.assign(max_tokens=cfg.max_tokens)
-        answers = pd.concat([kept, new], ignore_index=True) if len(kept) else new
-    else:
-        answers = kept.copy()
-    # judged again: what an older detector said about a kept answer does not stand (clo.evaluate.langid.VERSION)
-    answers["answer_lang"] = [detect(str(a), lang=q, also=(cfg.lang,), prompt=p).code
-                              for a, q, p in zip(answers.answer, answers.query_lang, answers.prompt)]
-    answers = answers[answers.variant.isin(variants)]
+    if len(kept):  # judged again: what an older detector said of a kept answer does not stand (langid.VERSION)
+        kept = kept.assign(answer_lang=[detect(str(a), lang=q, also=(cfg.lang,), prompt=p).code
+                                        for a, q, p in zip(kept.answer, kept.query_lang, kept.prompt)])
+    answers = pd.concat([part for part in (kept, new) if len(part)], ignore_index=True)
     atomic_write(answers_file, answers.to_csv(index=False))
     scores = score(answers, cfg.lang)
     results = pd.DataFrame([{**meta[r["variant"]], **r} for r in scores.to_dict("records")])
@@ -357,7 +348,7 @@ def run(cfg: ReplicateConfig = ReplicateConfig(), log=print) -> dict:
             f"{n_facts} facts; target prompts: the same {n_held} held-out prompts in {cfg.lang}. Greedy, at most "
             f"{cfg.max_tokens} tokens. Fidelity counts only the answers the language detector could judge: echoes "
             f"of the prompt and loops are counted apart. Training: LoRA r {first.lora.r} on "
-            f"{' / '.join(f'{k}' for k in cfg.layers)} layers, {t.epochs:g} epochs, batch {t.batch_size}, lr "
+            f"{' / '.join(cfg.layers)} layers, {t.epochs:g} epochs, batch {t.batch_size}, lr "
             f"{t.learning_rate:g}, max length {t.max_length}; {len(cfg.seeds)} seed(s). Facts lost: of the facts the "
             f"base answers right, how many the adapter gets wrong. Training time: each adapter's, on this machine; "
             f"this sitting trained for {trained_s:.0f} s, whole sitting {seconds:.0f} s.")
