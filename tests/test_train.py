@@ -159,6 +159,45 @@ def test_every_method_trains_and_reference_is_computed_once(project, tiny_model)
     assert "l_or" in orpo["final"]
 
 
+def test_reference_logps_are_scored_once_per_base_and_tokens(project, tiny_model, monkeypatch, capsys):
+    """A second run on the same base and pairs reads π_ref from the cache (replicate trains many adapters on the
+    same pairs); a pair with other tokens, or the same tokens under another base, is scored."""
+    import clo.train.logps as logps
+    from peft import LoraConfig, get_peft_model
+
+    from clo.train.logps import ReferenceCache, add_reference_logps
+    from clo.train.run import reference_cache
+
+    recipe = recipe_for(tiny_model, **{"data.pairs": 4, "training.max_steps": 1})
+    s = setup(recipe)
+    fit(s, recipe, "clo", project / "runs")
+    first = [{k: f[f"ref_{k}"] for k in KEYS} for f in s.features]
+    again = setup(recipe)
+    assert "ref_tgt_tgt" not in again.features[0]
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("π_ref was scored again")
+
+    with monkeypatch.context() as m:
+        m.setattr(logps, "group_logps", no_forward)
+        capsys.readouterr()
+        fit(again, recipe, "clo", project / "runs")
+    assert "reference log-probs: 4 of 4 pairs from cache/reference_logps.sqlite" in capsys.readouterr().out
+    assert [{k: f[f"ref_{k}"] for k in KEYS} for f in again.features] == first
+
+    cache = reference_cache(recipe, again)
+    assert cache.path.resolve() == (project / "cache" / "reference_logps.sqlite").resolve()
+    other = ReferenceCache(cache.path, cache.model + " another base")
+    features = [{k: v for k, v in f.items() if not k.startswith("ref_")} for f in again.features]
+    assert add_reference_logps(None, [dict(f) for f in features], None, 2, cache=cache) == 4  # no model needed
+    features[0]["tgt_tgt_input_ids"] = features[0]["tgt_tgt_input_ids"][:-1] + [5]  # other tokens: scored
+    model = get_peft_model(setup(recipe).model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    collate = PairCollator(again.tokenizer.pad_token_id, KEYS)
+    assert add_reference_logps(model, [dict(f) for f in features], collate, 2, cache=cache) == 3
+    assert add_reference_logps(model, [dict(f) for f in features], collate, 2, cache=other) == 0
+    cache.close(), other.close()
+
+
 def test_qlora_4bit_step_on_cpu(project, tiny_model):
     pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
     recipe = recipe_for(tiny_model, **{"model.load_in_4bit": "true", "training.max_steps": 2})

