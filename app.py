@@ -73,6 +73,10 @@ if __name__ == "__main__":
     except KeyboardInterrupt:  # SIGTERM or Ctrl-C before the server ran (once it runs, Gradio catches it)
         pass
     except (CLOError, OSError) as e:  # e.g. the port is taken
+        if "Cannot find empty port" in str(e):  # Gradio's sentence names its own variable, not this app's flags
+            e = CLOError(f"port {settings.port or os.environ.get('GRADIO_SERVER_PORT') or 7860} on "
+                         f"{settings.host or os.environ.get('GRADIO_SERVER_NAME') or '127.0.0.1'} is taken (another "
+                         "app is running there?): choose another with --port N or CLO_PORT=N")
         refuse(e, ARGV)
     finally:  # stopped (SIGTERM, Ctrl-C, demo.close()): votes.db alone now holds every acknowledged vote
         services.close()

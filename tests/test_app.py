@@ -1,13 +1,14 @@
 """The app, launched for real on a tiny model with two adapters, driven through gradio_client and the Train machinery."""
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, launch_app, make_adapters
+from conftest import ROOT, free_port, launch_app, make_adapters
 
 from clo.train.data import SAMPLE
 
@@ -82,11 +83,33 @@ def test_language_codes_are_normalised(client):
     assert client.predict("hello", "KO-kr", "", api_name="/compare")["language"] == "ko"
 
 
-def test_unknown_outcome_and_battle(client):
+def test_unknown_outcome_and_battle(client, app_url):
     with pytest.raises(Exception, match="unknown outcome"):
         client.predict("whatever", "left", api_name="/vote")
     with pytest.raises(Exception, match="unknown battle"):
         client.predict("no-such-battle", "a", api_name="/vote")
+    # a refusal is one line in the terminal, not a traceback that reads as a crash
+    log = (app_url[1] / "app.log").read_text()
+    assert "[clo] refused: unknown battle" in log and "Traceback" not in log, log[-3000:]
+
+
+@pytest.mark.slow
+def test_a_taken_port_is_one_line_naming_the_apps_flag(tiny_model, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "CLO_MODEL": str(tiny_model),
+               "CLO_ENGINE": "peft", "CLO_ADAPTERS_DIR": str(tmp_path / "adapters"), "CLO_DB": str(tmp_path / "votes.db"),
+               "CLO_PORT": str(port)}
+        r = subprocess.run([sys.executable, str(ROOT / "app.py")], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == (f"error: port {port} on 127.0.0.1 is taken (another app is running "
+                                                 "there?): choose another with --port N or CLO_PORT=N")
+    assert "Traceback" not in r.stderr + r.stdout
 
 
 # ---- the Train tab's machinery: a real subprocess run, then the adapter is served ----
@@ -316,3 +339,26 @@ def test_two_starts_at_once_start_one_job(tiny_model, project):
         assert any("already going" in str(o) for o in outcomes)
     finally:
         jobs.stop(None)
+
+
+def test_demo_mode_shows_only_a_way_in_that_can_work(tiny_model, project):
+    """Demo mode's Train tab: the password box only when a password is set; with no password and no allowed
+    accounts, one line saying training is closed (a box that can never open would only puzzle a visitor)."""
+    from clo.app.context import Services
+    from clo.app.settings import Settings
+    from clo.app.ui import build_app
+    from clo.engines.peft_engine import PeftEngine
+
+    engine = PeftEngine(str(tiny_model))
+    labels = {}
+    for password in ("", "s3cret"):
+        services = Services(Settings(model=str(tiny_model), engine="peft", db="votes.db", demo_mode=True,
+                                     admin_password=password or None), engine=engine)
+        try:
+            config = build_app(services).config
+        finally:
+            services.close()
+        labels[password] = [(c["props"].get("label"), c["props"].get("elem_id")) for c in config["components"]]
+    assert ("Admin password", None) not in labels[""] and (None, "train-closed") in labels[""]
+    assert ("Admin password", None) in labels["s3cret"] and (None, "train-closed") not in labels["s3cret"]
+    engine.close()

@@ -38,11 +38,16 @@ def build_app(services: Services) -> gr.Blocks:
                 board = leaderboard.build(services)
             with gr.Tab("Train", id="train"):
                 locked = s.demo_mode
-                with gr.Row(visible=locked) as gate:
-                    password = gr.Textbox(type="password", label="Admin password", scale=3)
-                    unlock = gr.Button("Unlock training", scale=1)
-                    if ON_SPACE:  # Hugging Face OAuth exists only on a Space
+                with gr.Row(visible=locked) as gate:  # demo mode: only the way in shows, and only one that can work
+                    password = unlock = None
+                    if s.admin_password:
+                        password = gr.Textbox(type="password", label="Admin password", scale=3)
+                        unlock = gr.Button("Unlock training", scale=1)
+                    if ON_SPACE and s.allowed_users:  # Hugging Face OAuth exists only on a Space
                         gr.LoginButton(scale=1)
+                    if not s.admin_password and not s.allowed_users:
+                        gr.Markdown("Training is closed on this demo: it has no admin password (`CLO_ADMIN_PASSWORD`) "
+                                    "and no allowed accounts (`CLO_ALLOWED_USERS`).", elem_id="train-closed")
                 train_tab = train.build(services, visible=not locked)
             with gr.Tab("Data", id="data"):
                 data_tab = data.build(services)
@@ -72,8 +77,9 @@ def build_app(services: Services) -> gr.Blocks:
         compare_tab.to_arena.click(lambda p, code: (p, code, gr.Tabs(selected="arena")),
                                    [compare_tab.prompt, compare_tab.lang], [arena_tab.prompt, arena_tab.lang, tabs],
                                    api_visibility="private")
-        unlock.click(check_password, password, [gate, train_tab.panel, train_tab.timer], api_visibility="private",
-                     show_progress="hidden")
+        if unlock is not None:
+            unlock.click(check_password, password, [gate, train_tab.panel, train_tab.timer], api_visibility="private",
+                         show_progress="hidden")
         demo.load(on_load, None, [gate, train_tab.panel, train_tab.timer], api_visibility="private")
         demo.load(train_tab.on_preview, train_tab.inputs, train_tab.preview, api_visibility="private")
         demo.load(train_tab.serving.refresh, train_tab.serving.lang, train_tab.serving.outputs, api_visibility="private")

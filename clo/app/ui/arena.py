@@ -23,6 +23,7 @@ import gradio as gr
 from clo import CLOError
 from clo.app.context import Services
 from clo.evaluate import arena as flow
+from clo.app.ui.refusal import refusal
 
 BUTTONS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 
@@ -113,14 +114,14 @@ def build(services: Services, default_lang: str = "ko"):
         try:
             return flow.start_battle(services, request, prompt, language)
         except CLOError as e:
-            raise gr.Error(str(e)) from None
+            raise refusal(e) from None
 
     def vote(battle_id: str, outcome: str, request: gr.Request) -> dict:
         """Vote once on a battle ("a", "b", "tie" or "both_bad"); returns which variant was which."""
         try:
             return flow.cast_vote(services, request, battle_id, outcome)
         except CLOError as e:
-            raise gr.Error(str(e)) from None
+            raise refusal(e) from None
 
     gr.api(battle, api_name="battle", **generation)
     gr.api(vote, api_name="vote")

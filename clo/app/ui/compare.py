@@ -15,6 +15,7 @@ from clo import CLOError
 from clo.engines import Answer
 from clo.evaluate.langid import Detection
 from clo.app.context import Services
+from clo.app.ui.refusal import refusal
 
 SLOTS = ("base", "sft", "clo")
 TITLES = {"base": "Base", "sft": "SFT", "clo": "CLO"}
@@ -165,7 +166,7 @@ def build(services: Services):
             with services.in_flight(request):
                 return compare_api(services, prompt, language, english, owner=services.voter(request)[1])
         except CLOError as e:
-            raise gr.Error(str(e)) from None
+            raise refusal(e) from None
 
     gr.api(api, api_name="compare", **generation)
     return CompareTab(lang=lang, prompt=prompt, to_arena=to_arena)

@@ -16,6 +16,7 @@ from clo.config import DataConfig
 from clo.train.data import build_pairs, named_sources
 from clo.languages import language
 from clo.app.context import Services
+from clo.app.ui.refusal import refusal
 
 MAX_PREVIEW = 50
 
@@ -30,7 +31,7 @@ def preview_pairs(lang: str, pairs: int, source: str = "sample") -> pd.DataFrame
         source = next((s.name for s in named_sources().values() if s.language == lang), source)
         data = build_pairs(DataConfig(target_lang=lang, pairs=pairs, source=source, translator="file"))
     except CLOError as e:
-        raise gr.Error(str(e)) from None
+        raise refusal(e) from None
     rows = []
     for r in data.rows:
         rows.append({"query": f"x_{lang}: {r['prompt_tgt']}", "chosen ✓": r["response_tgt"], "rejected ✗": r["response_en"]})

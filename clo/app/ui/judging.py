@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from clo import CLOError
+from clo.app.ui.refusal import refusal
 
 
 
@@ -42,7 +43,7 @@ def build(services):
         try:
             judging.start(request, u, m, None if code in (None, "", "all") else code)
         except CLOError as e:
-            raise gr.Error(str(e)) from None
+            raise refusal(e) from None
         return judging.describe(), gr.Timer(active=True)
 
     def on_judge_tick(request: gr.Request):

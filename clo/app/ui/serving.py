@@ -14,6 +14,7 @@ import gradio as gr
 from clo import CLOError
 from clo.engines import BASE
 from clo.app.context import Services
+from clo.app.ui.refusal import refusal
 
 EMPTY = "(empty)"
 
@@ -68,7 +69,7 @@ def build(services: Services):
         try:
             return apply(services, request, code, s, c, a)
         except CLOError as e:
-            raise gr.Error(str(e)) from None
+            raise refusal(e) from None
 
     form = [sft, clo, arena]
     lang.change(lambda code: form_for(services, code), lang, form, api_visibility="private")

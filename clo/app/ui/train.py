@@ -20,6 +20,7 @@ from clo.config import METHODS, SECTIONS, Recipe, base_type
 from clo.app.jobs import misfit, taken
 from clo.models.table import entry_for, experiments, lookup
 from clo.app.context import Services
+from clo.app.ui.refusal import refusal
 
 if typing.TYPE_CHECKING:
     from clo.app.ui.judging import JudgePanel
@@ -158,7 +159,7 @@ def build(services: Services, visible: bool = True) -> TrainTab:
         try:
             return jobs.upload(request, file if isinstance(file, str) else file.name)
         except CLOError as e:
-            raise gr.Error(str(e)) from None
+            raise refusal(e) from None
 
     def on_preview(*args):
         try:
@@ -175,21 +176,21 @@ def build(services: Services, visible: bool = True) -> TrainTab:
         try:
             job = jobs.start(request, recipe_from_form(values_of(args)))
         except CLOError as e:
-            raise gr.Error(str(e)) from None
+            raise refusal(e) from None
         return f"started: `{job['command']}`", gr.Timer(active=True)
 
     def on_stop(request: gr.Request):
         try:
             return f"training {jobs.stop(request)}; no adapter was written"
         except CLOError as e:
-            raise gr.Error(str(e)) from None
+            raise refusal(e) from None
 
     def experiment_starter(name: str):
         def on_experiment_start(request: gr.Request):
             try:
                 job = jobs.start_experiment(request, name)
             except CLOError as e:
-                raise gr.Error(str(e)) from None
+                raise refusal(e) from None
             return f"started: `{job['command']}`", "", None, gr.Timer(active=True)
         return on_experiment_start
 
@@ -205,7 +206,7 @@ def build(services: Services, visible: bool = True) -> TrainTab:
         try:
             added = jobs.hot_load(request)  # loads what the job finished: admins only, like every change
         except CLOError as e:
-            raise gr.Error(str(e)) from None
+            raise refusal(e) from None
         events = jobs.events()
         if not events and not jobs.current():  # no job: stop polling until one starts
             return [gr.update()] * (4 + 2 * len(runs)) + unchanged + [gr.Timer(active=False)]
