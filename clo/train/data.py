@@ -316,29 +316,47 @@ class HFTranslator:
         return out
 
 
-class TranslationCache:
-    """SQLite key-value store: sha256(model, src, tgt, text) → translation."""
+class KeyValueCache:
+    """An SQLite table of sha256 keys → values, read and written in bulk: what a translation or a log-probability
+    costs to compute once. Subclasses name the table, the value's column and SQL type, and what enters the key
+    (an existing cache file keeps working: the names are those it was created with)."""
+
+    table, column, value_type = "", "value", "TEXT"
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path)
-        self.db.execute("CREATE TABLE IF NOT EXISTS translations (key TEXT PRIMARY KEY, text TEXT NOT NULL)")
+        self.path = path
+        self.db = sqlite3.connect(path, check_same_thread=False)
+        self.db.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (key TEXT PRIMARY KEY, {self.column} {self.value_type} NOT NULL)")
 
     @staticmethod
-    def key(model_id: str, src: str, tgt: str, text: str) -> str:
-        return hashlib.sha256(json.dumps([model_id, src, tgt, text]).encode()).hexdigest()
+    def digest(*parts) -> str:
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
-    def get(self, keys: list[str]) -> dict[str, str]:
+    def get(self, keys: list[str]) -> dict:
         found = {}
-        for i in range(0, len(keys), 500):
+        for i in range(0, len(keys), 500):  # SQLite's limit on bound parameters
             chunk = keys[i : i + 500]
-            q = f"SELECT key, text FROM translations WHERE key IN ({','.join('?' * len(chunk))})"
+            q = f"SELECT key, {self.column} FROM {self.table} WHERE key IN ({','.join('?' * len(chunk))})"
             found.update(self.db.execute(q, chunk).fetchall())
         return found
 
-    def put(self, items: dict[str, str]) -> None:
+    def put(self, items: dict) -> None:
         with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO translations VALUES (?, ?)", items.items())
+            self.db.executemany(f"INSERT OR REPLACE INTO {self.table} VALUES (?, ?)", items.items())
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class TranslationCache(KeyValueCache):
+    """sha256(model, src, tgt, text) → translation."""
+
+    table, column = "translations", "text"
+
+    @staticmethod
+    def key(model_id: str, src: str, tgt: str, text: str) -> str:
+        return KeyValueCache.digest(model_id, src, tgt, text)
 
 
 def translate_cached(translator: Translator, texts: list[str], src: str, tgt: str, cache: TranslationCache) -> list[str]:

@@ -13,9 +13,6 @@ dozens of adapters on the same pairs).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import sqlite3
 from pathlib import Path
 
 import torch
@@ -23,6 +20,7 @@ import torch.nn.functional as F
 
 from clo.train import TrainingStopped
 from clo.train.batches import PairCollator
+from clo.train.data import KeyValueCache
 from clo.train.objective import KEYS, sequence_logps
 
 
@@ -87,36 +85,21 @@ def chunked_answer_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: to
     return sums, counts
 
 
-class ReferenceCache:
-    """SQLite key-value store: sha256(base model, one sequence's token ids and labels) → its π_ref log-prob.
+class ReferenceCache(KeyValueCache):
+    """sha256(base model, one sequence's token ids and labels) → its π_ref log-prob.
 
     `model` must say everything that changes the numbers: the base's fingerprint (clo.hub.model_fingerprint) and how
     it was loaded (4-bit or not, dtype). A sequence scored in another batch may differ in the last float32 digits
     (padding changes the order of sums), far below anything the loss can tell apart."""
 
+    table, column, value_type = "reference_logps", "logp", "REAL"
+
     def __init__(self, path: Path, model: str):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.model = path, model
-        self.db = sqlite3.connect(path, check_same_thread=False)
-        self.db.execute("CREATE TABLE IF NOT EXISTS reference_logps (key TEXT PRIMARY KEY, logp REAL NOT NULL)")
+        super().__init__(path)
+        self.model = model
 
     def key(self, input_ids: list[int], labels: list[int]) -> str:
-        return hashlib.sha256(json.dumps([self.model, input_ids, labels]).encode()).hexdigest()
-
-    def get(self, keys: list[str]) -> dict[str, float]:
-        found = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            q = f"SELECT key, logp FROM reference_logps WHERE key IN ({','.join('?' * len(chunk))})"
-            found.update(self.db.execute(q, chunk).fetchall())
-        return found
-
-    def put(self, items: dict[str, float]) -> None:
-        with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO reference_logps VALUES (?, ?)", items.items())
-
-    def close(self) -> None:
-        self.db.close()
+        return self.digest(self.model, input_ids, labels)
 
 
 @torch.no_grad()
