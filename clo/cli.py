@@ -215,7 +215,8 @@ def add_options(parser, cls, *, annotate: bool = True) -> None:
             kw["metavar"] = metavar_of(f)
         if text:
             kw["help"] = text.replace("%", "%%")
-        if tp is bool and not choices:  # a bare switch, e.g. --demo-mode
+        if tp is bool and not choices:  # a bare switch, e.g. --demo-mode (it takes no value to name)
+            kw.pop("metavar", None)
             parser.add_argument(flag, action="store_true", **kw)
             continue
         if choices:

@@ -3,7 +3,8 @@ which trains only what is new and reuses the answers of what it kept. The figure
 
 import json
 
-from conftest import ROOT
+import pandas as pd
+from conftest import ROOT, run_clo
 
 
 def test_replicate_runs_then_resumes_training_and_asking_only_what_is_new(tiny_model, project):
@@ -35,6 +36,17 @@ def test_replicate_runs_then_resumes_training_and_asking_only_what_is_new(tiny_m
     assert {"gate_proj", "up_proj", "down_proj"} <= set(all_linear["target_modules"])
     assert json.loads((folder / "config.json").read_text(encoding="utf-8"))["max_tokens"] == 4  # the run's, kept
     assert "| clo all-linear | 4 |" in again["markdown"] and again["results"].query("pairs > 0").seed.nunique() == 2
+
+    # a third sitting short of time, on the command line: seed 2 is not trained, so it is left out
+    r = run_clo("replicate", "--resume", str(folder), "--sizes", "4", "--seeds", "0,2", "--only-trained",
+                "--engine", "peft", cwd=project)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[clo] replicate: sft-sw-n4-s2, clo-sw-n4-s2 not trained yet, left out (--only-trained)" in r.stdout
+    assert sorted(p.name for p in adapters.iterdir()) == sorted([*kept, *new])  # nothing trained
+    assert "variant(s) answer" not in r.stdout  # every answer reused
+    third = pd.read_csv(folder / "results.csv")
+    assert set(third.variant) == {"base", *kept}  # this sitting's grid: seed 0, attention
+    assert set(pd.read_csv(folder / "answers.csv").variant) == {"base", *kept, *new}  # the other sittings' answers stay
 
 
 def test_replicate_refuses_a_size_the_sample_cannot_give_before_making_a_folder(project):

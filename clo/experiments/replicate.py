@@ -65,6 +65,8 @@ class ReplicateConfig:
     limit: int | None = option(None, "Ask only the first N held-out prompts and N facts (a quick run).")
     max_tokens: int = option(64, "Longest answer, in tokens.")
     engine: str = option("auto", "Engine that answers: auto (vLLM where it runs, else PEFT), vllm or peft.")
+    only_trained: bool = option(False, "Train nothing: answer and score the adapters of these sizes, seeds and layers "
+                                "already trained (with --resume, a sitting short of time); the rest are left out.")
     out_dir: str = option("runs/replicate", "Where each run's folder is written.")
     resume: str | None = option(None, "Continue this run folder with the sizes, seeds, methods and layers given "
                                 "(its model, language, recipe, epochs, limit and answer length are kept); trained "
@@ -301,8 +303,14 @@ def run(cfg: ReplicateConfig = ReplicateConfig(), log=print) -> dict:
         names = {m: adapter_name(m, cfg.lang, layers, size, seed) for m in cfg.methods}
         meta.update({n: {"method": m, "layers": layers, "pairs": size, "seed": seed} for m, n in names.items()})
         todo = [m for m, n in names.items() if not trained(folder / "adapters" / n)]
+        if todo and cfg.only_trained:
+            log(f"[clo] replicate: {', '.join(names[m] for m in todo)} not trained yet, left out (--only-trained)")
+            for m in todo:
+                del meta[names[m]]
+            todo = []
         if not todo:
-            log(f"[clo] replicate: {', '.join(names.values())} already trained, kept")
+            if kept := [n for n in names.values() if n in meta]:
+                log(f"[clo] replicate: {', '.join(kept)} already trained, kept")
             continue
         recipe.method.method = todo
         log(f"[clo] replicate: {', '.join(todo)} ({layers}) on {size} pairs, seed {seed}")
@@ -318,7 +326,7 @@ def run(cfg: ReplicateConfig = ReplicateConfig(), log=print) -> dict:
         before["correct"] = [None if c == "" else c == "True" for c in before.correct]
         same = ("max_tokens" in before and (before.max_tokens == cfg.max_tokens).all()
                 and set(before.prompt) == {q["prompt"] for q in asked})
-        kept = before[before.variant.isin(set(variants) - fresh)] if same else pd.DataFrame()
+        kept = before[~before.variant.isin(fresh)] if same else pd.DataFrame()  # other sittings' variants too
     todo, new = [v for v in variants if kept.empty or v not in set(kept.variant)], pd.DataFrame()
     if todo:
         log(f"[clo] replicate: {len(todo)} variant(s) answer {len(asked)} prompts, greedily")
@@ -335,7 +343,7 @@ def run(cfg: ReplicateConfig = ReplicateConfig(), log=print) -> dict:
                                         for a, q, p in zip(kept.answer, kept.query_lang, kept.prompt)])
     answers = pd.concat([part for part in (kept, new) if len(part)], ignore_index=True)
     atomic_write(answers_file, answers.to_csv(index=False))
-    scores = score(answers, cfg.lang)
+    scores = score(answers[answers.variant.isin(variants)], cfg.lang)  # this sitting's grid
     results = pd.DataFrame([{**meta[r["variant"]], **r} for r in scores.to_dict("records")])
     results["train_s"] = [runtime(folder / "adapters" / r.variant) if r.pairs else None for r in results.itertuples()]
     atomic_write(folder / "results.csv", results.to_csv(index=False))
