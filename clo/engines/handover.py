@@ -3,13 +3,13 @@
     engine = Handover(PeftEngine(model, found), lambda adapters: VLLMEngine(model, adapters), reason="vllm ... on cpu")
 
 On a CPU, vLLM takes about twice as long as PEFT to import and start (30 s against 15 s for SmolLM2 on 2 cores),
-then decodes a batch about twice as fast. The app's `--engine auto` on a CPU therefore serves with PEFT from the
-start and builds vLLM in a background thread, once the page is up (`begin()`: two starts at once on two cores
-would delay the first page by several seconds; a minute after the engine was made it begins anyway). When vLLM is up it gets every adapter the quick engine serves by then
-(hot-loaded ones included), and from the next request on it serves everything; requests already running finish
-where they started, and the quick engine is closed once it has none left. If vLLM cannot start, the quick engine
-serves on and the reason is printed once. `kind` is always the engine that takes new requests now, so a battle
-records the engine that really answered it.
+then decodes 1.5-1.7 times as fast (bench/README.md). The app's `--engine auto` on a CPU therefore serves with PEFT
+from the start and builds vLLM in a background thread once the page is up (`begin()`: two starts at once on two
+cores would delay the first page by several seconds; a minute after the engine was made it begins anyway). When
+vLLM is up it gets every adapter the quick engine serves by then (hot-loaded ones included), and from the next
+request on it serves everything; requests already running finish where they started, and the quick engine is
+closed once it has none left. If vLLM cannot start, the quick engine serves on and the reason is printed once.
+`kind` is always the engine that takes new requests now, so a battle records the engine that really answered it.
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ class Handover(Engine):
         first.close()
 
     def _failed(self, error: Exception, first: Engine) -> None:
-        why = str(error) if isinstance(error, CLOError) else f"{type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}"
+        first_line = str(error).splitlines()[0][:160] if str(error) else ""
+        why = str(error) if isinstance(error, CLOError) else f"{type(error).__name__}: {first_line}"
         self.state = f"failed: {why}"
         self.log(f"[clo] engine: the faster engine did not start ({why}); {first.kind} serves on", flush=True)
         self.ready.set()
