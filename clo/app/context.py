@@ -110,9 +110,9 @@ class Services:
         self.engine = engine or load_engine(settings.engine, model=settings.model, adapters_dir=settings.adapters_dir,
                                             url=settings.url, handover=True)
         what = f"{self.entry.describe(settings.model)}," if self.entry else settings.model  # what it is, in plain words
-        engine = ("peft engine until vLLM has started beside it (under a minute), then on vLLM"
-                  if isinstance(self.engine, Handover) else f"{self.engine.kind} engine")
-        self.running_on = running_on or f"{what} on the {engine}"
+        serving = ("peft engine until vLLM has started beside it (under a minute), then on vLLM"
+                   if isinstance(self.engine, Handover) else f"{self.engine.kind} engine")
+        self.running_on = running_on or f"{what} on the {serving}"
         self.generations = RateLimit(window_s=60.0)
         self.examples = self.entry.examples() if self.entry else sample_examples()
         self.lineup = Lineup(Path(settings.adapters_dir) / LINEUP_FILE, self.engine)

@@ -20,9 +20,10 @@ Swahili is the language to look at: its base answers a Swahili prompt in English
     python -m clo replicate --resume runs/replicate/<run>  --seeds 0,1,2,3           # more seeds: only new ones train
     python -m clo replicate --model smollm2 --sizes 8 --epochs 1 --limit 8           # a smoke run, a few minutes
 
-Writes runs/replicate/<model>-<lang>-<stamp>/{results.csv, answers.csv, summary.md, plot.png, adapters/}. `--resume` continues such a folder: adapters already there are kept, answers already given by an
-unchanged variant are reused, so a long replication can grow over several sittings. The held-out prompts (4 of
-every 20 sample rows, all categories) are never trained on.
+Writes runs/replicate/<model>-<lang>-<stamp>/{results.csv, answers.csv, summary.md, plot.png, adapters/}.
+`--resume` continues such a folder: adapters already there are kept, answers already given by an unchanged variant
+are reused, so a long replication can grow over several sittings (`--only-trained` ends one without training). The
+held-out prompts (4 of every 20 sample rows, all categories) are never trained on.
 """
 
 from __future__ import annotations

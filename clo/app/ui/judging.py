@@ -11,7 +11,6 @@ from clo import CLOError
 from clo.app.ui.refusal import refusal
 
 
-
 @dataclass(frozen=True)
 class JudgePanel:
     """What the Train tab wires from the LLM judge panel (refreshed on load)."""

@@ -9,6 +9,7 @@ import gradio as gr
 
 from clo import CLOError
 
+
 def refusal(error: CLOError) -> gr.Error:
     """The error to raise for `error`: on the page in full, in the terminal as one line."""
     print(f"[clo] refused: {str(error).splitlines()[0][:300]}", flush=True)
