@@ -165,7 +165,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> dict | None:
             f"{100 * a['agreement_upper']:.1f}], Cohen's κ {a['kappa']:.2f} [{a['kappa_lower']:.2f}, {a['kappa_upper']:.2f}]"
             if a["n"] else "none: the people have not voted on the answers this judge judged"))
         print("\n## position bias\n" + ("no verdict named a side" if math.isnan(first) else
-              f"{100 * first:.1f}% of its verdicts named the answer shown first (about 50%: no position bias)"))
+              f"{100 * first:.1f}% of its choices named the answer shown first (about 50%: no position bias)"))
+        if tables["both_orders"]:
+            print(f"the two orders of a pair agreed on {100 * tables['position_consistency']:.1f}% of "
+                  f"{tables['both_orders']} pairs (a disagreement is a tie)"
+                  + ("; it mostly follows the order shown: its win rates mean little" if tables["follows_order"] else ""))
     return tables
 
 

@@ -372,7 +372,8 @@ GOOD = "GOOD"  # the scripted judge prefers the candidate whose text holds this 
 
 class Judge(BaseHTTPRequestHandler):
     """The scripted judge's handler: /v1/models names FAKE (owned by vllm); a chat completion answers the label of
-    the response holding GOOD, after state["delay"], or HTTP 500 once state["fail_after"] verdicts were served."""
+    the response holding GOOD (or always state["always"], e.g. "A": a judge that names the answer shown first), after
+    state["delay"], or HTTP 500 once state["fail_after"] verdicts were served."""
 
     protocol_version = "HTTP/1.1"
 
@@ -409,7 +410,7 @@ class Judge(BaseHTTPRequestHandler):
             return self.reply(500, {"error": {"message": "the judge fell over", "type": "InternalServerError"}})
         user = body["messages"][-1]["content"]
         first = user.split('<response id="A">', 1)[1].split("</response>", 1)[0]
-        label = "A" if GOOD in first else "B"
+        label = state["always"] or ("A" if GOOD in first else "B")
         self.reply(200, {"object": "chat.completion", "model": FAKE,
                          "choices": [{"index": 0, "message": {"role": "assistant", "content": label},
                                       "finish_reason": "stop"}],
@@ -424,7 +425,8 @@ def scripted():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
     server.daemon_threads = True
-    server.state = {"lock": threading.Lock(), "requests": 0, "served": 0, "bodies": [], "fail_after": None, "delay": 0.0}
+    server.state = {"lock": threading.Lock(), "requests": 0, "served": 0, "bodies": [], "fail_after": None, "delay": 0.0,
+                    "always": None}
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     server.url = f"http://127.0.0.1:{server.server_address[1]}"

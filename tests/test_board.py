@@ -49,10 +49,13 @@ def store(tmp_path):
                 store.vote(b.id, "both_bad" if k == 7 else winner(rng, left, right), voter=voter)
                 if k % 4 != 3:  # the judge judges most of the people's pairs, in an order of its own
                     shown = (first, second) if rng.random() < 0.5 else (second, first)
+                    outcome = winner(rng, *shown)  # asked both ways: a tie is the two orders disagreeing
+                    both = (outcome, outcome) if outcome != "tie" else ("a", "b")
                     store.record_judgment(Judgment(
-                        judge=JUDGE, protocol="clo-pairwise-2", language=language, prompt=prompt,
+                        judge=JUDGE, protocol="clo-pairwise-3", language=language, prompt=prompt,
                         variant_a=shown[0], variant_b=shown[1], answer_a=answers[shown[0]],
-                        answer_b=answers[shown[1]], outcome=winner(rng, *shown), reply="A"))
+                        answer_b=answers[shown[1]], outcome=outcome, reply="A", orders=2, first=both[0],
+                        second=both[1], reply_second="B" if both[1] == "a" else "A"))
     yield store
     store.close()
 
@@ -117,10 +120,15 @@ def test_cli_and_api_give_the_same_numbers(store, capsys):
     assert_rows([row], [{"judge": JUDGE, "battles": a["n"], "agreement %": 100 * a["agreement"],
                          "lower %": 100 * a["agreement_lower"], "upper %": 100 * a["agreement_upper"],
                          "κ": a["kappa"], "κ lower": a["kappa_lower"], "κ upper": a["kappa_upper"],
-                         "first shown %": 100 * judge["first_shown"]}], "agreement")
+                         "first shown %": 100 * judge["first_shown"],
+                         "orders agree %": 100 * judge["position_consistency"], "follows the order": "no"}], "agreement")
+    both = [(r.judge_first, r.judge_second) for r in store.votes().itertuples() if r.judge == JUDGE and r.language == "ko"]
+    assert judge["position_consistency"] == pytest.approx(sum(f == s for f, s in both) / len(both))
+    assert judge["position_consistency"] > 0.5
     assert (f"{row['battles']} battles: {row['agreement %']:.1f}% agree [95% CI {row['lower %']:.1f}, "
             f"{row['upper %']:.1f}], Cohen's κ {row['κ']:.2f} [{row['κ lower']:.2f}, {row['κ upper']:.2f}]") in printed
-    assert f"{row['first shown %']:.1f}% of its verdicts named the answer shown first" in printed
+    assert f"{row['first shown %']:.1f}% of its choices named the answer shown first" in printed
+    assert f"the two orders of a pair agreed on {row['orders agree %']:.1f}% of {len(both)} pairs" in printed
 
     # its Bradley–Terry ratings, with the same bootstrap intervals, beside the people's
     assert judge["note"] is None
@@ -129,3 +137,27 @@ def test_cli_and_api_give_the_same_numbers(store, capsys):
                 [{"judge": JUDGE, "variant": r.variant, "judge rating": r.rating, "lower": r.lower, "upper": r.upper,
                   "judge battles": r.battles, "people rating": people_rating[r.variant]}
                  for r in judge["bradley_terry"].itertuples()], "judge_ratings")
+
+
+def test_a_verdict_asked_in_one_order_is_labelled_and_kept_apart(store):
+    """Verdicts stored before judges were asked both ways stay readable, under "<judge> (single order)": never
+    mixed with the same judge's two-order verdicts, and the table says they were not asked both ways."""
+    from clo.evaluate.judgments import Judgment
+    from clo.evaluate.ratings import SINGLE_ORDER, judges
+
+    before = store.votes()
+    old = [Judgment(judge=JUDGE, protocol="clo-pairwise-2", language="ko", prompt=f"옛 질문 {k}", variant_a="clo-ko",
+                    variant_b="sft-ko", answer_a=f"a {k}", answer_b=f"b {k}", outcome="a", reply="A") for k in range(3)]
+    assert all(store.record_judgment(j) for j in old)
+    votes = store.votes()
+    assert judges(votes) == [JUDGE, JUDGE + SINGLE_ORDER]
+    board = api(store)
+    rows = {r["judge"]: r for r in board["agreement"]}
+    assert rows[JUDGE + SINGLE_ORDER]["follows the order"] == "not asked both ways"
+    assert rows[JUDGE]["follows the order"] == "no"
+    # the two-order judge's tables are what they were before the old verdicts came in
+    from clo.evaluate.board import judge_board
+
+    assert judge_board(votes, JUDGE, "ko", n_bootstrap=0)["wtl"].equals(
+        judge_board(before, JUDGE, "ko", n_bootstrap=0)["wtl"])
+    assert judge_board(votes, JUDGE + SINGLE_ORDER, "ko", n_bootstrap=0)["first_shown"] == 1.0

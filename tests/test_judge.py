@@ -6,9 +6,11 @@ small scripted OpenAI-compatible server for what a real one will not do on cue (
 """
 
 import argparse
+import json
 import os
 import time
 
+import pandas as pd
 import pytest
 from conftest import FAKE, GOOD, Judge, free_port, write_jsonl
 
@@ -59,7 +61,8 @@ def test_order_is_randomised_recorded_and_undone(scripted, store):
     assert (votes["left_variant"] == votes["variant_a"]).all()
     # the judge always picked the GOOD answer, wherever it was: undone, clo-ko won every pair
     assert set(winner_labels(votes)) == {"clo-ko"}
-    assert set(votes["outcome"]) == {"a", "b"}
+    assert set(votes["outcome"]) == {"a", "b"} and (votes["judge_orders"] == 2).all()
+    assert (votes["judge_first"] == votes["outcome"]).all() and (votes["judge_second"] == votes["outcome"]).all()
     # what the judge was shown is what was stored
     for body in scripted.state["bodies"]:
         assert body["structured_outputs"] == {"choice": ["A", "B"]} and body["model"] == FAKE
@@ -68,6 +71,29 @@ def test_order_is_randomised_recorded_and_undone(scripted, store):
     # the reverse view of the same verdicts
     back = judge_results(store.votes(), pairs, FAKE, PAIRWISE.name, "sft-ko", "clo-ko", n_bootstrap=200)
     assert back["ko"]["rate"] == 0.0 and back["ko"]["losses"] == 40
+
+
+def test_both_orders_make_a_judge_that_names_the_first_answer_tie_every_pair(scripted, store):
+    """A judge with no preference, only position bias (it always names the answer shown first): asked one way, it
+    would report the order drawn as a win rate; asked both ways, every pair is a tie, its position consistency 0%
+    and it named the first shown every time. The GOOD-preferring judge of the same pairs agrees with itself."""
+    scripted.state["always"] = "A"
+    pairs = items(12)
+    run = judge_items(pairs, JudgeClient(scripted.url, FAKE, concurrency=4), store)
+    assert (run.judged, run.consistent) == (12, 0) and scripted.state["requests"] == 24
+    votes = judge_votes(store)
+    assert set(votes["outcome"]) == {"tie"} and (votes["judge_first"] == "a").all() and (votes["judge_second"] == "b").all()
+    assert set(votes["judge_reply"]) == set(votes["judge_reply_second"]) and votes["judge_reply_second"].notna().all()
+    r = judge_results(store.votes(), pairs, FAKE, PAIRWISE.name, "clo-ko", "sft-ko", n_bootstrap=200)["ko"]
+    assert (r["wins"], r["ties"], r["losses"], r["rate"]) == (0, 12, 0, 0.5)
+    assert (r["position_consistency"], r["both_orders"], r["first_shown"]) == (0.0, 12, 1.0)
+
+    scripted.state["always"] = None
+    fair = JudgeClient(scripted.url, FAKE)
+    fair.model = "fair-judge"
+    assert judge_items(pairs, fair, store).consistent == 12
+    r = judge_results(store.votes(), pairs, "fair-judge", PAIRWISE.name, "clo-ko", "sft-ko", n_bootstrap=200)["ko"]
+    assert (r["rate"], r["position_consistency"], r["first_shown"]) == (1.0, 1.0, 0.5)
 
 
 def test_another_seed_draws_other_orders():
@@ -80,9 +106,11 @@ def test_identical_answers_are_a_tie_without_asking(scripted, store):
     client = JudgeClient(scripted.url, FAKE)
     same = [Item("ko", "같은 질문", {"clo-ko": "같은 답", "sft-ko": "같은 답"})]
     run = judge_items(same + items(2), client, store)
-    assert (run.identical, run.judged) == (1, 2) and scripted.state["requests"] == 2
+    assert (run.identical, run.judged) == (1, 2) and scripted.state["requests"] == 4  # two pairs, both orders
     votes = judge_votes(store)
     assert sorted(votes["outcome"])[-1] == "tie" and (votes["outcome"] == "tie").sum() == 1
+    tie = votes[votes["outcome"] == "tie"].iloc[0]
+    assert tie["judge_orders"] == 2 and pd.isna(tie["judge_first"]) and pd.isna(tie["judge_second"])
 
 
 def test_a_rerun_judges_nothing_twice_and_the_human_tally_never_counts_judge_votes(scripted, store):
@@ -90,9 +118,9 @@ def test_a_rerun_judges_nothing_twice_and_the_human_tally_never_counts_judge_vot
     pairs = items(10)
     judge_items(pairs[:6], client, store)
     run = judge_items(pairs, client, store)
-    assert (run.judged, run.skipped) == (4, 6) and scripted.state["requests"] == 10
+    assert (run.judged, run.skipped) == (4, 6) and scripted.state["requests"] == 20  # each pair asked both ways
     again = judge_items(pairs + pairs, client, store)  # the same pair twice in one run: judged once
-    assert (again.judged, again.skipped) == (0, 20) and scripted.state["requests"] == 10
+    assert (again.judged, again.skipped) == (0, 20) and scripted.state["requests"] == 20
     # a human vote beside them
     b = store.create_battle(voter="v1", language="ko", prompt=pairs[0].prompt, answers=pairs[0].answers)
     store.vote(b.id, "tie", voter="v1")
@@ -122,12 +150,15 @@ def test_http_500_mid_run_stops_keeps_what_was_judged_and_a_rerun_resumes(script
     message = str(e.value)
     assert "HTTP 500" in message and "the judge fell over" in message and "kept in" in message and "resumes" in message
     assert "\n" not in message
-    assert len(judge_votes(store)) == 6  # every verdict made before the failure is stored
+    # every pair whose two replies came before the failure is stored (6 replies: 3 pairs, fewer if the threads
+    # interleaved the pairs' halves), and no half of a pair is
+    kept = len(judge_votes(store))
+    assert 2 <= kept <= 3 and (judge_votes(store)["judge_orders"] == 2).all()
     scripted.state["fail_after"] = None
     before = scripted.state["served"]
     run = judge_items(pairs, client, store)
-    assert (run.judged, run.skipped) == (14, 6)
-    assert scripted.state["served"] - before == 14  # no pair was judged twice
+    assert (run.judged, run.skipped) == (20 - kept, kept)
+    assert scripted.state["served"] - before == 2 * (20 - kept)  # no pair was judged twice
     votes = judge_votes(store)
     assert len(votes) == 20 and votes["pair_key"].nunique() == 20
 
@@ -167,7 +198,7 @@ def test_an_unreadable_reply_is_counted_never_guessed(scripted, store, monkeypat
     client = JudgeClient(scripted.url, FAKE, constraint="none")
     monkeypatch.setattr(Judge, "do_POST", chatty)
     run = judge_items(items(3), client, store)
-    assert run.judged == 0 and run.unreadable == ["Both are fine, really."] * 3
+    assert run.judged == 0 and run.unreadable == ["Both are fine, really."] * 6 and run.unreadable_pairs == 3
     assert judge_votes(store).empty  # no verdict stored (the replies are kept apart, as unreadable): a rerun asks again
 
 
@@ -234,16 +265,24 @@ def test_cli_end_to_end_with_peft_and_a_scripted_judge(scripted, tiny_model, ada
     out = capsys.readouterr().out
     assert "alpha vs beta, judged by scripted-judge" in out
     assert "  ko: win rate " in out and "  en: win rate " in out and "length-controlled" in out
-    assert "91 judge tokens per verdict" in out
-    # neither answer carries the word the scripted judge looks for, so it names the second every time
-    assert "named the answer shown first in 0% of its decided verdicts" in out
+    assert "182 judge tokens per verdict (both orders)" in out
+    # neither answer carries the word the scripted judge looks for, so it names the second every time: pure position
+    # bias, which both orders turn into ties, and the line says so
+    assert "its two orders agreed on 0% of" in out and "named the answer shown first in 0% of its choices" in out
+    assert "it mostly follows the order shown: its win rates mean little" in out
     votes = open_store(str(db), read_only=True).votes()
     assert set(votes["language"]) == {"ko", "en"} and votes["judge"].eq(FAKE).all()
     assert set(votes["variant_a"]) <= {"alpha", "beta"} and votes["hash_a"].notna().all()
     asked = scripted.state["requests"]
-    run_cli("--adapters", "alpha,beta", *common)  # a rerun: every pair skipped, the judge not asked
-    out = capsys.readouterr().out
-    assert "0 judged now" in out and scripted.state["requests"] == asked
+    run_cli("--adapters", "alpha,beta", *common, "--json")  # a rerun: every pair skipped, the judge not asked
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # stdout holds the JSON object alone; the progress went to stderr
+    assert "[clo] judging" in captured.err and scripted.state["requests"] == asked
+    assert report["run"]["judged"] == 0 and report["run"]["already_judged"] == len(votes) and report["orders"] == 2
+    assert set(report["languages"]) == {"ko", "en"}
+    for lang, r in report["languages"].items():
+        assert (r["wins"], r["losses"], r["ties"], r["win_rate"]) == (0, 0, r["n"], 0.5), lang
+        assert r["position_consistency"] == 0.0 and r["follows_order"] and r["first_shown"] == 0.0, lang
     assert len(open_store(str(db), read_only=True).votes()) == len(votes)
 
 
@@ -276,14 +315,17 @@ def test_real_vllm_judge_every_verdict_parses(vllm_server, tiny_model, store):
     assert run.judged == 24 and run.unreadable == [] and run.tokens > 24 * 50
     votes = judge_votes(store)
     assert len(votes) == 24 and set(votes["variant_a"]) == {"clo-ko", "sft-ko"}
-    # the stored outcome is the label the judge gave, on the side recorded as shown first
-    for reply, outcome in zip(votes["judge_reply"], votes["outcome"]):
-        assert reply.split()[0] == {"a": "A", "b": "B"}[outcome] and "(p=" in reply
+    # the stored verdicts are the labels the judge gave: A/B on the side shown first, then (swapped) the other way;
+    # the outcome is the side both name, a tie where they differ
+    for v in votes.itertuples():
+        assert v.judge_reply.split()[0] == {"a": "A", "b": "B"}[v.judge_first] and "(p=" in v.judge_reply
+        assert v.judge_reply_second.split()[0] == {"a": "B", "b": "A"}[v.judge_second]
+        assert v.outcome == (v.judge_first if v.judge_first == v.judge_second else "tie")
     results = judge_results(store.votes(), pairs, str(tiny_model), PAIRWISE.name, "clo-ko", "sft-ko", n_bootstrap=500)
     r = results["ko"]
-    assert r["n"] == 24 and r["wins"] + r["losses"] == 24
-    assert r["lower"] <= r["rate"] <= r["upper"] and r["upper"] - r["lower"] > 0.1
-    assert 0 <= r["length_controlled"] <= 1
+    assert r["n"] == 24 and r["wins"] + r["losses"] + r["ties"] == 24 and r["both_orders"] == 24
+    assert r["lower"] <= r["rate"] <= r["upper"]
+    assert 0 <= r["length_controlled"] <= 1 and 0 <= r["position_consistency"] <= 1
     assert judge_items(pairs, client, store).skipped == 24  # resumed: nothing asked again
     client.close()
 
@@ -294,7 +336,7 @@ def test_real_vllm_logprobs_mode_reads_or_counts(vllm_server, tiny_model, store)
     log-probabilities, or counted as unreadable, never guessed."""
     client = JudgeClient(vllm_server, str(tiny_model), constraint="logprobs")
     run = judge_items(items(6), client, store)
-    assert run.judged + len(run.unreadable) == 6
+    assert run.judged + run.unreadable_pairs == 6 and len(run.unreadable) >= run.unreadable_pairs
     assert len(judge_votes(store)) == run.judged
 
 

@@ -99,7 +99,7 @@ def test_an_admins_job_judges_every_stored_battle_once_and_only_admins_may_start
     judging.start("admin", scripted.url, FAKE)
     wait_for(lambda: finished(judging))
     assert (judging.state()["judged"], judging.state()["skipped"]) == (1, 6) and len(judge_rows(store)) == 7
-    assert scripted.state["requests"] == 7
+    assert scripted.state["requests"] == 14  # each pair asked in both orders, none twice
 
 
 def test_one_job_at_a_time_and_a_failure_is_kept_and_resumed(store, scripted):
@@ -111,8 +111,9 @@ def test_one_job_at_a_time_and_a_failure_is_kept_and_resumed(store, scripted):
         judging.start("anyone")
     wait_for(lambda: finished(judging))
     assert judging.state()["judged"] == 8
-    # the judge falls over after 2 more verdicts: the job stops with one sentence, keeps them, and a rerun resumes
-    scripted.state.update(delay=0.0, fail_after=scripted.state["served"] + 2)
+    # the judge falls over after 2 more verdicts (4 replies): the job stops with one sentence, keeps them, and a
+    # rerun resumes
+    scripted.state.update(delay=0.0, fail_after=scripted.state["served"] + 4)
     vote_battles(store, 5, tag="more-")
     judging.concurrency = 1
     judging.start("anyone")
@@ -152,7 +153,7 @@ def test_the_background_judge_judges_each_new_vote_without_holding_it_up(store, 
     judging = Judging(store, Access(True), gated.url, FAKE, background=True)
     try:
         assert judging.background and "`scripted-judge`" in judging.public_line()
-        wait_for(lambda: gated.state["arrived"] == 2)  # asked, and held at the gate
+        wait_for(lambda: gated.state["arrived"] == 4)  # asked (both orders), and held at the gate
         reveals = vote_battles(store, 3, tag="after-")  # votes are cast and answered while the judge is held
         for _ in reveals:
             judging.poke()
@@ -160,7 +161,7 @@ def test_the_background_judge_judges_each_new_vote_without_holding_it_up(store, 
         gated.state["gate"].set()
         wait_for(lambda: len(judge_rows(store)) == 5)  # the two held, then the three new ones in a second pass
         assert set(judge_rows(store)["prompt"]) == {f"질문 before-{i}" for i in range(2)} | {f"질문 after-{i}" for i in range(3)}
-        assert gated.state["requests"] == 5  # none asked twice
+        assert gated.state["requests"] == 10  # none asked twice (each pair in both orders)
     finally:
         judging.close()
     assert not judging.worker.is_alive()
@@ -193,6 +194,10 @@ def test_first_shown_share_measures_position_bias():
     assert first_shown_share(pd.DataFrame({"outcome": ["a", "a", "b", "tie"]})) == pytest.approx(2 / 3)  # ties left out
     assert first_shown_share(pd.DataFrame({"outcome": ["b", "b"]})) == 0.0
     assert math.isnan(first_shown_share(pd.DataFrame({"outcome": ["tie"]})))
+    # asked in both orders, a verdict is two choices: (a first, then b first) named a and b: the first shown twice
+    both = pd.DataFrame({"outcome": ["tie", "a", "tie"], "judge_orders": [2, 2, None],
+                         "judge_first": ["a", "a", None], "judge_second": ["b", "a", None]})
+    assert first_shown_share(both) == pytest.approx(3 / 4)  # the single-order tie is left out
 
 
 def test_the_held_out_prompts_are_the_ones_never_trained_on():
@@ -273,7 +278,7 @@ def test_the_app_judges_arena_votes_in_the_background(tiny_model, tmp_path, scri
         assert board["summary"][-1]["stored"] == 2  # the people's two votes; the judge's are apart
         assert {r["judge"] for r in board["agreement"]} == {FAKE}
         assert {r["judge"] for r in board["judge_ratings"]} == {FAKE}
-        assert scripted.state["requests"] <= 2  # a pair of identical answers is a tie without asking
+        assert scripted.state["requests"] <= 4  # both orders of two pairs; identical answers are a tie without asking
         browse_the_judge(url, scripted)
     finally:
         proc.terminate()

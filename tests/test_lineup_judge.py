@@ -131,7 +131,7 @@ def test_unreadable_replies_are_kept_with_the_reply_and_never_counted_as_votes(u
     vote_battles(store, 3)  # the people's votes on three pairs
     pairs = battle_items(store.votes())
     run = judge_items(pairs, JudgeClient(unreadable.url, FAKE), store)
-    assert run.judged == 0 and len(run.unreadable) == 3
+    assert run.judged == 0 and len(run.unreadable) == 6 and run.unreadable_pairs == 3  # both orders asked
     kept = store.unreadable(FAKE, PAIRWISE.name)
     assert sorted(kept["pair_key"]) == sorted(p.key for p in pairs) and set(kept["attempts"]) == {1}
     assert set(kept["language"]) == {"ko"}
@@ -158,9 +158,9 @@ def test_the_background_judge_does_not_ask_unreadable_pairs_again_with_every_vot
             judging.poke()
             wait_for(lambda: finished(judging) and judging.state()["finished"] != last)
         s = judging.state()
-        # each new pair asked once: n calls, not n (n + 1) / 2
-        assert unreadable.state["requests"] == n, unreadable.state["requests"]
-        assert (s["unreadable"], s["waiting"], s["judged"]) == (1, n - 1, 0)
+        # each new pair asked once (both orders): 2n calls, not n (n + 1)
+        assert unreadable.state["requests"] == 2 * n, unreadable.state["requests"]
+        assert (s["unreadable"], s["waiting"], s["judged"]) == (2, n - 1, 0)
         kept = store.unreadable(FAKE, PAIRWISE.name)
         assert len(kept) == n and set(kept["attempts"]) == {1} and (kept["next_utc"] > kept["last_utc"]).all()
     finally:
@@ -177,13 +177,13 @@ def test_unreadable_pairs_are_asked_again_on_a_backoff_schedule_without_a_vote(u
     try:
         # 3 attempts each, the retries due 0.4 s then 0.8 s after the last (the loop waits ≥ 1 s between passes)
         wait_for(lambda: set(store.unreadable(FAKE, PAIRWISE.name)["attempts"]) == {3}, timeout=20)
-        assert unreadable.state["requests"] == 6
+        assert unreadable.state["requests"] == 12  # 2 pairs × 3 attempts × both orders
         import time
 
         time.sleep(2.0)  # past what a fourth attempt's wait would be: none is made
         judging.poke()
         time.sleep(0.5)
-        assert unreadable.state["requests"] == 6
+        assert unreadable.state["requests"] == 12
     finally:
         judging.close()
 
@@ -194,7 +194,7 @@ def test_the_panel_shows_no_tick_for_a_pass_of_unreadable_replies_and_quotes_one
     judging.start("admin")
     wait_for(lambda: finished(judging))
     shown = judging.describe()
-    assert "✅" not in shown and "every reply was unreadable (3)" in shown
+    assert "✅" not in shown and "every reply was unreadable (6)" in shown  # 3 pairs, both orders
     assert "Both responses have merit" in shown and len(shown) < 700  # one example, cut short
     assert "--judge-constraint none" in shown
     # a pass where some replies were read: a tick, the count unreadable and an example

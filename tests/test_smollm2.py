@@ -176,8 +176,9 @@ def test_the_real_model_as_a_judge_on_vllm_every_verdict_parses(smollm2, tmp_pat
             assert (run.judged, run.unreadable, run.identical) == (3, [], 0), (constraint, run)
             assert run.tokens > 3 * 100  # the server counted each judgment's prompt (instruction + both answers)
             votes = store.votes()
-            assert len(votes) == 3 and set(votes["judge"]) == {"smollm2-judge"} and set(votes["outcome"]) <= {"a", "b"}
-            assert all(r.startswith(("A", "B")) for r in votes["judge_reply"])
+            assert len(votes) == 3 and set(votes["judge"]) == {"smollm2-judge"}
+            assert set(votes["outcome"]) <= {"a", "b", "tie"} and (votes["judge_orders"] == 2).all()
+            assert all(r.startswith(("A", "B")) for r in [*votes["judge_reply"], *votes["judge_reply_second"]])
             store.close()
     finally:
         proc.terminate()

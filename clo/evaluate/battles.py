@@ -168,10 +168,11 @@ def vote(store: VoteStore, battle_id: str, outcome: str, voter: str, address: st
 
 def insert_vote(store: VoteStore, cur, battle: dict, outcome: str, created: dt.datetime, voter: str,
                 voter_address: str | None = None, judge: str | None = None, protocol: str | None = None,
-                reply: str | None = None) -> None:
+                reply: str | None = None, orders: tuple = (None, None, None, None)) -> None:
     """Insert the vote on `battle` (its row in battles, as a dict) in the transaction `cur`: the battle's prompt,
     answers, variants (the left one first) and hashes copied beside the outcome and its `pair_key`; `judge`,
-    `protocol` and `reply` are set on a judge's vote only. A second vote on the battle, or a judge's second on the
+    `protocol`, `reply` and `orders` (judge_orders, judge_first, judge_second, judge_reply_second:
+    clo.evaluate.judgments) are set on a judge's vote only. A second vote on the battle, or a judge's second on the
     same pair, raises the driver's unique violation (`clo.evaluate.schema.is_unique_violation`)."""
     b = battle
     store._insert(cur, "votes", {
@@ -181,6 +182,7 @@ def insert_vote(store: VoteStore, cur, battle: dict, outcome: str, created: dt.d
         "engine": b["engine"], "hash_a": b["hash_a"], "hash_b": b["hash_b"], "blind": b["blind"],
         "lang_a": b["lang_a"], "lang_b": b["lang_b"], "voter_address": voter_address, "judge": judge,
         "judge_protocol": protocol, "judge_reply": reply, "langid_version": b.get("langid_version"),
+        **dict(zip(("judge_orders", "judge_first", "judge_second", "judge_reply_second"), orders)),
         "pair_key": pair_key(b["language"], b["prompt"], b["variant_a"], b["answer_a"], b["variant_b"], b["answer_b"])})
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from clo.evaluate.agreement import agreement
-from clo.evaluate.judge.run import first_shown_share
+from clo.evaluate.judge.run import CONSISTENCY_FLOOR, first_shown_share, position_consistency
 from clo.evaluate.langid import VERSION as LANGID_VERSION, code_fidelity, detect, known
 from clo.evaluate.ratings import (
     HUMAN,
@@ -54,7 +54,8 @@ N_BOOTSTRAP = 1000  # bootstrap resamples behind every interval (Bradley–Terry
 COLUMNS = {
     "fidelity": ["variant", "fidelity", "judged", "unknown", "echo", "loop"],
     "judge": ["judge", "opponent", "wins", "ties", "losses", "judge win %", "people win %", "people battles"],
-    "agreement": ["judge", "battles", "agreement %", "lower %", "upper %", "κ", "κ lower", "κ upper", "first shown %"],
+    "agreement": ["judge", "battles", "agreement %", "lower %", "upper %", "κ", "κ lower", "κ upper", "first shown %",
+                  "orders agree %", "follows the order"],
     "judge_ratings": ["judge", "variant", "judge rating", "lower", "upper", "judge battles", "people rating"],
 }
 
@@ -104,11 +105,16 @@ def judge_board(votes: pd.DataFrame, judge: str, language: str | None = None, fo
     """`judge`'s tables (`leaderboard` with rater=judge: the people's votes left out), and beside them
     "agreement": how far it agrees with the people on the answers both judged (clo.evaluate.agreement.agreement's
     dict: n, agreement and κ with their intervals) and "first_shown": the share of its verdicts that named the answer
-    it was shown first (position bias: about ½ is none; NaN without verdicts)."""
+    it was shown first (position bias: about ½ is none; NaN without verdicts), "position_consistency" and
+    "both_orders": how often the two orders of a pair named the same winner, over how many pairs (NaN, 0 for
+    verdicts asked in one order), and "follows_order": whether that is below CONSISTENCY_FLOOR."""
     out = leaderboard(votes, language, focus, n_bootstrap=n_bootstrap, seed=seed, rater=judge)
     scoped = votes if language is None else votes[votes["language"] == language]
     out["agreement"] = agreement(votes, judge, language, n_bootstrap=n_bootstrap, seed=seed)
-    out["first_shown"] = first_shown_share(rater_votes(scoped, judge))
+    mine = rater_votes(scoped, judge)
+    out["first_shown"] = first_shown_share(mine)
+    out["position_consistency"], out["both_orders"] = position_consistency(mine)
+    out["follows_order"] = bool(out["both_orders"]) and out["position_consistency"] < CONSISTENCY_FLOOR
     return out
 
 
@@ -154,8 +160,9 @@ def judge_tables(votes: pd.DataFrame, language: str | None, people: dict, focus:
 
     judge          its W/T/L for `focus` and win rate (ties count half) against each opponent, beside the people's
                    win rate and judged battles against the same opponent
-    agreement      its agreement with the people (percent and Cohen's κ, bootstrap intervals) and the share of its
-                   verdicts that named the answer shown first, in %
+    agreement      its agreement with the people (percent and Cohen's κ, bootstrap intervals), the share of its
+                   choices that named the answer shown first and of its pairs whose two orders agreed, in %, and
+                   whether it mostly follows the order shown
     judge_ratings  its Bradley–Terry rating of each variant (NaN while its verdicts are too few to rate, as for the
                    people) beside the people's rating
     """
@@ -174,7 +181,10 @@ def judge_tables(votes: pd.DataFrame, language: str | None, people: dict, focus:
         a = t["agreement"]
         agree.append({"judge": judge, "battles": a["n"], "agreement %": 100 * a["agreement"],
                       "lower %": 100 * a["agreement_lower"], "upper %": 100 * a["agreement_upper"], "κ": a["kappa"],
-                      "κ lower": a["kappa_lower"], "κ upper": a["kappa_upper"], "first shown %": 100 * t["first_shown"]})
+                      "κ lower": a["kappa_lower"], "κ upper": a["kappa_upper"], "first shown %": 100 * t["first_shown"],
+                      "orders agree %": 100 * t["position_consistency"],
+                      "follows the order": "yes: its win rates mean little" if t["follows_order"] else
+                      ("no" if t["both_orders"] else "not asked both ways")})
         bt, counts = t["bradley_terry"].set_index("variant"), t["counts"]
         battles = counts.groupby("variant")[["wins", "ties", "losses"]].sum().sum(axis=1) if not counts.empty else {}
         for variant in bt.index if not bt.empty else sorted(set(counts["variant"])):

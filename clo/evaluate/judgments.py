@@ -2,9 +2,9 @@
 as its methods.
 
     store.record_judgment(Judgment(...))   # False when this judge already judged this pair (a rerun resumes)
-    store.judged_keys("judge-model", "clo-pairwise-1")   # pair keys already judged, to skip them
+    store.judged_keys("judge-model", "clo-pairwise-3")   # pair keys already judged, to skip them
     store.record_unreadable(Judgment(..., outcome="unreadable", reply=raw))   # kept apart, asked again later
-    store.unreadable("judge-model", "clo-pairwise-1")    # those replies: attempts so far and when the next is due
+    store.unreadable("judge-model", "clo-pairwise-3")    # those replies: attempts so far and when the next is due
 
 Judge votes (clo.evaluate.judge) live in the votes table beside the people's, flagged by `judge` (the judge's model
 name; NULL on a person's vote), each with a battle row of its own, so every vote has one. They are exported with the
@@ -12,6 +12,11 @@ human votes and kept apart from them everywhere else: clo.evaluate.ratings rates
 judge's, and `vote_counts` (which pairs the Arena draws) counts only people. A verdict and the people's votes on the
 same answers meet on `pair_key` (clo.evaluate.battles.pair_key; clo.evaluate.ratings.agreement), and a judge's rerun
 skips what it judged.
+
+A verdict asked in both orders (clo.evaluate.judge.run) is one vote: `orders` = 2, `first` and `second` the
+verdicts with `variant_a` and with `variant_b` shown first (each "a" or "b", naming the stored sides), `outcome` the
+winner both agree on or a tie; `reply` and `reply_second` what the judge said each time. A verdict stored before
+(judge_orders NULL) was asked in one order; clo.evaluate.ratings names its judge "<judge> (single order)".
 
 An unreadable reply is no vote: it lives in its own table (`judge_unreadable`), never among the votes, so no rating,
 tally or agreement can count it; a readable verdict on the same pair later replaces it.
@@ -38,8 +43,9 @@ UNREADABLE_REPLY_CHARS = 500  # an unreadable reply is kept this long (its start
 @dataclass
 class Judgment:
     """A judge's verdict on two answers to one prompt: `variant_a` was shown as the first candidate, `variant_b` as
-    the second; outcome "a", "b" or "tie" (the judge is not asked when the answers are identical), or "unreadable"
-    for a reply kept by `record_unreadable` (never a vote)."""
+    the second (and, with `orders` = 2, the other way round too: `first` and `second` are the two verdicts, "a" or
+    "b"); outcome "a", "b" or "tie" (the judge is not asked when the answers are identical), or "unreadable" for a
+    reply kept by `record_unreadable` (never a vote)."""
 
     judge: str  # the judge's model name at its endpoint
     protocol: str  # the prompt and parsing it was asked with (clo.evaluate.judge.Protocol.name)
@@ -54,6 +60,10 @@ class Judgment:
     hash_a: str | None = None
     hash_b: str | None = None
     engine: str | None = None
+    orders: int | None = None  # 2: asked in both orders; None: one order (verdicts stored before both were asked)
+    first: str | None = None  # the verdict with variant_a shown first ("a" or "b"; None for identical answers)
+    second: str | None = None  # the verdict with variant_b shown first, naming the same sides
+    reply_second: str | None = None
 
     @property
     def pair_key(self) -> str:
@@ -68,6 +78,9 @@ def record_judgment(store: VoteStore, judgment: Judgment) -> bool:
         raise CLOError(f"unknown judge outcome {j.outcome!r}; a judge answers a, b or tie")
     if not j.judge or not j.judge.strip():
         raise CLOError("a judge vote needs the judge's name (its model name at the endpoint)")
+    if j.orders not in (None, 1, 2) or any(v not in (None, "a", "b") for v in (j.first, j.second)):
+        raise CLOError(f"a judgment in both orders has orders 2 and verdicts a or b, got {j.orders}, {j.first!r}, "
+                       f"{j.second!r}")
     if j.variant_a == j.variant_b:
         raise CLOError(f"a judgment puts {j.variant_a!r} against itself")
     store._check_prompt(j.prompt)
@@ -85,7 +98,7 @@ def record_judgment(store: VoteStore, judgment: Judgment) -> bool:
                 return False
             store._insert(cur, "battles", battle)
             insert_vote(store, cur, battle, j.outcome, now, voter=JUDGE_VOTER, judge=j.judge, protocol=j.protocol,
-                        reply=j.reply)
+                        reply=j.reply, orders=(j.orders, j.first, j.second, j.reply_second))
             cur.execute(store._sql("DELETE FROM judge_unreadable WHERE judge = ? AND judge_protocol = ? "
                                    "AND pair_key = ?"), (j.judge, j.protocol, key))
     except Exception as e:  # the unique index, when another process stored the same judgment first

@@ -63,6 +63,7 @@ PRIOR_SD = 2.0  # θ ~ N(0, 2²) in log-odds (347 points): keeps few one-way vot
 #                 with 100 votes a pair it moves a rating by a point or two
 COUNTS = ("wins", "ties", "losses", "both_bad")
 HUMAN = "human"  # the rater of the people's votes; a judge is named by its model name (the `judge` column)
+SINGLE_ORDER = " (single order)"  # after a judge's name on its verdicts asked in one order only
 MIN_PAIR_BATTLES = 5  # judged battles every pair that met needs before Bradley–Terry and Elo are shown
 SMOOTHING = 0.5  # pseudo-count per outcome in the bootstrap's resampling shares (Jeffreys)
 
@@ -106,13 +107,26 @@ def _blind(battles: pd.DataFrame) -> pd.Series:
     return battles["blind"].astype(object).where(battles["blind"].notna(), False).astype(bool)
 
 
-def _by(battles: pd.DataFrame, rater: str) -> pd.Series:
-    """Which rows `rater` cast: HUMAN = the votes without a judge, else the votes of the judge of that name."""
-    if "judge" not in battles.columns:
-        return pd.Series(rater == HUMAN, index=battles.index)
+def _raters(battles: pd.DataFrame) -> pd.Series:
+    """Who cast each row: None for a person, else the judge's name, with SINGLE_ORDER after it on a verdict asked
+    in one order only (stored before judges were asked both ways, `judge_orders` NULL), so such verdicts are never
+    mixed with the same judge's two-order verdicts and say what they are wherever a judge is named."""
     judge = battles["judge"].astype(object)
     is_judge = judge.notna() & (judge.astype(str).str.strip() != "")
-    return ~is_judge if rater == HUMAN else is_judge & (judge == rater)
+    names = judge.where(is_judge, None)
+    if "judge_orders" in battles.columns:
+        single = is_judge & battles["judge_orders"].isna()
+        names = names.where(~single, names.astype(str) + SINGLE_ORDER)
+    return names
+
+
+def _by(battles: pd.DataFrame, rater: str) -> pd.Series:
+    """Which rows `rater` cast: HUMAN = the votes without a judge, else the votes of the judge of that name (a
+    single-order verdict's judge is named "<judge> (single order)")."""
+    if "judge" not in battles.columns:
+        return pd.Series(rater == HUMAN, index=battles.index)
+    names = _raters(battles)
+    return names.isna() if rater == HUMAN else names.notna() & (names == rater)
 
 
 def rater_votes(battles: pd.DataFrame, rater: str = HUMAN, blind_only: bool = True) -> pd.DataFrame:
@@ -122,10 +136,11 @@ def rater_votes(battles: pd.DataFrame, rater: str = HUMAN, blind_only: bool = Tr
 
 
 def judges(battles: pd.DataFrame) -> list[str]:
-    """The names of the judges that voted (sorted); none when every vote is a person's."""
+    """The names of the judges that voted (sorted; a single-order verdict's judge as "<judge> (single order)"); none
+    when every vote is a person's."""
     if len(battles) == 0 or "judge" not in battles.columns:
         return []
-    return sorted(set(battles.loc[~_by(battles, HUMAN), "judge"].astype(str)))
+    return sorted(set(_raters(battles).dropna().astype(str)))
 
 
 def version_keys(battles: pd.DataFrame) -> pd.DataFrame:

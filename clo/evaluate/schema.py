@@ -29,7 +29,8 @@ BATTLE_COLUMNS = ("id", "created_utc", "expires_utc", "voter", "language", "prom
                   "langid_version")
 VOTE_COLUMNS = ("id", "battle_id", "created_utc", "voter", "language", "prompt", "variant_a", "variant_b", "answer_a",
                 "answer_b", "left_variant", "outcome", "engine", "hash_a", "hash_b", "blind", "lang_a", "lang_b",
-                "voter_address", "judge", "judge_protocol", "judge_reply", "pair_key", "langid_version")
+                "voter_address", "judge", "judge_protocol", "judge_reply", "pair_key", "langid_version", "judge_orders",
+                "judge_first", "judge_second", "judge_reply_second")
 
 # Each migration brings the schema from version i to i + 1; never edit one that has shipped.
 MIGRATIONS = [
@@ -85,6 +86,15 @@ MIGRATIONS = [
     """
     ALTER TABLE battles ADD COLUMN langid_version INTEGER;
     ALTER TABLE votes ADD COLUMN langid_version INTEGER;
+    """,
+    # 7: a judge asked in both orders: judge_orders = 2 (NULL on an older, single-order verdict), the verdict with
+    # variant_a shown first and with variant_b shown first (each "a" or "b", naming the stored sides; NULL when the
+    # answers were identical) and the second reply; `outcome` is the winner both agree on, a tie when they differ
+    """
+    ALTER TABLE votes ADD COLUMN judge_orders INTEGER;
+    ALTER TABLE votes ADD COLUMN judge_first TEXT;
+    ALTER TABLE votes ADD COLUMN judge_second TEXT;
+    ALTER TABLE votes ADD COLUMN judge_reply_second TEXT;
     """,
 ]
 

@@ -192,7 +192,8 @@ def build(services: Services):
         judge = table("judge", "LLM judge beside the people: CLO's wins / ties / losses by each judge (judge votes are "
                       "never counted above)")
         agree = table("agreement", "Judge vs people on the battles both judged: agreement and Cohen's κ (95% intervals); "
-                      "first shown %: how often the judge named the answer it saw first (about 50% is no position bias)")
+                      "first shown %: how often the judge named the answer it saw first (about 50% is no position bias); "
+                      "orders agree %: how often both orders of a pair named the same winner (a disagreement is a tie)")
     judge_bt = table("judge_ratings", "Bradley–Terry from each judge's verdicts beside the people's rating (— : too few "
                      "verdicts per pair to rate yet)")
     timer = gr.Timer(15)

@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING
 from clo import CLOError
 from clo.evaluate.judge.client import JudgeClient
 from clo.evaluate.judge.protocol import PAIRWISE
-from clo.evaluate.judge.run import battle_items, judge_items, next_retry_s
+from clo.evaluate.judge.run import CONSISTENCY_FLOOR, battle_items, judge_items, next_retry_s
 
 if TYPE_CHECKING:
     from clo.app.access import Access  # the caller passes the app's Access; judging never imports the app
 
 IDLE = {"status": "idle", "trigger": None, "judge": None, "url": None, "language": None, "done": 0, "total": 0,
-        "judged": 0, "skipped": 0, "identical": 0, "unreadable": 0, "waiting": 0, "example": None, "tokens": 0,
+        "judged": 0, "consistent": 0, "skipped": 0, "identical": 0, "unreadable": 0, "waiting": 0, "example": None, "tokens": 0,
         "error": None, "started": None, "finished": None}
 
 
@@ -86,6 +86,10 @@ class Judging:
                   f"{s['unreadable']} unreadable" + (f", {s['waiting']} unreadable before (asked again later)"
                                                      if s["waiting"] else "")
                   + (f"; {s['tokens'] / s['judged']:.0f} judge tokens per verdict" if s["judged"] and s["tokens"] else ""))
+        if s["judged"]:  # every pair asked in both orders (clo.evaluate.judge.run)
+            counts += f"; both orders named the same winner in {s['consistent']} of {s['judged']}"
+            if s["consistent"] < CONSISTENCY_FLOOR * s["judged"]:
+                counts += " (it mostly follows the order shown: its win rates mean little)"
         example = f"; one unreadable reply: {s['example']}" if s["example"] else ""
         if s["status"] == "running":
             return f"⏳ judging{scope} with {where}: {s['done']}/{s['total']} of the pairs not judged yet"
@@ -177,7 +181,7 @@ class Judging:
             self.log(f"[clo] judge ({trigger}) failed:\n{traceback.format_exc()}")
         else:
             self.retry_at = 0.0
-            self._update(status="done", judged=run.judged, skipped=run.skipped, identical=run.identical,
+            self._update(status="done", judged=run.judged, consistent=run.consistent, skipped=run.skipped, identical=run.identical,
                          unreadable=len(run.unreadable), waiting=run.waiting, tokens=run.tokens, finished=time.time(),
                          example=_shown(run.unreadable[0]) if run.unreadable else None)
             if trigger == "background":  # the battles' unreadable pairs only (a CLI run's own are never battles)

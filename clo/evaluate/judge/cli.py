@@ -6,21 +6,26 @@
 answers the prompts (clo.evaluate.judge.prompts; in the target language, and their English versions) with both
 variants through the project's engines, asks the judge which answer of each pair is better (clo.evaluate.judge.run),
 stores its verdicts as judge votes, and prints the win rate of the first variant against the second with a 95%
-bootstrap interval, per language, the length-controlled win rate and the judge's position bias. The judge is checked
-before minutes of generation; a rerun skips what was judged.
+bootstrap interval, per language, the length-controlled win rate and the judge's position consistency (every pair is
+asked in both orders; a disagreement is a tie). `--json` prints one JSON object instead (`results_json`), the
+progress going to stderr. The judge is checked before minutes of generation; a rerun skips what was judged.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import math
 import os
+import sys
 
 from clo import CLOError
 from clo.cli import above_zero, add_serving_options, add_store_option, lang_arg
 from clo.evaluate.judge.client import API_KEY_VARIABLE, JudgeClient, excerpt
 from clo.evaluate.judge.prompts import PromptPair, load_prompt_pairs
 from clo.evaluate.judge.protocol import CONSTRAINTS
-from clo.evaluate.judge.run import Item, judge_items, judge_results
+from clo.evaluate.judge.run import CONSISTENCY_FLOOR, Item, JudgeRun, judge_items, judge_results
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """`python -m clo judge`: the parser, added to the command line's subparsers."""
@@ -47,6 +52,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_store_option(p)
     p.add_argument("--seed", type=int, default=0, help="draws which answer is shown first, per pair")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
+    p.add_argument("--json", action="store_true", help="print one JSON object (per language: wins, ties, losses, n, "
+                   "win_rate and its interval, length_controlled, position_consistency; the run's counts); the "
+                   "progress goes to stderr")
     add_serving_options(p, max_tokens=512, max_tokens_help="new tokens per answer")
     p.add_argument("--translator", default="m2m100", choices=("m2m100", "nllb"),
                    help="translates prompts given only in English (a hub set) into --lang")
@@ -86,6 +94,14 @@ def answer_pairs(engine, prompts: list[PromptPair], lang: str, variants: list[st
 
 
 def cmd_judge(args: argparse.Namespace) -> None:
+    if not args.json:
+        return _judge(args)
+    with contextlib.redirect_stdout(sys.stderr):  # the progress lines; stdout holds the JSON object alone
+        report = _judge(args)
+    print(json.dumps(report, ensure_ascii=False, indent=2))
+
+
+def _judge(args: argparse.Namespace) -> dict:
     from clo.engines import BASE, Sampling, load_engine
     from clo.evaluate.store import open_store
 
@@ -107,8 +123,8 @@ def cmd_judge(args: argparse.Namespace) -> None:
         engine = load_engine(args.engine, model=args.model, adapters_dir=args.adapters_dir, adapters=adapters or None,
                              url=args.url)
         items, failed = answer_pairs(engine, prompts, args.lang, variants, Sampling(max_tokens=args.max_tokens))
-        print(f"[clo] judging {len(items)} pairs with {client.model} at {client.url} ({client.constraint}, "
-              f"{client.concurrency} in flight)", flush=True)
+        print(f"[clo] judging {len(items)} pairs in both orders with {client.model} at {client.url} "
+              f"({client.constraint}, {client.concurrency} in flight)", flush=True)
         step = max(1, len(items) // 10)
 
         def progress(k: int, n: int) -> None:
@@ -120,21 +136,49 @@ def cmd_judge(args: argparse.Namespace) -> None:
                                 args.bootstrap, args.seed)
     finally:
         client.close()
-    print(f"\n{variants[0]} vs {variants[1]}, judged by {client.model} ({client.protocol.name}); ties count half")
+    print(f"\n{variants[0]} vs {variants[1]}, judged by {client.model} ({client.protocol.name}) in both orders; a pair "
+          "the two orders disagree on is a tie; ties count half")
     for language, r in results.items():
-        if not r["n"]:
-            print(f"  {language}: no verdicts")
-            continue
-        print(f"  {language}: win rate {100 * r['rate']:.1f}% [95% CI {100 * r['lower']:.1f}, {100 * r['upper']:.1f}] "
-              f"(n = {r['n']}: {r['wins']} W / {r['ties']} T / {r['losses']} L); "
-              f"length-controlled {100 * r['length_controlled']:.1f}%; named the answer shown first in "
-              f"{100 * r['first_shown']:.0f}% of its decided verdicts (position bias: 50% is none)")
+        print(f"  {language}: {describe(r)}")
     notes = [f"{run.judged} judged now", f"{run.skipped} already judged (skipped)",
              f"{run.identical} identical pairs (ties, judge not asked)", f"{len(run.unreadable)} unreadable replies"]
     if failed:
         notes.append(f"{failed} prompts whose generation failed")
-    tokens = f"; {run.tokens / run.judged:.0f} judge tokens per verdict" if run.judged and run.tokens else ""
+    tokens = f"; {run.tokens / run.judged:.0f} judge tokens per verdict (both orders)" if run.judged and run.tokens else ""
     print(f"  {', '.join(notes)}{tokens}")
     if run.unreadable:
         print(f"  unreadable (kept apart, never counted; a rerun asks again), e.g. {excerpt(run.unreadable[0])}; "
               "a judge that answers in plain text may need --judge-constraint none")
+    return results_json(variants, client.model, client.protocol.name, results, run, failed)
+
+
+def describe(r: dict) -> str:
+    """One language's line of the judge's results (`judge_results`)."""
+    if not r["n"]:
+        return "no verdicts"
+    line = (f"win rate {100 * r['rate']:.1f}% [95% CI {100 * r['lower']:.1f}, {100 * r['upper']:.1f}] "
+            f"(n = {r['n']}: {r['wins']} W / {r['ties']} T / {r['losses']} L); "
+            f"length-controlled {100 * r['length_controlled']:.1f}%")
+    if r["both_orders"]:
+        line += (f"; its two orders agreed on {100 * r['position_consistency']:.0f}% of {r['both_orders']} pairs, and it "
+                 f"named the answer shown first in {100 * r['first_shown']:.0f}% of its choices (50% is no bias)")
+        if r["position_consistency"] < CONSISTENCY_FLOOR:
+            line += "; it mostly follows the order shown: its win rates mean little"
+    return line
+
+
+def results_json(variants: list[str], judge: str, protocol: str, results: dict, run: JudgeRun, failed: int) -> dict:
+    """What `--json` prints: the variants, the judge, per language its numbers (NaN as null), the run's counts."""
+    def number(x):
+        return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+    return {"first": variants[0], "second": variants[1], "judge": judge, "protocol": protocol, "orders": 2,
+            "languages": {lang: {"wins": r["wins"], "ties": r["ties"], "losses": r["losses"], "n": r["n"],
+                                 "win_rate": number(r["rate"]), "lower": number(r["lower"]), "upper": number(r["upper"]),
+                                 "length_controlled": number(r["length_controlled"]),
+                                 "position_consistency": number(r["position_consistency"]),
+                                 "both_orders": r["both_orders"], "first_shown": number(r["first_shown"]),
+                                 "follows_order": bool(r["both_orders"]) and r["position_consistency"] < CONSISTENCY_FLOOR}
+                          for lang, r in results.items()},
+            "run": {"judged": run.judged, "already_judged": run.skipped, "identical": run.identical,
+                    "unreadable": len(run.unreadable), "consistent": run.consistent, "failed_prompts": failed}}

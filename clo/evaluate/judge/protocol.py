@@ -67,7 +67,7 @@ def _as_text(text: str) -> str:
 
 
 PAIRWISE = Protocol(
-    name="clo-pairwise-2",  # 2: the embedded texts are escaped (clo-pairwise-1 sent them raw)
+    name="clo-pairwise-3",  # 3: every pair asked in both orders (2 asked one; 1 sent the embedded texts unescaped)
     labels=("A", "B"),
     system=("You judge the work of AI assistants. You are given one instruction and two responses to it, written by "
             "two different assistants. Decide which response the person who wrote the instruction would rather "

@@ -1,21 +1,25 @@
-"""Judging many pairs: each pair's order drawn, the judge asked in parallel, every verdict stored as a judge vote.
+"""Judging many pairs: each pair asked in both orders, the judge asked in parallel, every verdict stored as a judge vote.
 
     items = battle_items(store.votes())                      # the people's blind battles, one item per pair of answers
     run = judge_items(items, client, store)                  # many in flight; stored as they arrive; a rerun resumes
     results = judge_results(store.votes(), items, client.model, PAIRWISE.name, "clo-ko", "sft-ko")
 
-Which variant the judge sees as A is drawn per pair (seeded, `shown_order`, stored as the vote's `variant_a`), and
-two identical answers are a tie without asking. A verdict is a judge vote in the vote store (clo.evaluate.store): the
-judge's model name, the prompt, both answers, the order shown and the outcome; a rerun skips every pair the same judge
-already judged under the same protocol. An unreadable reply is kept with its pair, never a vote
+The judge sees every pair twice, once each way round (as MT-Bench and Arena-Hard do): an LLM judge tends to name the
+answer shown first, and one order alone would report that tendency as a preference. The pair's verdict is the variant
+both orders name, a tie when they differ; how often they agree is the judge's position consistency (100% for a judge
+the order never sways, 0% for one that always names the first shown). Which order is asked first is drawn per pair
+(seeded, `shown_order`, stored as the vote's `variant_a`), and two identical answers are a tie without asking. A
+verdict is a judge vote in the vote store (clo.evaluate.store): the judge's model name, the prompt, both answers, the
+two verdicts and replies and the outcome; a rerun skips every pair the same judge already judged under the same
+protocol. An unreadable reply is kept with its pair, never a vote
 (`VoteStore.record_unreadable`: its first 500 characters), so a rerun asks again; the background judge
 (`due_only=True`) asks it again only when its retry is due, 1, 2, 4 … minutes after the last attempt (at most
 `RETRY_MAX_S`, `RETRY_ATTEMPTS` attempts in all), so an unreadable pair is not re-asked with every new vote.
 
 A transport failure (JudgeError: server down, an HTTP error after the client's retries, no answer in time) stops the
 run: what is in flight finishes, every verdict made is kept, and one sentence says what happened and that a rerun
-resumes. `judge_results` and `first_shown_share` are the judge's numbers: its win rate with a bootstrap interval,
-length-controlled, and how often it named the answer shown first (position bias).
+resumes. `judge_results`, `position_consistency` and `first_shown_share` are the judge's numbers: its win rate with a
+bootstrap interval, length-controlled, how often its two orders agree and how often it named the answer shown first.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from __future__ import annotations
 import concurrent.futures as futures
 import math
 import random
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -37,6 +40,7 @@ from clo.evaluate.judgments import Judgment
 RETRY_FIRST_S = 60.0  # an unreadable pair is due again a minute after its first attempt, doubling after each one
 RETRY_MAX_S = 3600.0  # but never more than an hour later
 RETRY_ATTEMPTS = 8  # and after this many unreadable replies only an explicit run (CLI, the admin's job) asks again
+CONSISTENCY_FLOOR = 0.5  # below this, the two orders of a pair agree less often than a coin would: the order decides
 
 
 @dataclass
@@ -63,14 +67,17 @@ def shown_order(item: Item, seed: int = 0) -> tuple[str, str]:
 
 @dataclass
 class JudgeRun:
-    """What a run did: verdicts stored now, pairs skipped (already judged), identical pairs (ties, not asked),
-    unreadable replies (kept apart from the votes, asked again later), pairs left waiting (their last reply was
-    unreadable and their retry is not due yet), and the tokens the judge counted."""
+    """What a run did: verdicts stored now (`consistent` of them named the same winner in both orders), pairs
+    skipped (already judged), identical pairs (ties, not asked), unreadable replies (kept apart from the votes, the
+    pair asked again later; `unreadable_pairs` pairs had one), pairs left waiting (their last reply was unreadable
+    and their retry is not due yet), and the tokens the judge counted."""
 
     judged: int = 0
+    consistent: int = 0
     skipped: int = 0
     identical: int = 0
     unreadable: list[str] = field(default_factory=list)
+    unreadable_pairs: int = 0
     waiting: int = 0
     tokens: int = 0
     seconds: float = 0.0
@@ -78,11 +85,12 @@ class JudgeRun:
 
 def judge_items(items: list[Item], client: JudgeClient, store, seed: int = 0,
                 progress: Callable[[int, int], None] | None = None, due_only: bool = False) -> JudgeRun:
-    """Judge every item not yet judged by this judge (`client.model`, its protocol), `client.concurrency` at a
-    time, storing each verdict as it arrives, and each unreadable reply apart (`VoteStore.record_unreadable`).
-    With `due_only` (the background judge) a pair whose last reply was unreadable waits until its retry is due
-    (`waiting`). On a JudgeError no new pair is sent, the ones in flight finish and are stored, and a CLOError says
-    how many were kept and that a rerun resumes."""
+    """Judge every item not yet judged by this judge (`client.model`, its protocol) in both orders,
+    `client.concurrency` replies at a time, storing each pair's verdict as soon as both orders are in (the winner
+    both name, a tie when they differ), and an unreadable reply apart (`VoteStore.record_unreadable`: the pair is
+    asked again, both ways). With `due_only` (the background judge) a pair whose last reply was unreadable waits
+    until its retry is due (`waiting`). On a JudgeError no new question is sent, the ones in flight finish, the pairs
+    complete by then are stored, and a CLOError says how many were kept and that a rerun resumes."""
     protocol = client.protocol
     done = store.judged_keys(client.model, protocol.name)
     waiting = not_due(store, client.model, protocol.name) if due_only else set()
@@ -99,16 +107,37 @@ def judge_items(items: list[Item], client: JudgeClient, store, seed: int = 0,
             continue
         first, second = shown_order(item, seed)
         if item.answers[first] == item.answers[second]:
-            run.identical += store.record_judgment(_judgment(item, client, first, second, "tie", "identical answers"))
+            run.identical += store.record_judgment(_judgment(item, client, first, second, "tie", "identical answers",
+                                                             orders=2))
             continue
-        todo.append((item, first, second))
+        todo += [(item, first, second, 0), (item, second, first, 1)]  # each pair both ways, drawn order first
 
     failure: JudgeError | None = None
-    lock = threading.Lock()
+    halves: dict[str, dict[int, tuple]] = {}  # a pair's verdicts so far, by order (0: as drawn, 1: swapped)
 
     def ask(job):
-        item, first, second = job
-        return job, client.ask(item.prompt, item.answers[first], item.answers[second])
+        item, shown_a, shown_b, _ = job
+        return job, client.ask(item.prompt, item.answers[shown_a], item.answers[shown_b])
+
+    def settle(item: Item, first: str, second: str) -> None:
+        """Both orders of a pair are in: store its vote, or (a reply unreadable) keep the reply apart."""
+        verdicts = halves.pop(item.key)
+        unreadable = [v.reply for _, v in verdicts.values() if v.winner is None]
+        if unreadable:
+            run.unreadable += unreadable
+            run.unreadable_pairs += 1
+            store.record_unreadable(_judgment(item, client, first, second, "unreadable", unreadable[0]),
+                                    RETRY_FIRST_S, RETRY_MAX_S)
+            return
+        # each verdict names a variant; as the stored sides: "a" = first (variant_a), "b" = second
+        named = {order: (job[1] if v.winner == 0 else job[2]) for order, (job, v) in verdicts.items()}
+        side = {first: "a", second: "b"}
+        one, other = side[named[0]], side[named[1]]
+        run.consistent += one == other
+        outcome = one if one == other else "tie"
+        run.judged += store.record_judgment(_judgment(item, client, first, second, outcome, verdicts[0][1].reply,
+                                                      orders=2, verdicts=(one, other),
+                                                      reply_second=verdicts[1][1].reply))
 
     with futures.ThreadPoolExecutor(max_workers=client.concurrency, thread_name_prefix="judge") as pool:
         pending, queue = set(), iter(todo)
@@ -120,21 +149,17 @@ def judge_items(items: list[Item], client: JudgeClient, store, seed: int = 0,
             finished, pending = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
             for f in finished:
                 try:
-                    (item, first, second), verdict = f.result()
+                    job, verdict = f.result()
                 except JudgeError as e:
                     failure = failure or e
                     continue
-                with lock:
-                    run.tokens += verdict.tokens
-                    if verdict.winner is None:
-                        run.unreadable.append(verdict.reply)
-                        store.record_unreadable(_judgment(item, client, first, second, "unreadable", verdict.reply),
-                                                RETRY_FIRST_S, RETRY_MAX_S)
-                    else:
-                        outcome = "a" if verdict.winner == 0 else "b"
-                        run.judged += store.record_judgment(_judgment(item, client, first, second, outcome, verdict.reply))
+                item, order = job[0], job[3]
+                run.tokens += verdict.tokens
+                halves.setdefault(item.key, {})[order] = (job, verdict)
+                if len(halves[item.key]) == 2:
+                    settle(item, *(job[1:3] if order == 0 else (job[2], job[1])))
                     if progress:
-                        progress(run.judged + len(run.unreadable), len(todo))
+                        progress(run.judged + run.unreadable_pairs, len(todo) // 2)
     run.seconds = time.perf_counter() - started
     if failure is not None:
         raise CLOError(f"judging stopped: {failure}; the {run.judged + run.identical} verdict(s) made before it are kept in "
@@ -161,18 +186,46 @@ def next_retry_s(store, judge: str, protocol: str, keys: set[str] | None = None)
     return max(0.0, (due - datetime.now(timezone.utc)).total_seconds())
 
 
-def _judgment(item: Item, client: JudgeClient, first: str, second: str, outcome: str, reply: str) -> Judgment:
+def _judgment(item: Item, client: JudgeClient, first: str, second: str, outcome: str, reply: str,
+              orders: int | None = None, verdicts: tuple = (None, None), reply_second: str | None = None) -> Judgment:
     return Judgment(judge=client.model, protocol=client.protocol.name, language=item.language, prompt=item.prompt,
                     variant_a=first, variant_b=second, answer_a=item.answers[first], answer_b=item.answers[second],
                     outcome=outcome, reply=reply, hash_a=item.hashes.get(first), hash_b=item.hashes.get(second),
-                    engine=item.engine)
+                    engine=item.engine, orders=orders, first=verdicts[0], second=verdicts[1],
+                    reply_second=reply_second)
+
+
+def _both_orders(verdicts):
+    """The verdicts asked in both orders whose answers differed (judge_first and judge_second set)."""
+    if "judge_first" not in verdicts.columns:
+        return verdicts.iloc[:0]
+    return verdicts[verdicts["judge_first"].isin(["a", "b"]) & verdicts["judge_second"].isin(["a", "b"])]
+
+
+def position_consistency(verdicts) -> tuple[float, int]:
+    """How often a judge's two orders of a pair named the same winner, over its verdicts asked in both orders
+    (identical answers and single-order verdicts left out), and over how many: (1.0, n) for a judge the order never
+    sways, (0.0, n) for one that always names the answer shown first, (NaN, 0) without such verdicts."""
+    both = _both_orders(verdicts)
+    if not len(both):
+        return math.nan, 0
+    return float((both["judge_first"] == both["judge_second"]).mean()), len(both)
 
 
 def first_shown_share(verdicts) -> float:
-    """The share of a judge's verdicts (ties left out) that named the answer it was shown first: about ½ for a judge
-    without position bias, 1 for one that always names the first (NaN without verdicts)."""
-    decided = verdicts[verdicts["outcome"].isin(["a", "b"])]
-    return float((decided["outcome"] == "a").mean()) if len(decided) else math.nan
+    """The share of a judge's decisions that named the answer it was shown first: about ½ for a judge without
+    position bias, 1 for one that always names the first (NaN without any). A verdict asked in both orders counts
+    twice (variant_a shown first, then variant_b); a single-order verdict once, ties left out."""
+    both = _both_orders(verdicts)
+    single = verdicts.drop(index=both.index)
+    if "judge_orders" in single.columns:
+        single = single[single["judge_orders"].isna()]
+    single = single[single["outcome"].isin(["a", "b"])]
+    named_first = int((single["outcome"] == "a").sum())
+    if len(both):
+        named_first += int((both["judge_first"] == "a").sum() + (both["judge_second"] == "b").sum())
+    decisions = 2 * len(both) + len(single)
+    return named_first / decisions if decisions else math.nan
 
 
 def battle_items(votes, language: str | None = None) -> list[Item]:
@@ -198,7 +251,8 @@ def _text_or_none(value) -> str | None:
 def judge_results(votes, items: list[Item], judge: str, protocol: str, first: str, second: str,
                   n_bootstrap: int = 2000, seed: int = 0) -> dict[str, dict]:
     """Per language of `items`: the win rate of `first` against `second` by this judge's stored verdicts on these
-    items (`clo.evaluate.agreement.win_rate_interval`) and the length-controlled rate (`length_controlled_win_rate`)."""
+    items (`clo.evaluate.agreement.win_rate_interval`), the length-controlled rate (`length_controlled_win_rate`),
+    `position_consistency` (and `both_orders`, the pairs it is over) and `first_shown`."""
     from clo.evaluate.agreement import length_controlled_win_rate, win_rate_interval, winner_labels
 
     keys = {item.key for item in items}
@@ -215,6 +269,7 @@ def judge_results(votes, items: list[Item], judge: str, protocol: str, first: st
         result["length_controlled"] = length_controlled_win_rate(scores.to_numpy(), length_first.to_numpy(),
                                                                  length_second.to_numpy())
         result["first_shown"] = first_shown_share(rows)
+        result["position_consistency"], result["both_orders"] = position_consistency(rows)
         out[language] = result
     return out
 
