@@ -4,10 +4,10 @@ which trains only what is new and reuses the answers of what it kept. The figure
 import json
 
 import pandas as pd
-from conftest import ROOT, run_clo
+from conftest import FAKE, ROOT, run_clo
 
 
-def test_replicate_runs_then_resumes_training_and_asking_only_what_is_new(tiny_model, project):
+def test_replicate_runs_then_resumes_training_and_asking_only_what_is_new(tiny_model, project, scripted):
     from clo.experiments.replicate import ReplicateConfig, run
 
     said = []
@@ -47,6 +47,27 @@ def test_replicate_runs_then_resumes_training_and_asking_only_what_is_new(tiny_m
     third = pd.read_csv(folder / "results.csv")
     assert set(third.variant) == {"base", *kept}  # this sitting's grid: seed 0, attention
     assert set(pd.read_csv(folder / "answers.csv").variant) == {"base", *kept, *new}  # the other sittings' answers stay
+
+    # a fourth, judged: CLO against SFT of the same size, seed and layers on the held-out prompts, both orders. The
+    # scripted judge names the second answer shown whenever neither holds its word: pure position bias, which the
+    # two orders turn into ties, and the summary says the win rates mean little
+    said.clear()
+    judged = run(ReplicateConfig(resume=str(folder), sizes=[4], seeds=[0, 1], layers=["attention", "all-linear"],
+                                 only_trained=True, engine="peft", judge_url=scripted.url, judge_model=FAKE),
+                 log=said.append)
+    table = pd.read_csv(folder / "judge.csv")
+    assert len(table) == 4 * 2 and set(table.language) == {"sw", "en"}  # 4 pairings × 2 languages
+    assert set(zip(table.clo, table.sft)) == {(f"clo-sw-{p}n4-s{k}", f"sft-sw-{p}n4-s{k}") for p in ("", "all-")
+                                              for k in (0, 1)}
+    # every pair whose answers differ was asked twice, and every one is a tie
+    assert table.both_orders.sum() > 0 and scripted.state["requests"] == 2 * table.both_orders.sum()
+    assert (table.wins + table.losses == 0).all() and (table.position_consistency.dropna() == 0).all()
+    assert "| CLO vs SFT, judged by scripted-judge |" in judged["markdown"] and "mean little" in judged["markdown"]
+    assert (folder / "judge.db").is_file()
+    before = scripted.state["requests"]
+    run(ReplicateConfig(resume=str(folder), sizes=[4], seeds=[0], only_trained=True, engine="peft",
+                        judge_url=scripted.url, judge_model=FAKE), log=said.append)
+    assert scripted.state["requests"] == before  # judged before: read from judge.db, not asked again
 
 
 def test_replicate_refuses_a_size_the_sample_cannot_give_before_making_a_folder(project):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -68,6 +69,11 @@ class ReplicateConfig:
     engine: str = option("auto", "Engine that answers: auto (vLLM where it runs, else PEFT), vllm or peft.")
     only_trained: bool = option(False, "Train nothing: answer and score the adapters of these sizes, seeds and layers "
                                 "already trained (with --resume, a sitting short of time); the rest are left out.")
+    judge_url: str | None = option(None, "An LLM judge's OpenAI-compatible server: CLO's answers to the held-out "
+                                   "prompts are judged against SFT's of the same size and seed, in both orders.")
+    judge_model: str | None = option(None, "The judge's model name at that server.")
+    judge_constraint: str = option("auto", "How the judge's replies are read: auto, choice, logprobs or none "
+                                   "(as python -m clo judge).")
     out_dir: str = option("runs/replicate", "Where each run's folder is written.")
     resume: str | None = option(None, "Continue this run folder with the sizes, seeds, methods and layers given "
                                 "(its model, language, recipe, epochs, limit and answer length are kept); trained "
@@ -166,6 +172,67 @@ def score(answers: pd.DataFrame, lang: str) -> pd.DataFrame:
                     "facts_lost": (int(facts[facts.id.isin(known) & ~facts.correct.astype(bool)].shape[0])
                                    if len(base) else float("nan"))})
     return pd.DataFrame(out)
+
+
+def judge_pairs(cfg: ReplicateConfig, answers: pd.DataFrame, meta: dict, folder: Path, log=print) -> pd.DataFrame:
+    """CLO against SFT of the same layers, size and seed, on the held-out prompts in both languages, by the judge at
+    `cfg.judge_url` (clo.evaluate.judge: both orders, a disagreement a tie); its verdicts are kept in the run's
+    judge.db, so a resumed run asks only new pairs. One row per pairing and language: the win rate of CLO with its
+    95% bootstrap interval, W/T/L, and how often the judge's two orders agreed."""
+    from clo.evaluate.judge.client import API_KEY_VARIABLE, JudgeClient
+    from clo.evaluate.judge.run import Item, judge_items, judge_results
+    from clo.evaluate.store import open_store
+
+    if not (cfg.judge_url and cfg.judge_model):
+        raise CLOError("a judged run needs both --judge-url URL and --judge-model NAME")
+    held = answers[answers.kind == "held-out"]
+    pairings = {}
+    for name, m in meta.items():
+        if m["method"] == "clo":
+            sft = adapter_name("sft", cfg.lang, m["layers"], m["pairs"], m["seed"])
+            if sft in meta:
+                pairings[name] = (sft, m)
+    if not pairings:
+        log("[clo] replicate: no CLO adapter has an SFT one of the same size and seed here: nothing to judge")
+        return pd.DataFrame()
+    client = JudgeClient(cfg.judge_url, cfg.judge_model, api_key=os.environ.get(API_KEY_VARIABLE) or None,
+                         constraint=cfg.judge_constraint)
+    store = open_store(str(folder / "judge.db"))
+    rows = []
+    try:
+        for clo, (sft, m) in sorted(pairings.items()):
+            mine = held[held.variant == clo].set_index(["query_lang", "prompt"]).answer
+            theirs = held[held.variant == sft].set_index(["query_lang", "prompt"]).answer
+            items = [Item(lang, prompt, {clo: str(mine[lang, prompt]), sft: str(theirs[lang, prompt])})
+                     for lang, prompt in mine.index if (lang, prompt) in theirs.index]
+            run = judge_items(items, client, store)
+            log(f"[clo] replicate: {clo} vs {sft} judged by {client.model}: {run.judged} now, {run.skipped} before, "
+                f"{run.identical} identical, {len(run.unreadable)} unreadable replies")
+            for lang, r in judge_results(store.votes(), items, client.model, client.protocol.name, clo, sft).items():
+                rows.append({"layers": m["layers"], "pairs": m["pairs"], "seed": m["seed"], "language": lang,
+                             "clo": clo, "sft": sft, "win_rate": r["rate"], "lower": r["lower"], "upper": r["upper"],
+                             "wins": r["wins"], "ties": r["ties"], "losses": r["losses"], "n": r["n"],
+                             "position_consistency": r["position_consistency"], "both_orders": r["both_orders"]})
+    finally:
+        client.close()
+        store.close()
+    return pd.DataFrame(rows)
+
+
+def judge_markdown(judged: pd.DataFrame, lang: str, judge: str) -> str:
+    """CLO's win rate against SFT by the judge, per layers and size: mean ± sd over seeds in each language, the
+    pooled W/T/L, and the share of pairs whose two orders agreed (below 50%: the order decided, not the answers)."""
+    lines = [f"| CLO vs SFT, judged by {judge} | pairs | win rate, {lang} prompts | win rate, English prompts | "
+             "W / T / L (all seeds) | orders agree | seeds |", "|" + "---|" * 7]
+    for (layers, pairs), g in judged.groupby(["layers", "pairs"], sort=True):
+        cells = []
+        for language in (lang, "en"):
+            rates = 100 * g[g.language == language].win_rate.dropna()
+            cells.append("—" if rates.empty else f"{rates.mean():.1f}" + (f" ± {rates.std(ddof=1):.1f}" if len(rates) > 1 else ""))
+        agree = (g.position_consistency * g.both_orders).sum() / g.both_orders.sum() if g.both_orders.sum() else float("nan")
+        lines.append(f"| {label('clo', layers)} | {pairs} | {cells[0]} | {cells[1]} | {g.wins.sum()} / {g.ties.sum()} / "
+                     f"{g.losses.sum()} | {100 * agree:.0f}% of {g.both_orders.sum()} | {g.seed.nunique()} |")
+    return "\n".join(lines)
 
 
 def label(method: str, layers: str) -> str:
@@ -361,6 +428,19 @@ def run(cfg: ReplicateConfig = ReplicateConfig(), log=print) -> dict:
             f"{t.learning_rate:g}, max length {t.max_length}; {len(cfg.seeds)} seed(s). Facts lost: of the facts the "
             f"base answers right, how many the adapter gets wrong. Training time: each adapter's, on this machine; "
             f"this sitting trained for {trained_s:.0f} s, whole sitting {seconds:.0f} s.")
+    if cfg.judge_url or cfg.judge_model:
+        from clo.evaluate.judge.run import CONSISTENCY_FLOOR  # httpx: only a judged run needs it
+
+        judged = judge_pairs(cfg, answers[answers.variant.isin(variants)], meta, folder, log)
+        if len(judged):
+            atomic_write(folder / "judge.csv", judged.to_csv(index=False))
+            agree = (judged.position_consistency * judged.both_orders).sum() / max(1, judged.both_orders.sum())
+            text += ("\n\n" + judge_markdown(judged, cfg.lang, cfg.judge_model) + "\n\nEach held-out prompt's two "
+                     "answers, asked in both orders; a pair the orders disagree on is a tie (ties count half); win rates "
+                     "per seed, mean ± sd over seeds; per-seed 95% bootstrap intervals in judge.csv.")
+            if agree < CONSISTENCY_FLOOR:
+                text += (f" The judge's two orders agreed on only {100 * agree:.0f}% of the pairs: it mostly follows "
+                         "the order shown, so these win rates mean little.")
     atomic_write(folder / "summary.md", text + "\n")
     plot(results, folder / "plot.png", f"{Path(cfg.model).name}: SFT vs CLO on {cfg.lang}")
     log(text)
