@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import gradio as gr
 import pytest
 from conftest import ROOT, free_port, launch_app, make_adapters
 
@@ -145,9 +146,21 @@ def test_train_job_runs_to_the_end_and_is_hot_loaded(tiny_model, project):
     assert len(answers) == 2 and all(a.tokens for a in answers)
     with pytest.raises(Exception, match="an adapter named 'ui-clo-ko' exists already"):
         jobs.start(None, recipe)  # refused at once, not after the subprocess has started
-    from clo.app.ui.train import free_name
+    from clo.app.ui.train import build, free_name
 
     assert free_name(services, recipe) == "ui-{method}-{lang}-2"
+    # a page opened after the run proposes a free name, and the preview of a taken one says Start will refuse it
+    with gr.Blocks():
+        tab = build(services)
+    from clo.app.ui.train import FORM
+
+    values = {k: w.value for k, w in zip(FORM, tab.inputs)}
+    values.update({"model.name_or_path": str(tiny_model), "data.target_lang": "ko", "method.method": ["clo"],
+                   "training.name": "ui-{method}-{lang}"})
+    form = [values[k] for k in FORM]
+    assert tab.fresh_name(*form)["value"] == "ui-{method}-{lang}-2"
+    said = tab.on_preview(*form)
+    assert "# warning: an adapter named 'ui-clo-ko' exists already, so Start will refuse this name" in said, said
 
 
 def test_the_train_form_fits_the_served_model(tiny_model, project):

@@ -81,7 +81,9 @@ def build_app(services: Services) -> gr.Blocks:
             unlock.click(check_password, password, [gate, train_tab.panel, train_tab.timer], api_visibility="private",
                          show_progress="hidden")
         demo.load(on_load, None, [gate, train_tab.panel, train_tab.timer], api_visibility="private")
-        demo.load(train_tab.on_preview, train_tab.inputs, train_tab.preview, api_visibility="private")
+        # a name free now, not when the app started (another page's run may have taken that one); then the preview
+        demo.load(train_tab.fresh_name, train_tab.inputs, train_tab.name, api_visibility="private").then(
+            train_tab.on_preview, train_tab.inputs, train_tab.preview, api_visibility="private")
         demo.load(train_tab.serving.refresh, train_tab.serving.lang, train_tab.serving.outputs, api_visibility="private")
         demo.load(train_tab.judge.refresh, None, train_tab.judge.outputs, api_visibility="private")
         demo.load(data.preview_pairs, [data_tab.lang, data_tab.pairs], data_tab.table, api_visibility="private")

@@ -111,6 +111,8 @@ class TrainTab:
     on_preview: Callable  # the form's values -> the command that will run
     inputs: list  # the form's widgets, in FORM order
     preview: gr.Code  # where that command is shown
+    name: gr.Textbox  # the adapter-name field: a page opened later proposes a name free then (`fresh_name`)
+    fresh_name: Callable  # the form's values -> the first free adapter name for them
     serving: "ServingPanel"  # the Serving panel: its language, refresh and outputs
     judge: "JudgePanel"  # the LLM judge panel: its refresh and outputs
 
@@ -169,6 +171,9 @@ def build(services: Services, visible: bool = True) -> TrainTab:
         flags = " ".join(f"--{k} {shlex.quote(','.join(v) if isinstance(v, list) else str(v))}" for k, v in values_of(args).items()
                          if v not in (None, ""))
         warning = misfit(recipe, services.settings.model)
+        if clash := taken(services.settings.adapters_dir, recipe):  # a page left open while another run took it
+            warning = (f"an adapter named {clash!r} exists already, so Start will refuse this name; "
+                       f"{free_name(services, recipe)!r} is free")
         return (f"python -m clo train {flags}\n# = {', '.join(recipe.adapter_name(m) for m in recipe.method.method)}"
                 + (f"\n# warning: {warning}" if warning else ""))
 
@@ -241,4 +246,5 @@ def build(services: Services, visible: bool = True) -> TrainTab:
                                                   widgets["training.name"], *serving_panel.outputs, timer],
                api_visibility="private", show_progress="hidden", concurrency_id="poll")
     return TrainTab(panel=panel, timer=timer, on_preview=on_preview, inputs=inputs, preview=preview,
+                    name=widgets["training.name"], fresh_name=lambda *args: next_name(args),
                     serving=serving_panel, judge=judge_panel)
