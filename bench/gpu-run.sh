@@ -42,5 +42,5 @@ for n in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "trl", 
 } 2>&1 | tee "$OUT/env.txt"
 status=0
 timeout 180 python3 -m pytest -m gpu -rs -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/tests.log" || status=1
-timeout 400 python3 bench/gpu.py --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log" || status=1
+timeout 470 python3 bench/gpu.py --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log" || status=1
 exit $status

@@ -2,7 +2,7 @@
 
 One command, prepared on the CPU, for the few minutes a GPU is lent (bench/gpu-run.sh is the device command):
 
-    python bench/gpu.py                # a GPU: Qwen2.5-0.5B, Qwen2.5-3B, Llama-3-8B shapes; ~6 min on an H200
+    python bench/gpu.py                # a GPU: Qwen2.5-0.5B, Qwen2.5-3B, Llama-3-8B shapes; stops starting parts after --budget-s
     python bench/gpu.py --smoke        # any machine: every part at tiny sizes (< 2 min on 2 CPU cores)
     python bench/gpu.py --parts train --shapes qwen2.5-0.5b --steps 5
 
@@ -14,9 +14,11 @@ Parts (each in its own interpreter, so one's failure or memory does not touch th
              Prints the max relative difference, and any warning bitsandbytes raised in the backward pass.
     train    per shape, through clo.train.run (the code `python -m clo train` runs): CLO and SFT on a QLoRA base
              (4-bit nf4, double quantisation, bf16 compute, gradient checkpointing, LoRA r 16 on q/k/v/o),
-             CLO on a bf16 base without quantisation, and TRL's DPOTrainer with its NLL term
-             (loss_type sigmoid + sft, weights 0.5/0.5) on the same rows and the same QLoRA base. Per training
-             pair: time, tokens/s, peak GPU memory; model FLOPs utilisation against the GPU's bf16 peak.
+             CLO on a bf16 base without quantisation, TRL's DPOTrainer with its NLL term
+             (loss_type sigmoid + sft, weights 0.5/0.5) on the same rows and the same QLoRA base, and "clo-pair":
+             CLO on QLoRA with training.backward pair and logits_chunk 0 (the 2026-12-04 H200 run found the
+             default, one sequence per pass and 64 logit positions at a time, 2.9-3.6x slower than TRL). Per
+             training pair: time, tokens/s, peak GPU memory; model FLOPs utilisation against the GPU's bf16 peak.
     serve    per shape (0.5B and 3B), the PEFT engine with two random rank-16 adapters: the side-by-side request
              (base, SFT, CLO × Korean and English = 6 requests) vs one request, and 64 concurrent callers vs one;
              the vLLM engine as well where vLLM is installed.
@@ -32,6 +34,7 @@ Writes gpu.json and gpu.md under --out (default: $OUT when set, else bench/resul
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import gc
 import json
@@ -65,7 +68,10 @@ RATIOS = (("CLO/SFT peak memory (QLoRA)", "clo-qlora", "sft-qlora", "peak_mb"),
           ("CLO/TRL time per pair (QLoRA)", "clo-qlora", "trl-qlora", "s_per_pair"),
           ("CLO/TRL peak memory (QLoRA)", "clo-qlora", "trl-qlora", "peak_mb"),
           ("QLoRA/bf16 peak memory (CLO)", "clo-qlora", "clo-bf16", "peak_mb"),
-          ("QLoRA/bf16 time per pair (CLO)", "clo-qlora", "clo-bf16", "s_per_pair"))
+          ("QLoRA/bf16 time per pair (CLO)", "clo-qlora", "clo-bf16", "s_per_pair"),
+          ("CLO pair/sequence time per pair (QLoRA)", "clo-pair-qlora", "clo-qlora", "s_per_pair"),
+          ("CLO pair/TRL time per pair (QLoRA)", "clo-pair-qlora", "trl-qlora", "s_per_pair"),
+          ("CLO pair/sequence peak memory (QLoRA)", "clo-pair-qlora", "clo-qlora", "peak_mb"))
 
 
 # ---- the machine ----
@@ -272,7 +278,7 @@ def count_flops(trainer) -> float:
         hf.gradient_checkpointing_disable()
     batch = next(iter(trainer.get_train_dataloader()))
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter:
             trainer.training_step(model, batch)
         return float(counter.get_total_flops())
     finally:
@@ -280,6 +286,17 @@ def count_flops(trainer) -> float:
         if checkpointing:
             hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+
+def flop_formulas() -> dict:
+    """Formulas torch.utils.flop_counter gets wrong: torch 2.11's addmm formula takes `addmm.dtype_out`'s out_dtype
+    (TRL's chunked log-prob backward on CUDA: bf16 inputs, float32 sum) for its out_shape and raises TypeError."""
+    import torch
+
+    def addmm_flops(bias_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+    return {torch.ops.aten.addmm: addmm_flops}
 
 
 def count_4bit_matmuls() -> None:
@@ -324,15 +341,18 @@ def train_worker(spec: dict) -> dict:
 
     quantized = spec["base"] == "qlora"
     methods = [m for m in spec["methods"] if m != "trl"]
-    recipe = train_recipe(spec, ",".join(methods), quantized)
+    recipe = train_recipe(spec, ",".join(sorted({m.split("-")[0] for m in methods})), quantized)
     results = {}
     s = clo.train.run.setup(recipe)
     loaded = memory_now_mb()
     reference = clo.train.run.add_reference_logps
 
-    for method in methods:
-        name = f"{method}-{spec['base']}"
+    for variant in methods:
+        method, _, backward = variant.partition("-")  # "clo-pair": CLO back-propagating a pair in one pass
+        name = f"{variant}-{spec['base']}"
         timer, r = step_timer(), {"method": name, "mode": s.mode, "loaded_mb": loaded}
+        run_recipe = recipe if not backward else dataclasses.replace(
+            recipe, training=dataclasses.replace(recipe.training, backward=backward, logits_chunk=0))
 
         def timed_reference(*a, **kw):
             sync()
@@ -343,7 +363,8 @@ def train_worker(spec: dict) -> dict:
 
         clo.train.run.add_reference_logps = timed_reference
         reset_peak()
-        peft_model, trainer = clo.train.run.fit(s, recipe, method, Path(spec["work"]) / "runs", callbacks=[timer])
+        peft_model, trainer = clo.train.run.fit(s, run_recipe, method, Path(spec["work"]) / "runs" / variant,
+                                                callbacks=[timer])
         r["peak_mb"] = peak_mb()
         r["checkpointing"] = bool(getattr(peft_model.get_base_model(), "is_gradient_checkpointing", False))
         keys = clo.train.batches.needed_keys(method)
@@ -356,7 +377,11 @@ def train_worker(spec: dict) -> dict:
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     clo.train.run.add_reference_logps = reference
     if "trl" in spec["methods"] and quantized:
-        results["trl-qlora"] = trl_method(spec, recipe, s)
+        try:  # a failure of the baseline keeps CLO's and SFT's figures
+            results["trl-qlora"] = trl_method(spec, recipe, s)
+        except Exception as e:
+            traceback.print_exc()
+            results["trl-qlora"] = {"method": "trl-qlora", "failed": f"{type(e).__name__}: {e}"[:300]}
     return results
 
 
@@ -646,7 +671,7 @@ def plan(args) -> list[tuple[str, str | None, dict]]:
         steps.append(("numeric", None, {}))
     if "train" in args.parts:
         for shape in args.shapes:
-            steps.append(("train", shape, {"base": "qlora", "methods": ["clo", "sft", "trl"]}))
+            steps.append(("train", shape, {"base": "qlora", "methods": ["clo", "sft", "trl", "clo-pair"]}))
             (last if shape == args.shapes[-1] and len(args.shapes) > 1 else steps).append(
                 ("train", shape, {"base": "bf16", "methods": ["clo"]}))
     if "serve" in args.parts:
@@ -691,7 +716,7 @@ def report(facts: dict, results: dict, args) -> str:
                     lines.append(f"| {shape} | {name} | | | not run: {r.get('skipped') or r.get('failed')} | | | | | | | | |")
                     continue
                 mfu = f"{r['tflops_per_s'] / peak:.1%}" if peak else "—"
-                lines.append(f"| {shape} | {name.split('-')[0]} | {r['mode']} | {'on' if r['checkpointing'] else 'off'} "
+                lines.append(f"| {shape} | {name.rsplit('-', 1)[0]} | {r['mode']} | {'on' if r['checkpointing'] else 'off'} "
                              f"| {r['s_per_pair']:.3f} | {r['tokens_per_pair']:.0f} | {r['tokens_per_s']:.0f} | {r['peak_mb']:.0f} "
                              f"| {r['above_model_mb']:.0f} | {r['tflops_per_s']:.2f} | {mfu} "
                              f"| {r['tflops_per_s'] / facts['matmul_tflops']:.1%} | {r.get('reference_s', 0):.2f} |")
@@ -741,7 +766,7 @@ def main(argv=None) -> None:
     p.add_argument("--engines", help="serving engines: peft,vllm (default; vLLM where installed); --smoke: peft")
     p.add_argument("--callers", type=int, help="concurrent callers (default 64; --smoke 8)")
     p.add_argument("--repeats", type=int, help="median of this many timings (default 3; --smoke 1)")
-    p.add_argument("--budget-s", type=float, default=330,
+    p.add_argument("--budget-s", type=float, default=400,
                    help="end the run after this many seconds: a part still running is stopped, the rest reported skipped")
     p.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, where the datasheet table lacks it")
     p.add_argument("--out", help="folder for gpu.json and gpu.md (default: $OUT if set, else bench/results/)")

@@ -28,7 +28,7 @@ def test_gpu_benchmark_smoke_runs_every_part(tmp_path):
     train = report["results"]["train"]
     assert set(train) == {"qwen2.5-0.5b", "llama-3-8b"}
     for shape, methods in train.items():
-        assert set(methods) == {"clo-qlora", "sft-qlora", "trl-qlora", "clo-bf16"}, shape
+        assert set(methods) == {"clo-qlora", "sft-qlora", "trl-qlora", "clo-pair-qlora", "clo-bf16"}, shape
         for name, m in methods.items():
             assert m["s_per_pair"] > 0 and m["tokens_per_s"] > 0 and m["flops_per_step"] > 0 and m["peak_mb"] > 0, name
         assert methods["clo-qlora"]["mode"] == "qlora-4bit" and methods["clo-bf16"]["mode"].startswith("lora-")
@@ -37,8 +37,32 @@ def test_gpu_benchmark_smoke_runs_every_part(tmp_path):
         assert methods["clo-qlora"]["tokens_per_pair"] > 3 * methods["sft-qlora"]["tokens_per_pair"]
         # bitsandbytes' 4-bit matmuls are counted: the same step on a 4-bit base and a full one has about the same FLOPs
         assert methods["clo-qlora"]["flops_per_step"] == pytest.approx(methods["clo-bf16"]["flops_per_step"], rel=0.15)
+        # one pass per pair: the same sequences, without the sequence mode's extra no-grad pass over the rejected answers
+        pair, sequence = methods["clo-pair-qlora"], methods["clo-qlora"]
+        assert pair["tokens_per_pair"] == sequence["tokens_per_pair"]
+        assert 0.6 * sequence["flops_per_step"] < pair["flops_per_step"] < sequence["flops_per_step"]
 
     [(shape, serve)] = report["results"]["serve"].items()
     peft = serve["peft"]
     assert peft["callers"] == 8 and 0 < peft["callers_tokens"] <= 8 * 8
     assert 0 < peft["single_tokens"] <= 8 and 0 < peft["batched_tokens"] <= 6 * 8
+
+
+def test_flop_counter_counts_addmm_with_an_output_dtype():
+    """torch's own addmm formula raised TypeError on addmm.dtype_out (TRL's log-prob backward on CUDA, seen on an
+    H200): the benchmark's formula counts it as the matmul it is. Meta tensors: the CPU has no such kernel."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from gpu import flop_formulas
+
+    acc = torch.zeros(4, 6, device="meta")
+    a, b = torch.ones(4, 5, dtype=torch.bfloat16, device="meta"), torch.ones(5, 6, dtype=torch.bfloat16, device="meta")
+    with pytest.raises(TypeError):
+        with FlopCounterMode(display=False):
+            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    with FlopCounterMode(display=False, custom_mapping=flop_formulas()) as counter:
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+        torch.addmm(acc, a.float(), b.float())
+    assert counter.get_total_flops() == 2 * (2 * 4 * 5 * 6)
