@@ -5,7 +5,7 @@
     python -m clo generate --adapters sft-ko,clo-ko --lang ko "서울에서 가 볼 만한 곳은?"   # side by side
     python -m clo generate --lang ko --prompts sample        # language fidelity per variant
     python -m clo votes export --format parquet              # the votes, for analysis
-    python -m clo leaderboard --lang ko                      # W/T/L, win rates, Bradley–Terry, Elo
+    python -m clo leaderboard --lang ko                      # W/T/L, win rates, Bradley–Terry, Elo (per base model)
     python -m clo judge --adapters clo-ko,sft-ko --lang ko --judge-url http://127.0.0.1:8001 --judge-model NAME   # LLM judge
     python -m clo miniature                                  # SFT vs CLO on a synthetic language, offline, ~5 min
     python -m clo replicate --model smollm2 --lang ko        # English retention on a real model, SFT vs CLO, ~45 min
@@ -130,20 +130,38 @@ def cmd_votes_export(args: argparse.Namespace) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> dict | None:
-    """Print the Leaderboard's tables (clo.evaluate.board, as the app's tab computes them) and return them."""
-    import pandas as pd
-
-    from clo.evaluate.board import judge_board, leaderboard
-    from clo.evaluate.ratings import judges
+    """Print the Leaderboard's tables (clo.evaluate.board, as the app's tab computes them), one base model after
+    another (ratings never mix bases), and return those of the last."""
+    from clo.evaluate.ratings import bases, judges, of_base
     from clo.evaluate.store import open_store
 
     battles = open_store(args.db, read_only=True).votes()  # reading changes nothing in the store
     if battles.empty:
         print(f"no votes in {args.db} yet")
         return None
+    battles = of_base(battles, args.base)
     if args.judge and args.judge not in judges(battles):
-        raise CLOError(f"no votes by the judge {args.judge!r} in {args.db}; its judges: "
-                       f"{', '.join(judges(battles)) or 'none'}")
+        raise CLOError(f"no votes by the judge {args.judge!r} in {args.db}{' on ' + args.base if args.base else ''}; "
+                       f"its judges: {', '.join(judges(battles)) or 'none'}")
+    found, tables = bases(battles), None
+    for b in found:
+        if len(found) > 1:
+            print(f"{'' if b is found[0] else chr(10)}# base model {b['label']}: {b['votes']} votes "
+                  f"(--base {b['key']!r} shows it alone)")
+        mine = of_base(battles, b["key"])
+        if args.judge and args.judge not in judges(mine):
+            print(f"no votes by the judge {args.judge} on this base model")
+            continue
+        tables = _print_board(mine, args)
+    return tables
+
+
+def _print_board(battles, args: argparse.Namespace) -> dict:
+    """One base model's tables, printed (the people's, or with --judge that judge's)."""
+    import pandas as pd
+
+    from clo.evaluate.board import judge_board, leaderboard
+
     if args.judge:
         tables = judge_board(battles, args.judge, args.lang, args.focus, n_bootstrap=args.bootstrap)
     else:
@@ -299,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
     p.add_argument("--judge", metavar="NAME", help="a judge's tally (its model name, as stored by python -m clo judge) "
                    "instead of the people's, and its agreement with them")
+    p.add_argument("--base", metavar="MODEL", help="only the votes on this base model (its name as served, or its "
+                   "fingerprint); default: every base model the votes are on, one after another, never rated together")
     p.set_defaults(func=cmd_leaderboard)
 
     from clo.evaluate.judge.cli import add_parser as add_judge_parser

@@ -501,3 +501,14 @@ def app_url(tiny_model, tmp_path_factory):
     _STOP["app_url"] = lambda: (proc.terminate(), proc.wait(timeout=30))
     yield url, work
     _STOP.pop("app_url", lambda: None)()
+
+
+# the base model a test's fake services serve, and that its votes record (clo.evaluate.ratings.bases)
+SERVED_BASE = ("models/fake-base", None)
+
+
+def fake_engine(base=SERVED_BASE):
+    """The part of an engine the Leaderboard reads: which base model it serves."""
+    import types
+
+    return types.SimpleNamespace(base_identity=lambda: base)

@@ -58,6 +58,11 @@ def test_battle_vote_leaderboard(client, app_url):
     assert board["summary"][0]["rated"] >= 1
     assert {row["variant"] for row in board["counts"]} >= {reveal["variant_a"], reveal["variant_b"]}
     assert board["note"].startswith("not enough votes to rate yet") and board["bradley_terry"] == []
+    # the vote records the base model served (its folder and fingerprint); the board shows that base by default
+    [served] = [b for b in board["bases"] if b["label"].endswith("served now")]
+    assert served["key"].startswith("sha256:") and board["bases"][0] == served
+    other = client.predict("ko", "models/another-base", api_name="/leaderboard")
+    assert other["note"] == "no votes yet" and "summary" not in other  # no votes on a base never served
 
 
 def test_another_client_cannot_vote_on_my_battle(client, app_url):

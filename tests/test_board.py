@@ -17,6 +17,7 @@ import pytest
 
 from clo.app.ui.leaderboard import build
 from clo.evaluate.store import open_store
+from conftest import SERVED_BASE, fake_engine
 
 JUDGE = "scripted-judge"
 PAIRS = (("clo-ko", "base"), ("clo-ko", "sft-ko"), ("sft-ko", "base"))
@@ -44,7 +45,8 @@ def store(tmp_path):
                 answers = {first: f"{first} 답 {k}", second: f"{second} 답 {k}"}
                 voter = f"v{n}"
                 n += 1
-                b = store.create_battle(voter=voter, language=language, prompt=prompt, answers=answers)
+                b = store.create_battle(voter=voter, language=language, prompt=prompt, answers=answers,
+                                        base=SERVED_BASE)
                 left, right = (first, second) if b.answer_a == answers[first] else (second, first)
                 store.vote(b.id, "both_bad" if k == 7 else winner(rng, left, right), voter=voter)
                 if k % 4 != 3:  # the judge judges most of the people's pairs, in an order of its own
@@ -55,7 +57,7 @@ def store(tmp_path):
                         judge=JUDGE, protocol="clo-pairwise-3", language=language, prompt=prompt,
                         variant_a=shown[0], variant_b=shown[1], answer_a=answers[shown[0]],
                         answer_b=answers[shown[1]], outcome=outcome, reply="A", orders=2, first=both[0],
-                        second=both[1], reply_second="B" if both[1] == "a" else "A"))
+                        second=both[1], reply_second="B" if both[1] == "a" else "A", base_model=SERVED_BASE[0]))
     yield store
     store.close()
 
@@ -70,7 +72,7 @@ def cli(store, *options: str) -> dict:
 
 def api(store) -> dict:
     """What `/leaderboard` answers for "ko": the function the Leaderboard tab registers under that name."""
-    services = types.SimpleNamespace(store=store, served_language_choices=lambda: [("Korean", "ko")],
+    services = types.SimpleNamespace(store=store, engine=fake_engine(), served_language_choices=lambda: [("Korean", "ko")],
                                      judging=types.SimpleNamespace(public_line=lambda: ""))
     with gr.Blocks() as demo:
         build(services)
@@ -147,7 +149,8 @@ def test_a_verdict_asked_in_one_order_is_labelled_and_kept_apart(store):
 
     before = store.votes()
     old = [Judgment(judge=JUDGE, protocol="clo-pairwise-2", language="ko", prompt=f"옛 질문 {k}", variant_a="clo-ko",
-                    variant_b="sft-ko", answer_a=f"a {k}", answer_b=f"b {k}", outcome="a", reply="A") for k in range(3)]
+                    variant_b="sft-ko", answer_a=f"a {k}", answer_b=f"b {k}", outcome="a", reply="A",
+                    base_model=SERVED_BASE[0]) for k in range(3)]
     assert all(store.record_judgment(j) for j in old)
     votes = store.votes()
     assert judges(votes) == [JUDGE, JUDGE + SINGLE_ORDER]

@@ -12,7 +12,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import FAKE, GOOD, Judge, free_port, write_jsonl
+from conftest import FAKE, GOOD, SERVED_BASE, Judge, fake_engine, free_port, write_jsonl
 
 from clo import CLOError
 from clo.evaluate.judge.cli import add_parser
@@ -371,9 +371,12 @@ def test_leaderboard_shows_the_judge_beside_the_people(scripted, store):
     from clo.app.ui.leaderboard import ALL, build, records, tables
 
     pairs = items(6, winner="clo-ko")
+    for item in pairs:
+        item.base = SERVED_BASE
     judge_items(pairs, JudgeClient(scripted.url, FAKE), store)  # the judge: clo-ko wins all 6
     for k, item in enumerate(pairs[:4]):  # people on the same answers: clo-ko, clo-ko, sft-ko, tie
-        b = store.create_battle(voter=f"v{k}", language="ko", prompt=item.prompt, answers=item.answers)
+        b = store.create_battle(voter=f"v{k}", language="ko", prompt=item.prompt, answers=item.answers,
+                                base=SERVED_BASE)
         clo_left = b.answer_a == item.answers["clo-ko"]
         outcome = ["a" if clo_left else "b", "a" if clo_left else "b", "b" if clo_left else "a", "tie"][k]
         store.vote(b.id, outcome, voter=f"v{k}")
@@ -381,7 +384,8 @@ def test_leaderboard_shows_the_judge_beside_the_people(scripted, store):
     from clo.evaluate.judge.background import Judging
 
     judging = Judging(store, Access(False), scripted.url, FAKE, background=False)  # configured, not in the background
-    services = types.SimpleNamespace(store=store, served_language_choices=lambda: [("Korean", "ko")], judging=judging)
+    services = types.SimpleNamespace(store=store, engine=fake_engine(), served_language_choices=lambda: [("Korean", "ko")],
+                                     judging=judging)
     t = tables(services, "ko")
     assert t["summary"].iloc[-1]["stored"] == 4  # the people's tally: 4 votes, not 10
     assert t["wtl"].set_index("opponent").loc["sft-ko", ["wins", "ties", "losses"]].tolist() == [2, 1, 1]
@@ -399,20 +403,22 @@ def test_leaderboard_shows_the_judge_beside_the_people(scripted, store):
         tab = build(services)
     update, outputs = tab.update, tab.outputs
     sent = update(ALL)
-    assert len(sent) == len(outputs) == 12
+    assert len(sent) == len(outputs) == 13
     assert "background" not in sent[0]  # no background judge: the page does not claim one
-    shown = outputs[-3].postprocess(sent[-3])
+    shown = outputs[-4].postprocess(sent[-4])
     assert shown.headers[:2] == ["judge", "opponent"] and shown.metadata["display_value"][0][5] == "100.0"
-    kappa = outputs[-2].postprocess(sent[-2]).metadata["display_value"][0]
+    kappa = outputs[-3].postprocess(sent[-3]).metadata["display_value"][0]
     assert kappa[2] == "50.0" and kappa[5] == "0.00"
     # the judge's Bradley–Terry beside the people's: 6 verdicts on one pair are enough to rate, 4 votes are not
     ratings = t["judge_ratings"].set_index("variant")
     assert list(ratings["judge"].unique()) == [FAKE] and ratings.loc[["clo-ko", "sft-ko"], "judge battles"].tolist() == [6, 6]
     assert ratings.at["clo-ko", "judge rating"] > ratings.at["sft-ko", "judge rating"]
     assert ratings["people rating"].isna().all()  # the people's 4 votes are under MIN_PAIR_BATTLES: not rated yet
-    shown = outputs[-1].postprocess(sent[-1])
+    shown = outputs[-2].postprocess(sent[-2])
     assert shown.headers == ["judge", "variant", "judge rating", "lower", "upper", "judge battles", "people rating"]
     assert shown.metadata["display_value"][0][-1] == "—"
+    picker = sent[-1]  # the base-model choice: the served base, whose votes these are, first and chosen
+    assert picker["value"] == SERVED_BASE[0] and picker["choices"][0] == (f"{SERVED_BASE[0]}: served now", SERVED_BASE[0])
 
 
 def test_english_only_prompts_are_translated_by_the_project_translator(tiny_m2m100, tmp_path):

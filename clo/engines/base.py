@@ -323,6 +323,15 @@ class Engine(ABC):
         self.model = model
         self.adapters: dict[str, Adapter] = {}
 
+    def base_identity(self) -> tuple[str, str | None]:
+        """The base model served, as votes record it: its name as given and its fingerprint
+        (clo.hub.model_fingerprint; None where its files cannot be read here, e.g. behind a remote server)."""
+        if getattr(self, "_base_identity", None) is None:
+            from clo.hub import model_fingerprint
+
+            self._base_identity = (str(self.model), model_fingerprint(str(self.model)))
+        return self._base_identity
+
     # ---- variants ----
     def variants(self) -> dict[str, str | None]:
         """Variant name -> adapter hash (None for the base)."""

@@ -58,7 +58,8 @@ def new_battle(services: Services, prompt: str | None, lang: str, voter: str, ad
         answers: dict[str, str] = {}
         tried: set[frozenset] = set()
         while len(tried) < n_pairs:
-            pair = services.store.draw_pair(variants, lang, exclude=tried)
+            name, digest = services.engine.base_identity()
+            pair = services.store.draw_pair(variants, lang, exclude=tried, base=digest or name)
             missing = [v for v in pair if v not in answers]
             if missing:
                 for a in services.generate(services.requests(text, missing, owner=address)):
@@ -71,7 +72,7 @@ def new_battle(services: Services, prompt: str | None, lang: str, voter: str, ad
                                                       answers={v: answers[v] for v in pair},
                                                       hashes={v: hashes.get(v) for v in pair}, engine=services.engine.kind,
                                                       detected={v: services.detect(answers[v], lang, prompt=text).code for v in pair},
-                                                      address=address)
+                                                      address=address, base=services.engine.base_identity())
                 return {"battle_id": battle.id, "language": lang, "prompt": text, "english": services.english_of(text, lang),
                         "answer_a": battle.answer_a, "answer_b": battle.answer_b}
             tried.add(frozenset(pair))

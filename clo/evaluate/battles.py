@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from clo import CLOError
 from clo.evaluate.langid import VERSION as LANGID_VERSION
+from clo.evaluate.ratings import UNKNOWN_BASE
 from clo.evaluate.schema import VOTE_COLUMNS, is_unique_violation
 
 if TYPE_CHECKING:
@@ -60,10 +61,13 @@ def pair_key(language: str, prompt: str, variant_a: str, answer_a: str, variant_
     return hashlib.sha256(json.dumps([language, prompt, sides], ensure_ascii=False).encode()).hexdigest()[:32]
 
 
-def vote_counts(store: VoteStore, language: str) -> dict[frozenset, int]:
-    """People's blind votes in `language` per pair of variants (judge votes are not counted)."""
+def vote_counts(store: VoteStore, language: str, base: str | None = None) -> dict[frozenset, int]:
+    """People's blind votes in `language` per pair of variants (judge votes are not counted); `base` keeps those on
+    one base model (its key, clo.evaluate.ratings.base_keys: the fingerprint, else the name)."""
+    on_base, args = ("", (language,)) if base is None else (
+        " AND COALESCE(base_hash, base_model, ?) = ?", (language, UNKNOWN_BASE, base))
     rows, _ = store._read("SELECT variant_a, variant_b, COUNT(*) FROM votes WHERE language = ? AND blind = 1 "
-                          "AND judge IS NULL GROUP BY variant_a, variant_b", (language,))
+                          f"AND judge IS NULL{on_base} GROUP BY variant_a, variant_b", args)
     counts: dict[frozenset, int] = {}
     for a, b, n in rows:
         counts[frozenset((a, b))] = counts.get(frozenset((a, b)), 0) + n
@@ -78,12 +82,13 @@ def count(store: VoteStore) -> tuple[int, str | None]:
     return int(rows[0][0]), rows[0][1]
 
 
-def draw_pair(store: VoteStore, variants: list[str], language: str, exclude=()) -> tuple[str, str]:
-    """Two variants, favouring pairs with fewer blind votes in `language` (weight 1 / (1 + votes)); pairs in
-    `exclude` (a collection of frozensets) are not drawn."""
+def draw_pair(store: VoteStore, variants: list[str], language: str, exclude=(), base: str | None = None
+              ) -> tuple[str, str]:
+    """Two variants, favouring pairs with fewer blind votes in `language` on base model `base` (weight
+    1 / (1 + votes)); pairs in `exclude` (a collection of frozensets) are not drawn."""
     if len(set(variants)) < 2:
         raise CLOError("a battle needs at least two variants")
-    counts = vote_counts(store, language)
+    counts = vote_counts(store, language, base)
     names = sorted(set(variants))
     pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :] if frozenset((a, b)) not in exclude]
     if not pairs:
@@ -94,10 +99,12 @@ def draw_pair(store: VoteStore, variants: list[str], language: str, exclude=()) 
 
 def create_battle(store: VoteStore, voter: str, language: str, prompt: str, answers: dict[str, str],
                   hashes: dict[str, str | None] | None = None, engine: str | None = None, blind: bool = True,
-                  detected: dict[str, str] | None = None, address: str | None = None) -> Battle:
+                  detected: dict[str, str] | None = None, address: str | None = None,
+                  base: tuple[str, str | None] | None = None) -> Battle:
     """Store a battle between the two variants of `answers`, placed left/right at random, owned by session
     `voter` from `address`; `detected` holds each answer's language code (clo.evaluate.langid), kept with the vote and
-    the detector's version so no one detects it again unless the detector has changed since."""
+    the detector's version so no one detects it again unless the detector has changed since; `base` is the base
+    model behind every variant (its name and fingerprint, `clo.evaluate.ratings.base_label`), kept with the vote."""
     if len(answers) != 2:
         raise CLOError(f"a battle has exactly two answers, got {len(answers)}")
     store._check_prompt(prompt)
@@ -115,7 +122,8 @@ def create_battle(store: VoteStore, voter: str, language: str, prompt: str, answ
             "language": language, "prompt": prompt, "variant_a": left, "variant_b": right, "answer_a": battle.answer_a,
             "answer_b": battle.answer_b, "hash_a": hashes.get(left), "hash_b": hashes.get(right), "engine": engine,
             "blind": int(blind), "lang_a": detected.get(left), "lang_b": detected.get(right), "voter_address": where,
-            "langid_version": LANGID_VERSION if detected else None})
+            "langid_version": LANGID_VERSION if detected else None, "base_model": (base or (None, None))[0],
+            "base_hash": (base or (None, None))[1]})
     return battle
 
 
@@ -183,6 +191,7 @@ def insert_vote(store: VoteStore, cur, battle: dict, outcome: str, created: dt.d
         "lang_a": b["lang_a"], "lang_b": b["lang_b"], "voter_address": voter_address, "judge": judge,
         "judge_protocol": protocol, "judge_reply": reply, "langid_version": b.get("langid_version"),
         **dict(zip(("judge_orders", "judge_first", "judge_second", "judge_reply_second"), orders)),
+        "base_model": b.get("base_model"), "base_hash": b.get("base_hash"),
         "pair_key": pair_key(b["language"], b["prompt"], b["variant_a"], b["answer_a"], b["variant_b"], b["answer_b"])})
 
 

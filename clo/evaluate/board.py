@@ -2,7 +2,8 @@
 and the app's Leaderboard tab (clo.app.ui.leaderboard, whose `/leaderboard` API returns them as records).
 
 Every function takes the votes as `VoteStore.votes()` gives them (people's and judges' rows together; the battles
-DataFrame of clo.evaluate.ratings) and returns plain DataFrames and dicts at full precision: rounding for a person
+DataFrame of clo.evaluate.ratings) and `base`, the base model whose votes it rates (clo.evaluate.ratings.bases: one
+experiment per base; ratings never mix them) and returns plain DataFrames and dicts at full precision: rounding for a person
 is the page's business, and the command line prints what it is given.
 
     leaderboard(votes, language, rater=HUMAN)   one rater's tables: vote counts, W/T/L, win-rate matrix, Bradley–Terry
@@ -40,6 +41,7 @@ from clo.evaluate.ratings import (
     elo_ratings,
     judged_of_counts,
     judges,
+    of_base,
     pair_counts,
     rater_votes,
     rating_note,
@@ -69,9 +71,11 @@ def leaderboard(
     seed: int = 0,
     min_battles: int = MIN_PAIR_BATTLES,
     rater: str = HUMAN,
+    base: str | None = None,
 ) -> dict[str, pd.DataFrame | str | None]:
     """Every ratings table for one language (None = all) from `rater`'s votes (HUMAN: the people's; or a judge's
-    name), the votes checked and aggregated once (clo.evaluate.ratings.pair_counts).
+    name) on one base model (`base`, clo.evaluate.ratings.of_base; None: the votes must all be on one), the votes
+    checked and aggregated once (clo.evaluate.ratings.pair_counts).
 
     summary        vote_summary: stored / named / rated votes and outcomes per language
     wtl            wtl_table for `focus`
@@ -83,6 +87,7 @@ def leaderboard(
     elo            online Elo, K = 4; empty likewise
     note           None, or the sentence saying why there are no ratings yet (`rating_note`)
     """
+    battles = of_base(battles, base)
     counts = pair_counts(battles, language, rater)  # checks the battles and aggregates the rated ones once
     note = rating_note(counts, min_battles)
     bt = bradley_terry_of_counts(counts.iloc[:0] if note else counts, anchor, 1000.0, n_bootstrap, 0.95, seed)
@@ -101,13 +106,15 @@ def leaderboard(
 
 
 def judge_board(votes: pd.DataFrame, judge: str, language: str | None = None, focus: str = "clo",
-                n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+                n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, base: str | None = None) -> dict:
     """`judge`'s tables (`leaderboard` with rater=judge: the people's votes left out), and beside them
     "agreement": how far it agrees with the people on the answers both judged (clo.evaluate.agreement.agreement's
     dict: n, agreement and κ with their intervals) and "first_shown": the share of its verdicts that named the answer
     it was shown first (position bias: about ½ is none; NaN without verdicts), "position_consistency" and
     "both_orders": how often the two orders of a pair named the same winner, over how many pairs (NaN, 0 for
-    verdicts asked in one order), and "follows_order": whether that is below CONSISTENCY_FLOOR."""
+    verdicts asked in one order), and "follows_order": whether that is below CONSISTENCY_FLOOR. `base` as for
+    `leaderboard`."""
+    votes = of_base(votes, base)
     out = leaderboard(votes, language, focus, n_bootstrap=n_bootstrap, seed=seed, rater=judge)
     scoped = votes if language is None else votes[votes["language"] == language]
     out["agreement"] = agreement(votes, judge, language, n_bootstrap=n_bootstrap, seed=seed)
@@ -201,12 +208,14 @@ def judge_tables(votes: pd.DataFrame, language: str | None, people: dict, focus:
 
 
 def tables(votes: pd.DataFrame, language: str | None = None, focus: str = "clo",
-           n_bootstrap: int = N_BOOTSTRAP) -> dict:
-    """Every table the Leaderboard tab shows, for one language (None = all); {} without votes.
+           n_bootstrap: int = N_BOOTSTRAP, base: str | None = None) -> dict:
+    """Every table the Leaderboard tab shows, for one language (None = all) and one base model (`base`, as for
+    `leaderboard`); {} without votes on it.
 
     The people's `leaderboard` (judge votes never enter it), "fidelity" (`answer_fidelity` of the people's answers,
     named votes included) and `judge_tables`' "judge", "agreement" and "judge_ratings".
     """
+    votes = of_base(votes, base)
     if votes.empty:
         return {}
     out = leaderboard(votes, language, focus, n_bootstrap=n_bootstrap)

@@ -64,6 +64,8 @@ class Judgment:
     first: str | None = None  # the verdict with variant_a shown first ("a" or "b"; None for identical answers)
     second: str | None = None  # the verdict with variant_b shown first, naming the same sides
     reply_second: str | None = None
+    base_model: str | None = None  # the base model behind both answers (clo.evaluate.battles.create_battle's `base`)
+    base_hash: str | None = None
 
     @property
     def pair_key(self) -> str:
@@ -89,7 +91,7 @@ def record_judgment(store: VoteStore, judgment: Judgment) -> bool:
               "voter": JUDGE_VOTER, "language": j.language, "prompt": j.prompt, "variant_a": j.variant_a,
               "variant_b": j.variant_b, "answer_a": j.answer_a, "answer_b": j.answer_b, "hash_a": j.hash_a,
               "hash_b": j.hash_b, "engine": j.engine, "blind": 1, "lang_a": None, "lang_b": None, "voter_address": None,
-              "langid_version": None}
+              "langid_version": None, "base_model": j.base_model, "base_hash": j.base_hash}
     try:
         with store._transaction() as cur:
             cur.execute(store._sql("SELECT 1 FROM votes WHERE judge = ? AND judge_protocol = ? AND pair_key = ?"),

@@ -17,6 +17,8 @@ Pure functions over a DataFrame of battles, one row per vote, in the order the v
                entirely) or a judge's name (only that judge's votes), so the two tallies never mix.
     pair_key   optional: what was judged (clo.evaluate.battles.pair_key); a person's vote and a judge's on the same answers
                share it, which is how clo.evaluate.agreement pairs them.
+    base_model, base_hash  optional: the base model behind both answers (its name as served and its fingerprint).
+               Ratings never mix bases: battles on more than one (`base_keys`) are refused; pick one with `of_base`.
     hash_a, hash_b  optional: the adapter hash behind each side (None for the base). A variant is rated by
                (name, hash): a name whose votes carry two hashes (an adapter retrained under the same name)
                becomes two variants, `clo-ko@1a2b3c` and `clo-ko@4d5e6f`, whose votes never mix.
@@ -66,6 +68,7 @@ HUMAN = "human"  # the rater of the people's votes; a judge is named by its mode
 SINGLE_ORDER = " (single order)"  # after a judge's name on its verdicts asked in one order only
 MIN_PAIR_BATTLES = 5  # judged battles every pair that met needs before Bradley–Terry and Elo are shown
 SMOOTHING = 0.5  # pseudo-count per outcome in the bootstrap's resampling shares (Jeffreys)
+UNKNOWN_BASE = "unknown base"  # the base of votes stored before bases were recorded (schema < 8): never guessed
 
 
 class BattlesError(CLOError, ValueError):
@@ -98,7 +101,56 @@ def check_battles(battles: pd.DataFrame) -> pd.DataFrame:
     if same.any():
         row = int(same.argmax())
         raise BattlesError(f"row {row} puts {battles['variant_a'].iloc[row]!r} against itself")
+    found = bases(battles)
+    if len(found) > 1:
+        raise BattlesError(f"these votes are on {len(found)} base models ({', '.join(b['label'] for b in found)}): "
+                           "ratings are per base model, so choose one (of_base; --base on the command line)")
     return battles
+
+
+# ---- base models: one experiment per base ----
+
+def base_keys(battles: pd.DataFrame) -> pd.Series:
+    """Which base model each vote's answers came from: its fingerprint where recorded (a copy at another path is the
+    same base, another model at the same path is not), else its name, else UNKNOWN_BASE."""
+    if len(battles) == 0 or "base_model" not in battles.columns:
+        return pd.Series(UNKNOWN_BASE, index=battles.index, dtype=object)
+    name = battles["base_model"].astype(object).where(battles["base_model"].notna(), None)
+    digest = battles["base_hash"].astype(object).where(battles["base_hash"].notna(), None) \
+        if "base_hash" in battles.columns else pd.Series(None, index=battles.index, dtype=object)
+    return digest.where(digest.notna(), name).where(digest.notna() | name.notna(), UNKNOWN_BASE)
+
+
+def bases(battles: pd.DataFrame) -> list[dict]:
+    """The base models of these votes, the most recently voted on first: each {"key", "label", "votes"}; the label
+    is the newest name it was served under, with the fingerprint's first 8 hex digits where there is one."""
+    if len(battles) == 0:
+        return []
+    keys = base_keys(battles)
+    names = battles["base_model"] if "base_model" in battles.columns else pd.Series(None, index=battles.index)
+    out = []
+    for key in reversed(list(dict.fromkeys(reversed(list(keys))))):  # by last appearance, rows oldest first
+        mine = keys == key
+        served = names[mine].dropna()
+        name = str(served.iloc[-1]) if len(served) else None
+        label = key if name is None else (f"{name} ({key.split(':')[-1][:8]})" if key != name else name)
+        out.append({"key": key, "label": label, "votes": int(mine.sum())})
+    return out[::-1]
+
+
+def of_base(battles: pd.DataFrame, base: str | None) -> pd.DataFrame:
+    """The votes on one base model: `base` is a key or label of `bases`, or a name it was served under; None keeps
+    them all (rating them then needs a single base). Raises BattlesError naming the bases there are."""
+    if base is None or len(battles) == 0:
+        return battles
+    keys, found = base_keys(battles), bases(battles)
+    names = battles["base_model"] if "base_model" in battles.columns else pd.Series(None, index=battles.index)
+    match = [b["key"] for b in found if base in (b["key"], b["label"])] or sorted(set(keys[names == base]))
+    if len(match) != 1:
+        listed = "; ".join(f"{b['label']} ({b['votes']} votes)" for b in found)
+        what = "names several" if match else "is none of them"
+        raise BattlesError(f"base {base!r} {what}: the votes' base models are {listed}")
+    return battles[keys == match[0]]
 
 
 def _blind(battles: pd.DataFrame) -> pd.Series:

@@ -30,7 +30,7 @@ BATTLE_COLUMNS = ("id", "created_utc", "expires_utc", "voter", "language", "prom
 VOTE_COLUMNS = ("id", "battle_id", "created_utc", "voter", "language", "prompt", "variant_a", "variant_b", "answer_a",
                 "answer_b", "left_variant", "outcome", "engine", "hash_a", "hash_b", "blind", "lang_a", "lang_b",
                 "voter_address", "judge", "judge_protocol", "judge_reply", "pair_key", "langid_version", "judge_orders",
-                "judge_first", "judge_second", "judge_reply_second")
+                "judge_first", "judge_second", "judge_reply_second", "base_model", "base_hash")
 
 # Each migration brings the schema from version i to i + 1; never edit one that has shipped.
 MIGRATIONS = [
@@ -95,6 +95,14 @@ MIGRATIONS = [
     ALTER TABLE votes ADD COLUMN judge_first TEXT;
     ALTER TABLE votes ADD COLUMN judge_second TEXT;
     ALTER TABLE votes ADD COLUMN judge_reply_second TEXT;
+    """,
+    # 8: the base model the answers came from (its name as served, and clo.hub.model_fingerprint where known), so
+    # votes on different bases are never rated together; NULL on older rows, read as "unknown base", never guessed
+    """
+    ALTER TABLE battles ADD COLUMN base_model TEXT;
+    ALTER TABLE battles ADD COLUMN base_hash TEXT;
+    ALTER TABLE votes ADD COLUMN base_model TEXT;
+    ALTER TABLE votes ADD COLUMN base_hash TEXT;
     """,
 ]
 

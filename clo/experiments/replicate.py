@@ -16,7 +16,7 @@ word), the echoes and loops (never judged), and each run's training time. Langua
 project (clo.evaluate.langid: among the languages in play, echoed sentences left out). On SmolLM2-135M-Instruct
 Swahili is the language to look at: its base answers a Swahili prompt in English or in loops (docs/replication.md).
 
-    python -m clo replicate --model smollm2 --lang sw --sizes 32,128 --seeds 0,1,2   # hours on 2 cores
+    python -m clo replicate --model smollm2 --lang sw --sizes 32,128 --seeds 0,1,2 --epochs 1   # hours on 2 cores
     python -m clo replicate --resume runs/replicate/<run>  --seeds 0,1,2,3           # more seeds: only new ones train
     python -m clo replicate --model smollm2 --sizes 8 --epochs 1 --limit 8           # a smoke run, a few minutes
 
@@ -182,6 +182,7 @@ def judge_pairs(cfg: ReplicateConfig, answers: pd.DataFrame, meta: dict, folder:
     from clo.evaluate.judge.client import API_KEY_VARIABLE, JudgeClient
     from clo.evaluate.judge.run import Item, judge_items, judge_results
     from clo.evaluate.store import open_store
+    from clo.hub import model_fingerprint
 
     if not (cfg.judge_url and cfg.judge_model):
         raise CLOError("a judged run needs both --judge-url URL and --judge-model NAME")
@@ -198,12 +199,13 @@ def judge_pairs(cfg: ReplicateConfig, answers: pd.DataFrame, meta: dict, folder:
     client = JudgeClient(cfg.judge_url, cfg.judge_model, api_key=os.environ.get(API_KEY_VARIABLE) or None,
                          constraint=cfg.judge_constraint)
     store = open_store(str(folder / "judge.db"))
+    base = (cfg.model, model_fingerprint(cfg.model))
     rows = []
     try:
         for clo, (sft, m) in sorted(pairings.items()):
             mine = held[held.variant == clo].set_index(["query_lang", "prompt"]).answer
             theirs = held[held.variant == sft].set_index(["query_lang", "prompt"]).answer
-            items = [Item(lang, prompt, {clo: str(mine[lang, prompt]), sft: str(theirs[lang, prompt])})
+            items = [Item(lang, prompt, {clo: str(mine[lang, prompt]), sft: str(theirs[lang, prompt])}, base=base)
                      for lang, prompt in mine.index if (lang, prompt) in theirs.index]
             run = judge_items(items, client, store)
             log(f"[clo] replicate: {clo} vs {sft} judged by {client.model}: {run.judged} now, {run.skipped} before, "

@@ -87,7 +87,7 @@ def build_app(services: Services) -> gr.Blocks:
         demo.load(train_tab.serving.refresh, train_tab.serving.lang, train_tab.serving.outputs, api_visibility="private")
         demo.load(train_tab.judge.refresh, None, train_tab.judge.outputs, api_visibility="private")
         demo.load(data.preview_pairs, [data_tab.lang, data_tab.pairs], data_tab.table, api_visibility="private")
-        demo.load(board.update, board.lang, board.outputs, api_visibility="private")
-        board_tab.select(board.update, board.lang, board.outputs, api_visibility="private", show_progress="hidden")
+        demo.load(board.update, board.inputs, board.outputs, api_visibility="private")
+        board_tab.select(board.update, board.inputs, board.outputs, api_visibility="private", show_progress="hidden")
     demo.queue(default_concurrency_limit=s.concurrency, max_size=s.queue_size)
     return demo

@@ -17,7 +17,11 @@ Bradley–Terry ratings beside the people's ("judge_ratings").
 The tables are computed by clo.evaluate.board, as for `python -m clo leaderboard [--judge NAME]`; this module holds
 the widgets, their handlers and the rounding.
 
-API: `/leaderboard` (language or "all") -> {"note": str or None, table name: list of records}, full precision.
+One base model at a time ("Base model", default the one served): votes on another base are another experiment,
+listed and one click away, never rated together (clo.evaluate.ratings.bases).
+
+API: `/leaderboard` (language or "all", base key or "" for the served one) -> {"note": str or None, "bases": [{key,
+label}], table name: list of records}, full precision.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import pandas as pd
 from clo.app.context import Services
 from clo.evaluate.board import COLUMNS
 from clo.evaluate.board import tables as board_tables
-from clo.evaluate.ratings import COUNTS
+from clo.evaluate.ratings import COUNTS, bases
 from clo.evaluate.export import export_votes
 
 ALL = "all"
@@ -54,11 +58,33 @@ WHOLE = {"rating", "lower", "upper", *COUNTS, "battles", "judged", "unknown", *S
 MISSING = "—"  # a value not there yet (too few votes) or not defined (a variant against itself, the anchor's bounds)
 
 
-def tables(services: Services, language: str | None, votes: pd.DataFrame | None = None) -> dict:
-    """clo.evaluate.board.tables for the language chosen on the page ("all": every language), from `votes` or the
-    store's."""
+def served_base(services: Services) -> str:
+    """The key (clo.evaluate.ratings.base_keys) of the base model this app serves: the board's default experiment."""
+    name, digest = services.engine.base_identity()
+    return digest or name
+
+
+def base_choices(services: Services, votes: pd.DataFrame) -> list[tuple[str, str]]:
+    """(label, key) of every base model the votes are on, the served one first and marked, even before its first
+    vote; the others after it, most recently voted on first."""
+    found, served = bases(votes), served_base(services)
+    name = services.engine.base_identity()[0]
+    mine = next((b for b in found if b["key"] == served), None)
+    label = (mine["label"] if mine else name if served == name else f"{name} ({served.split(':')[-1][:8]})")
+    return [(f"{label}: served now", served)] + [(f"{b['label']}: {b['votes']} votes", b["key"])
+                                                for b in found if b["key"] != served]
+
+
+def tables(services: Services, language: str | None, votes: pd.DataFrame | None = None,
+           base: str | None = None) -> dict:
+    """clo.evaluate.board.tables for the language chosen on the page ("all": every language) and the base model
+    (default: the one served), from `votes` or the store's. A base the votes do not hold has no tables yet."""
     language = None if language in (None, "", ALL) else language
-    return board_tables(services.store.votes() if votes is None else votes, language)
+    votes = services.store.votes() if votes is None else votes
+    base = base or served_base(services)
+    if base not in {b["key"] for b in bases(votes)}:
+        return {}
+    return board_tables(votes, language, base=base)
 
 
 class Board:
@@ -71,16 +97,23 @@ class Board:
         self.key, self.votes, self.cached, self.computed, self.files = None, None, {}, 0, {}
         self.folder = Path(tempfile.mkdtemp(prefix="clo-votes-"))
 
-    def get(self, language: str | None) -> tuple[dict, dict[str, str]]:
+    def get(self, language: str | None, base: str | None = None) -> tuple[dict, dict[str, str]]:
         with self.lock:
             key = self.services.store.count()
             if key != self.key:
                 self.key, self.votes, self.cached = key, self.services.store.votes(), {}
                 self._export(key[0])
-            if language not in self.cached:
-                self.cached[language] = tables(self.services, language, self.votes)
+            base = base or served_base(self.services)
+            if (language, base) not in self.cached:
+                self.cached[language, base] = tables(self.services, language, self.votes, base)
                 self.computed += 1
-            return self.cached[language], self.files
+            return self.cached[language, base], self.files
+
+    def choices(self) -> list[tuple[str, str]]:
+        """The base-model choices (`base_choices`) of the votes as last read."""
+        with self.lock:
+            votes = self.votes if self.votes is not None else self.services.store.votes()
+        return base_choices(self.services, votes)
 
     def _export(self, n: int) -> None:
         old, self.files = self.files, {fmt: str(export_votes(self.services.store, self.folder / f"votes-{n}.{fmt}",
@@ -164,6 +197,7 @@ class BoardTab:
     """What build_app wires from the Leaderboard tab (refreshed on load and when the tab opens)."""
 
     lang: object  # the language filter
+    inputs: object  # what `update` reads: the language and the base model chosen
     update: object  # the handler that refreshes every table
     outputs: object  # the components it fills
 
@@ -171,6 +205,8 @@ def build(services: Services):
     choices = [("All languages", ALL)] + services.served_language_choices()
     board = Board(services)
     with gr.Row():
+        base = gr.Dropdown(board.choices(), value=served_base(services), label="Base model (one experiment each)",
+                           elem_id="board-base")
         lang = gr.Dropdown(choices, value=ALL, label="Language")
         refresh = gr.Button("Refresh")
         download = gr.DownloadButton("Download votes (CSV)", elem_id="download-csv")
@@ -198,14 +234,17 @@ def build(services: Services):
                      "verdicts per pair to rate yet)")
     timer = gr.Timer(15)
 
-    def update(code):
-        t, files = board.get(code)  # recomputed only when a vote was added
+    def update(code, key=None):
+        t, files = board.get(code, key)  # recomputed only when a vote was added
         t = dict(t)
+        listed = board.choices()
+        picker = gr.update(choices=listed, value=key if key in {k for _, k in listed} else served_base(services))
         buttons = [gr.update(value=files["csv"]), gr.update(value=files["parquet"])]
         if not t:
-            return ["*no votes yet: judge a few battles in the Arena*", gr.update(value=None, visible=False)] + \
+            return ["*no votes on this base model yet: judge a few battles in the Arena*",
+                    gr.update(value=None, visible=False)] + \
                 [styled(k, None) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons + \
-                [styled(k, None) for k in ("judge", "agreement", "judge_ratings")]
+                [styled(k, None) for k in ("judge", "agreement", "judge_ratings")] + [picker]
         scope = ALL if code in (None, "", ALL) else code
         rated = t["summary"].loc[t["summary"]["language"] == scope, "rated"]
         n = int(rated.sum()) if len(rated) else 0
@@ -217,16 +256,20 @@ def build(services: Services):
         figure = rating_plot(t["bradley_terry"])
         return [text, gr.update(value=figure, visible=figure is not None)] + \
             [styled(k, t[k]) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons + \
-            [styled(k, t[k]) for k in ("judge", "agreement", "judge_ratings")]
+            [styled(k, t[k]) for k in ("judge", "agreement", "judge_ratings")] + [picker]
 
-    outputs = [status, plot, wtl, bt, win_rate, fid, summary, download, download_parquet, judge, agree, judge_bt]
-    for trigger in (lang.change, refresh.click, timer.tick):  # their own queue: never behind generation
-        trigger(update, lang, outputs, api_visibility="private", show_progress="hidden", concurrency_id="board")
+    outputs = [status, plot, wtl, bt, win_rate, fid, summary, download, download_parquet, judge, agree, judge_bt, base]
+    for trigger in (lang.change, base.change, refresh.click, timer.tick):  # their own queue: never behind generation
+        trigger(update, [lang, base], outputs, api_visibility="private", show_progress="hidden", concurrency_id="board")
 
-    def api(language: str = ALL) -> dict:
-        """The leaderboard tables for one language ("all" for every language), as lists of records; "note" says
-        why there are no ratings yet (None once there are). Full precision: the page rounds, the API does not."""
-        return records(board.get(language)[0])
+    def api(language: str = ALL, base: str = "") -> dict:
+        """The leaderboard tables for one language ("all" for every language) and one base model (its key, as in
+        "bases"; default: the one served), as lists of records, and "bases": every base model the votes are on;
+        "note" says why there are no ratings yet (None once there are). Full precision: the page rounds, the API
+        does not."""
+        out = records(board.get(language, base or None)[0])
+        out["bases"] = [{"key": k, "label": label} for label, k in board.choices()]
+        return out
 
     gr.api(api, api_name="leaderboard", concurrency_id="board")
-    return BoardTab(lang=lang, update=update, outputs=outputs)
+    return BoardTab(lang=lang, inputs=[lang, base], update=update, outputs=outputs)

@@ -87,7 +87,7 @@ def answer_pairs(engine, prompts: list[PromptPair], lang: str, variants: list[st
                     failed += 1
                     continue
                 items.append(Item(language, text, {a.variant: a.text for a in pair},
-                                  {v: served[v] for v in variants}, engine.kind))
+                                  {v: served[v] for v in variants}, engine.kind, engine.base_identity()))
         return items, failed
     finally:
         engine.close()

@@ -52,6 +52,7 @@ class Item:
     answers: dict[str, str]
     hashes: dict[str, str | None] = field(default_factory=dict)
     engine: str | None = None
+    base: tuple[str | None, str | None] = (None, None)  # the base model's name and fingerprint, kept with the verdict
 
     @property
     def key(self) -> str:
@@ -192,7 +193,7 @@ def _judgment(item: Item, client: JudgeClient, first: str, second: str, outcome:
                     variant_a=first, variant_b=second, answer_a=item.answers[first], answer_b=item.answers[second],
                     outcome=outcome, reply=reply, hash_a=item.hashes.get(first), hash_b=item.hashes.get(second),
                     engine=item.engine, orders=orders, first=verdicts[0], second=verdicts[1],
-                    reply_second=reply_second)
+                    reply_second=reply_second, base_model=item.base[0], base_hash=item.base[1])
 
 
 def _both_orders(verdicts):
@@ -240,7 +241,8 @@ def battle_items(votes, language: str | None = None) -> list[Item]:
         rows = rows[rows["language"] == language]
     rows = rows.sort_values("created_utc", kind="stable").drop_duplicates("pair_key")
     return [Item(r.language, r.prompt, {r.variant_a: r.answer_a, r.variant_b: r.answer_b},
-                 {r.variant_a: _text_or_none(r.hash_a), r.variant_b: _text_or_none(r.hash_b)}, _text_or_none(r.engine))
+                 {r.variant_a: _text_or_none(r.hash_a), r.variant_b: _text_or_none(r.hash_b)}, _text_or_none(r.engine),
+                 (_text_or_none(r.base_model), _text_or_none(r.base_hash)))
             for r in rows.itertuples() if r.variant_a != r.variant_b]
 
 
