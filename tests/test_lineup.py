@@ -240,3 +240,28 @@ def test_closing_a_compare_stream_aborts_its_answers(services):
         time.sleep(0.02)
     assert services.engine.unfinished() == 0
     assert services.engine.generate(services.requests("안녕", ["base"]))[0].finish_reason  # it serves on
+
+
+def test_a_shipped_adapter_says_when_it_was_trained_not_when_it_was_copied(tmp_path):
+    """The line-up's label dates an adapter by its manifest (written at training), so the shipped pair copied into
+    models/ at the first start does not read "trained" at the copy's time; without a manifest date, the weights'."""
+    import datetime as dt
+    import json
+    import shutil
+    import time
+
+    from clo.app.lineup import label
+    from clo.engines.base import read_adapter
+
+    from conftest import ROOT
+
+    folder = shutil.copytree(ROOT / "assets" / "smollm2" / "adapters" / "clo-sw", tmp_path / "clo-sw",
+                             copy_function=shutil.copy)  # a copy made now, as the first start makes it
+    created = json.loads((folder / "manifest.json").read_text())["created_utc"]
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(dt.datetime.fromisoformat(created).timestamp()))
+    assert f"trained {when}" in label(read_adapter(folder)) and created.startswith("2026-12-04")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["created_utc"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    now = time.strftime("%Y-%m-%d", time.localtime())
+    assert f"trained {now}" in label(read_adapter(folder))  # the copy's weights are from today

@@ -163,8 +163,17 @@ class Lineup:
 
 
 def _trained_at(adapter: Adapter) -> float:
-    weights = adapter.path / "adapter_model.safetensors"
-    return weights.stat().st_mtime if weights.exists() else 0.0
+    """When the adapter was trained: its manifest's `created_utc` (written when training saved it, so a shipped
+    adapter copied into place keeps its own date), else its weights' modification time."""
+    import datetime as dt
+    import json
+
+    try:
+        created = json.loads((adapter.path / "manifest.json").read_text(encoding="utf-8")).get("created_utc")
+        return dt.datetime.fromisoformat(created).timestamp()
+    except (OSError, ValueError, TypeError, AttributeError):  # no manifest, or no usable date in it
+        weights = adapter.path / "adapter_model.safetensors"
+        return weights.stat().st_mtime if weights.exists() else 0.0
 
 
 def label(adapter: Adapter) -> str:
