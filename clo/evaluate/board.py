@@ -3,8 +3,8 @@ and the app's Leaderboard tab (clo.app.ui.leaderboard, whose `/leaderboard` API 
 
 Every function takes the votes as `VoteStore.votes()` gives them (people's and judges' rows together; the battles
 DataFrame of clo.evaluate.ratings) and `base`, the base model whose votes it rates (clo.evaluate.ratings.bases: one
-experiment per base; ratings never mix them) and returns plain DataFrames and dicts at full precision: rounding for a person
-is the page's business, and the command line prints what it is given.
+experiment per base; ratings never mix them), and returns plain DataFrames and dicts at full precision: rounding for a
+person is the page's business, and the command line prints what it is given.
 
     leaderboard(votes, language, rater=HUMAN)   one rater's tables: vote counts, W/T/L, win-rate matrix, Bradley–Terry
                                                  with intervals and Elo, or the sentence saying why there are no ratings
