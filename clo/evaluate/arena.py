@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from clo import CLOError
 from clo.evaluate.battles import OUTCOMES
+from clo.evaluate.ratings import base_key
 
 if TYPE_CHECKING:  # the app's services are passed in: evaluate does not import the app
     from clo.app.context import Services
@@ -53,13 +54,13 @@ def new_battle(services: Services, prompt: str | None, lang: str, voter: str, ad
     if len(variants) < 2:
         raise CLOError(f"a battle needs two variants for {lang!r}; train an SFT or CLO adapter first")
     n_pairs = len(variants) * (len(variants) - 1) // 2
+    base = services.engine.base_identity()  # the base model behind every answer, recorded with the vote
     for _ in range(DRAWS if drawn else 1):
         text = services.check_prompt(random.choice(pool)[0] if drawn else prompt)
         answers: dict[str, str] = {}
         tried: set[frozenset] = set()
         while len(tried) < n_pairs:
-            name, digest = services.engine.base_identity()
-            pair = services.store.draw_pair(variants, lang, exclude=tried, base=digest or name)
+            pair = services.store.draw_pair(variants, lang, exclude=tried, base=base_key(*base))
             missing = [v for v in pair if v not in answers]
             if missing:
                 for a in services.generate(services.requests(text, missing, owner=address)):
@@ -72,7 +73,7 @@ def new_battle(services: Services, prompt: str | None, lang: str, voter: str, ad
                                                       answers={v: answers[v] for v in pair},
                                                       hashes={v: hashes.get(v) for v in pair}, engine=services.engine.kind,
                                                       detected={v: services.detect(answers[v], lang, prompt=text).code for v in pair},
-                                                      address=address, base=services.engine.base_identity())
+                                                      address=address, base=base)
                 return {"battle_id": battle.id, "language": lang, "prompt": text, "english": services.english_of(text, lang),
                         "answer_a": battle.answer_a, "answer_b": battle.answer_b}
             tried.add(frozenset(pair))

@@ -63,7 +63,7 @@ def pair_key(language: str, prompt: str, variant_a: str, answer_a: str, variant_
 
 def vote_counts(store: VoteStore, language: str, base: str | None = None) -> dict[frozenset, int]:
     """People's blind votes in `language` per pair of variants (judge votes are not counted); `base` keeps those on
-    one base model (its key, clo.evaluate.ratings.base_keys: the fingerprint, else the name)."""
+    one base model (its key, clo.evaluate.ratings.base_key: the fingerprint, else the name)."""
     on_base, args = ("", (language,)) if base is None else (
         " AND COALESCE(base_hash, base_model, ?) = ?", (language, UNKNOWN_BASE, base))
     rows, _ = store._read("SELECT variant_a, variant_b, COUNT(*) FROM votes WHERE language = ? AND blind = 1 "
@@ -104,7 +104,7 @@ def create_battle(store: VoteStore, voter: str, language: str, prompt: str, answ
     """Store a battle between the two variants of `answers`, placed left/right at random, owned by session
     `voter` from `address`; `detected` holds each answer's language code (clo.evaluate.langid), kept with the vote and
     the detector's version so no one detects it again unless the detector has changed since; `base` is the base
-    model behind every variant (its name and fingerprint, `clo.evaluate.ratings.base_label`), kept with the vote."""
+    model behind every variant (its name and fingerprint, `clo.evaluate.ratings.base_key`), kept with the vote."""
     if len(answers) != 2:
         raise CLOError(f"a battle has exactly two answers, got {len(answers)}")
     store._check_prompt(prompt)

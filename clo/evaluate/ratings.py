@@ -110,6 +110,20 @@ def check_battles(battles: pd.DataFrame) -> pd.DataFrame:
 
 # ---- base models: one experiment per base ----
 
+def base_key(name: str | None, digest: str | None) -> str:
+    """The key of one base model: its fingerprint where known, else its name, else UNKNOWN_BASE (`base_keys` per
+    vote; the Arena and the Leaderboard key the served base the same way)."""
+    return digest or name or UNKNOWN_BASE
+
+
+def base_label(name: str | None, key: str) -> str:
+    """How a base model is shown: the name it was served under, with the fingerprint's first 8 hex digits where the
+    key is one."""
+    if name is None:
+        return key
+    return name if key == name else f"{name} ({key.split(':')[-1][:8]})"
+
+
 def base_keys(battles: pd.DataFrame) -> pd.Series:
     """Which base model each vote's answers came from: its fingerprint where recorded (a copy at another path is the
     same base, another model at the same path is not), else its name, else UNKNOWN_BASE."""
@@ -133,8 +147,7 @@ def bases(battles: pd.DataFrame) -> list[dict]:
         mine = keys == key
         served = names[mine].dropna()
         name = str(served.iloc[-1]) if len(served) else None
-        label = key if name is None else (f"{name} ({key.split(':')[-1][:8]})" if key != name else name)
-        out.append({"key": key, "label": label, "votes": int(mine.sum())})
+        out.append({"key": key, "label": base_label(name, key), "votes": int(mine.sum())})
     return out[::-1]
 
 

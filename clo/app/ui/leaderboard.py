@@ -39,7 +39,7 @@ import pandas as pd
 from clo.app.context import Services
 from clo.evaluate.board import COLUMNS
 from clo.evaluate.board import tables as board_tables
-from clo.evaluate.ratings import COUNTS, bases
+from clo.evaluate.ratings import COUNTS, base_key, base_label, bases
 from clo.evaluate.export import export_votes
 
 ALL = "all"
@@ -59,9 +59,8 @@ MISSING = "—"  # a value not there yet (too few votes) or not defined (a varia
 
 
 def served_base(services: Services) -> str:
-    """The key (clo.evaluate.ratings.base_keys) of the base model this app serves: the board's default experiment."""
-    name, digest = services.engine.base_identity()
-    return digest or name
+    """The key (clo.evaluate.ratings.base_key) of the base model this app serves: the board's default experiment."""
+    return base_key(*services.engine.base_identity())
 
 
 def base_choices(services: Services, votes: pd.DataFrame) -> list[tuple[str, str]]:
@@ -70,7 +69,7 @@ def base_choices(services: Services, votes: pd.DataFrame) -> list[tuple[str, str
     found, served = bases(votes), served_base(services)
     name = services.engine.base_identity()[0]
     mine = next((b for b in found if b["key"] == served), None)
-    label = (mine["label"] if mine else name if served == name else f"{name} ({served.split(':')[-1][:8]})")
+    label = mine["label"] if mine else base_label(name, served)
     return [(f"{label}: served now", served)] + [(f"{b['label']}: {b['votes']} votes", b["key"])
                                                 for b in found if b["key"] != served]
 
