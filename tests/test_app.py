@@ -267,6 +267,16 @@ def test_the_train_form_on_the_miniature_trains_its_own_language(tmp_path):
     korean = Recipe.load(overrides={"model.name_or_path": str(base)})
     assert "word-level tokenizer" in misfit(korean, services.settings.model)
     assert widget("lora.r", 16).label == "LoRA rank r" and widget("model.load_in_4bit", "auto").label == "4-bit base (QLoRA)"
+    # the miniature's own recipe (a run that teaches: L_CL 0.69 -> 0.05 and target fidelity 0/60 -> 60/60 in 22 s,
+    # docs/app.md) reaches the run through the form, the fields the form has no widget for included
+    from clo.app.ui.train import FORM, model_defaults, recipe_from_form
+
+    hidden = model_defaults(services)
+    assert hidden["training.learning_rate"] == 2e-3 and not set(hidden) & set(FORM)
+    form = {k: getattr(getattr(recipe, k.split(".")[0]), k.split(".")[1]) for k in FORM}
+    run = recipe_from_form(form, hidden)
+    assert (run.training.learning_rate, run.training.epochs, run.data.pairs, run.training.batch_size) == (2e-3, 3.0, 400, 8)
+    assert recipe_from_form(form | {"data.pairs": 100}, hidden).data.pairs == 100  # the form wins over the model
 
 
 def test_empty_leaderboard_tables_keep_their_headers_and_numbers_are_rounded():
@@ -380,3 +390,32 @@ def test_demo_mode_shows_only_a_way_in_that_can_work(tiny_model, project):
     assert ("Admin password", None) not in labels[""] and (None, "train-closed") in labels[""]
     assert ("Admin password", None) in labels["s3cret"] and (None, "train-closed") not in labels["s3cret"]
     engine.close()
+
+
+# ---- answers at demo speed: the served model's own sampling, and a line that says when it is too slow ----
+
+def test_the_app_decodes_with_the_served_models_own_defaults_and_the_flags_win(monkeypatch):
+    from clo.app.context import app_sampling
+    from clo.app.settings import Settings
+    from clo.engines import Sampling
+    from clo.models.table import MODELS
+
+    assert app_sampling(MODELS["smollm2"], Settings()) == Sampling(max_tokens=64, stop=("\n\n",))
+    assert app_sampling(None, Settings()) == Sampling()  # a hub model: the engine's defaults (256 tokens)
+    monkeypatch.setenv("CLO_REPETITION_PENALTY", "1.1")
+    mine = app_sampling(MODELS["smollm2"], Settings.from_args(["--max-tokens", "200"]))
+    assert mine == Sampling(max_tokens=200, repetition_penalty=1.1, stop=("\n\n",))
+    monkeypatch.setenv("CLO_REPETITION_PENALTY", "0")
+    with pytest.raises(Exception, match="CLO_REPETITION_PENALTY='0' is not a number above 0"):
+        Settings.from_args([])
+
+
+def test_a_slow_compare_says_what_to_lower():
+    from clo.app.ui.compare import pace
+    from clo.engines import Answer, Sampling
+
+    quick = [Answer("base", "hi", 2, 1.0, "stop")] * 6
+    assert pace(3.04, quick, Sampling()) == "<span class='stats'>6 answers in 3.0 s</span>"
+    long = [Answer("base", "…", 256, 40.0, "length")] + quick[:5]
+    assert "`--max-tokens 96`" in pace(40.0, long, Sampling(max_tokens=256))  # 256 tokens × 15 s / 40 s, to 8s
+    assert "the machine itself is slow" in pace(40.0, quick, Sampling(max_tokens=256))

@@ -317,7 +317,8 @@ def test_a_battle_is_never_made_of_a_failed_answer(server, tmp_path):
     services = SimpleNamespace(  # the parts of clo.app.context.Services that new_battle uses
         check_lang=lambda lang: lang, examples={}, battle_variants=lambda lang: ["good", "garbage"],
         check_prompt=lambda text: text, store=store, engine=engine, english_of=lambda *a: None,
-        generate=engine.generate, requests=lambda text, variants, owner=None: ask(variants), detect=detect)
+        generate=engine.generate, stream=engine.stream, requests=lambda text, variants, owner=None: ask(variants),
+        detect=detect)
     battles = lambda: sqlite3.connect(tmp_path / "votes.db").execute("SELECT COUNT(*) FROM battles").fetchone()[0]  # noqa: E731
     with pytest.raises(CLOError, match="the model server failed.*not JSON"):
         new_battle(services, "Hi?", "ko", voter="v1")

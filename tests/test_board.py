@@ -164,3 +164,29 @@ def test_a_verdict_asked_in_one_order_is_labelled_and_kept_apart(store):
     assert judge_board(votes, JUDGE, "ko", n_bootstrap=0)["wtl"].equals(
         judge_board(before, JUDGE, "ko", n_bootstrap=0)["wtl"])
     assert judge_board(votes, JUDGE + SINGLE_ORDER, "ko", n_bootstrap=0)["first_shown"] == 1.0
+
+
+def test_the_first_table_ranks_every_variant_with_counts_that_add_up(store):
+    """The Leaderboard's one ranked table: each count recomputed here from the raw votes (people's, blind, Korean):
+    votes it was in, both_bad among them, its win rate against the base over the judged ones; ranked by rating."""
+    from clo.evaluate.board import tables
+
+    votes = store.votes()
+    people = votes[votes["judge"].isna() & (votes["language"] == "ko")] if "judge" in votes else votes[votes["language"] == "ko"]
+    t = tables(votes, "ko", base=SERVED_BASE[0])
+    table = t["standings"].set_index("variant")
+    assert list(t["standings"]["variant"]) == list(t["bradley_terry"].sort_values("rating", ascending=False)["variant"])
+    for v in ("base", "sft-ko", "clo-ko"):
+        mine = people[(people["variant_a"] == v) | (people["variant_b"] == v)]
+        assert table.loc[v, "votes"] == len(mine) and table.loc[v, "both_bad"] == (mine["outcome"] == "both_bad").sum()
+        assert table.loc[v, "needs"] == 0 and not math.isnan(table.loc[v, "rating"])
+        if v == "base":
+            assert math.isnan(table.loc[v, "win % vs base"]) and table.loc[v, "judged vs base"] == 0
+            continue
+        vs = mine[((mine["variant_a"] == "base") | (mine["variant_b"] == "base")) & (mine["outcome"] != "both_bad")]
+        won = ((vs["variant_a"] == v) & (vs["outcome"] == "a")) | ((vs["variant_b"] == v) & (vs["outcome"] == "b"))
+        assert table.loc[v, "judged vs base"] == len(vs)
+        assert table.loc[v, "win % vs base"] == pytest.approx(100 * (won.sum() + 0.5 * (vs["outcome"] == "tie").sum()) / len(vs))
+    # Chinese has 2 judged votes per pair: no ratings yet, each variant needs 5 - 2 more for each of its 2 pairs
+    zh = tables(votes, "zh", base=SERVED_BASE[0])
+    assert zh["note"] and set(zh["standings"]["needs"]) == {6} and zh["standings"]["rating"].isna().all()

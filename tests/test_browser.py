@@ -43,6 +43,15 @@ def test_battle_in_the_browser(browsed_app):
 
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url)
+        # typing over an example: the dropdown no longer names it and the example's English goes with it
+        page.get_by_label("Example prompt").click()
+        page.get_by_role("option").first.click()
+        english = page.get_by_label("The same prompt in English (filled in for examples)")
+        sync_api.expect(english).not_to_have_value("", timeout=30_000)
+        page.get_by_label("Prompt in the target language").press_sequentially(" 더")
+        sync_api.expect(english).to_have_value("", timeout=30_000)
+        sync_api.expect(page.get_by_label("Example prompt")).to_have_value("")
+        page.get_by_label("Prompt in the target language").fill("")
         page.get_by_role("button", name="Compare", exact=True).click()  # no prompt: one message, no Error badges
         sync_api.expect(page.get_by_text("write a prompt first")).to_be_visible(timeout=30_000)
         page.wait_for_timeout(1000)
@@ -59,11 +68,15 @@ def test_battle_in_the_browser(browsed_app):
         assert "B was" in text and any(v in text for v in ("base", "sft-ko", "clo-ko"))
         sync_api.expect(vote).to_be_disabled()
         page.screenshot(path=str(ARTIFACTS / "arena.png"), full_page=True)
+        page.get_by_role("button", name="Draw a prompt").click()  # a new prompt clears the last battle from the screen
+        sync_api.expect(reveal).to_have_text("", timeout=30_000)
+        sync_api.expect(page.locator("#answer-a")).to_have_text("")
+        sync_api.expect(page.get_by_label("Your prompt (or leave empty and draw one)")).not_to_have_value("")
 
         # the Leaderboard after exactly one vote: counts, a plain sentence, no ratings, no Error badge anywhere
         page.get_by_role("tab", name="Leaderboard").click()
         status = page.locator("#board-status")
-        sync_api.expect(status).to_contain_text("1 rated vote.", timeout=30_000)
+        sync_api.expect(status).to_contain_text("1 vote.", timeout=30_000)
         sync_api.expect(status).to_contain_text("not enough votes to rate yet (n = 1)")
         page.wait_for_timeout(1000)  # let any failing panel show its badge
         assert page.get_by_text("Error", exact=True).count() == 0
@@ -106,7 +119,8 @@ def test_a_finished_run_is_listed_not_served_until_promoted(tiny_model, tmp_path
                 # the example fills the prompt through a server round trip: Compare before it lands sends no prompt
                 expect(page.get_by_label("Prompt in the target language")).not_to_have_value("", timeout=30_000)
                 page.get_by_role("button", name="Compare", exact=True).click()
-                done = re.compile(r"[a-z]+( [✓✗])? · \d+ tokens · ")  # the language mark comes when an answer ends
+                # the language, in words, comes when an answer ends
+                done = re.compile(r"(as asked|, not [a-z]+|to tell its language|loops|repeats the prompt) · \d+ tokens · ")
                 for pane in ("target", "english"):
                     for slot in ("base", "sft", "clo"):
                         expect(page.locator(f"#{pane}-{slot}")).to_contain_text(done, timeout=90_000)
@@ -124,7 +138,7 @@ def test_a_finished_run_is_listed_not_served_until_promoted(tiny_model, tmp_path
                 expect(page.get_by_text(f"# = {run}")).to_be_visible(timeout=30_000)
                 page.get_by_role("button", name="Start", exact=True).click()
                 expect(status).to_contain_text(run, timeout=60_000)
-                expect(status).to_contain_text("finished", timeout=240_000)
+                expect(status).to_contain_text("Finished", timeout=240_000)
                 expect(lines).to_have_count(5, timeout=30_000)  # this run's curves: one line per series, `steps` points
                 page.wait_for_function(f"() => [...document.querySelectorAll('#loss-plot g.mark-line path')]"
                                        f".every(p => (p.getAttribute('d') || '').split('L').length === {steps})",
@@ -138,7 +152,9 @@ def test_a_finished_run_is_listed_not_served_until_promoted(tiny_model, tmp_path
             page.get_by_label("CLO slot").click()
             page.get_by_role("option", name="clo-ko-3").click()
             page.get_by_role("button", name="Apply").click()
-            expect(page.locator("#lineup")).to_contain_text("saved", timeout=30_000)
+            expect(page.locator("#lineup")).to_contain_text("Saved at", timeout=30_000)
+            page.get_by_role("tab", name="Compare").click()  # the line-up line as it is now, without a reload
+            expect(page.locator("#serving")).to_contain_text("clo-ko-3", timeout=30_000)
             after = compare()
             assert after.endswith("clo-ko-3")
             expect(page.locator("#serving")).to_contain_text("clo-ko-3")

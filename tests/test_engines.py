@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def side_by_side(engine, variants=(BASE, "alpha", "beta")) -> list[Request]:
     return [Request(v, chat(p), GREEDY) for p in PROMPTS for v in variants]
 
 
-def plain_transformers_greedy(model_path: Path, prompt: str, max_tokens: int) -> str:
+def plain_transformers_greedy(model_path: Path, prompt: str, max_tokens: int, **generate) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path)
@@ -54,7 +55,7 @@ def plain_transformers_greedy(model_path: Path, prompt: str, max_tokens: int) ->
     ids = tok(text, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=max_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id)
+                             pad_token_id=tok.pad_token_id, **generate)
     # the engines hold back an incomplete multi-byte character at the end of a cut-off answer
     return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).rstrip("\ufffd")
 
@@ -76,6 +77,44 @@ def test_peft_mixed_batch_equals_each_variant_alone(peft_engine):
 def test_peft_base_equals_plain_transformers(peft_engine, tiny_model):
     answer = peft_engine.generate([Request(BASE, chat(PROMPTS[0]), GREEDY)])[0]
     assert answer.text == plain_transformers_greedy(tiny_model, PROMPTS[0], GREEDY.max_tokens)
+
+
+PENALISED = Sampling(max_tokens=24, repetition_penalty=1.5)
+
+
+def test_peft_repetition_penalty_is_transformers_own(peft_engine, tiny_model):
+    """The app's per-model repetition penalty decodes exactly as transformers' `repetition_penalty` does, and it
+    changes the tiny model's answer (else this proves nothing)."""
+    answer = peft_engine.generate([Request(BASE, chat(PROMPTS[0]), PENALISED)])[0]
+    assert answer.text == plain_transformers_greedy(tiny_model, PROMPTS[0], 24, repetition_penalty=1.5)
+    assert answer.text != plain_transformers_greedy(tiny_model, PROMPTS[0], 24)
+
+
+def stop_inside(text: str) -> str:
+    """A stop string taken from the middle of `text` (3 characters from a third of the way in)."""
+    i = len(text) // 3
+    assert len(text) > 12, text
+    return text[i:i + 3]
+
+
+def test_peft_a_stop_string_ends_the_answer_before_it(peft_engine):
+    """A row ends at the first stop string, which is not shown, finish_reason "stop"; rows beside it decode on."""
+    full = peft_engine.generate([Request(v, chat(PROMPTS[1]), Sampling(max_tokens=24)) for v in (BASE, "alpha")])
+    stop = stop_inside(full[0].text)
+    cut = peft_engine.generate([Request(v, chat(PROMPTS[1]), Sampling(max_tokens=24, stop=(stop, "\n\n\n")))
+                                for v in (BASE, "alpha")])
+    assert cut[0].text == full[0].text[: full[0].text.index(stop)] and cut[0].finish_reason == "stop"
+    assert cut[0].tokens < full[0].tokens
+    assert cut[1].text == Sampling(stop=(stop,)).cut(full[1].text)[0]  # the other row: cut only if it holds it too
+
+
+@pytest.mark.parametrize("bad, says", [({"repetition_penalty": 0}, "repetition_penalty must be a number in (0, 10]"),
+                                       ({"repetition_penalty": float("nan")}, "repetition_penalty must be"),
+                                       ({"stop": ("",)}, "stop must be a tuple of at most 8 non-empty strings"),
+                                       ({"stop": "\n"}, "stop must be a tuple")])
+def test_bad_penalty_or_stop_is_one_sentence(peft_engine, bad, says):
+    with pytest.raises(CLOError, match=re.escape(says)):
+        peft_engine.generate([Request(BASE, chat("hi"), Sampling(**bad))])
 
 
 def test_peft_streams_growing_snapshots(peft_engine):
@@ -190,6 +229,17 @@ def test_vllm_mixed_batch_equals_alone_and_peft(vllm_engine, peft_engine, tiny_m
 
 
 @needs_vllm
+def test_vllm_penalty_and_stop_strings_decode_as_peft(vllm_engine, peft_engine):
+    """The per-model sampling (repetition penalty, stop strings) gives the same answers on vLLM as on PEFT."""
+    full = peft_engine.generate([Request(BASE, chat(PROMPTS[1]), PENALISED)])[0]
+    sampling = Sampling(max_tokens=24, repetition_penalty=1.5, stop=(stop_inside(full.text),))
+    requests = [Request(v, chat(PROMPTS[1]), sampling) for v in (BASE, "alpha")]
+    on_vllm, on_peft = vllm_engine.generate(requests), peft_engine.generate(requests)
+    assert [(a.text.rstrip(), a.finish_reason) for a in on_vllm] == [(a.text.rstrip(), a.finish_reason) for a in on_peft]
+    assert on_vllm[0].finish_reason == "stop" and len(on_vllm[0].text) < len(full.text)
+
+
+@needs_vllm
 def test_vllm_base_stays_clean_after_hot_add(vllm_engine, adapters_dir, tiny_model, tmp_path):
     """The upstream slot bug would apply the last adapter to base requests; hot-loading must keep a slot empty."""
     base = vllm_engine.generate([Request(BASE, chat(PROMPTS[1]), GREEDY)])[0].text
@@ -226,6 +276,12 @@ def test_remote_engine_against_real_vllm_serve(vllm_server, peft_engine, adapter
     beta = engine.generate([Request("beta", chat(PROMPTS[0]), GREEDY)])[0]
     assert beta.text.rstrip() == peft_engine.generate([Request("beta", chat(PROMPTS[0]), GREEDY)])[0].text.rstrip()
     assert engine.generate([Request(BASE, chat(PROMPTS[0]), GREEDY)])[0].text == final[0].text
+    # the per-model sampling reaches the server: its repetition penalty and stop strings as PEFT decodes them
+    full = peft_engine.generate([Request(BASE, chat(PROMPTS[1]), PENALISED)])[0]
+    sampling = Sampling(max_tokens=24, repetition_penalty=1.5, stop=(stop_inside(full.text),))
+    asked = [Request(v, chat(PROMPTS[1]), sampling) for v in (BASE, "alpha")]
+    assert ([(a.text.rstrip(), a.finish_reason) for a in engine.generate(asked)]
+            == [(a.text.rstrip(), a.finish_reason) for a in peft_engine.generate(asked)])
 
 
 # ---- an audience: every caller's requests in one shared batch, cancelled when the caller leaves ----

@@ -403,7 +403,7 @@ def test_leaderboard_shows_the_judge_beside_the_people(scripted, store):
         tab = build(services)
     update, outputs = tab.update, tab.outputs
     sent = update(ALL)
-    assert len(sent) == len(outputs) == 13
+    assert len(sent) == len(outputs) == 14
     assert "background" not in sent[0]  # no background judge: the page does not claim one
     shown = outputs[-4].postprocess(sent[-4])
     assert shown.headers[:2] == ["judge", "opponent"] and shown.metadata["display_value"][0][5] == "100.0"

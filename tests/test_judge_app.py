@@ -93,7 +93,7 @@ def test_an_admins_job_judges_every_stored_battle_once_and_only_admins_may_start
     rows = judge_rows(store)
     assert len(rows) == 6 and set(rows["judge"]) == {FAKE}
     assert all((rows["variant_a"] == "clo-ko") == (rows["outcome"] == "a"))  # the judge prefers clo-ko every time
-    assert "✅ judged (ko)" in judging.describe() and "6 judged now" in judging.describe()
+    assert "**Done:** judged (ko)" in judging.describe() and "6 judged now" in judging.describe()
     # again: nothing is judged twice; a new battle is judged alone
     vote_battles(store, 1, tag="new-")
     judging.start("admin", scripted.url, FAKE)
@@ -121,7 +121,7 @@ def test_one_job_at_a_time_and_a_failure_is_kept_and_resumed(store, scripted):
     s = judging.state()
     assert s["status"] == "failed" and "HTTP 500" in s["error"] and "the 2 verdict(s) made before it are kept" in s["error"]
     assert "judging again resumes" in s["error"]
-    assert "❌" in judging.describe() and len(judge_rows(store)) == 10
+    assert "**Stopped:**" in judging.describe() and len(judge_rows(store)) == 10
     scripted.state["fail_after"] = None
     judging.start("anyone")
     wait_for(lambda: finished(judging))

@@ -23,7 +23,8 @@ GAMES = ([("clo-ko", "base", "win")] * 2 + [("clo-ko", "base", "loss")] * 4
          + [("clo-ko", "base", "both_bad")]
          + [("clo-ko", "sft-ko", "win")] * 3 + [("clo-ko", "sft-ko", "tie")] * 2 + [("clo-ko", "sft-ko", "loss")]
          + [("sft-ko", "base", "win")] * 3 + [("sft-ko", "base", "tie")] + [("sft-ko", "base", "loss")] * 2)
-TABLES = ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")
+TABLES = ("standings", None, "wtl", "bradley_terry", "win_rate", "fidelity", "summary")  # the update's outputs, after
+#          its status line (None: the plot)
 # a number as the page may write it: whole, or one decimal; nothing else numeric is allowed
 NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 SHOWN_NUMBER = re.compile(r"^-?\d+(\.\d)?$")
@@ -54,7 +55,7 @@ def page(services):
         tab = build(services)
     update, outputs = tab.update, tab.outputs
     sent = update(ALL)
-    return {name: outputs[2 + i].postprocess(sent[2 + i]) for i, name in enumerate(TABLES)} | {"plot": sent[1]}
+    return {name: outputs[1 + i].postprocess(sent[1 + i]) for i, name in enumerate(TABLES) if name} | {"plot": sent[2]}
 
 
 def cells(data) -> list[list[str]]:
@@ -70,7 +71,7 @@ def cell(data, row_name: str, column: str) -> str:
 
 
 def test_every_shown_number_has_at_most_one_decimal_and_no_nan(page):
-    for name in TABLES:
+    for name in filter(None, TABLES):
         data = page[name]
         assert data.data and data.metadata, name  # shown as a Styler's text
         for row in cells(data):
@@ -87,7 +88,7 @@ def test_every_shown_number_has_at_most_one_decimal_and_no_nan(page):
 def test_known_rates_ratings_and_missing_values_as_shown(page):
     wtl, bt, win = page["wtl"], page["bradley_terry"], page["win_rate"]
     assert cell(wtl, "base", "win %") == "33.3" and cell(wtl, "base", "loss %") == "66.7"
-    assert cell(wtl, "base", "both_bad %") == "14.3" and cell(wtl, "base", "wins") == "2"
+    assert cell(wtl, "base", "both_bad") == "1" and cell(wtl, "base", "wins") == "2"  # a count: one denominator for %
     assert cell(wtl, "sft-ko", "tie %") == "33.3"
     assert cell(win, "clo-ko", "base (%)") == "33.3" and cell(win, "base", "clo-ko (%)") == "66.7"
     assert cell(win, "clo-ko", "clo-ko (%)") == MISSING  # a variant against itself
@@ -106,9 +107,33 @@ def test_missing_fidelity_reads_as_a_dash_and_an_empty_table_keeps_its_headers()
     data = gr.Dataframe(interactive=False).postprocess(styled("fidelity", fid))
     assert data.headers == ["variant", "fidelity (%)", "judged", "unknown", "echo", "loop"]
     assert data.metadata["display_value"] == [["clo-ko", "66.7", "3", "0", "1", "0"], ["base", MISSING, "0", "4", "0", "2"]]
-    for name in TABLES:
+    for name in filter(None, TABLES):
         empty = gr.Dataframe(interactive=False).postprocess(styled(name, None))
         assert empty.headers and empty.data == []
+
+
+def test_the_ranking_reads_at_a_glance(page):
+    """The first table: ratings with their interval (the anchor said), the win rate against the base with its
+    denominator, the votes with the both-bad ones among them: clo-ko met base 7 times (1 both bad) and sft-ko 6."""
+    ranking = page["standings"]
+    assert ranking.headers == ["variant", "rating (95% CI)", "win % vs base", "votes", "on-language %"]
+    assert cell(ranking, "base", "rating (95% CI)") == "1000 (anchor)"
+    assert re.fullmatch(r"\d+ \(\d+–\d+\)", cell(ranking, "clo-ko", "rating (95% CI)"))
+    assert cell(ranking, "clo-ko", "win % vs base") == "33.3 of 6" and cell(ranking, "base", "win % vs base") == MISSING
+    assert cell(ranking, "clo-ko", "votes") == "13 (1 both bad)" and cell(ranking, "sft-ko", "votes") == "12"
+    ratings = [int(cell(ranking, v, "rating (95% CI)").split()[0]) for v in [r[0] for r in cells(ranking)]]
+    assert ratings == sorted(ratings, reverse=True)  # ranked
+
+
+def test_a_variant_short_of_votes_says_how_many_more(services):
+    from clo.app.ui.leaderboard import ranked
+    from clo.evaluate.board import standings
+
+    few = leaderboard(services.store.votes().head(4))  # clo-ko vs base: 2 wins, 2 losses; nobody else met
+    few["fidelity"] = pd.DataFrame(columns=["variant", "fidelity"])
+    shown = ranked(standings(few)).set_index("variant")
+    assert shown.loc["clo-ko", "rating (95% CI)"] == "needs 1 more vote"
+    assert shown.loc["clo-ko", "win % vs base"] == "50.0 of 4" and shown.loc["base", "votes"] == "4"
 
 
 def test_chart_labels_are_whole_points(page, services):

@@ -1,6 +1,7 @@
 """What the audience is served: slots chosen by the speaker, never taken over by a training run; identical answers
 never shown as a battle; a skipped battle records nothing; a retrained adapter's votes stay apart."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -143,6 +144,35 @@ def test_identical_answers_are_never_a_battle(services, tmp_path):
         new_battle(services, "서울에서 가 볼 만한 곳은?", "ko", voter="v")
 
 
+def test_a_battle_streams_its_answers_and_is_stored_only_when_whole(services, monkeypatch):
+    """The Arena shows both answers as they arrive, like Compare; nothing on the way names a variant or can be voted
+    on, the stored battle is the answers last shown, and a visitor who leaves mid-answer stores nothing."""
+    from clo.evaluate.arena import battle_stream
+
+    monkeypatch.setattr(services, "sampling", dataclasses.replace(services.sampling, max_tokens=40))
+    shown = list(battle_stream(services, "서울에서 가 볼 만한 곳은?", "ko", voter="v"))
+    assert len(shown) > 5 and "battle_id" in shown[-1] and not any("battle_id" in s for s in shown[:-1])
+    assert {k for s in shown for k in s} == {"language", "prompt", "english", "answer_a", "answer_b", "battle_id"}
+    grown = [len(s["answer_a"]) + len(s["answer_b"]) for s in shown]
+    assert grown[0] == 0 and grown == sorted(grown)  # empty panes first, then only growing text
+    assert (shown[-2]["answer_a"], shown[-2]["answer_b"]) == (shown[-1]["answer_a"], shown[-1]["answer_b"])
+    reveal = services.store.vote(shown[-1]["battle_id"], "a", voter="v")
+    stored = services.store.votes()
+    assert stored.loc[0, "answer_a"] == shown[-1]["answer_a"] and reveal["variant_a"] == stored.loc[0, "variant_a"]
+
+    leaving = battle_stream(services, "부산에서 가 볼 만한 곳은?", "ko", voter="w")
+    for _ in range(3):
+        next(leaving)
+    assert services.engine.unfinished() > 0
+    leaving.close()
+    deadline = time.time() + 10
+    while services.engine.unfinished() and time.time() < deadline:
+        time.sleep(0.02)
+    assert services.engine.unfinished() == 0
+    rows, _ = services.store._read("SELECT COUNT(*) FROM battles")
+    assert rows[0][0] == 1  # the voted one: the battle left mid-answer was never stored
+
+
 def test_a_drawn_prompt_comes_with_its_english(services):
     from clo.evaluate.arena import new_battle
 
@@ -226,11 +256,11 @@ def test_the_leaderboard_is_computed_again_only_when_a_vote_arrives(services):
     assert votes[["lang_a", "lang_b"]].notna().all().all()  # detected once, when the battle was made
 
 
-def test_closing_a_compare_stream_aborts_its_answers(services):
+def test_closing_a_compare_stream_aborts_its_answers(services, monkeypatch):
     """What Gradio does when a visitor leaves mid-answer: the handler's generator is closed, the engine stops."""
     from clo.app.ui.compare import compare_stream
 
-    services.settings.max_tokens = 200
+    monkeypatch.setattr(services, "sampling", dataclasses.replace(services.sampling, max_tokens=200))
     stream = compare_stream(services, "서울에서 가 볼 만한 곳은?", "ko", "What is worth seeing in Seoul?")
     next(stream), next(stream)
     assert services.engine.unfinished() > 0

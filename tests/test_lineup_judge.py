@@ -194,7 +194,7 @@ def test_the_panel_shows_no_tick_for_a_pass_of_unreadable_replies_and_quotes_one
     judging.start("admin")
     wait_for(lambda: finished(judging))
     shown = judging.describe()
-    assert "✅" not in shown and "every reply was unreadable (6)" in shown  # 3 pairs, both orders
+    assert "**Done:**" not in shown and "every reply was unreadable (6)" in shown  # 3 pairs, both orders
     assert "Both responses have merit" in shown and len(shown) < 700  # one example, cut short
     assert "--judge-constraint none" in shown
     # a pass where some replies were read: a tick, the count unreadable and an example
@@ -202,7 +202,7 @@ def test_the_panel_shows_no_tick_for_a_pass_of_unreadable_replies_and_quotes_one
     vote_battles(store, 1, tag="more-")
     judging.start("admin")  # an admin's job asks the kept pairs again at once
     wait_for(lambda: finished(judging))
-    assert judging.state()["judged"] == 4 and "✅" in judging.describe()
+    assert judging.state()["judged"] == 4 and "**Done:**" in judging.describe()
 
 
 def test_the_judge_constraint_setting_lets_the_app_read_a_plain_text_judge(scripted, services, tmp_path, monkeypatch):

@@ -80,6 +80,15 @@ def _cached(model_id: str) -> bool:
         return False
 
 
+def app_sampling(entry, settings: Settings) -> Sampling:
+    """How the app decodes every answer: the served offline model's own defaults (clo.models.table: short, readable
+    answers at demo speed), the flags (--max-tokens, --repetition-penalty) over them; checked (one sentence)."""
+    chosen = {"max_tokens": settings.max_tokens, "repetition_penalty": settings.repetition_penalty}
+    sampling = Sampling(**(entry.sampling() if entry else {}) | {k: v for k, v in chosen.items() if v is not None})
+    sampling.check()
+    return sampling
+
+
 def start(settings: Settings, log=print) -> "Services":
     """What `python app.py` serves: the model chosen (`choose_model`), then the services, saying what runs."""
     note = choose_model(settings, log=log)
@@ -114,6 +123,7 @@ class Services:
                    if isinstance(self.engine, Handover) else f"{self.engine.kind} engine")
         self.running_on = running_on or f"{what} on the {serving}"
         self.generations = RateLimit(window_s=60.0)
+        self.sampling = app_sampling(self.entry, settings)  # every answer the app asks for
         self.examples = self.entry.examples() if self.entry else sample_examples()
         self.lineup = Lineup(Path(settings.adapters_dir) / LINEUP_FILE, self.engine)
         self.access = Access(settings.demo_mode, settings.admin_password, settings.allowed_users)
@@ -239,5 +249,4 @@ class Services:
 
     def requests(self, prompt: str, variants: list[str], owner: str | None = None) -> list[Request]:
         """One request per variant; `owner` (the visitor's address) is whom the engine's fair queue serves in turn."""
-        sampling = Sampling(max_tokens=self.settings.max_tokens)
-        return [Request(v, [{"role": "user", "content": prompt}], sampling, owner=owner or "") for v in variants]
+        return [Request(v, [{"role": "user", "content": prompt}], self.sampling, owner=owner or "") for v in variants]

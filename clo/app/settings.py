@@ -5,6 +5,7 @@ Every flag can also come from an environment variable (for Spaces); clo.cli buil
     --model CLO_MODEL   --adapters-dir CLO_ADAPTERS_DIR   --db CLO_DB   --engine CLO_ENGINE   --url CLO_URL
     --host CLO_HOST     --port CLO_PORT                   --demo-mode CLO_DEMO_MODE
     --max-prompt-chars CLO_MAX_PROMPT_CHARS                --max-tokens CLO_MAX_TOKENS
+    --repetition-penalty CLO_REPETITION_PENALTY
     --votes-per-10min CLO_VOTES_PER_10MIN   --generations-per-min CLO_GENERATIONS_PER_MIN
     --voters-per-address CLO_VOTERS_PER_ADDRESS   --queued-per-address CLO_QUEUED_PER_ADDRESS
     --trusted-proxies CLO_TRUSTED_PROXIES
@@ -94,7 +95,10 @@ class Settings:
         (), "Hugging Face users who may train", cli=False, env="CLO_ALLOWED_USERS",
         from_env=lambda raw: tuple(u.strip() for u in (raw or "").split(",") if u.strip()))
     max_prompt_chars: int = option(4000, "", env="CLO_MAX_PROMPT_CHARS")
-    max_tokens: int = option(256, "per answer", env="CLO_MAX_TOKENS")
+    max_tokens: int | None = option(None, "longest answer, in tokens (default: the served model's own, e.g. 64 for "
+                                    "smollm2; else 256)", env="CLO_MAX_TOKENS")
+    repetition_penalty: float | None = option(None, "above 1 discourages repeating a token (default: the served "
+                                              "model's own, else 1 = none)", env="CLO_REPETITION_PENALTY")
     concurrency: int = 4  # events other than generation (leaderboard, polling, downloads) run this many at a time
     generation_slots: int = 64  # generation events at once: the engine decodes them together in one running batch
     per_session: int = 2  # generation calls one visitor may have in flight; more get a message, not a queue spot

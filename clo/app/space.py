@@ -81,7 +81,9 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("CLO_DB", "variable", "vote store: a path, sqlite:///… or postgresql://… (default /data/votes.db when /data is "
                            "writable, else votes.db); a URL with a password belongs in a secret"),
     ("CLO_MAX_PROMPT_CHARS", "variable", "longest prompt accepted (default 4000)"),
-    ("CLO_MAX_TOKENS", "variable", "longest answer, in tokens (default 256)"),
+    ("CLO_MAX_TOKENS", "variable", "longest answer, in tokens (default: the served model's own, else 256)"),
+    ("CLO_REPETITION_PENALTY", "variable",
+     "above 1 discourages repeated tokens (default: the served model's own, else 1)"),
     ("CLO_GENERATIONS_PER_MIN", "variable", "Compare and battle requests one voter may make per minute (default 20)"),
     ("CLO_VOTES_PER_10MIN", "variable", "votes one voter (a session from an address) may cast in 10 minutes (default 60)"),
     ("CLO_VOTERS_PER_ADDRESS", "variable", "an address's sessions share this many voters' limits; raise it for a room "

@@ -48,6 +48,10 @@ class Sampling:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int | None = None
+    # above 1 makes a token already in the prompt or answer less likely (transformers' and vLLM's multiplicative
+    # penalty on its logit): what keeps a small model from looping
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()  # an answer ends before the first of these strings (not shown), finish_reason "stop"
 
     def check(self) -> None:
         """One sentence naming the field for a value no engine can decode with (NaN, inf, 2.5 tokens, a billion)."""
@@ -60,6 +64,15 @@ class Sampling:
             raise CLOError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
         if self.seed is not None and (not _whole(self.seed) or not 0 <= self.seed < 2**63):
             raise CLOError(f"seed must be a whole number ≥ 0 or unset, got {self.seed!r}")
+        if not _real(self.repetition_penalty) or not 0 < self.repetition_penalty <= 10:
+            raise CLOError(f"repetition_penalty must be a number in (0, 10] (1 = none), got {self.repetition_penalty!r}")
+        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop) or len(self.stop) > 8:
+            raise CLOError(f"stop must be a tuple of at most 8 non-empty strings, got {self.stop!r}")
+
+    def cut(self, text: str) -> tuple[str, bool]:
+        """`text` up to the first stop string, and whether one was found (every engine ends an answer the same way)."""
+        ends = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        return (text[: min(ends)], True) if ends else (text, False)
 
 
 UNSEEN = {"Cc", "Cf", "Cs", "Cn", "Zs", "Zl", "Zp"}  # Unicode categories with nothing to see: controls, format

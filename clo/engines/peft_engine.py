@@ -57,18 +57,20 @@ class _Batch:
             if not alive[i]:
                 continue
             job, k = self.rows[i]
-            a, limit = job.answers[k], job.requests[k].sampling.max_tokens
+            a, sampling = job.answers[k], job.requests[k].sampling
             a.seconds, a.batch = job.elapsed(), max(a.batch, sum(alive))
             if token in eos:
                 a.finish_reason = "stop"
                 continue
             self.ids[i].append(token)
             # an incomplete multi-byte character at the end is not text yet (vLLM holds it back too)
-            a.text = tokenizer.decode(self.ids[i], skip_special_tokens=True).rstrip("\ufffd")
+            a.text, stopped = sampling.cut(tokenizer.decode(self.ids[i], skip_special_tokens=True).rstrip("\ufffd"))
             a.tokens = len(self.ids[i])
             if a.first_token_s is None:
                 a.first_token_s = a.seconds
-            if a.tokens >= limit:
+            if stopped:
+                a.finish_reason = "stop"
+            elif a.tokens >= sampling.max_tokens:
                 a.finish_reason = "length"
         for job in self.jobs:
             if not job.cancelled.is_set():
@@ -245,6 +247,8 @@ class PeftEngine(Engine):
             kwargs = dict(**enc, max_new_tokens=max(r.sampling.max_tokens for r in requests),
                           do_sample=sampling.temperature > 0, pad_token_id=self.tokenizer.pad_token_id,
                           eos_token_id=sorted(self.eos), streamer=step, stopping_criteria=[step])
+            if sampling.repetition_penalty != 1.0:
+                kwargs["repetition_penalty"] = sampling.repetition_penalty
             if sampling.temperature > 0:
                 kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
             else:
@@ -314,4 +318,4 @@ def load_failure(adapter: Adapter, error: BaseException, model_name: str) -> str
 
 def _sampling_key(s: Sampling) -> tuple:
     """Requests decode together only with the same sampling settings (one `generate` has one)."""
-    return (s.temperature, s.top_p, s.seed)
+    return (s.temperature, s.top_p, s.seed, s.repetition_penalty)

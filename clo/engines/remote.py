@@ -259,6 +259,10 @@ class RemoteEngine(Engine):
                    "temperature": s.temperature, "top_p": s.top_p, "stream": True, "stream_options": {"include_usage": True}}
         if s.seed is not None:
             payload["seed"] = s.seed
+        if s.stop:
+            payload["stop"] = list(s.stop)
+        if s.repetition_penalty != 1.0:  # vLLM's extra sampling parameter; sent only when set
+            payload["repetition_penalty"] = s.repetition_penalty
         finished = False  # a finish_reason arrived: a connection lost after it loses no text
         try:
             for chunk in self._chunks(payload, cancelled):

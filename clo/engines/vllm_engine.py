@@ -240,6 +240,7 @@ class VLLMEngine(Engine):
             for i, (r, ids) in enumerate(zip(job.requests, job.prompts)):
                 s = r.sampling
                 params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
+                                        repetition_penalty=s.repetition_penalty, stop=list(s.stop) or None,
                                         output_kind=RequestOutputKind.CUMULATIVE)
                 self.engine.add_request(f"{job.id}-{i}", TokensPrompt(prompt_token_ids=ids), params,
                                         lora_request=None if r.variant == BASE else self.requests[r.variant])

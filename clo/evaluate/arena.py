@@ -1,7 +1,8 @@
 """The Arena's battle flow, without widgets: draw a prompt, draw a pair of variants, generate both answers (an
 identical pair is never shown: another pair, and for a drawn prompt another prompt, is drawn), store the blind
-battle, record one vote on it and reveal who was who, or skip it. The Arena tab (clo.app.ui.arena) and its `/battle`
-and `/vote` endpoints call these functions and nothing more.
+battle, record one vote on it and reveal who was who, or skip it. The answers can be streamed to the page as they
+arrive (`stream_battle`); the battle is stored, and can be voted on, only once both are whole. The Arena tab
+(clo.app.ui.arena) and its `/battle` and `/vote` endpoints call these functions and nothing more.
 
 Each function takes the app's services (clo.app.context.Services: the engine, the line-up, the vote store, the
 admission limits) and the caller's request, and checks on the server, under every caller (the page, gradio_client,
@@ -10,6 +11,7 @@ and the store takes a vote only from the session that drew the battle, from the 
 rate limits (clo.evaluate.battles.vote, bound as VoteStore.vote).
 
     b = start_battle(services, request, "", "ko")           # {battle_id, language, prompt, english, answer_a, answer_b}
+    for shown in stream_battle(services, request, "", "ko"): ...   # the answers as they arrive; the last has battle_id
     cast_vote(services, request, b["battle_id"], "a")      # {battle_id, variant_a, variant_b, outcome}
     skip(services, request, b["battle_id"])                # records nothing; the battle can no longer be voted on
 """
@@ -17,7 +19,7 @@ rate limits (clo.evaluate.battles.vote, bound as VoteStore.vote).
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from clo import CLOError
 from clo.evaluate.battles import OUTCOMES
@@ -40,11 +42,14 @@ def draw_prompt(services: Services, lang: str) -> tuple[str, str]:
     return random.choice(services.examples.get(lang) or [("", "")])
 
 
-def new_battle(services: Services, prompt: str | None, lang: str, voter: str, address: str | None = None) -> dict:
-    """A blind battle between two variants whose answers differ, stored for session `voter` from `address`; an empty
-    (or blank) `prompt` draws an example. Identical answers cannot be judged, so another pair is drawn (and, for a
-    drawn prompt, another prompt); when every variant answers alike, a message says so. A failed answer stores
-    nothing. Admission is the caller's: `start_battle` admits, then calls this."""
+def battle_stream(services: Services, prompt: str | None, lang: str, voter: str, address: str | None = None
+                  ) -> Iterator[dict]:
+    """A blind battle between two variants whose answers differ, streamed: yields {language, prompt, english,
+    answer_a, answer_b} as the answers arrive (no battle_id: nothing can be voted on yet, and nothing names a
+    variant), then the battle stored for session `voter` from `address`, with its battle_id. An empty (or blank)
+    `prompt` draws an example. Identical answers cannot be judged, so another pair is drawn (and, for a drawn prompt,
+    another prompt), and the panes start again; when every variant answers alike, a message says so. A failed answer
+    stores nothing. Admission is the caller's: `stream_battle` admits, then iterates this."""
     lang = services.check_lang(lang)
     drawn = not (prompt or "").strip()
     pool = services.examples.get(lang) or []
@@ -57,32 +62,57 @@ def new_battle(services: Services, prompt: str | None, lang: str, voter: str, ad
     base = services.engine.base_identity()  # the base model behind every answer, recorded with the vote
     for _ in range(DRAWS if drawn else 1):
         text = services.check_prompt(random.choice(pool)[0] if drawn else prompt)
+        shown = {"language": lang, "prompt": text, "english": services.english_of(text, lang)}
         answers: dict[str, str] = {}
         tried: set[frozenset] = set()
         while len(tried) < n_pairs:
-            pair = services.store.draw_pair(variants, lang, exclude=tried, base=base_key(*base))
-            missing = [v for v in pair if v not in answers]
+            left, right = services.store.place(
+                services.store.draw_pair(variants, lang, exclude=tried, base=base_key(*base)))
+            missing = [v for v in (left, right) if v not in answers]
+            so_far = dict(answers)
+            yield shown | {"answer_a": so_far.get(left, ""), "answer_b": so_far.get(right, "")}
             if missing:
-                for a in services.generate(services.requests(text, missing, owner=address)):
+                final = None
+                for final in services.stream(services.requests(text, missing, owner=address)):
+                    so_far.update((a.variant, a.text) for a in final)
+                    yield shown | {"answer_a": so_far[left], "answer_b": so_far[right]}
+                for a in final:
                     if a.error:  # half an answer is not judged: no battle is stored
                         raise CLOError(f"the model server failed, so there is no battle to judge: {a.error}")
                     answers[a.variant] = a.text
-            if not same_answer(answers[pair[0]], answers[pair[1]]):
+            if not same_answer(answers[left], answers[right]):
                 hashes = services.engine.variants()
                 battle = services.store.create_battle(voter=voter, language=lang, prompt=text,
-                                                      answers={v: answers[v] for v in pair},
-                                                      hashes={v: hashes.get(v) for v in pair}, engine=services.engine.kind,
-                                                      detected={v: services.detect(answers[v], lang, prompt=text).code for v in pair},
+                                                      answers={v: answers[v] for v in (left, right)},
+                                                      hashes={v: hashes.get(v) for v in (left, right)},
+                                                      engine=services.engine.kind, placed=(left, right),
+                                                      detected={v: services.detect(answers[v], lang, prompt=text).code
+                                                                for v in (left, right)},
                                                       address=address, base=base)
-                return {"battle_id": battle.id, "language": lang, "prompt": text, "english": services.english_of(text, lang),
-                        "answer_a": battle.answer_a, "answer_b": battle.answer_b}
-            tried.add(frozenset(pair))
+                yield shown | {"battle_id": battle.id, "answer_a": battle.answer_a, "answer_b": battle.answer_b}
+                return
+            tried.add(frozenset((left, right)))
     raise CLOError("every variant gave the same answer to this prompt, so there is nothing to judge: try another prompt")
 
 
+def new_battle(services: Services, prompt: str | None, lang: str, voter: str, address: str | None = None) -> dict:
+    """`battle_stream`'s stored battle, without the answers on the way: {battle_id, language, prompt, english,
+    answer_a, answer_b}."""
+    for shown in battle_stream(services, prompt, lang, voter, address):
+        pass
+    return {k: shown[k] for k in ("battle_id", "language", "prompt", "english", "answer_a", "answer_b")}
+
+
+def stream_battle(services: Services, request, prompt: str | None, lang: str) -> Iterator[dict]:
+    """`battle_stream` for the caller of `request` (a gr.Request): refused with one sentence unless its session and
+    address are admitted (Services.in_flight), and counted against their limits while it generates. Closing the
+    generator (the visitor left) stops its answers at the engine's next step and stores nothing."""
+    with services.in_flight(request):
+        yield from battle_stream(services, prompt, lang, *services.voter(request))
+
+
 def start_battle(services: Services, request, prompt: str | None, lang: str) -> dict:
-    """`new_battle` for the caller of `request` (a gr.Request): refused with one sentence unless its session and
-    address are admitted (Services.in_flight), and counted against their limits while it generates."""
+    """`new_battle` for the caller of `request`, admitted as `stream_battle` admits it (the `/battle` endpoint)."""
     with services.in_flight(request):
         return new_battle(services, prompt, lang, *services.voter(request))
 

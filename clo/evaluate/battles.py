@@ -100,8 +100,9 @@ def draw_pair(store: VoteStore, variants: list[str], language: str, exclude=(), 
 def create_battle(store: VoteStore, voter: str, language: str, prompt: str, answers: dict[str, str],
                   hashes: dict[str, str | None] | None = None, engine: str | None = None, blind: bool = True,
                   detected: dict[str, str] | None = None, address: str | None = None,
-                  base: tuple[str, str | None] | None = None) -> Battle:
-    """Store a battle between the two variants of `answers`, placed left/right at random, owned by session
+                  base: tuple[str, str | None] | None = None, placed: tuple[str, str] | None = None) -> Battle:
+    """Store a battle between the two variants of `answers`, placed left/right at random (or as `placed` says: a
+    caller that streamed the answers drew the sides with `place` before showing them), owned by session
     `voter` from `address`; `detected` holds each answer's language code (clo.evaluate.langid), kept with the vote and
     the detector's version so no one detects it again unless the detector has changed since; `base` is the base
     model behind every variant (its name and fingerprint, `clo.evaluate.ratings.base_key`), kept with the vote."""
@@ -110,7 +111,9 @@ def create_battle(store: VoteStore, voter: str, language: str, prompt: str, answ
     store._check_prompt(prompt)
     if (now_utc() - store.pruned_at).total_seconds() > PRUNE_EVERY_S:  # unvoted battles do not pile up
         prune(store)
-    left, right = store.rng.sample(sorted(answers), 2)
+    left, right = placed if placed is not None else place(store, answers)
+    if {left, right} != set(answers):
+        raise CLOError(f"the sides {left!r} and {right!r} are not the battle's variants {sorted(answers)}")
     created = now_utc()
     battle = Battle(str(uuid.uuid4()), language, prompt, answers[left], answers[right],
                     (created + dt.timedelta(seconds=store.limits.battle_ttl_s)).isoformat())
@@ -125,6 +128,12 @@ def create_battle(store: VoteStore, voter: str, language: str, prompt: str, answ
             "langid_version": LANGID_VERSION if detected else None, "base_model": (base or (None, None))[0],
             "base_hash": (base or (None, None))[1]})
     return battle
+
+
+def place(store: VoteStore, pair) -> tuple[str, str]:
+    """The two variants of `pair` as (left, right), drawn at random by the store's generator."""
+    left, right = store.rng.sample(sorted(pair), 2)
+    return left, right
 
 
 def prune(store: VoteStore) -> int:

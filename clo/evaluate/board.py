@@ -11,7 +11,8 @@ person is the page's business, and the command line prints what it is given.
     judge_board(votes, judge, language)          a judge's tables (`leaderboard` with rater=judge), its agreement with
                                                  the people and its position bias: `leaderboard --judge NAME`
     tables(votes, language)                      everything the tab shows: the people's tables, the answers' language
-                                                 fidelity per variant, and per judge its W/T/L beside the people's win
+                                                 fidelity per variant, the first screen's one ranked table
+                                                 ("standings"), and per judge its W/T/L beside the people's win
                                                  rate ("judge"), agreement and position bias ("agreement") and its
                                                  Bradley–Terry beside the people's ("judge_ratings")
 
@@ -59,6 +60,8 @@ COLUMNS = {
     "agreement": ["judge", "battles", "agreement %", "lower %", "upper %", "κ", "κ lower", "κ upper", "first shown %",
                   "orders agree %", "follows the order"],
     "judge_ratings": ["judge", "variant", "judge rating", "lower", "upper", "judge battles", "people rating"],
+    "standings": ["variant", "rating", "lower", "upper", "needs", "win % vs base", "judged vs base", "votes",
+                  "both_bad", "fidelity"],
 }
 
 
@@ -103,6 +106,43 @@ def leaderboard(
         "bradley_terry": bt,
         "elo": elo.iloc[:0] if note else elo,
     }
+
+
+def standings(out: dict, min_battles: int = MIN_PAIR_BATTLES, reference: str = "base") -> pd.DataFrame:
+    """The Leaderboard's first table, one row per variant, from `leaderboard`'s tables (+ "fidelity" from `tables`):
+
+    rating, lower, upper  Bradley–Terry with its 95% interval (NaN until ratings are given)
+    needs                 judged votes still missing before ratings can be given: for each pair this variant is in
+                          that met, what it lacks of `min_battles` (a variant that met no one: `min_battles`); 0 once
+                          ratings are given
+    win % vs base         its wins + half its ties over its judged votes against `reference` (the base model), and
+    judged vs base        those judged votes (both_bad aside, as in every win rate here)
+    votes, both_bad       every rated vote it was in, and how many of them were "both are bad"
+    fidelity              share of its answers in the prompt's language (`answer_fidelity`)
+
+    Ranked by rating, then (before ratings) by win % vs base."""
+    counts, bt = out["counts"], out["bradley_terry"]
+    fidelity = out.get("fidelity", pd.DataFrame(columns=COLUMNS["fidelity"])).set_index("variant")["fidelity"]
+    names = sorted(set(counts["variant"]) | set(fidelity.index))
+    judged = counts["wins"] + counts["ties"] + counts["losses"]
+    is_ref = (counts["opponent"] == reference) | counts["opponent"].str.startswith(f"{reference}@")
+    rows = []
+    for v in names:
+        mine = counts["variant"] == v
+        met = judged[mine & (judged > 0)]
+        vs = counts[mine & is_ref]
+        n_ref = int((vs["wins"] + vs["ties"] + vs["losses"]).sum())
+        rated = bt[bt["variant"] == v]
+        rows.append({"variant": v, "rating": rated["rating"].iloc[0] if len(rated) else np.nan,
+                     "lower": rated["lower"].iloc[0] if len(rated) else np.nan,
+                     "upper": rated["upper"].iloc[0] if len(rated) else np.nan,
+                     "needs": 0 if len(bt) else (int((min_battles - met).clip(lower=0).sum()) if len(met) else min_battles),
+                     "win % vs base": 100 * (vs["wins"].sum() + 0.5 * vs["ties"].sum()) / n_ref if n_ref else np.nan,
+                     "judged vs base": n_ref, "votes": int(counts.loc[mine, "battles"].sum()),
+                     "both_bad": int(counts.loc[mine, "both_bad"].sum()), "fidelity": fidelity.get(v, np.nan)})
+    table = pd.DataFrame(rows, columns=COLUMNS["standings"])
+    return table.sort_values(["rating", "win % vs base", "variant"], ascending=[False, False, True],
+                             na_position="last").reset_index(drop=True)
 
 
 def judge_board(votes: pd.DataFrame, judge: str, language: str | None = None, focus: str = "clo",
@@ -221,5 +261,6 @@ def tables(votes: pd.DataFrame, language: str | None = None, focus: str = "clo",
     out = leaderboard(votes, language, focus, n_bootstrap=n_bootstrap)
     scoped = rater_votes(votes if language is None else votes[votes["language"] == language], HUMAN, blind_only=False)
     out["fidelity"] = answer_fidelity(scoped)
+    out["standings"] = standings(out)
     out |= judge_tables(votes, language, out, focus, n_bootstrap)
     return out

@@ -87,6 +87,7 @@ class VoteStore:
     count = battles.count
     draw_pair = battles.draw_pair
     create_battle = battles.create_battle
+    place = battles.place
     prune = battles.prune
     discard = battles.discard
     vote = battles.vote

@@ -128,6 +128,17 @@ register(PackagedModel(
     adapters="models/smollm2/adapters",
     shipped_adapters="assets/smollm2/adapters",
     examples_first="assets/smollm2/examples.jsonl",  # where sft-sw and clo-sw differ (assets/smollm2/adapters/README.md)
+    # measured on its three Swahili examples (base, sft-sw, clo-sw, each in Swahili and English): at 256 tokens a Compare
+    # took 32-38 s on 2 cores, mostly loops to the limit; 64 tokens, ended at the first blank line, takes 1.3-7.1 s and
+    # keeps every short answer whole. A repetition penalty (1.05, 1.2) turned "4 + 5 = 9" into rambling, so none
+    generation=(("max_tokens", 64), ("stop", ("\n\n",))),
+    # the Train tab's default run, measured on 2 cores (docs/app.md): CLO on 32 sample pairs, 2 epochs, took 6.4 min; L_CL
+    # fell from 0.69 to 0.13 and 20 of 23 Swahili answers changed (Swahili itself did not measurably rise, as in
+    # docs/replication.md); the English guard's answers stayed right but "What is 2 + 3?"
+    train_defaults=(("model.load_in_4bit", "false"), ("data.pairs", 32), ("data.translator", "file"),
+                    ("training.epochs", 2.0), ("training.batch_size", 4), ("training.learning_rate", 1e-3),
+                    ("training.warmup", 0.1), ("lora.r", 8), ("lora.alpha", 16), ("training.max_length", 192),
+                    ("training.max_prompt_length", 96), ("training.logits_chunk", 64), ("training.logging_steps", 2)),
     app_fallback=2,  # offline, `python app.py` serves it once its folder is made (python -m clo models get smollm2)
     withdrawn_adapters=tuple((name, sha256, "it lost plain English answers (\"What is the capital of France?\" became a "
                                             "loop of French); docs/replication.md") for name, sha256 in (

@@ -94,6 +94,12 @@ class OfflineModel:
     # project-written example prompts (JSONL: prompt_en and prompt_<lang>, relative to the repository) shown before
     # the sample's in the languages they have: the ones where this model's adapters differ visibly
     examples_first: str | None = None
+    # the app's sampling for it (fields of clo.engines.Sampling: max_tokens, repetition_penalty, stop), chosen so its
+    # answers stay short and readable at demo speed on this machine; --max-tokens and --repetition-penalty win
+    generation: tuple[tuple[str, object], ...] = ()
+    # the Train tab's default run on it (recipe overrides, dotted: "training.learning_rate"), chosen so that run visibly
+    # changes the adapter within minutes on this machine; the recipe's own defaults fill the rest
+    train_defaults: tuple[tuple[str, object], ...] = ()
 
     @property
     def path(self) -> Path:
@@ -123,6 +129,10 @@ class OfflineModel:
             out = {lang: first.get(lang, []) + [e for e in pairs if e not in first.get(lang, [])]
                    for lang, pairs in out.items()} | {lang: pairs for lang, pairs in first.items() if lang not in out}
         return out
+
+    def sampling(self) -> dict:
+        """Its generation defaults as Sampling's keyword arguments ({} when it has none)."""
+        return dict(self.generation)
 
     def detect(self, text: str) -> "Detection | None":
         """Its own judgement of the language of `text`, or None to leave it to the statistical detector."""

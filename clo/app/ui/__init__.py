@@ -16,7 +16,11 @@ from clo.app.ui import arena, compare, data, leaderboard, train
 from clo.app.context import Services
 
 ON_SPACE = bool(os.environ.get("SPACE_ID"))
-CSS = ".answer { min-height: 6em; padding: 0.5em; border: 1px solid var(--border-color-primary); border-radius: 8px; }"
+# answers in equal boxes; the line under each (language, tokens, speed) readable from the back of a room
+CSS = """
+.answer { min-height: 6em; padding: 0.5em; border: 1px solid var(--border-color-primary); border-radius: 8px; }
+.stats { font-size: 0.95rem; color: var(--body-text-color); opacity: 0.8; }
+"""
 
 
 def build_app(services: Services) -> gr.Blocks:
@@ -30,13 +34,13 @@ def build_app(services: Services) -> gr.Blocks:
             f"and watch the tally.\n\n**Running on:** {services.running_on}"
         )
         with gr.Tabs(overflow_behavior="wrap") as tabs:  # on a phone every tab stays in sight
-            with gr.Tab("Compare", id="compare"):
+            with gr.Tab("Compare", id="compare") as compare_shown:
                 compare_tab = compare.build(services)
             with gr.Tab("Arena", id="arena"):
                 arena_tab = arena.build(services, default_lang=(services.target_languages() or ["ko"])[0])
             with gr.Tab("Leaderboard", id="leaderboard") as board_tab:
                 board = leaderboard.build(services)
-            with gr.Tab("Train", id="train"):
+            with gr.Tab("Train", id="train") as train_shown:
                 locked = s.demo_mode
                 with gr.Row(visible=locked) as gate:  # demo mode: only the way in shows, and only one that can work
                     password = unlock = None
@@ -84,7 +88,13 @@ def build_app(services: Services) -> gr.Blocks:
         # a name free now, not when the app started (another page's run may have taken that one); then the preview
         demo.load(train_tab.fresh_name, train_tab.inputs, train_tab.name, api_visibility="private").then(
             train_tab.on_preview, train_tab.inputs, train_tab.preview, api_visibility="private")
+        # the line-up as it is now, not as it was when the app started; again whenever Compare is shown
+        demo.load(compare_tab.refresh, compare_tab.lang, compare_tab.serving, api_visibility="private")
+        compare_shown.select(compare_tab.refresh, compare_tab.lang, compare_tab.serving, api_visibility="private",
+                             show_progress="hidden")
         demo.load(train_tab.serving.refresh, train_tab.serving.lang, train_tab.serving.outputs, api_visibility="private")
+        train_shown.select(train_tab.serving.refresh, train_tab.serving.lang, train_tab.serving.outputs,
+                           api_visibility="private", show_progress="hidden")  # another admin's choice, since
         demo.load(train_tab.judge.refresh, None, train_tab.judge.outputs, api_visibility="private")
         demo.load(data.preview_pairs, [data_tab.lang, data_tab.pairs], data_tab.table, api_visibility="private")
         demo.load(board.update, board.inputs, board.outputs, api_visibility="private")

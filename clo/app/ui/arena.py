@@ -66,25 +66,30 @@ def build(services: Services, default_lang: str = "ko"):
     def voting(on: bool) -> dict:
         return {button: gr.update(interactive=on) for button in buttons.values()}
 
-    def on_draw(code):
+    def on_draw(bid, code, request: gr.Request):
+        """A new prompt clears the last battle from the screen (an unvoted one is dropped, as Skip drops it)."""
+        flow.skip(services, request, bid)
         text, en = flow.draw_prompt(services, code)
-        return text, english_line(en)
+        return {battle_id: None, prompt: text, english: english_line(en), answer_a: "", answer_b: "", reveal: "",
+                **voting(False)}
 
     def on_typed(p, code):
         return english_line(services.english_of((p or "").strip(), code))
 
     def on_start(p, code, request: gr.Request):
+        """The answers as they arrive (the buttons stay off until the battle is stored), then the battle."""
         try:
-            b = flow.start_battle(services, request, p, code)
+            for b in flow.stream_battle(services, request, p, code):
+                yield {battle_id: b.get("battle_id"), prompt: b["prompt"], english: english_line(b["english"]),
+                       answer_a: b["answer_a"] or "*…*", answer_b: b["answer_b"] or "*…*", reveal: "",
+                       **voting("battle_id" in b)}
         except CLOError as e:  # one message; the panes keep what they showed (no error badge on each)
             gr.Warning(str(e))
-            return gr.skip()
-        return {battle_id: b["battle_id"], prompt: b["prompt"], english: english_line(b["english"]),
-                answer_a: b["answer_a"], answer_b: b["answer_b"], reveal: "", **voting(True)}
+            yield gr.skip()
 
     def on_skip(bid, code, request: gr.Request):
         flow.skip(services, request, bid)
-        return on_start("", code, request)
+        yield from on_start("", code, request)
 
     def on_vote(outcome: str):
         def handler(bid, request: gr.Request):
@@ -101,11 +106,13 @@ def build(services: Services, default_lang: str = "ko"):
         return handler
 
     battle_outputs = [battle_id, prompt, english, answer_a, answer_b, reveal, *buttons.values()]
-    draw.click(on_draw, lang, [prompt, english], api_visibility="private")
+    draw.click(on_draw, [battle_id, lang], battle_outputs, api_visibility="private")
     prompt.blur(on_typed, [prompt, lang], english, api_visibility="private", show_progress="hidden")
     generation = services.generation
-    start.click(on_start, [prompt, lang], battle_outputs, api_visibility="private", **generation)
-    skip.click(on_skip, [battle_id, lang], battle_outputs, api_visibility="private", **generation)
+    # while the answers stream, only the answer panes show progress: the prompt stays readable
+    panes = [answer_a, answer_b]
+    start.click(on_start, [prompt, lang], battle_outputs, api_visibility="private", show_progress_on=panes, **generation)
+    skip.click(on_skip, [battle_id, lang], battle_outputs, api_visibility="private", show_progress_on=panes, **generation)
     for outcome, button in buttons.items():
         button.click(on_vote(outcome), battle_id, [battle_id, reveal, *buttons.values()], api_visibility="private")
 

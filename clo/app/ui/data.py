@@ -34,8 +34,8 @@ def preview_pairs(lang: str, pairs: int, source: str = "sample") -> pd.DataFrame
         raise refusal(e) from None
     rows = []
     for r in data.rows:
-        rows.append({"query": f"x_{lang}: {r['prompt_tgt']}", "chosen ✓": r["response_tgt"], "rejected ✗": r["response_en"]})
-        rows.append({"query": f"x_en: {r['prompt_en']}", "chosen ✓": r["response_en"], "rejected ✗": r["response_tgt"]})
+        rows.append({"query": f"x_{lang}: {r['prompt_tgt']}", "chosen": r["response_tgt"], "rejected": r["response_en"]})
+        rows.append({"query": f"x_en: {r['prompt_en']}", "chosen": r["response_en"], "rejected": r["response_tgt"]})
     return pd.DataFrame(rows)
 
 

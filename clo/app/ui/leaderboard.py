@@ -44,8 +44,11 @@ from clo.evaluate.export import export_votes
 
 ALL = "all"
 # the columns of each table as shown, so an empty table still has its real headers
+RANKED = ["variant", "rating (95% CI)", "win % vs base", "votes", "on-language %"]  # short
+#          enough that the five fit a phone's 400 px (docs/leaderboard-400.png)
 SHOWN = {
-    "wtl": ["opponent", *COUNTS, "battles", "win %", "tie %", "loss %", "both_bad %"],
+    "standings": RANKED,
+    "wtl": ["opponent", *COUNTS, "battles", "win %", "tie %", "loss %"],
     "bradley_terry": ["variant", "rating", "lower", "upper", "battles"],
     "win_rate": ["variant"],
     "summary": ["language", "stored", "named", "rated", "a", "b", "tie", "both_bad"],
@@ -127,8 +130,10 @@ def shown(name: str, frame: pd.DataFrame | None) -> pd.DataFrame:
     if frame is None or frame.empty:
         return pd.DataFrame(columns=SHOWN.get(name, ["variant"]))
     frame = frame.copy()
-    if name == "wtl":
-        frame = frame.rename(columns={f"{k}_pct": f"{k} %" for k in ("win", "tie", "loss", "both_bad")})
+    if name == "standings":
+        return ranked(frame)
+    if name == "wtl":  # win, tie and loss % of the judged votes (they add up to 100); both_bad as a count
+        frame = frame.drop(columns="both_bad_pct").rename(columns={f"{k}_pct": f"{k} %" for k in ("win", "tie", "loss")})
     elif name == "bradley_terry":
         frame[["rating", "lower", "upper"]] = frame[["rating", "lower", "upper"]].round(0)
     elif name == "win_rate":
@@ -142,6 +147,28 @@ def shown(name: str, frame: pd.DataFrame | None) -> pd.DataFrame:
         frame[list(KAPPA)] = frame[list(KAPPA)].round(2)
         return frame.round({c: 1 for c in frame.columns if c not in KAPPA})
     return frame.round(1)
+
+
+def ranked(frame: pd.DataFrame) -> pd.DataFrame:
+    """clo.evaluate.board.standings as a room reads it: the rating with its interval, or how many votes it still
+    needs; the win rate against the base with its denominator; the votes with the both-bad ones among them."""
+    def rating(r) -> str:
+        if pd.notna(r["rating"]):
+            return f"{r['rating']:.0f} (anchor)" if pd.isna(r["lower"]) else \
+                f"{r['rating']:.0f} ({r['lower']:.0f}–{r['upper']:.0f})"
+        if r["needs"]:
+            return f"needs {r['needs']} more vote{'' if r['needs'] == 1 else 's'}"
+        return "not rated yet: see the note above"
+
+    def versus(r) -> str:
+        return MISSING if not r["judged vs base"] else f"{r['win % vs base']:.1f} of {r['judged vs base']}"
+
+    def votes(r) -> str:
+        return f"{r['votes']}" + (f" ({r['both_bad']} both bad)" if r["both_bad"] else "")
+
+    rows = [[r["variant"], rating(r), versus(r), votes(r), round(100 * r["fidelity"], 1) if pd.notna(r["fidelity"])
+             else np.nan] for _, r in frame.iterrows()]
+    return pd.DataFrame(rows, columns=RANKED)
 
 
 def styled(name: str, frame: pd.DataFrame | None):
@@ -165,6 +192,16 @@ def records(t: dict) -> dict:
     for k, v in t.items():
         out[k] = (v.reset_index() if k in ("win_rate", "battles") else v).to_dict(orient="records")
     return out
+
+
+def status_line(t: dict, code: str | None) -> str:
+    """The votes counted, in numbers that add up: every rated vote, the judged ones and the both-bad ones."""
+    scope = ALL if code in (None, "", ALL) else code
+    row = t["summary"][t["summary"]["language"] == scope]
+    rated = int(row["rated"].sum()) if len(row) else 0
+    both_bad = int(row["both_bad"].sum()) if len(row) else 0
+    text = f"**{rated} vote{'' if rated == 1 else 's'}**"
+    return text + (f": {rated - both_bad} judged, {both_bad} both bad." if both_bad else ".")
 
 
 def rating_plot(bt: pd.DataFrame):
@@ -205,32 +242,38 @@ def build(services: Services):
     board = Board(services)
     with gr.Row():
         base = gr.Dropdown(board.choices(), value=served_base(services), label="Base model (one experiment each)",
-                           elem_id="board-base")
-        lang = gr.Dropdown(choices, value=ALL, label="Language")
-        refresh = gr.Button("Refresh")
-        download = gr.DownloadButton("Download votes (CSV)", elem_id="download-csv")
-        download_parquet = gr.DownloadButton("Download votes (Parquet)", elem_id="download-parquet")
+                           elem_id="board-base", scale=2)
+        lang = gr.Dropdown(choices, value=ALL, label="Language", scale=1)
+        refresh = gr.Button("Refresh", scale=0, min_width=100)
     status = gr.Markdown(elem_id="board-status")
+
+    def table(name: str, label: str, **kw) -> gr.Dataframe:  # written by `styled`: only a read-only table shows text
+        return gr.Dataframe(shown(name, None), label=label, interactive=False, wrap=True, **kw)
+
+    # the first screen: one ranked table and one plot; everything else below, one click away
+    standings = table("standings", "Ranking (people's blind votes; both bad counts as a vote, never as a win)",
+                      elem_id="board-ranking", column_widths=["20%", "26%", "19%", "19%", "16%"])
     plot = gr.Plot(label="Ratings", elem_id="rating-plot", visible=False)
-
-    def table(name: str, label: str) -> gr.Dataframe:  # written by `styled`: only a read-only table shows its text
-        return gr.Dataframe(shown(name, None), label=label, interactive=False)
-
     with gr.Row():
-        wtl = table("wtl", "CLO wins / ties / losses")
-        bt = table("bradley_terry", "Bradley–Terry (ties count half; both_bad excluded)")
-    with gr.Row():
+        download = gr.DownloadButton("Download votes (CSV)", elem_id="download-csv", size="sm")
+        download_parquet = gr.DownloadButton("Download votes (Parquet)", elem_id="download-parquet", size="sm")
+    with gr.Accordion("CLO against each opponent: wins, ties, losses", open=False):
+        wtl = table("wtl", "win, tie and loss % of the judged votes (both bad aside)")
+    with gr.Accordion("Who beats whom: the win-rate matrix and the ratings' detail", open=False):
         win_rate = table("win_rate", "Win rate (%): row beats column")
-        fid = table("fidelity", "Language fidelity of the answers")
-    summary = table("summary", "Votes (named side-by-side votes are stored but not rated)")
-    with gr.Row():
-        judge = table("judge", "LLM judge beside the people: CLO's wins / ties / losses by each judge (judge votes are "
-                      "never counted above)")
+        bt = table("bradley_terry", "Bradley–Terry (ties count half; both bad left out)")
+    with gr.Accordion("Language fidelity of the answers", open=False):
+        fid = table("fidelity", "share of each variant's answers in the prompt's language; echoes and loops apart")
+    with gr.Accordion("Votes per language", open=False):
+        summary = table("summary", "stored: every vote; named: side-by-side votes, stored but not rated; rated: the "
+                        "blind ones, by outcome")
+    with gr.Accordion("LLM judge beside the people", open=False):
+        judge = table("judge", "CLO's wins / ties / losses by each judge (judge votes are never counted above)")
         agree = table("agreement", "Judge vs people on the battles both judged: agreement and Cohen's κ (95% intervals); "
                       "first shown %: how often the judge named the answer it saw first (about 50% is no position bias); "
                       "orders agree %: how often both orders of a pair named the same winner (a disagreement is a tie)")
-    judge_bt = table("judge_ratings", "Bradley–Terry from each judge's verdicts beside the people's rating (— : too few "
-                     "verdicts per pair to rate yet)")
+        judge_bt = table("judge_ratings", "Bradley–Terry from each judge's verdicts beside the people's rating (— : too "
+                         "few verdicts per pair to rate yet)")
     timer = gr.Timer(15)
 
     def update(code, key=None):
@@ -240,24 +283,21 @@ def build(services: Services):
         picker = gr.update(choices=listed, value=key if key in {k for _, k in listed} else served_base(services))
         buttons = [gr.update(value=files["csv"]), gr.update(value=files["parquet"])]
         if not t:
-            return ["*no votes on this base model yet: judge a few battles in the Arena*",
+            return ["*no votes on this base model yet: judge a few battles in the Arena*", styled("standings", None),
                     gr.update(value=None, visible=False)] + \
                 [styled(k, None) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons + \
                 [styled(k, None) for k in ("judge", "agreement", "judge_ratings")] + [picker]
-        scope = ALL if code in (None, "", ALL) else code
-        rated = t["summary"].loc[t["summary"]["language"] == scope, "rated"]
-        n = int(rated.sum()) if len(rated) else 0
-        text = f"**{n} rated vote{'' if n == 1 else 's'}.** " + (
-            f"*{t['note']}: keep voting in the Arena.*" if t["note"]
-            else "Ratings: Bradley–Terry, ties count half, 95% bootstrap intervals; `base`, when rated, is the anchor at 1000.")
+        text = status_line(t, code) + (
+            f" *{t['note']}: keep voting in the Arena.*" if t["note"]
+            else " Ratings: Bradley–Terry, ties count half, 95% bootstrap intervals; `base`, when rated, is the anchor at 1000.")
         if judge_line := services.judging.public_line():
             text += f"\n\n{judge_line}"
         figure = rating_plot(t["bradley_terry"])
-        return [text, gr.update(value=figure, visible=figure is not None)] + \
+        return [text, styled("standings", t["standings"]), gr.update(value=figure, visible=figure is not None)] + \
             [styled(k, t[k]) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons + \
             [styled(k, t[k]) for k in ("judge", "agreement", "judge_ratings")] + [picker]
 
-    outputs = [status, plot, wtl, bt, win_rate, fid, summary, download, download_parquet, judge, agree, judge_bt, base]
+    outputs = [status, standings, plot, wtl, bt, win_rate, fid, summary, download, download_parquet, judge, agree, judge_bt, base]
     for trigger in (lang.change, base.change, refresh.click, timer.tick):  # their own queue: never behind generation
         trigger(update, [lang, base], outputs, api_visibility="private", show_progress="hidden", concurrency_id="board")
 

@@ -7,6 +7,7 @@ admin password or logged in as an allowed user may apply one, whatever the page 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import gradio as gr
@@ -39,7 +40,7 @@ def apply(services: Services, request, lang: str, sft: str | None, clo: str | No
     if sorted(arena or []) == sorted(before):  # the Arena list left as the slots were: it follows the new slots
         arena = None
     services.lineup.choose(lang, None if sft in (None, EMPTY) else sft, None if clo in (None, EMPTY) else clo, arena)
-    return f"✅ saved: {services.lineup.describe(lang, services.settings.model)}"
+    return f"Saved at {time.strftime('%H:%M:%S')}: {services.lineup.describe(lang, services.settings.model)}"
 
 
 
@@ -66,10 +67,14 @@ def build(services: Services):
         status = gr.Markdown(overview(services), elem_id="lineup")
 
     def on_apply(code, s, c, a, request: gr.Request):
+        """Saved, said twice: a toast, and the panel's overview with the change on top (every page's Compare line
+        shows it when the page opens the tab or compares)."""
         try:
-            return apply(services, request, code, s, c, a)
+            said = apply(services, request, code, s, c, a)
         except CLOError as e:
             raise refusal(e) from None
+        gr.Info(said.split(":", 1)[0] + f": Compare and the Arena now serve this line-up for {code}")
+        return f"**{said}**\n\n{overview(services)}"
 
     form = [sft, clo, arena]
     lang.change(lambda code: form_for(services, code), lang, form, api_visibility="private")

@@ -54,17 +54,28 @@ def widget(dotted: str, default) -> gr.components.Component:
     return gr.Textbox(value=default, label=label, info=info)
 
 
-def recipe_from_form(values: dict[str, object]) -> Recipe:
+def recipe_from_form(values: dict[str, object], hidden: dict[str, object] | None = None) -> Recipe:
+    """The recipe of the form's `values` over `hidden` (the served model's training defaults the form has no field
+    for, `model_defaults`)."""
     overrides = {k: (",".join(v) if isinstance(v, list) else v) for k, v in values.items() if v not in (None, "")}
-    return Recipe.load(overrides=overrides)  # validates every value, with the CLI's messages
+    return Recipe.load(overrides=(hidden or {}) | overrides)  # validates every value, with the CLI's messages
+
+
+def model_defaults(services: Services) -> dict[str, object]:
+    """The served offline model's own training defaults (clo.models.table) that the form shows no field for: they
+    go into every run started from the form, and its command shows them."""
+    entry = entry_for(services.settings.model)
+    return {k: v for k, v in (entry.train_defaults if entry else ()) if k not in FORM}
 
 
 def form_defaults(services: Services) -> Recipe:
-    """The form's starting recipe, fitted to the served model: an offline model that brings its own data source
-    (clo.models.table) trains that source's language on it; another trains the first language with examples; the
-    adapter name is one not yet taken."""
+    """The form's starting recipe, fitted to the served model: an offline model's own training defaults
+    (clo.models.table: a run that visibly teaches within minutes here); one that brings its own data source trains
+    that source's language on it; another trains the first language with examples; the adapter name is one not yet
+    taken."""
     overrides = {"model.name_or_path": services.settings.model}
     entry = entry_for(services.settings.model)
+    overrides |= dict(entry.train_defaults) if entry else {}
     if entry and entry.data_sources:
         overrides |= {"data.target_lang": entry.data_sources[0].language, "data.source": entry.data_sources[0].name}
     elif services.examples:
@@ -132,15 +143,17 @@ def build(services: Services, visible: bool = True) -> TrainTab:
             for dotted in FORM[5:]:
                 section, name = dotted.split(".")
                 widgets[dotted] = widget(dotted, getattr(getattr(defaults, section), name))
-        upload = gr.File(label="…or upload a JSONL of English pairs (prompt_en / response_en)", file_types=[".jsonl"])
-        preview = gr.Code(label="The command that will run", language="shell", wrap_lines=True)
+        upload = gr.File(label="…or upload a JSONL of English pairs (prompt_en / response_en)", file_types=[".jsonl"],
+                         height=90)
+        preview = gr.Code(label="The command that will run", language="shell", wrap_lines=True, lines=2, max_lines=8)
         with gr.Row():
             start = gr.Button("Start", variant="primary")
             stop = gr.Button("Stop", variant="stop")
         status = gr.Markdown(elem_id="train-status")
         plot = gr.LinePlot(x="step", y="value", color="series", label="loss, L_SFT, L_CL, margins (the adapter training now)",
                            elem_id="loss-plot")
-        tail = gr.Code(label="Log", language=None, wrap_lines=True)
+        with gr.Accordion("The run's log", open=False):
+            tail = gr.Code(label="Log", language=None, wrap_lines=True, lines=4, max_lines=20)
         serving_panel = serving.build(services)
         judge_panel = judging.build(services)
         runs = {}  # the experiments the offline models bring (clo.models.table): name -> (button, summary, plot)
@@ -151,6 +164,7 @@ def build(services: Services, visible: bool = True) -> TrainTab:
                                     gr.Image(label="CLO vs SFT by data size", type="filepath", interactive=False))
     timer = gr.Timer(2, active=False)  # polls only on an admin's page, with the Train tab open and a job there
     keys = list(widgets)
+    hidden = model_defaults(services)
 
     def values_of(args) -> dict:
         return dict(zip(keys, args))
@@ -165,11 +179,11 @@ def build(services: Services, visible: bool = True) -> TrainTab:
 
     def on_preview(*args):
         try:
-            recipe = recipe_from_form(values_of(args))
+            recipe = recipe_from_form(values_of(args), hidden)
         except CLOError as e:
             return f"# {e}"
-        flags = " ".join(f"--{k} {shlex.quote(','.join(v) if isinstance(v, list) else str(v))}" for k, v in values_of(args).items()
-                         if v not in (None, ""))
+        flags = " ".join(f"--{k} {shlex.quote(','.join(v) if isinstance(v, list) else str(v))}"
+                         for k, v in (hidden | values_of(args)).items() if v not in (None, ""))
         warning = misfit(recipe, services.settings.model)
         if clash := taken(services.settings.adapters_dir, recipe):  # a page left open while another run took it
             warning = (f"an adapter named {clash!r} exists already, so Start will refuse this name; "
@@ -179,7 +193,7 @@ def build(services: Services, visible: bool = True) -> TrainTab:
 
     def on_start(request: gr.Request, *args):  # the request first: Gradio passes it by position
         try:
-            job = jobs.start(request, recipe_from_form(values_of(args)))
+            job = jobs.start(request, recipe_from_form(values_of(args), hidden))
         except CLOError as e:
             raise refusal(e) from None
         return f"started: `{job['command']}`", gr.Timer(active=True)
@@ -203,7 +217,7 @@ def build(services: Services, visible: bool = True) -> TrainTab:
 
     def next_name(args) -> dict:
         try:
-            return gr.update(value=free_name(services, recipe_from_form(values_of(args))))
+            return gr.update(value=free_name(services, recipe_from_form(values_of(args), hidden)))
         except CLOError:
             return gr.update()
 
@@ -222,11 +236,11 @@ def build(services: Services, visible: bool = True) -> TrainTab:
             text = "stopped; no adapter was written"
         elif finished and (job := jobs.current() or {}).get("experiment") in runs:
             replaced = lookup(job["experiment"]).experiment.replaces_served(services.settings.model)
-            text += ("\n\n✅ finished; the served adapters were replaced by this run's" if replaced else
-                     "\n\n✅ finished; its table and plot are below")
+            text += ("\n\n**Finished**; the served adapters were replaced by this run's" if replaced else
+                     "\n\n**Finished**; its table and plot are below")
         elif finished:
             names = ", ".join(f"`{n}`" for n in jobs.loaded_names())
-            text += (f"\n\n✅ finished: {names} loaded and listed under Serving below. Compare and Arena serve it "
+            text += (f"\n\n**Finished**: {names} loaded and listed under Serving below. Compare and Arena serve it "
                      "only once you choose it there.")
         shown = (jobs.current() or {}).get("experiment")  # an experiment's table and plot go under its own button
         results = [part for name in runs for part in (result if result and name == shown else (gr.update(), gr.update()))]

@@ -92,15 +92,15 @@ class Judging:
                 counts += " (it mostly follows the order shown: its win rates mean little)"
         example = f"; one unreadable reply: {s['example']}" if s["example"] else ""
         if s["status"] == "running":
-            return f"⏳ judging{scope} with {where}: {s['done']}/{s['total']} of the pairs not judged yet"
+            return f"**Judging**{scope} with {where}: {s['done']}/{s['total']} of the pairs not judged yet"
         if s["status"] == "failed":
-            return f"❌ judging{scope} with {where} stopped: {s['error']}"
+            return f"**Stopped:** judging{scope} with {where} failed: {s['error']}"
         if s["status"] == "done" and s["unreadable"] and not s["judged"]:
-            return (f"⚠️ judged{scope} with {where}, but every reply was unreadable ({s['unreadable']}){example}. "
+            return (f"**Nothing judged:** judged{scope} with {where}, but every reply was unreadable ({s['unreadable']}){example}. "
                     "They are kept, never counted, and asked again later; a judge that answers in plain text needs "
                     "--judge-constraint none (CLO_JUDGE_CONSTRAINT=none).")
         if s["status"] == "done":
-            return f"✅ judged{scope} with {where}: {counts}{example}."
+            return f"**Done:** judged{scope} with {where}: {counts}{example}."
         if self.background:
             return f"The background judge `{self.model}` at {self.url} judges each new battle."
         return "No judge has run since the app started."
