@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import os
 import sys
@@ -125,25 +126,43 @@ def cmd_votes_export(args: argparse.Namespace) -> None:
 
     store = open_store(args.db, read_only=True)  # exporting changes nothing in the store
     out = args.out or f"votes.{args.format or 'parquet'}"
-    path = export_votes(store, out, args.format, args.lang, overwrite=args.overwrite)
-    print(f"wrote {len(store.votes(args.lang))} votes to {path}")
+    if args.format == "fastchat":
+        out = args.out or "battles.json"
+    path = export_votes(store, out, args.format, args.lang, overwrite=args.overwrite, base=args.base)
+    if args.format == "fastchat":
+        print(f"wrote {len(json.loads(path.read_text(encoding='utf-8')))} people's battles in FastChat's clean-battle "
+              f"shape to {path}")
+    else:
+        print(f"wrote {len(store.votes(args.lang))} votes to {path}")
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> dict | None:
     """Print the Leaderboard's tables (clo.evaluate.board, as the app's tab computes them), one base model after
     another (ratings never mix bases), and return those of the last."""
-    from clo.evaluate.ratings import bases, judges, of_base
+    from clo.evaluate.ratings import HUMAN, bases, judges, of_base
     from clo.evaluate.store import open_store
 
     battles = open_store(args.db, read_only=True).votes()  # reading changes nothing in the store
     if battles.empty:
-        print(f"no votes in {args.db} yet")
+        print(json.dumps({"rater": args.judge or "people", "focus": args.focus, "bases": []}) if args.json
+              else f"no votes in {args.db} yet")
         return None
     battles = of_base(battles, args.base)
     if args.judge and args.judge not in judges(battles):
         raise CLOError(f"no votes by the judge {args.judge!r} in {args.db}{' on ' + args.base if args.base else ''}; "
                        f"its judges: {', '.join(judges(battles)) or 'none'}")
     found, tables = bases(battles), None
+    if args.json:  # one JSON object, every base model in it (clo.evaluate.board.focus_results)
+        from clo.evaluate.board import focus_results
+
+        rater = args.judge or "people"
+        print(json.dumps({"rater": rater, "focus": args.focus, "bases": [
+            {"key": b["key"], "label": b["label"], "votes": b["votes"],
+             "languages": focus_results(of_base(battles, b["key"]) if args.lang is None else
+                                        of_base(battles[battles["language"] == args.lang], b["key"]),
+                                        args.focus, args.judge or HUMAN, args.bootstrap)}
+            for b in found if not args.judge or args.judge in judges(of_base(battles, b["key"]))]}, indent=2))
+        return None
     for b in found:
         if len(found) > 1:
             print(f"{'' if b is found[0] else chr(10)}# base model {b['label']}: {b['votes']} votes "
@@ -300,9 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("votes", help="the vote store: export the votes")
     votes = p.add_subparsers(dest="votes_command", required=True, metavar="ACTION")
-    e = votes.add_parser("export", help="write the votes as CSV, JSONL or Parquet")
+    e = votes.add_parser("export", help="write the votes as CSV, JSONL or Parquet, or the people's battles in "
+                         "FastChat's clean-battle shape (--format fastchat, a .json file)")
     add_store_option(e)
-    e.add_argument("--format", choices=("csv", "jsonl", "parquet"),
+    e.add_argument("--base", metavar="MODEL", help="only the votes on this base model (its name or fingerprint); "
+                   "--format fastchat needs it when the store holds several, which FastChat would rate together")
+    e.add_argument("--format", choices=("csv", "jsonl", "parquet", "fastchat"),
                    help="default: the --out file's suffix (.csv, .jsonl, .parquet); one that contradicts it is refused")
     e.add_argument("--out", help="output file (default votes.FORMAT, Parquet without --format); CSV cells that "
                    "start like a formula (= + - @) get a leading quote")
@@ -319,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "instead of the people's, and its agreement with them")
     p.add_argument("--base", metavar="MODEL", help="only the votes on this base model (its name as served, or its "
                    "fingerprint); default: every base model the votes are on, one after another, never rated together")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables: per base model "
+                   "and language, the focus variant's wins, ties, losses, n, win_rate with its interval and "
+                   "length_controlled against each opponent, the ratings; a judge's position consistency")
     p.set_defaults(func=cmd_leaderboard)
 
     from clo.evaluate.judge.cli import add_parser as add_judge_parser

@@ -190,3 +190,31 @@ def test_the_first_table_ranks_every_variant_with_counts_that_add_up(store):
     # Chinese has 2 judged votes per pair: no ratings yet, each variant needs 5 - 2 more for each of its 2 pairs
     zh = tables(votes, "zh", base=SERVED_BASE[0])
     assert zh["note"] and set(zh["standings"]["needs"]) == {6} and zh["standings"]["rating"].isna().all()
+
+
+def test_leaderboard_json_is_the_printed_numbers_in_one_object(store, capsys):
+    """`leaderboard --json`: per base and language, CLO against each opponent (the W/T/L the tables print, n the
+    judged votes, the win rate (wins + ½ ties) / n inside its interval, no length-controlled number from 8 pairs but
+    the reason) and the ratings; with --judge, its position consistency as judge_board computes it."""
+    import json
+
+    people, judge = cli(store), cli(store, "--judge", JUDGE)
+    capsys.readouterr()
+    cli(store, "--json")
+    out = json.loads(capsys.readouterr().out)
+    assert out["rater"] == "people" and [b["key"] for b in out["bases"]] == [SERVED_BASE[0]]
+    ko = out["bases"][0]["languages"]["ko"]
+    assert list(ko) == ["opponents", "note", "ratings"] and list(out["bases"][0]["languages"]) == ["ko"]
+    for row in people["wtl"].itertuples():
+        mine = ko["opponents"][row.opponent]
+        assert (mine["wins"], mine["ties"], mine["losses"], mine["both_bad"]) == (row.wins, row.ties, row.losses, row.both_bad)
+        assert mine["n"] == row.wins + row.ties + row.losses
+        assert mine["win_rate"] == pytest.approx((row.wins + 0.5 * row.ties) / mine["n"])
+        assert mine["lower"] <= mine["win_rate"] <= mine["upper"]
+        assert mine["length_controlled"] is None and "it needs 20" in mine["length_control_note"]
+    assert [r["variant"] for r in ko["ratings"]] == list(people["bradley_terry"]["variant"])
+    assert [r["rating"] for r in ko["ratings"]] == pytest.approx(list(people["bradley_terry"]["rating"]))
+    cli(store, "--json", "--judge", JUDGE)
+    theirs = json.loads(capsys.readouterr().out)["bases"][0]["languages"]["ko"]
+    assert theirs["position_consistency"] == pytest.approx(judge["position_consistency"])
+    assert theirs["both_orders"] == judge["both_orders"] and theirs["first_shown"] == pytest.approx(judge["first_shown"])

@@ -173,6 +173,18 @@ def test_a_battle_streams_its_answers_and_is_stored_only_when_whole(services, mo
     assert rows[0][0] == 1  # the voted one: the battle left mid-answer was never stored
 
 
+def test_a_battle_that_asks_who_the_model_is_is_stored_flagged_and_not_rated(services):
+    from clo.evaluate.arena import new_battle
+    from clo.evaluate.board import leaderboard
+
+    b = new_battle(services, "Who are you?", "ko", voter="v")
+    services.store.vote(b["battle_id"], "a", voter="v")
+    votes = services.store.votes()
+    assert votes.loc[0, "leak"] == "the prompt asks who the model is"
+    summary = leaderboard(votes, "ko")["summary"].set_index("language").loc["ko"]
+    assert (summary["stored"], summary["leaked"], summary["rated"]) == (1, 1, 0)
+
+
 def test_a_drawn_prompt_comes_with_its_english(services):
     from clo.evaluate.arena import new_battle
 

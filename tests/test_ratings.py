@@ -337,6 +337,7 @@ from clo.evaluate.agreement import (  # noqa: E402
     agreement,
     agreement_interval,
     cohen_kappa,
+    length_control,
     length_controlled_win_rate,
     win_rate_interval,
     winner_labels,
@@ -382,6 +383,23 @@ def test_length_controlled_win_rate_by_hand():
     assert length_controlled_win_rate(scores, second, first) == pytest.approx(2 / 3, abs=1e-6)
     with pytest.raises(CLOError, match="3 scores but 2 length differences"):
         length_controlled_win_rate([1, 0, 1], [1, 2], [3, 4])
+
+
+def test_length_control_says_when_it_cannot_tell():
+    """Too few pairs, or a fit separated by length (its coefficient at the bound), give no number but a reason;
+    otherwise the number is the fit's, as above."""
+    five = [1, 1, 1, 0.5, 0]  # plain 70%: the length order alone splits them, and the unpenalised fit runs to its bound
+    lengths = ([50, 40, 30, 20, 10], [10, 10, 10, 10, 10])
+    bare = length_controlled_win_rate(five, *lengths)  # what the bare fit says: an artefact at an extreme
+    assert bare < 0.001 or bare > 0.999
+    lc, why = length_control(five, *lengths)
+    assert math.isnan(lc) and why == "length control not identifiable here: 5 pairs, it needs 20"
+    separated = [1] * 15 + [0] * 15  # 30 pairs: every longer first answer won, every shorter one lost
+    lc, why = length_control(separated, [20] * 15 + [5] * 15, [5] * 15 + [20] * 15)
+    assert math.isnan(lc) and "length alone separates wins from losses" in why
+    scores = [1] * 24 + [0] * 6 + [1] * 5 + [0] * 5  # the by-hand case above: 40 pairs, not separated
+    first, second = [10] * 30 + [5] * 10, [5] * 30 + [10] * 10
+    assert length_control(scores, first, second) == (pytest.approx(2 / 3, abs=1e-6), None)
 
 
 def test_kappa_perfect_chance_opposite_and_by_hand():

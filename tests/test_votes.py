@@ -407,12 +407,13 @@ def test_a_store_of_the_previous_schema_is_read_as_it_is_and_migrated_when_writt
     conn.close()
     store = open_store(str(db))  # opened to write: migrated to the current schema, the old vote kept
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == len(MIGRATIONS) == 8
+        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == len(MIGRATIONS) == 9
     conn.close()
     votes = store.votes()
     assert len(votes) == 1 and votes.iloc[0].judge is None and votes.iloc[0].lang_a == "ko"
     assert votes.iloc[0].base_model is None and base_keys(votes).iloc[0] == UNKNOWN_BASE  # never guessed
     assert pd.isna(votes.iloc[0].langid_version)  # judged before versions were kept
+    assert votes.iloc[0].leak is None  # stored before leaks were checked: not checked again, rated as before
     assert store.record_judgment(judgment()) and len(store.votes()) == 2
     b = battle(store)
     store.vote(b.id, "tie", voter="v1")  # people still vote on a migrated store
@@ -495,3 +496,63 @@ def test_votes_keep_their_base_model_and_ratings_never_mix_bases(tmp_path, capsy
     assert out.count("# base model ") == 2 and "models/a (11111111): 7 votes" in out and "models/b: 6 votes" in out
     assert main(["leaderboard", "--db", db, "--base", "models/b", "--bootstrap", "10"]) in (0, None)
     assert "# base model" not in capsys.readouterr().out
+
+
+# ---- FastChat's clean-battle export: its own rating code reads it and ranks as ours does ----
+
+def test_the_fastchat_export_is_read_by_fastchats_own_ratings_in_our_order(tmp_path, capsys):
+    """300 votes among four variants of known strength, plus a named vote, a leaked one and a judge's verdict:
+    `votes export --format fastchat` writes the people's battles in FastChat's shape; FastChat's own
+    `compute_elo_mle_with_tie` (fschat 0.2.36) on its anonymous ones ranks the variants as our Bradley–Terry does."""
+    import json
+    import math
+    import random
+
+    elo = pytest.importorskip("fastchat.serve.monitor.elo_analysis",
+                              reason="fschat, scikit-learn and plotly are not installed (requirements-dev.txt has them)")
+    from clo.__main__ import build_parser
+    from clo.evaluate.board import leaderboard
+    from clo.evaluate.judgments import Judgment
+    from clo.evaluate.leaks import leak
+
+    strength = {"clo-ko": 1.2, "sft-ko": 0.5, "base": 0.0, "clo-ko-old": -0.6}
+    rng, store = random.Random(1), open_store(str(tmp_path / "votes.db"), seed=1)
+    base = ("models/m", None)
+    names = sorted(strength)
+    for k in range(300):
+        first, second = rng.sample(names, 2)
+        answers = {first: f"{first} {k}", second: f"{second} {k}"}
+        b = store.create_battle(voter=f"v{k % 40}", language="ko", prompt=f"질문 {k}", answers=answers, base=base)
+        left, right = (first, second) if b.answer_a == answers[first] else (second, first)
+        p = 1 / (1 + math.exp(strength[right] - strength[left]))
+        x = rng.random()
+        outcome = "tie" if x < 0.1 else "both_bad" if x < 0.14 else "a" if rng.random() < p else "b"
+        store.vote(b.id, outcome, voter=f"v{k % 40}")
+    named = store.create_battle(voter="n", language="ko", prompt="질문", answers={"base": "x", "sft-ko": "y"},
+                                base=base, blind=False)
+    store.vote(named.id, "a", voter="n")
+    leaked = {"base": "I am SmolLM.", "clo-ko": "clo-ko here"}
+    told = store.create_battle(voter="l", language="ko", prompt="질문?", answers=leaked, base=base,
+                               leak=leak("질문?", leaked.values(), names, base[0]))
+    store.vote(told.id, "a", voter="l")
+    store.record_judgment(Judgment(judge="j", protocol="p", language="ko", prompt="q", variant_a="base",
+                                   variant_b="sft-ko", answer_a="a", answer_b="b", outcome="a", reply="A",
+                                   base_model=base[0]))
+    out = tmp_path / "battles.json"
+    args = build_parser().parse_args(["votes", "export", "--db", store.where, "--format", "fastchat", "--out", str(out)])
+    args.func(args)
+    assert "wrote 302 people's battles in FastChat's clean-battle shape" in capsys.readouterr().out
+
+    battles = pd.read_json(out)  # as FastChat's elo_analysis reads a clean-battle file
+    assert len(battles) == 302 and battles["anony"].sum() == 300  # the named and the leaked one are not anonymous
+    assert set(battles["winner"]) == {"model_a", "model_b", "tie", "tie (bothbad)"}
+    row = battles.iloc[0]
+    assert row["conversation_a"][0]["role"] == "user" and row["conversation_a"][1]["role"] == "assistant"
+    assert row["turn"] == 1 and row["language"] == "Korean" and row["judge"].startswith("arena_user_")
+    assert not battles["judge"].str.contains("127.0.0.1").any()
+    theirs = elo.compute_elo_mle_with_tie(battles[battles["anony"]])
+    ours = leaderboard(store.votes(), "ko")["bradley_terry"]
+    assert list(theirs.index) == list(ours["variant"]) == sorted(strength, key=strength.get, reverse=True)
+    with pytest.raises(CLOError, match="FastChat's battle format; give --format fastchat"):
+        from clo.evaluate.export import export_votes
+        export_votes(store, tmp_path / "x.json")

@@ -5,6 +5,7 @@ DataFrame of clo.evaluate.ratings, whose docstring gives its columns and outcome
     win_rate_interval(scores)          the win rate of one side from per-item scores (1 win, ½ tie, 0 loss), with a
                                        percentile-bootstrap interval (AlpacaEval's `win_rate`)
     length_controlled_win_rate(...)    AlpacaEval 2's logistic fit on the length difference, read at no difference
+    length_control(...)                that rate, or NaN and why when the fit cannot tell (too few pairs, separated)
     cohen_kappa(labels_1, labels_2)    κ between two raters' labels of the same items
     agreement_interval(...)            percent agreement and κ, each with a bootstrap interval
     winner_labels(battles)             each vote's verdict whichever side was shown where
@@ -68,16 +69,41 @@ def length_controlled_win_rate(scores, length_first, length_second) -> float:
     adds a per-instruction difficulty that is estimated from its own 805 instructions and many other models'
     answers, which a prompt set of one's own does not have. With no length difference (sd(Δ) = 0) the fit is the
     intercept alone and LC equals the plain win rate; a first side that wins or loses every item gives 1 or 0.
+    It fits whatever it is given: `length_control` says when the fit means nothing.
     """
+    return _length_fit(scores, length_first, length_second)[0]
+
+
+LC_MIN_ITEMS = 20  # fewer pairs leave the length term unidentified (AlpacaEval fits it on 805 instructions)
+LC_BOUND = 30.0  # |β0|, |β1| at most this in the fit: a coefficient that reaches it means separation
+
+
+def length_control(scores, length_first, length_second, min_items: int = LC_MIN_ITEMS) -> tuple[float, str | None]:
+    """`length_controlled_win_rate` when the fit can say something, else (NaN, why): with fewer than `min_items`
+    pairs the length term is not identified, and when a coefficient reaches its bound (±LC_BOUND) the fit is
+    separated (the length difference alone tells the wins from the losses), so the rate read at Δ = 0 is an artefact
+    of the bound (5 pairs with a plain win rate of 70% gave 99.999%), not a preference. The model is the minimal one
+    described there: no per-instruction difficulty, no penalty on β1."""
+    y = np.asarray(scores, dtype=float).ravel()
+    if len(y) < min_items:
+        return math.nan, f"length control not identifiable here: {len(y)} pairs, it needs {min_items}"
+    lc, beta = _length_fit(scores, length_first, length_second)
+    if beta is not None and np.any(np.abs(beta) >= 0.999 * LC_BOUND):
+        return math.nan, "length control not identifiable here: the answers' length alone separates wins from losses"
+    return lc, None
+
+
+def _length_fit(scores, length_first, length_second) -> tuple[float, np.ndarray | None]:
+    """The LC rate and the fitted (β0, β1); None for β when there was nothing to fit (the plain rate returned)."""
     y = np.asarray(scores, dtype=float).ravel()
     delta = np.asarray(length_first, dtype=float).ravel() - np.asarray(length_second, dtype=float).ravel()
     if len(y) != len(delta):
         raise CLOError(f"{len(y)} scores but {len(delta)} length differences")
     if len(y) == 0:
-        return math.nan
+        return math.nan, None
     spread = delta.std(ddof=1) if len(y) > 1 else 0.0
     if spread == 0 or y.min() == y.max():  # nothing for the length term to explain: the intercept is the mean
-        return float(y.mean())
+        return float(y.mean()), None
     x = np.tanh(delta / spread)
 
     def loss_and_grad(beta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -86,9 +112,9 @@ def length_controlled_win_rate(scores, length_first, length_second) -> float:
         residual = (expit(z) - y) / len(y)
         return float(loss), np.array([residual.sum(), (residual * x).sum()])
 
-    fit = minimize(loss_and_grad, np.zeros(2), jac=True, method="L-BFGS-B", bounds=[(-30, 30), (-30, 30)],
+    fit = minimize(loss_and_grad, np.zeros(2), jac=True, method="L-BFGS-B", bounds=[(-LC_BOUND, LC_BOUND)] * 2,
                    options={"gtol": 1e-12, "ftol": 1e-15, "maxiter": 1000})
-    return float(expit(fit.x[0]))
+    return float(expit(fit.x[0])), fit.x
 
 
 def cohen_kappa(labels_1, labels_2) -> float:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from clo import CLOError
 from clo.evaluate.battles import OUTCOMES
+from clo.evaluate.leaks import leak
 from clo.evaluate.ratings import base_key
 
 if TYPE_CHECKING:  # the app's services are passed in: evaluate does not import the app
@@ -88,7 +89,9 @@ def battle_stream(services: Services, prompt: str | None, lang: str, voter: str,
                                                       engine=services.engine.kind, placed=(left, right),
                                                       detected={v: services.detect(answers[v], lang, prompt=text).code
                                                                 for v in (left, right)},
-                                                      address=address, base=base)
+                                                      address=address, base=base,
+                                                      leak=leak(text, [answers[left], answers[right]],
+                                                                services.engine.variants(), base[0]))
                 yield shown | {"battle_id": battle.id, "answer_a": battle.answer_a, "answer_b": battle.answer_b}
                 return
             tried.add(frozenset((left, right)))

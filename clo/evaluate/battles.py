@@ -100,12 +100,14 @@ def draw_pair(store: VoteStore, variants: list[str], language: str, exclude=(), 
 def create_battle(store: VoteStore, voter: str, language: str, prompt: str, answers: dict[str, str],
                   hashes: dict[str, str | None] | None = None, engine: str | None = None, blind: bool = True,
                   detected: dict[str, str] | None = None, address: str | None = None,
-                  base: tuple[str, str | None] | None = None, placed: tuple[str, str] | None = None) -> Battle:
+                  base: tuple[str, str | None] | None = None, placed: tuple[str, str] | None = None,
+                  leak: str | None = None) -> Battle:
     """Store a battle between the two variants of `answers`, placed left/right at random (or as `placed` says: a
     caller that streamed the answers drew the sides with `place` before showing them), owned by session
     `voter` from `address`; `detected` holds each answer's language code (clo.evaluate.langid), kept with the vote and
     the detector's version so no one detects it again unless the detector has changed since; `base` is the base
-    model behind every variant (its name and fingerprint, `clo.evaluate.ratings.base_key`), kept with the vote."""
+    model behind every variant (its name and fingerprint, `clo.evaluate.ratings.base_key`), kept with the vote;
+    `leak`, why the battle is not blind (clo.evaluate.leaks), kept with the vote, which is then never rated."""
     if len(answers) != 2:
         raise CLOError(f"a battle has exactly two answers, got {len(answers)}")
     store._check_prompt(prompt)
@@ -126,7 +128,7 @@ def create_battle(store: VoteStore, voter: str, language: str, prompt: str, answ
             "answer_b": battle.answer_b, "hash_a": hashes.get(left), "hash_b": hashes.get(right), "engine": engine,
             "blind": int(blind), "lang_a": detected.get(left), "lang_b": detected.get(right), "voter_address": where,
             "langid_version": LANGID_VERSION if detected else None, "base_model": (base or (None, None))[0],
-            "base_hash": (base or (None, None))[1]})
+            "base_hash": (base or (None, None))[1], "leak": leak})
     return battle
 
 
@@ -200,7 +202,7 @@ def insert_vote(store: VoteStore, cur, battle: dict, outcome: str, created: dt.d
         "lang_a": b["lang_a"], "lang_b": b["lang_b"], "voter_address": voter_address, "judge": judge,
         "judge_protocol": protocol, "judge_reply": reply, "langid_version": b.get("langid_version"),
         **dict(zip(("judge_orders", "judge_first", "judge_second", "judge_reply_second"), orders)),
-        "base_model": b.get("base_model"), "base_hash": b.get("base_hash"),
+        "base_model": b.get("base_model"), "base_hash": b.get("base_hash"), "leak": b.get("leak"),
         "pair_key": pair_key(b["language"], b["prompt"], b["variant_a"], b["answer_a"], b["variant_b"], b["answer_b"])})
 
 

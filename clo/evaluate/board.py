@@ -41,9 +41,11 @@ from clo.evaluate.ratings import (
     bradley_terry_of_counts,
     elo_ratings,
     judged_of_counts,
+    is_focus,
     judges,
     of_base,
     pair_counts,
+    rated_battles,
     rater_votes,
     rating_note,
     version_keys,
@@ -143,6 +145,54 @@ def standings(out: dict, min_battles: int = MIN_PAIR_BATTLES, reference: str = "
     table = pd.DataFrame(rows, columns=COLUMNS["standings"])
     return table.sort_values(["rating", "win % vs base", "variant"], ascending=[False, False, True],
                              na_position="last").reset_index(drop=True)
+
+
+def focus_results(battles: pd.DataFrame, focus: str = "clo", rater: str = HUMAN, n_bootstrap: int = N_BOOTSTRAP,
+                  seed: int = 0) -> dict:
+    """What `python -m clo leaderboard --json` prints for one base model's votes (`base` already chosen) by one rater:
+    per language, `focus`'s result against each opponent from the rated votes (blind, this rater's) — wins, ties,
+    losses, both_bad, n (the judged votes: both_bad aside), win_rate with its bootstrap interval (wins + ½ ties over
+    n, clo.evaluate.agreement.win_rate_interval), length_controlled or, when it cannot be told, null with
+    length_control_note (clo.evaluate.agreement.length_control) — and the language's ratings (or the note saying
+    why there are none); for a judge, its position consistency and its share of first-shown choices. NaN is null."""
+    from clo.evaluate.agreement import length_control, win_rate_interval
+
+    def number(x):
+        return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+    out = {}
+    for language in sorted(set(battles["language"])):
+        rated = rated_battles(battles, language, rater)
+        mine = rated[is_focus(rated["variant_a"], focus) != is_focus(rated["variant_b"], focus)]
+        focus_a = is_focus(mine["variant_a"], focus)
+        opponent = mine["variant_b"].where(focus_a, mine["variant_a"])
+        opponents = {}
+        for name in sorted(set(opponent)):
+            rows = mine[opponent == name]
+            judged = rows[rows["outcome"] != "both_bad"]
+            first = is_focus(judged["variant_a"], focus)
+            won = (first & (judged["outcome"] == "a")) | (~first & (judged["outcome"] == "b"))
+            scores = won.astype(float) + 0.5 * (judged["outcome"] == "tie")
+            length_mine = judged["answer_a"].str.len().where(first, judged["answer_b"].str.len())
+            length_theirs = judged["answer_b"].str.len().where(first, judged["answer_a"].str.len())
+            rate = win_rate_interval(scores.to_numpy(), n_bootstrap, seed=seed)
+            lc, why = length_control(scores.to_numpy(), length_mine.to_numpy(), length_theirs.to_numpy())
+            opponents[name] = {"wins": rate["wins"], "ties": rate["ties"], "losses": rate["losses"],
+                               "both_bad": int((rows["outcome"] == "both_bad").sum()), "n": rate["n"],
+                               "win_rate": number(rate["rate"]), "lower": number(rate["lower"]),
+                               "upper": number(rate["upper"]), "length_controlled": number(lc),
+                               "length_control_note": why}
+        board = leaderboard(battles, language, focus, n_bootstrap=n_bootstrap, seed=seed, rater=rater)
+        entry = {"opponents": opponents, "note": board["note"],
+                 "ratings": [{k: (number(v) if k != "variant" else v) for k, v in r.items()}
+                             for r in board["bradley_terry"].to_dict(orient="records")]}
+        if rater != HUMAN:
+            verdicts = rater_votes(battles[battles["language"] == language], rater)
+            consistency, pairs = position_consistency(verdicts)
+            entry |= {"position_consistency": number(consistency), "both_orders": pairs,
+                      "first_shown": number(first_shown_share(verdicts))}
+        out[language] = entry
+    return out
 
 
 def judge_board(votes: pd.DataFrame, judge: str, language: str | None = None, focus: str = "clo",

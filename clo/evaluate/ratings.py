@@ -172,6 +172,18 @@ def _blind(battles: pd.DataFrame) -> pd.Series:
     return battles["blind"].astype(object).where(battles["blind"].notna(), False).astype(bool)
 
 
+def _leaked(battles: pd.DataFrame) -> pd.Series:
+    """Votes whose battle told who answered (clo.evaluate.leaks: `leak` set): stored and counted, never rated."""
+    if "leak" not in battles.columns:
+        return pd.Series(False, index=battles.index)
+    return battles["leak"].notna() & (battles["leak"].astype(object) != "")
+
+
+def anonymous(battles: pd.DataFrame) -> pd.Series:
+    """The votes a rating may count: blind, and no identity given away (not `_leaked`)."""
+    return _blind(battles) & ~_leaked(battles)
+
+
 def _raters(battles: pd.DataFrame) -> pd.Series:
     """Who cast each row: None for a person, else the judge's name, with SINGLE_ORDER after it on a verdict asked
     in one order only (stored before judges were asked both ways, `judge_orders` NULL), so such verdicts are never
@@ -229,10 +241,10 @@ def version_keys(battles: pd.DataFrame) -> pd.DataFrame:
 
 
 def rated_battles(battles: pd.DataFrame, language: str | None = None, rater: str = HUMAN) -> pd.DataFrame:
-    """The battles that count toward ratings: checked, cast by `rater` (HUMAN: people only), blind only, of one
-    language (None = all), variants named by `version_keys`."""
+    """The battles that count toward ratings: checked, cast by `rater` (HUMAN: people only), blind only and not
+    leaked (`_leaked`), of one language (None = all), variants named by `version_keys`."""
     battles = check_battles(battles)
-    keep = _blind(battles) & _by(battles, rater)
+    keep = anonymous(battles) & _by(battles, rater)
     if language is not None:
         keep &= battles["language"] == language
     return version_keys(battles[keep])
@@ -240,20 +252,23 @@ def rated_battles(battles: pd.DataFrame, language: str | None = None, rater: str
 
 def vote_summary(battles: pd.DataFrame, language: str | None = None, rater: str = HUMAN) -> pd.DataFrame:
     """`rater`'s votes (HUMAN: people only; a judge's are never counted here) per language, then an "all" row:
-    stored, named (excluded from ratings), rated (blind), and the rated ones by outcome (a, b, tie, both_bad)."""
+    stored, named (excluded from ratings), leaked (blind, but an answer or the prompt gave an identity away:
+    clo.evaluate.leaks; excluded too), rated, and the rated ones by outcome (a, b, tie, both_bad)."""
     battles = check_battles(battles)
     battles = battles[_by(battles, rater)]
     if language is not None:
         battles = battles[battles["language"] == language]
-    blind = _blind(battles)
+    blind, leaked = _blind(battles), _leaked(battles)
+    rated = blind & ~leaked
     frame = pd.DataFrame({"language": battles["language"].astype(object).fillna("?"), "stored": 1,
-                          "named": (~blind).astype(int), "rated": blind.astype(int)})
+                          "named": (~blind).astype(int), "leaked": (blind & leaked).astype(int),
+                          "rated": rated.astype(int)})
     for outcome in OUTCOMES:
-        frame[outcome] = (blind & (battles["outcome"] == outcome)).astype(int)
+        frame[outcome] = (rated & (battles["outcome"] == outcome)).astype(int)
     table = frame.groupby("language", sort=True).sum().reset_index()
     if language is None:
         table = pd.concat([table, frame.drop(columns="language").sum().to_frame().T.assign(language="all")])
-    columns = ["language", "stored", "named", "rated", *OUTCOMES]
+    columns = ["language", "stored", "named", "leaked", "rated", *OUTCOMES]
     return table[columns].astype({c: int for c in columns[1:]}).reset_index(drop=True)
 
 
@@ -280,13 +295,13 @@ def pair_counts(battles: pd.DataFrame, language: str | None = None, rater: str =
     return table[columns].astype({c: int for c in (*COUNTS, "battles")})
 
 
-def _is_focus(variants: pd.Series, focus: str) -> pd.Series:
+def is_focus(variants: pd.Series, focus: str) -> pd.Series:
     return (variants == focus) | variants.str.startswith(f"{focus}-") | variants.str.startswith(f"{focus}@")
 
 
 def wtl_of_counts(counts: pd.DataFrame, focus: str) -> pd.DataFrame:
     """`wtl_table` from `pair_counts`' table."""
-    mine = counts[_is_focus(counts["variant"], focus) & ~_is_focus(counts["opponent"], focus)]
+    mine = counts[is_focus(counts["variant"], focus) & ~is_focus(counts["opponent"], focus)]
     table = mine.groupby("opponent", sort=True)[[*COUNTS, "battles"]].sum().reset_index()
     judged = (table["wins"] + table["ties"] + table["losses"]).replace(0, np.nan)
     for name, column in (("win", "wins"), ("tie", "ties"), ("loss", "losses")):

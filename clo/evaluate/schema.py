@@ -30,7 +30,7 @@ BATTLE_COLUMNS = ("id", "created_utc", "expires_utc", "voter", "language", "prom
 VOTE_COLUMNS = ("id", "battle_id", "created_utc", "voter", "language", "prompt", "variant_a", "variant_b", "answer_a",
                 "answer_b", "left_variant", "outcome", "engine", "hash_a", "hash_b", "blind", "lang_a", "lang_b",
                 "voter_address", "judge", "judge_protocol", "judge_reply", "pair_key", "langid_version", "judge_orders",
-                "judge_first", "judge_second", "judge_reply_second", "base_model", "base_hash")
+                "judge_first", "judge_second", "judge_reply_second", "base_model", "base_hash", "leak")
 
 # Each migration brings the schema from version i to i + 1; never edit one that has shipped.
 MIGRATIONS = [
@@ -103,6 +103,12 @@ MIGRATIONS = [
     ALTER TABLE battles ADD COLUMN base_hash TEXT;
     ALTER TABLE votes ADD COLUMN base_model TEXT;
     ALTER TABLE votes ADD COLUMN base_hash TEXT;
+    """,
+    # 9: why a battle is not blind (clo.evaluate.leaks: an answer names a variant, the prompt asks who the model is),
+    # NULL when nothing leaked; such votes are stored and counted, never rated. Older rows: NULL, not checked again
+    """
+    ALTER TABLE battles ADD COLUMN leak TEXT;
+    ALTER TABLE votes ADD COLUMN leak TEXT;
     """,
 ]
 

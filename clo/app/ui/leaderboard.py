@@ -51,7 +51,7 @@ SHOWN = {
     "wtl": ["opponent", *COUNTS, "battles", "win %", "tie %", "loss %"],
     "bradley_terry": ["variant", "rating", "lower", "upper", "battles"],
     "win_rate": ["variant"],
-    "summary": ["language", "stored", "named", "rated", "a", "b", "tie", "both_bad"],
+    "summary": ["language", "stored", "named", "leaked", "rated", "a", "b", "tie", "both_bad"],
     **COLUMNS,  # fidelity, judge, agreement, judge_ratings: clo.evaluate.board's own columns
 }
 KAPPA = ("κ", "κ lower", "κ upper")  # written to 0.01: κ's scale is −1 to 1
@@ -195,13 +195,19 @@ def records(t: dict) -> dict:
 
 
 def status_line(t: dict, code: str | None) -> str:
-    """The votes counted, in numbers that add up: every rated vote, the judged ones and the both-bad ones."""
+    """The votes counted, in numbers that add up: every rated vote, the judged ones and the both-bad ones, and
+    the leaked ones left out."""
     scope = ALL if code in (None, "", ALL) else code
     row = t["summary"][t["summary"]["language"] == scope]
     rated = int(row["rated"].sum()) if len(row) else 0
     both_bad = int(row["both_bad"].sum()) if len(row) else 0
+    leaked = int(row["leaked"].sum()) if len(row) else 0
     text = f"**{rated} vote{'' if rated == 1 else 's'}**"
-    return text + (f": {rated - both_bad} judged, {both_bad} both bad." if both_bad else ".")
+    text += f": {rated - both_bad} judged, {both_bad} both bad." if both_bad else "."
+    if leaked:  # clo.evaluate.leaks: stored, never rated
+        text += (f" {leaked} more left out: an answer named a variant or the prompt asked who the model is, so the "
+                 f"vote{' was' if leaked == 1 else 's were'} not blind.")
+    return text
 
 
 def rating_plot(bt: pd.DataFrame):

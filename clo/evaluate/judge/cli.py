@@ -158,7 +158,7 @@ def describe(r: dict) -> str:
         return "no verdicts"
     line = (f"win rate {100 * r['rate']:.1f}% [95% CI {100 * r['lower']:.1f}, {100 * r['upper']:.1f}] "
             f"(n = {r['n']}: {r['wins']} W / {r['ties']} T / {r['losses']} L); "
-            f"length-controlled {100 * r['length_controlled']:.1f}%")
+            + (r["length_note"] if r.get("length_note") else f"length-controlled {100 * r['length_controlled']:.1f}%"))
     if r["both_orders"]:
         line += (f"; its two orders agreed on {100 * r['position_consistency']:.0f}% of {r['both_orders']} pairs, and it "
                  f"named the answer shown first in {100 * r['first_shown']:.0f}% of its choices (50% is no bias)")
@@ -176,6 +176,7 @@ def results_json(variants: list[str], judge: str, protocol: str, results: dict, 
             "languages": {lang: {"wins": r["wins"], "ties": r["ties"], "losses": r["losses"], "n": r["n"],
                                  "win_rate": number(r["rate"]), "lower": number(r["lower"]), "upper": number(r["upper"]),
                                  "length_controlled": number(r["length_controlled"]),
+                                 "length_control_note": r.get("length_note"),
                                  "position_consistency": number(r["position_consistency"]),
                                  "both_orders": r["both_orders"], "first_shown": number(r["first_shown"]),
                                  "follows_order": bool(r["both_orders"]) and r["position_consistency"] < CONSISTENCY_FLOOR}

@@ -253,9 +253,10 @@ def _text_or_none(value) -> str | None:
 def judge_results(votes, items: list[Item], judge: str, protocol: str, first: str, second: str,
                   n_bootstrap: int = 2000, seed: int = 0) -> dict[str, dict]:
     """Per language of `items`: the win rate of `first` against `second` by this judge's stored verdicts on these
-    items (`clo.evaluate.agreement.win_rate_interval`), the length-controlled rate (`length_controlled_win_rate`),
+    items (`clo.evaluate.agreement.win_rate_interval`), the length-controlled rate and, when it cannot be told,
+    why (`length_control`: `length_controlled` NaN, `length_note`),
     `position_consistency` (and `both_orders`, the pairs it is over) and `first_shown`."""
-    from clo.evaluate.agreement import length_controlled_win_rate, win_rate_interval, winner_labels
+    from clo.evaluate.agreement import length_control, win_rate_interval, winner_labels
 
     keys = {item.key for item in items}
     mine = votes[(votes["judge"] == judge) & (votes["judge_protocol"] == protocol) & votes["pair_key"].isin(keys)]
@@ -268,8 +269,8 @@ def judge_results(votes, items: list[Item], judge: str, protocol: str, first: st
         length_first = rows["answer_a"].str.len().where(first_is_a, rows["answer_b"].str.len())
         length_second = rows["answer_b"].str.len().where(first_is_a, rows["answer_a"].str.len())
         result = win_rate_interval(scores.to_numpy(), n_bootstrap, seed=seed)
-        result["length_controlled"] = length_controlled_win_rate(scores.to_numpy(), length_first.to_numpy(),
-                                                                 length_second.to_numpy())
+        result["length_controlled"], result["length_note"] = length_control(
+            scores.to_numpy(), length_first.to_numpy(), length_second.to_numpy())
         result["first_shown"] = first_shown_share(rows)
         result["position_consistency"], result["both_orders"] = position_consistency(rows)
         out[language] = result
