@@ -218,3 +218,20 @@ def test_leaderboard_json_is_the_printed_numbers_in_one_object(store, capsys):
     theirs = json.loads(capsys.readouterr().out)["bases"][0]["languages"]["ko"]
     assert theirs["position_consistency"] == pytest.approx(judge["position_consistency"])
     assert theirs["both_orders"] == judge["both_orders"] and theirs["first_shown"] == pytest.approx(judge["first_shown"])
+
+
+def test_the_ratings_with_style_held_equal_sit_beside_the_plain_ones(store):
+    """The people's and the judge's style-controlled ratings, with intervals, next to each one's plain rating, and
+    what each style difference is worth (the language one is not fitted here: the answers' detected languages are
+    all Korean, so it does not vary)."""
+    from clo.evaluate.board import tables
+
+    t = tables(store.votes(), "ko", base=SERVED_BASE[0])
+    style = t["style"]
+    assert set(style["rater"]) == {"people", JUDGE} and len(style) == 6
+    people = style[style["rater"] == "people"].set_index("variant")
+    plain = t["bradley_terry"].set_index("variant")["rating"]
+    assert people["plain rating"].to_dict() == pytest.approx(plain.to_dict())
+    assert people.loc["base", "rating"] == 1000 and (people["lower"].dropna() <= people["rating"].drop("base")).all()
+    coefficients = t["style_coefficients"]
+    assert set(coefficients["feature"]) <= {"length", "markdown", "language"} and (coefficients["lower"] <= coefficients["upper"]).all()

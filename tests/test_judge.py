@@ -281,9 +281,18 @@ def test_cli_end_to_end_with_peft_and_a_scripted_judge(scripted, tiny_model, ada
     assert "[clo] judging" in captured.err and scripted.state["requests"] == asked
     assert report["run"]["judged"] == 0 and report["run"]["already_judged"] == len(votes) and report["orders"] == 2
     assert set(report["languages"]) == {"ko", "en"}
+    assert report["language_gate"] == "on"
     for lang, r in report["languages"].items():
-        assert (r["wins"], r["losses"], r["ties"], r["win_rate"]) == (0, 0, r["n"], 0.5), lang
+        j = r["judge_only"]  # the judge alone: a tie on every pair
+        assert (j["wins"], j["losses"], j["ties"], j["win_rate"]) == (0, 0, r["n"], 0.5), lang
+        # the gate gave the pairs where only one random answer read as the prompt's language to that answer
+        assert r["wins"] + r["losses"] == r["gate_decided"] and r["ties"] == r["n"] - r["gate_decided"], lang
+        assert r["gate_agreed"] == 0, lang  # a tie never names the gate's winner
         assert r["position_consistency"] == 0.0 and r["follows_order"] and r["first_shown"] == 0.0, lang
+    run_cli("--adapters", "alpha,beta", *common, "--json", "--language-gate", "off")
+    report = json.loads(capsys.readouterr().out)
+    for lang, r in report["languages"].items():  # no gate: the always-second judge has no win and no loss
+        assert (r["wins"], r["losses"], r["ties"], r["win_rate"], r["gate_decided"]) == (0, 0, r["n"], 0.5, 0), lang
     assert len(open_store(str(db), read_only=True).votes()) == len(votes)
 
 
@@ -404,18 +413,18 @@ def test_leaderboard_shows_the_judge_beside_the_people(scripted, store):
         tab = build(services)
     update, outputs = tab.update, tab.outputs
     sent = update(ALL)
-    assert len(sent) == len(outputs) == 14
+    assert len(sent) == len(outputs) == 16
     assert "background" not in sent[0]  # no background judge: the page does not claim one
-    shown = outputs[-4].postprocess(sent[-4])
+    shown = outputs[-6].postprocess(sent[-6])
     assert shown.headers[:2] == ["judge", "opponent"] and shown.metadata["display_value"][0][5] == "100.0"
-    kappa = outputs[-3].postprocess(sent[-3]).metadata["display_value"][0]
+    kappa = outputs[-5].postprocess(sent[-5]).metadata["display_value"][0]
     assert kappa[2] == "50.0" and kappa[5] == "0.00"
     # the judge's Bradley–Terry beside the people's: 6 verdicts on one pair are enough to rate, 4 votes are not
     ratings = t["judge_ratings"].set_index("variant")
     assert list(ratings["judge"].unique()) == [FAKE] and ratings.loc[["clo-ko", "sft-ko"], "judge battles"].tolist() == [6, 6]
     assert ratings.at["clo-ko", "judge rating"] > ratings.at["sft-ko", "judge rating"]
     assert ratings["people rating"].isna().all()  # the people's 4 votes are under MIN_PAIR_BATTLES: not rated yet
-    shown = outputs[-2].postprocess(sent[-2])
+    shown = outputs[-4].postprocess(sent[-4])
     assert shown.headers == ["judge", "variant", "judge rating", "lower", "upper", "judge battles", "people rating"]
     assert shown.metadata["display_value"][0][-1] == "—"
     picker = sent[-1]  # the base-model choice: the served base, whose votes these are, first and chosen
@@ -447,3 +456,28 @@ def test_the_command_is_wired_and_a_down_judge_is_one_line(tiny_model, tmp_path)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == ("error: the judge server at http://127.0.0.1:9 is unreachable ([Errno 111] Connection "
                                    "refused): start it, or fix --judge-url")
+
+
+def test_the_language_gate_decides_only_when_one_answer_alone_is_in_the_prompts_language():
+    """Per stored verdict: the on-language answer wins when the other is in another language; both on, both off,
+    or either answer unknown, an echo or a loop leave the judge's verdict standing."""
+    import math
+
+    import pandas as pd
+
+    from clo.evaluate.judge.run import gate
+    from clo.evaluate.langid import Detection
+
+    codes = {"안녕하세요": "ko", "Hello there": "en", "???": "unknown", "echo": "echo", "loop": "loop", "こんにちは": "ja"}
+    detect = lambda text, language, prompt: Detection(codes[text], 0.9)  # noqa: E731
+    rows = pd.DataFrame([
+        ("clo-ko", "안녕하세요", "Hello there"),   # first (clo-ko) on-language, the other English: first wins
+        ("sft-ko", "안녕하세요", "Hello there"),   # shown the other way round: the other (sft-ko) wins
+        ("clo-ko", "Hello there", "こんにちは"),    # neither in Korean: no decision
+        ("clo-ko", "안녕하세요", "안녕하세요"),      # both: no decision
+        ("clo-ko", "안녕하세요", "???"),          # unknown never decides
+        ("clo-ko", "echo", "안녕하세요"),         # nor an echo
+        ("sft-ko", "loop", "안녕하세요"),         # nor a loop
+    ], columns=["variant_a", "answer_a", "answer_b"]).assign(language="ko", prompt="인사해 주세요")
+    decided = gate(rows, "clo-ko", detect)
+    assert decided[:2].tolist() == [1.0, 0.0] and all(math.isnan(x) for x in decided[2:])

@@ -64,7 +64,10 @@ COLUMNS = {
     "judge_ratings": ["judge", "variant", "judge rating", "lower", "upper", "judge battles", "people rating"],
     "standings": ["variant", "rating", "lower", "upper", "needs", "win % vs base", "judged vs base", "votes",
                   "both_bad", "fidelity"],
+    "style": ["rater", "variant", "rating", "lower", "upper", "plain rating", "battles"],
+    "style_coefficients": ["rater", "feature", "points", "lower", "upper"],
 }
+STYLE_BOOTSTRAP = 100  # resamples behind the style-controlled intervals (each a fit of its own)
 
 
 def leaderboard(
@@ -226,14 +229,49 @@ def answer_fidelity(votes: pd.DataFrame) -> pd.DataFrame:
         pairs = []
         for side in ("a", "b"):
             mine = votes[votes[f"variant_{side}"] == variant]
-            stored = mine[f"lang_{side}"] if f"lang_{side}" in mine else pd.Series(None, index=mine.index)
-            versions = mine["langid_version"] if "langid_version" in mine else pd.Series(None, index=mine.index)
-            pairs += [(lang, code if current(code, version, lang) else rejudge(text, lang, prompt))
-                      for lang, code, version, text, prompt
-                      in zip(mine["language"], stored, versions, mine[f"answer_{side}"], mine["prompt"])]
+            pairs += list(zip(mine["language"], answer_codes(mine, side)))
         f = code_fidelity(pairs)
         rows.append({"variant": variant, **{k: f[k] for k in COLUMNS["fidelity"][1:]}})
     return pd.DataFrame(rows, columns=COLUMNS["fidelity"])
+
+
+def answer_codes(votes: pd.DataFrame, side: str) -> list[str]:
+    """The language of each vote's answer on `side` ("a" or "b"): as stored when the battle was made, or judged
+    again here when it is missing or came from an older detector (`current`)."""
+    stored = votes[f"lang_{side}"] if f"lang_{side}" in votes else pd.Series(None, index=votes.index)
+    versions = votes["langid_version"] if "langid_version" in votes else pd.Series(None, index=votes.index)
+    return [code if current(code, version, lang) else rejudge(text, lang, prompt)
+            for lang, code, version, text, prompt
+            in zip(votes["language"], stored, versions, votes[f"answer_{side}"], votes["prompt"])]
+
+
+def on_language(votes: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each vote's answer A and answer B is in its prompt's language (`answer_codes`)."""
+    return tuple(np.array(answer_codes(votes, side), dtype=object) == votes["language"].to_numpy(dtype=object)
+                 for side in ("a", "b"))
+
+
+def style_tables(votes: pd.DataFrame, language: str | None, raters: dict[str, str | None],
+                 plain: dict[str, pd.DataFrame], n_bootstrap: int = STYLE_BOOTSTRAP) -> dict[str, pd.DataFrame]:
+    """The style-controlled ratings (clo.evaluate.style) beside the plain ones, for each rater with ratings:
+    `raters` maps a label ("people", a judge's name) to its rater key, `plain` a label to its Bradley–Terry table
+    (empty: no ratings yet, so none with style either)."""
+    from clo.evaluate.style import style_bradley_terry
+
+    ratings, coefficients = [], []
+    for label, rater in raters.items():
+        if plain.get(label) is None or plain[label].empty:
+            continue
+        rated = rated_battles(votes, language, rater)
+        on_a, on_b = on_language(rated)
+        fitted = style_bradley_terry(rated, on_a, on_b, n_bootstrap=n_bootstrap)
+        before = dict(zip(plain[label]["variant"], plain[label]["rating"]))
+        ratings.append(fitted["ratings"].assign(rater=label, **{"plain rating": fitted["ratings"]["variant"].map(before)}))
+        coefficients.append(fitted["coefficients"][fitted["coefficients"]["used"]].assign(rater=label))
+    return {"style": pd.concat(ratings)[COLUMNS["style"]].reset_index(drop=True) if ratings
+            else pd.DataFrame(columns=COLUMNS["style"]),
+            "style_coefficients": pd.concat(coefficients)[COLUMNS["style_coefficients"]].reset_index(drop=True)
+            if coefficients else pd.DataFrame(columns=COLUMNS["style_coefficients"])}
 
 
 def current(code, version, lang: str) -> bool:
@@ -303,7 +341,8 @@ def tables(votes: pd.DataFrame, language: str | None = None, focus: str = "clo",
     `leaderboard`); {} without votes on it.
 
     The people's `leaderboard` (judge votes never enter it), "fidelity" (`answer_fidelity` of the people's answers,
-    named votes included) and `judge_tables`' "judge", "agreement" and "judge_ratings".
+    named votes included), `judge_tables`' "judge", "agreement" and "judge_ratings", and `style_tables`' "style"
+    and "style_coefficients" (the ratings with the answers' style held equal, for the people and each judge).
     """
     votes = of_base(votes, base)
     if votes.empty:
@@ -313,4 +352,10 @@ def tables(votes: pd.DataFrame, language: str | None = None, focus: str = "clo",
     out["fidelity"] = answer_fidelity(scoped)
     out["standings"] = standings(out)
     out |= judge_tables(votes, language, out, focus, n_bootstrap)
+    raters = {"people": HUMAN} | {j: j for j in judges(votes)}
+    plain = {"people": out["bradley_terry"]}
+    for j in judges(votes):
+        mine = out["judge_ratings"][out["judge_ratings"]["judge"] == j]
+        plain[j] = mine.rename(columns={"judge rating": "rating"}) if mine["judge rating"].notna().any() else None
+    out |= style_tables(votes, language, raters, plain)
     return out

@@ -173,12 +173,15 @@ def build(services: Services):
             return gr.skip(), gr.skip()
         return chosen, services.english_of(chosen, code) or ""
 
-    def typed(code, text, chosen):
+    def typed(code, text, en):
         """Typing over an example: the dropdown no longer names it, and the example's English goes with it (a typed
-        prompt's English is the visitor's to give); with no example chosen, both are left alone."""
-        if not chosen:
+        prompt's English is the visitor's to give). Read from the English box, not the dropdown (whose value may
+        not have reached the server yet): an example's English beside a prompt that is no longer that example."""
+        examples = {english for _, english in services.examples.get(code, [])}
+        now = services.english_of((text or "").strip(), code)
+        if not en or en not in examples or now == en:
             return gr.skip(), gr.skip()
-        return gr.update(value=None), services.english_of((text or "").strip(), code) or ""
+        return gr.update(value=None), now or ""
 
     outputs = [target_boxes[s] for s in SLOTS] + [english_boxes[s] for s in SLOTS]
 
@@ -200,7 +203,7 @@ def build(services: Services):
 
     lang.change(on_lang, lang, [example, serving], api_visibility="private")
     example.change(pick, [lang, example], [prompt, english], api_visibility="private")
-    prompt.input(typed, [lang, prompt, example], [example, english], api_visibility="private", show_progress="hidden")
+    prompt.input(typed, [lang, prompt, english], [example, english], api_visibility="private", show_progress="hidden")
     generation = services.generation
     go.click(run, [prompt, lang, english], outputs + [serving, timing], api_visibility="private", **generation)
     prompt.submit(run, [prompt, lang, english], outputs + [serving, timing], api_visibility="private", **generation)

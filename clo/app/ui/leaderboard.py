@@ -57,7 +57,7 @@ SHOWN = {
 KAPPA = ("κ", "κ lower", "κ upper")  # written to 0.01: κ's scale is −1 to 1
 # shown columns written as whole numbers: ratings and their bounds (to the point), and counts
 WHOLE = {"rating", "lower", "upper", *COUNTS, "battles", "judged", "unknown", *SHOWN["summary"][1:], "people battles",
-         "judge rating", "judge battles", "people rating"}
+         "judge rating", "judge battles", "people rating", "plain rating", "points"}
 MISSING = "—"  # a value not there yet (too few votes) or not defined (a variant against itself, the anchor's bounds)
 
 
@@ -273,6 +273,12 @@ def build(services: Services):
     with gr.Accordion("Votes per language", open=False):
         summary = table("summary", "stored: every vote; named: side-by-side votes, stored but not rated; rated: the "
                         "blind ones, by outcome")
+    with gr.Accordion("Ratings with style held equal: length, markdown, language", open=False):
+        style = table("style", "Bradley–Terry with the answers' length, markdown and language as covariates (95% "
+                      "intervals), beside the plain rating: what is left when style is not rewarded")
+        style_coefficients = table("style_coefficients", "What each style difference is worth, in rating points (95% "
+                                   "intervals): language = an answer in the prompt's language against one that is not; "
+                                   "length and markdown per standard deviation")
     with gr.Accordion("LLM judge beside the people", open=False):
         judge = table("judge", "CLO's wins / ties / losses by each judge (judge votes are never counted above)")
         agree = table("agreement", "Judge vs people on the battles both judged: agreement and Cohen's κ (95% intervals); "
@@ -292,7 +298,7 @@ def build(services: Services):
             return ["*no votes on this base model yet: judge a few battles in the Arena*", styled("standings", None),
                     gr.update(value=None, visible=False)] + \
                 [styled(k, None) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons + \
-                [styled(k, None) for k in ("judge", "agreement", "judge_ratings")] + [picker]
+                [styled(k, None) for k in ("judge", "agreement", "judge_ratings", "style", "style_coefficients")] + [picker]
         text = status_line(t, code) + (
             f" *{t['note']}: keep voting in the Arena.*" if t["note"]
             else " Ratings: Bradley–Terry, ties count half, 95% bootstrap intervals; `base`, when rated, is the anchor at 1000.")
@@ -301,9 +307,10 @@ def build(services: Services):
         figure = rating_plot(t["bradley_terry"])
         return [text, styled("standings", t["standings"]), gr.update(value=figure, visible=figure is not None)] + \
             [styled(k, t[k]) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons + \
-            [styled(k, t[k]) for k in ("judge", "agreement", "judge_ratings")] + [picker]
+            [styled(k, t[k]) for k in ("judge", "agreement", "judge_ratings", "style", "style_coefficients")] + [picker]
 
-    outputs = [status, standings, plot, wtl, bt, win_rate, fid, summary, download, download_parquet, judge, agree, judge_bt, base]
+    outputs = [status, standings, plot, wtl, bt, win_rate, fid, summary, download, download_parquet, judge, agree,
+               judge_bt, style, style_coefficients, base]
     for trigger in (lang.change, base.change, refresh.click, timer.tick):  # their own queue: never behind generation
         trigger(update, [lang, base], outputs, api_visibility="private", show_progress="hidden", concurrency_id="board")
 

@@ -52,6 +52,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_store_option(p)
     p.add_argument("--seed", type=int, default=0, help="draws which answer is shown first, per pair")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
+    p.add_argument("--language-gate", default="on", choices=("on", "off"), help="on (default): a pair where only one "
+                   "answer is in the prompt's language goes to it, whatever the judge said; the judge's own rate is "
+                   "printed beside, with how many pairs the gate decided")
     p.add_argument("--json", action="store_true", help="print one JSON object (per language: wins, ties, losses, n, "
                    "win_rate and its interval, length_controlled, position_consistency; the run's counts); the "
                    "progress goes to stderr")
@@ -133,7 +136,7 @@ def _judge(args: argparse.Namespace) -> dict:
 
         run = judge_items(items, client, store, seed=args.seed, progress=progress)
         results = judge_results(store.votes(), items, client.model, client.protocol.name, variants[0], variants[1],
-                                args.bootstrap, args.seed)
+                                args.bootstrap, args.seed, detect=language_of(args) if args.language_gate == "on" else None)
     finally:
         client.close()
     print(f"\n{variants[0]} vs {variants[1]}, judged by {client.model} ({client.protocol.name}) in both orders; a pair "
@@ -149,15 +152,34 @@ def _judge(args: argparse.Namespace) -> dict:
     if run.unreadable:
         print(f"  unreadable (kept apart, never counted; a rerun asks again), e.g. {excerpt(run.unreadable[0])}; "
               "a judge that answers in plain text may need --judge-constraint none")
-    return results_json(variants, client.model, client.protocol.name, results, run, failed)
+    return results_json(variants, client.model, client.protocol.name, results, run, failed) | {
+        "language_gate": args.language_gate}
+
+
+def language_of(args: argparse.Namespace):
+    """The language gate's detector: the served model's language ID (its own detector first, clo.models.table), an
+    English prompt's answers judged with the target language in play."""
+    from clo.evaluate import langid
+    from clo.models.table import entry_for
+
+    entry = entry_for(args.model)
+    own = entry.detect if entry else None
+    return lambda text, lang, prompt: langid.detect(text, own, lang=lang, also=(args.lang,) if lang == "en" else (),
+                                                     prompt=prompt)
 
 
 def describe(r: dict) -> str:
     """One language's line of the judge's results (`judge_results`)."""
     if not r["n"]:
         return "no verdicts"
+    gated = ""
+    if r.get("gate_decided"):
+        j = r["judge_only"]
+        gated = (f" with the language gate, which decided {r['gate_decided']} pairs (the judge named the same winner "
+                 f"in {r['gate_agreed']}); the judge alone: {100 * j['rate']:.1f}% [{100 * j['lower']:.1f}, "
+                 f"{100 * j['upper']:.1f}] ({j['wins']} W / {j['ties']} T / {j['losses']} L);")
     line = (f"win rate {100 * r['rate']:.1f}% [95% CI {100 * r['lower']:.1f}, {100 * r['upper']:.1f}] "
-            f"(n = {r['n']}: {r['wins']} W / {r['ties']} T / {r['losses']} L); "
+            f"(n = {r['n']}: {r['wins']} W / {r['ties']} T / {r['losses']} L);{gated} "
             + (r["length_note"] if r.get("length_note") else f"length-controlled {100 * r['length_controlled']:.1f}%"))
     if r["both_orders"]:
         line += (f"; its two orders agreed on {100 * r['position_consistency']:.0f}% of {r['both_orders']} pairs, and it "
@@ -175,6 +197,11 @@ def results_json(variants: list[str], judge: str, protocol: str, results: dict, 
     return {"first": variants[0], "second": variants[1], "judge": judge, "protocol": protocol, "orders": 2,
             "languages": {lang: {"wins": r["wins"], "ties": r["ties"], "losses": r["losses"], "n": r["n"],
                                  "win_rate": number(r["rate"]), "lower": number(r["lower"]), "upper": number(r["upper"]),
+                                 "judge_only": {"win_rate": number(r["judge_only"]["rate"]),
+                                                "lower": number(r["judge_only"]["lower"]),
+                                                "upper": number(r["judge_only"]["upper"]),
+                                                **{k: r["judge_only"][k] for k in ("wins", "ties", "losses")}},
+                                 "gate_decided": r["gate_decided"], "gate_agreed": r["gate_agreed"],
                                  "length_controlled": number(r["length_controlled"]),
                                  "length_control_note": r.get("length_note"),
                                  "position_consistency": number(r["position_consistency"]),

@@ -250,12 +250,40 @@ def _text_or_none(value) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def gate(rows, first: str, detect):
+    """The language gate over stored verdicts: per row, 1.0 when only `first`'s answer is in the prompt's language,
+    0.0 when only the other's is, NaN when it does not decide (both in it, neither, or either answer's language not
+    told: unknown, an echo of the prompt or a loop never decides). `detect(text, language, prompt)` is the served
+    model's language ID (clo.app.context.Services.detect's reading, clo.evaluate.langid)."""
+    import numpy as np
+
+    from clo.evaluate.langid import ECHO, LOOP, UNKNOWN
+
+    out = np.full(len(rows), np.nan)
+    for k, (language, prompt, va, aa, ab) in enumerate(zip(rows["language"], rows["prompt"], rows["variant_a"],
+                                                           rows["answer_a"], rows["answer_b"])):
+        ca, cb = detect(aa, language, prompt).code, detect(ab, language, prompt).code
+        if {ca, cb} & {UNKNOWN, ECHO, LOOP} or (ca == language) == (cb == language):
+            continue
+        a_wins = ca == language
+        out[k] = float(a_wins == (va == first))
+    return out
+
+
 def judge_results(votes, items: list[Item], judge: str, protocol: str, first: str, second: str,
-                  n_bootstrap: int = 2000, seed: int = 0) -> dict[str, dict]:
+                  n_bootstrap: int = 2000, seed: int = 0, detect=None) -> dict[str, dict]:
     """Per language of `items`: the win rate of `first` against `second` by this judge's stored verdicts on these
     items (`clo.evaluate.agreement.win_rate_interval`), the length-controlled rate and, when it cannot be told,
     why (`length_control`: `length_controlled` NaN, `length_note`),
-    `position_consistency` (and `both_orders`, the pairs it is over) and `first_shown`."""
+    `position_consistency` (and `both_orders`, the pairs it is over) and `first_shown`.
+
+    With `detect` (the language gate, `gate`), a pair where only one answer is in the prompt's language goes to
+    that answer whatever the judge said: the rate, its interval and W/T/L are then the gated ones, `judge_only`
+    holds the judge's own (rate, lower, upper, wins, ties, losses), `gate_decided` how many pairs the gate
+    decided and `gate_agreed` on how many of them the judge had named the same winner. The judge is still asked
+    about every pair, so that its own rate can be shown beside."""
+    import numpy as np
+
     from clo.evaluate.agreement import length_control, win_rate_interval, winner_labels
 
     keys = {item.key for item in items}
@@ -268,9 +296,15 @@ def judge_results(votes, items: list[Item], judge: str, protocol: str, first: st
         first_is_a = rows["variant_a"] == first
         length_first = rows["answer_a"].str.len().where(first_is_a, rows["answer_b"].str.len())
         length_second = rows["answer_b"].str.len().where(first_is_a, rows["answer_a"].str.len())
-        result = win_rate_interval(scores.to_numpy(), n_bootstrap, seed=seed)
+        judged = win_rate_interval(scores.to_numpy(), n_bootstrap, seed=seed)
+        decided = gate(rows, first, detect) if detect is not None else np.full(len(rows), np.nan)
+        gated = np.where(np.isnan(decided), scores.to_numpy(), decided)
+        result = win_rate_interval(gated, n_bootstrap, seed=seed) if detect is not None else dict(judged)
+        result["judge_only"] = {k: judged[k] for k in ("rate", "lower", "upper", "wins", "ties", "losses")}
+        result["gate_decided"] = int((~np.isnan(decided)).sum())
+        result["gate_agreed"] = int((decided == scores.to_numpy())[~np.isnan(decided)].sum())
         result["length_controlled"], result["length_note"] = length_control(
-            scores.to_numpy(), length_first.to_numpy(), length_second.to_numpy())
+            gated, length_first.to_numpy(), length_second.to_numpy())
         result["first_shown"] = first_shown_share(rows)
         result["position_consistency"], result["both_orders"] = position_consistency(rows)
         out[language] = result
