@@ -203,7 +203,9 @@ def build(services: Services):
 
     lang.change(on_lang, lang, [example, serving], api_visibility="private")
     example.change(pick, [lang, example], [prompt, english], api_visibility="private")
-    prompt.input(typed, [lang, prompt, english], [example, english], api_visibility="private", show_progress="hidden")
+    # on every change of the prompt, the example's own filling included (then the texts match: nothing happens), so
+    # the last text typed is always handled, however busy the server (keystrokes' `input` events can be dropped)
+    prompt.change(typed, [lang, prompt, english], [example, english], api_visibility="private", show_progress="hidden")
     generation = services.generation
     go.click(run, [prompt, lang, english], outputs + [serving, timing], api_visibility="private", **generation)
     prompt.submit(run, [prompt, lang, english], outputs + [serving, timing], api_visibility="private", **generation)
