@@ -184,6 +184,17 @@ def agreement_interval(labels_1, labels_2, n_bootstrap: int = 2000, confidence: 
     return out
 
 
+def side_scores(rows: pd.DataFrame, first_is_a: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One side's score in each vote (1 win, ½ tie, 0 loss) and the lengths of its answer and of the other's, in
+    characters: what `win_rate_interval` and `length_control` take. `first_is_a` marks the votes where that side
+    was shown as A."""
+    won = (first_is_a & (rows["outcome"] == "a")) | (~first_is_a & (rows["outcome"] == "b"))
+    scores = won.astype(float) + 0.5 * (rows["outcome"] == "tie")
+    length_a, length_b = rows["answer_a"].str.len(), rows["answer_b"].str.len()
+    return (scores.to_numpy(), length_a.where(first_is_a, length_b).to_numpy(),
+            length_b.where(first_is_a, length_a).to_numpy())
+
+
 def winner_labels(battles: pd.DataFrame) -> pd.Series:
     """Each vote's verdict whichever side was shown where: the winning variant's name, "tie" or "both_bad"."""
     outcome = battles["outcome"]

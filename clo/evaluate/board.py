@@ -158,7 +158,7 @@ def focus_results(battles: pd.DataFrame, focus: str = "clo", rater: str = HUMAN,
     n, clo.evaluate.agreement.win_rate_interval), length_controlled or, when it cannot be told, null with
     length_control_note (clo.evaluate.agreement.length_control) — and the language's ratings (or the note saying
     why there are none); for a judge, its position consistency and its share of first-shown choices. NaN is null."""
-    from clo.evaluate.agreement import length_control, win_rate_interval
+    from clo.evaluate.agreement import length_control, side_scores, win_rate_interval
 
     def number(x):
         return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
@@ -173,13 +173,9 @@ def focus_results(battles: pd.DataFrame, focus: str = "clo", rater: str = HUMAN,
         for name in sorted(set(opponent)):
             rows = mine[opponent == name]
             judged = rows[rows["outcome"] != "both_bad"]
-            first = is_focus(judged["variant_a"], focus)
-            won = (first & (judged["outcome"] == "a")) | (~first & (judged["outcome"] == "b"))
-            scores = won.astype(float) + 0.5 * (judged["outcome"] == "tie")
-            length_mine = judged["answer_a"].str.len().where(first, judged["answer_b"].str.len())
-            length_theirs = judged["answer_b"].str.len().where(first, judged["answer_a"].str.len())
-            rate = win_rate_interval(scores.to_numpy(), n_bootstrap, seed=seed)
-            lc, why = length_control(scores.to_numpy(), length_mine.to_numpy(), length_theirs.to_numpy())
+            scores, length_mine, length_theirs = side_scores(judged, is_focus(judged["variant_a"], focus))
+            rate = win_rate_interval(scores, n_bootstrap, seed=seed)
+            lc, why = length_control(scores, length_mine, length_theirs)
             opponents[name] = {"wins": rate["wins"], "ties": rate["ties"], "losses": rate["losses"],
                                "both_bad": int((rows["outcome"] == "both_bad").sum()), "n": rate["n"],
                                "win_rate": number(rate["rate"]), "lower": number(rate["lower"]),

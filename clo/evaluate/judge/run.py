@@ -284,27 +284,22 @@ def judge_results(votes, items: list[Item], judge: str, protocol: str, first: st
     about every pair, so that its own rate can be shown beside."""
     import numpy as np
 
-    from clo.evaluate.agreement import length_control, win_rate_interval, winner_labels
+    from clo.evaluate.agreement import length_control, side_scores, win_rate_interval
 
     keys = {item.key for item in items}
     mine = votes[(votes["judge"] == judge) & (votes["judge_protocol"] == protocol) & votes["pair_key"].isin(keys)]
     out = {}
     for language in dict.fromkeys(item.language for item in items):
         rows = mine[mine["language"] == language]
-        winner = winner_labels(rows)
-        scores = (winner == first).astype(float) + 0.5 * (winner == "tie")
-        first_is_a = rows["variant_a"] == first
-        length_first = rows["answer_a"].str.len().where(first_is_a, rows["answer_b"].str.len())
-        length_second = rows["answer_b"].str.len().where(first_is_a, rows["answer_a"].str.len())
-        judged = win_rate_interval(scores.to_numpy(), n_bootstrap, seed=seed)
+        scores, length_first, length_second = side_scores(rows, rows["variant_a"] == first)
+        judged = win_rate_interval(scores, n_bootstrap, seed=seed)
         decided = gate(rows, first, detect) if detect is not None else np.full(len(rows), np.nan)
-        gated = np.where(np.isnan(decided), scores.to_numpy(), decided)
+        gated = np.where(np.isnan(decided), scores, decided)
         result = win_rate_interval(gated, n_bootstrap, seed=seed) if detect is not None else dict(judged)
         result["judge_only"] = {k: judged[k] for k in ("rate", "lower", "upper", "wins", "ties", "losses")}
         result["gate_decided"] = int((~np.isnan(decided)).sum())
-        result["gate_agreed"] = int((decided == scores.to_numpy())[~np.isnan(decided)].sum())
-        result["length_controlled"], result["length_note"] = length_control(
-            gated, length_first.to_numpy(), length_second.to_numpy())
+        result["gate_agreed"] = int((decided == scores)[~np.isnan(decided)].sum())
+        result["length_controlled"], result["length_note"] = length_control(gated, length_first, length_second)
         result["first_shown"] = first_shown_share(rows)
         result["position_consistency"], result["both_orders"] = position_consistency(rows)
         out[language] = result
