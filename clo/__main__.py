@@ -1,7 +1,8 @@
-"""Command line: `python -m clo prepare|train|generate|votes|leaderboard|judge|miniature|replicate|models|tiny|space|langid`.
+"""Command line: `python -m clo prepare|train|push|generate|votes|leaderboard|judge|miniature|replicate|models|tiny|space|langid`.
 
     python -m clo prepare --lang ko --pairs 50               # build + cache the cross-lingual pairs, preview them
     python -m clo train --config recipes/demo.yaml --method clo,sft --max-steps 20
+    python -m clo push adapters/clo-ko --repo me/qwen2.5-0.5b-clo-ko [--dry-run]   # a PEFT repo + model card on the hub
     python -m clo generate --adapters sft-ko,clo-ko --lang ko "서울에서 가 볼 만한 곳은?"   # side by side
     python -m clo generate --lang ko --prompts sample        # language fidelity per variant
     python -m clo votes export --format parquet              # the votes, for analysis
@@ -50,8 +51,30 @@ def cmd_train(args: argparse.Namespace) -> None:
     from clo.train.run import train
 
     recipe = recipe_from_args(args)
+    targets = {}
+    if args.push_to_hub:  # checked before training, so a run is never trained only to fail at its push
+        from clo.train.push import check_can_push, push_targets
+
+        targets = push_targets(args.push_to_hub, recipe.method.method, recipe.data.target_lang)
+        check_can_push(recipe.model.name_or_path, args.base_model)
     for path in train(recipe):
         print(path)
+        method = next((m for m in targets if Path(path).name == recipe.adapter_name(m)), None)
+        if method:
+            from clo.train.push import push
+
+            try:
+                push(path, targets[method], private=args.private, base_model=args.base_model)
+            except CLOError as e:
+                raise CLOError(f"{e} (the adapter is saved in {path}: push it later with `python -m clo push {path} "
+                               f"--repo {targets[method]}`)") from None
+
+
+def cmd_push(args: argparse.Namespace) -> None:
+    from clo.train.push import push
+
+    push(args.adapter, args.repo, private=args.private, dry_run=args.dry_run, base_model=args.base_model,
+         judge_json=args.judge_json or [], out=args.out)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -304,11 +327,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one LoRA adapter per method into adapters/<name>/")
     add_recipe_options(p)
+    p.add_argument("--push-to-hub", metavar="OWNER/NAME", help="push each adapter once saved (python -m clo push); "
+                   "{method} and {lang} are filled in, e.g. me/qwen2.5-0.5b-{method}-{lang}")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repos private")
+    p.add_argument("--base-model", metavar="OWNER/NAME", help="with --push-to-hub: the base's hub id, when it is "
+                   "known here only by a local folder")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("push", help="push an adapter to the Hugging Face hub, with a model card from its manifest")
+    p.add_argument("adapter", help="the adapter's folder, e.g. adapters/clo-ko")
+    p.add_argument("--repo", required=True, metavar="OWNER/NAME", help="the model repo (created if needed)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--dry-run", action="store_true", help="write the repo's files (card, file list) under --out; "
+                   "send nothing")
+    p.add_argument("--out", default="push", help="with --dry-run: where the folder goes (default push/)")
+    p.add_argument("--base-model", metavar="OWNER/NAME", help="the base's hub id, when the adapter names only a "
+                   "local folder (the offline models' table knows smollm2's)")
+    p.add_argument("--judge-json", action="append", metavar="FILE", help="the output of `python -m clo judge --json` "
+                   "to put in the card (repeatable)")
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("generate", help="answer a prompt with the base model and each adapter, side by side")
     p.add_argument("prompt", nargs="?", help="the user message")
-    p.add_argument("--adapters", help="comma-separated adapter names under --adapters-dir (default: all there)")
+    p.add_argument("--adapters", help="comma-separated adapters: folder names under --adapters-dir or hub repos "
+                   "owner/name[@revision] (default: every folder there)")
     add_serving_options(p, max_tokens=256)
     p.add_argument("--lang", type=lang_arg, help="the prompt's language: each answer is marked ✓ when it is in it, ✗ when not")
     p.add_argument("--prompts", metavar="sample|FILE", help="instead of one prompt: language fidelity over these prompts")

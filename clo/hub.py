@@ -218,3 +218,84 @@ def _fingerprint(folder: str, stamp: tuple) -> str | None:
     except (OSError, ValueError, KeyError, TypeError, struct.error):  # unreadable or not safetensors: no fingerprint
         return None
     return "sha256:" + digest.hexdigest()
+
+
+# ---- adapters on the hub ----
+
+# an adapter named by its hub repo, optionally at a revision (a branch, a tag or a commit): owner/name[@revision]
+HUB_ADAPTER = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@([A-Za-z0-9][A-Za-z0-9._/-]*))?$")
+# what an adapter repo is fetched for: the weights (safetensors only: a pickle is never downloaded), their config,
+# and the files that describe them; anything else in the repo stays on the hub
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "manifest.json", "metrics.json", "recipe.yaml",
+                 "README.md")
+
+
+@dataclass(frozen=True)
+class HubAdapter:
+    repo_id: str
+    revision: str | None  # as asked (None: the default branch)
+    folder: Path  # its snapshot in the local hub cache
+    commit: str  # the commit that snapshot is: recorded with every vote on it
+
+    @property
+    def name(self) -> str:
+        """The variant's name: the repo's name (someone/qwen2.5-3b-clo-sw → qwen2.5-3b-clo-sw)."""
+        return self.repo_id.split("/", 1)[1]
+
+    @property
+    def source(self) -> str:
+        return f"{self.repo_id}@{self.commit}"
+
+
+def is_hub_adapter(spec: str) -> bool:
+    """Whether `spec` names an adapter on the hub (owner/name[@revision]) rather than a folder under --adapters-dir."""
+    return bool(HUB_ADAPTER.match(spec))
+
+
+def served_name(spec: str) -> str:
+    """The variant an adapter named `spec` is served as: a hub repo's name, else `spec` (a folder's name)."""
+    match = HUB_ADAPTER.match(spec)
+    return match.group(1).split("/", 1)[1] if match else spec
+
+
+def _endpoint() -> str | None:
+    """HF_ENDPOINT as it is now (huggingface_hub reads it once, at import)."""
+    return (os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
+
+
+def fetch_adapter(spec: str) -> HubAdapter:
+    """The adapter repo `spec` (owner/name[@revision]) in the local hub cache: downloaded when the hub answers (only
+    ADAPTER_FILES), else the cached snapshot of that revision, so a cached adapter serves with the hub down. Every
+    failure is one CLOError sentence saying what to do."""
+    from huggingface_hub import snapshot_download
+
+    match = HUB_ADAPTER.match(spec)
+    if not match:
+        raise CLOError(f"{spec!r} is not an adapter on the hub: name one as owner/name or owner/name@revision")
+    repo_id, revision = match.groups()
+    online = hub_online()
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(ADAPTER_FILES),
+                                        local_files_only=not online, endpoint=_endpoint()))
+    except Exception as e:  # noqa: BLE001 (each of huggingface_hub's failures becomes one sentence below)
+        raise CLOError(_fetch_failure(spec, repo_id, revision, online, e)) from None
+    if not (folder / "adapter_model.safetensors").is_file():
+        found = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        raise CLOError(f"the hub repo {repo_id} has no adapter_model.safetensors (found: {', '.join(found) or 'nothing'}); "
+                       "only LoRA adapters saved as safetensors are served")
+    return HubAdapter(repo_id, revision, folder, folder.name)  # the cache names each snapshot folder by its commit
+
+
+def _fetch_failure(spec: str, repo_id: str, revision: str | None, online: bool, e: Exception) -> str:
+    kind = type(e).__name__
+    at = f" at revision {revision}" if revision else ""
+    if not online:
+        return (f"adapter {spec} is not in the local hub cache and the Hugging Face hub is unreachable: fetch it on a "
+                f"connected machine (`hf download {repo_id}`), or copy its folder under --adapters-dir and name it "
+                "by the folder's name")
+    if kind == "RevisionNotFoundError":
+        return f"the hub repo {repo_id} has no revision {revision!r}: name a branch, a tag or a commit it has"
+    if kind in ("RepositoryNotFoundError", "GatedRepoError"):
+        return (f"adapter {spec}: no model repo {repo_id} on the hub that this token may read (a private or gated "
+                "repo needs HF_TOKEN or `hf auth login`)")
+    return f"cannot fetch adapter {spec}{at} from the hub: {_reason(e)}"

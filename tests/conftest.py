@@ -436,6 +436,28 @@ def scripted():
 
 
 @pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """The scripted hub as HF_ENDPOINT, a token, and a hub cache of the test's own."""
+    from huggingface_hub import constants
+
+    from clo import hub as clo_hub
+
+    from scripted_hub import ScriptedHub
+
+    server = ScriptedHub.start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_TOKEN", "hf_scripted")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    clo_hub.hub_online.cache_clear()
+    yield server
+    server.stop()
+    clo_hub.hub_online.cache_clear()
+
+
+@pytest.fixture
 def store(tmp_path):
     """A fresh SQLite vote store in the test's folder (seed 0)."""
     from clo.evaluate.store import open_store

@@ -263,6 +263,21 @@ def test_vllm_refuses_modules_to_save(vllm_engine, tiny_model, tmp_path):
 
 
 @needs_vllm
+def test_vllm_serves_a_hub_adapter_from_the_hub_cache(vllm_engine, peft_engine, hub, adapters_dir, tmp_path):
+    """An adapter named owner/name: fetched into the hub cache (the scripted hub, conftest), its snapshot folder the
+    LoRARequest's path; it answers as the folder it was pushed from, and keeps its commit."""
+    from clo.train.push import push
+
+    push(adapters_dir / "beta", "me/tiny-beta", base_model="someone/tiny")
+    [adapter] = find_adapters(tmp_path, ["me/tiny-beta"])
+    vllm_engine.add_adapter(adapter.path, adapter.name, adapter.source)
+    asked = [Request(v, chat(PROMPTS[0]), GREEDY) for v in ("tiny-beta", "beta")]
+    by_hub, by_folder = vllm_engine.generate(asked)
+    assert by_hub.text == by_folder.text == peft_engine.generate([asked[1]])[0].text
+    assert vllm_engine.sources()["tiny-beta"] == f"me/tiny-beta@{hub.repos['me/tiny-beta'][0]['oid']}"
+
+
+@needs_vllm
 def test_remote_engine_against_real_vllm_serve(vllm_server, peft_engine, adapters_dir):
     engine = RemoteEngine(vllm_server)
     assert set(engine.variants()) == {BASE, "alpha"}

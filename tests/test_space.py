@@ -1,8 +1,8 @@
 """`python -m clo space build`: the folder per hardware (exact contents, front matter, self-contained code), its
 requirements resolved by pip against the package index, the refusals, and --push with no token or no hub.
 
-    python -m pytest tests/test_space.py                     # ~2.5 minutes on 2 cores, half of it the pip resolutions
-    python -m pytest tests/test_space.py -k "not resolve"    # without them (no network needed)
+    python -m pytest tests/test_space.py                     # ~3.5 minutes on 2 cores: pip resolutions, two app starts
+    python -m pytest tests/test_space.py -k "not resolve"    # without the resolutions (no network needed)
 
 The resolution tests (`test_requirements_resolve_with_pip[...]`) run `pip install --dry-run` (metadata only, nothing
 installed). They skip only when pip cannot reach the package index at all. The CPU build's requirements name
@@ -112,7 +112,7 @@ def test_front_matter_agrees_with_the_repository_readme():
         pytest.skip("the repository README has no front matter")
     repo = front_matter(ROOT / "README.md")
     built = space.space_card("cpu")
-    for key in ("title", "emoji", "colorFrom", "colorTo", "license", "sdk", "app_file"):
+    for key in ("title", "emoji", "colorFrom", "colorTo", "license", "sdk", "app_file", "hf_oauth"):
         if key in repo:
             assert repo[key] == built[key], key
 
@@ -359,3 +359,72 @@ def test_push_refused_by_the_hub_is_one_sentence(tmp_path):
         server.shutdown()
     assert line.startswith("error: the hub refused the push to me/clo: ")
     assert line.endswith(f"; the build is in {out}; upload it later with `hf upload me/clo {out} . --repo-type space`")
+
+
+# ---- started as a Space starts it: the repository as it stands, and a build ----
+
+OAUTH = {"OAUTH_CLIENT_ID": "test-client", "OAUTH_CLIENT_SECRET": "test-secret", "OAUTH_SCOPES": "openid profile",
+         "OPENID_PROVIDER_URL": "https://huggingface.co", "SPACE_HOST": "me-clo.hf.space"}  # what hf_oauth: true sets
+
+
+def start_like_a_space(folder: Path, work: Path, model: Path, **extra) -> tuple[subprocess.Popen, str, Path]:
+    """`python app.py` in `folder` as a Space runs it (SYSTEM=spaces, SPACE_ID, GRADIO_SERVER_PORT; nothing of this
+    machine's HF_*, OAUTH_*, CLO_* or GRADIO_* variables), on the tiny model offline, in demo mode with an admin
+    password and an allowed user (so the sign-in button is wanted); its stores in `work`. Returns (process, url, log)
+    once GET / answers 200, or fails with the log's end."""
+    import time
+
+    import httpx
+    from conftest import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HF_", "HUGGING_FACE_", "OAUTH_", "OPENID_", "CLO_", "GRADIO_", "SPACE", "SYSTEM"))}
+    env.update(SYSTEM="spaces", SPACE_ID="me/clo", GRADIO_SERVER_PORT=str(port), HF_HUB_OFFLINE="1",
+               HF_HOME=str(work / "hf-home"), CLO_MODEL=str(model), CLO_ENGINE="peft", CLO_DB=str(work / "votes.db"),
+               CLO_ADAPTERS_DIR=str(work / "adapters"), CLO_ADMIN_PASSWORD="pw", CLO_ALLOWED_USERS="someone",
+               PYTHONUNBUFFERED="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost", **extra)
+    log = work / "app.log"
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=folder, env=env, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"app.py in {folder} exited ({proc.returncode}): {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/", timeout=5).status_code == 200:
+                return proc, url, log
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"app.py in {folder} did not answer on port {port} in 180 s: {log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["repository", "build"])
+def test_it_starts_as_a_space_with_sign_in_exactly_where_oauth_is_on(how, tiny_model, tmp_path):
+    """The repository as a Space without OAuth's variables (a Space without `hf_oauth: true`) starts with the password
+    gate alone and says how to turn sign-in on; a built Space, with the variables `hf_oauth: true` makes the platform
+    set and gradio[oauth] installed, starts with the sign-in button."""
+    import httpx
+
+    work = tmp_path / "work"
+    work.mkdir()
+    folder = ROOT if how == "repository" else build_space(tmp_path / "space", "cpu")
+    proc, url, log = start_like_a_space(folder, work, tiny_model, **(OAUTH if how == "build" else {}))
+    try:
+        config = httpx.get(f"{url}/config", timeout=30).json()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    ids = [c["props"].get("elem_id") for c in config["components"]]
+    assert ("sign-in" in ids) == (how == "build"), ids
+    output = log.read_text()
+    # the one traceback allowed is gradio's hot-reloader on a Space, which needs the `spaces` package that every
+    # Gradio Space has preinstalled and this machine has not
+    assert output.count("Traceback") == output.count("`spaces` package is required to run hot-reloading in Spaces")
+    line = ("[clo] Hugging Face sign-in is off (OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET, OAUTH_SCOPES, "
+            "OPENID_PROVIDER_URL are not set: add `hf_oauth: true` to the Space's README front matter), so CLO_ALLOWED_USERS cannot unlock "
+            "Train; the admin password still does")
+    assert (line in output) == (how == "repository"), output[-2000:]

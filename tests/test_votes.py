@@ -257,20 +257,6 @@ def test_export_unknown_format(store, tmp_path):
         export_votes(store, tmp_path / "v.xlsx")
 
 
-def test_hub_sync_is_off_without_settings_and_appends_only_new_rows(store, tmp_path):
-    from clo.evaluate.hub_sync import HubSync
-
-    assert HubSync.from_settings(repo_id=None, token="x", folder=tmp_path / "s") is None
-    assert HubSync.from_settings(repo_id="me/votes", token=None, folder=tmp_path / "s") is None
-    sync = HubSync(tmp_path / "s", replica="r1")  # the local half; the scheduler's pushes need the hub
-    store.vote(battle(store).id, "a", voter="v1")
-    assert sync.append(store.votes()) == 1
-    store.vote(battle(store).id, "b", voter="v1")
-    assert sync.append(store.votes()) == 1 and sync.append(store.votes()) == 0
-    assert len(HubSync(tmp_path / "s", replica="r1").seen) == 2  # a restarted replica does not duplicate
-    assert len((tmp_path / "s" / "votes-r1.jsonl").read_text().splitlines()) == 2
-
-
 @pytest.mark.slow
 def test_cli_export_and_leaderboard(tmp_path):
     db = str(tmp_path / "votes.db")
@@ -407,13 +393,14 @@ def test_a_store_of_the_previous_schema_is_read_as_it_is_and_migrated_when_writt
     conn.close()
     store = open_store(str(db))  # opened to write: migrated to the current schema, the old vote kept
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == len(MIGRATIONS) == 9
+        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == len(MIGRATIONS) == 10
     conn.close()
     votes = store.votes()
     assert len(votes) == 1 and votes.iloc[0].judge is None and votes.iloc[0].lang_a == "ko"
     assert votes.iloc[0].base_model is None and base_keys(votes).iloc[0] == UNKNOWN_BASE  # never guessed
     assert pd.isna(votes.iloc[0].langid_version)  # judged before versions were kept
     assert votes.iloc[0].leak is None  # stored before leaks were checked: not checked again, rated as before
+    assert votes.iloc[0].source_a is None and votes.iloc[0].source_b is None  # stored before hub adapters
     assert store.record_judgment(judgment()) and len(store.votes()) == 2
     b = battle(store)
     store.vote(b.id, "tie", voter="v1")  # people still vote on a migrated store

@@ -13,6 +13,7 @@ fallback.
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,10 +24,11 @@ from clo.app.access import Access, RateLimit, visitor_of
 from clo.engines import Engine, Request, Sampling, load_engine
 from clo.engines.base import prompt_text
 from clo.engines.handover import Handover
-from clo.app.jobs import ZERO_GPU, Jobs, on_gpu
+from clo.app.jobs import ZERO_GPU, Jobs
 from clo.languages import LANGUAGES, lang_code, language
 from clo.app.lineup import Lineup
-from clo.app.settings import Settings
+from clo.app.settings import Settings, _default
+from clo.evaluate.hub_sync import HubSync, check_repo_id
 from clo.evaluate.judge.background import Judging
 from clo.models.table import MODELS, app_fallback, canonical, entry_for, fallbacks, resolve_model, sample_examples
 from clo.evaluate.store import Limits, open_store
@@ -100,6 +102,33 @@ def start(settings: Settings, log=print) -> "Services":
     return services
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def votes_mirror(settings: Settings, store, log=_say) -> HubSync | None:
+    """The votes mirror (clo.evaluate.hub_sync) when --votes-repo / CLO_VOTES_REPO is set and HF_TOKEN is there,
+    else None; without the token, one line says it is off. Its folder is beside the SQLite store (so a Space's /data
+    keeps both), or under /data (else here) for PostgreSQL, one per repo; the hub is reached in a thread."""
+    if not settings.votes_repo:
+        return None
+    repo = check_repo_id(settings.votes_repo)
+    token = os.environ.get("HF_TOKEN")  # only this: a token saved on a laptop never uploads votes unasked
+    if not token:
+        log(f"[clo] votes mirror to {repo} is off: HF_TOKEN is not set (a token that may write to it; on a Space, "
+            "a secret)")
+        return None
+    root = store.path.parent if store.path is not None else Path(_default("."))
+    folder = root / "votes-mirror" / repo.replace("/", "--")
+    try:
+        mirror = HubSync(store, folder, repo, log=log)
+    except OSError as e:
+        raise CLOError(f"cannot write the votes mirror's folder {folder} ({e.strerror}): put the vote store "
+                       "(--db) where the app may write, or unset CLO_VOTES_REPO") from None
+    mirror.connect(token, settings.votes_every_minutes)  # the hub is reached in a thread
+    return mirror
+
+
 class Services:
     """The engine (base + adapters), the vote store and the examples, built once per app."""
 
@@ -113,11 +142,12 @@ class Services:
         # the vote store first: a bad --db is refused in a moment, before a model is loaded
         self.store = open_store(settings.db, limits=Limits(
             max_prompt_chars=settings.max_prompt_chars, votes_per_window=settings.votes_per_10min, window_s=600.0,
-            votes_per_address=settings.votes_per_10min * settings.voters_per_address))
+            votes_per_address=settings.votes_per_10min * settings.voters_per_address),
+            snapshot_seconds=settings.snapshot_seconds)
         settings.model = resolve_model(settings.model)  # a shorthand (smollm2) -> its folder, as training records it
         self.entry = entry_for(settings.model)  # the offline model served (clo.models.table), or None
         self.engine = engine or load_engine(settings.engine, model=settings.model, adapters_dir=settings.adapters_dir,
-                                            url=settings.url, handover=True)
+                                            adapters=settings.adapter_names(), url=settings.url, handover=True)
         what = f"{self.entry.describe(settings.model)}," if self.entry else settings.model  # what it is, in plain words
         serving = ("peft engine until vLLM has started beside it (under a minute), then on vLLM"
                    if isinstance(self.engine, Handover) else f"{self.engine.kind} engine")
@@ -134,6 +164,8 @@ class Services:
                                constraint=settings.judge_constraint)
         self.flying: dict[str, int] = {}  # session -> generation calls in flight
         self.flying_lock = threading.Lock()
+        # last: a start that fails above leaves no mirror thread behind
+        self.votes_mirror = votes_mirror(settings, self.store)  # clo.evaluate.arena.cast_vote pokes it
 
     def serving(self) -> None:
         """The page is up (app.py, after launch): a faster engine may start beside the one serving now."""
@@ -143,8 +175,11 @@ class Services:
     def close(self) -> None:
         """What a stop (SIGTERM, Ctrl-C, Gradio's close: app.py) leaves behind: the background judge told to stop,
         then the vote store closed, a vote being written committed first, so its file alone holds every vote that
-        was acknowledged. Again, it does nothing."""
+        was acknowledged. The votes mirror writes its last votes and tries one last commit first (a bounded wait:
+        clo.evaluate.hub_sync.FINAL_COMMIT_S). Again, it does nothing."""
         self.judging.close(timeout=0)  # no wait for a judge's reply: its next write is refused
+        if self.votes_mirror is not None:  # before the store closes: it reads the votes it appends there
+            self.votes_mirror.close()
         self.store.close()
 
     # ---- fairness: one visitor cannot fill the batch ----
@@ -242,10 +277,20 @@ class Services:
         return next((en for tgt, en in self.examples.get(lang, []) if tgt == prompt), None)
 
     def generate(self, requests: list[Request]):
-        return on_gpu(self.engine.generate)(requests)
+        """The final answers; on ZeroGPU decoded inside one spaces.GPU call (clo.app.zerogpu)."""
+        if ZERO_GPU:
+            from clo.app import zerogpu  # lazily: only a ZeroGPU Space needs it
+
+            return zerogpu.generate(self.engine, requests)
+        return self.engine.generate(requests)
 
     def stream(self, requests: list[Request]):
-        return on_gpu(lambda r: list(self.engine.stream(r)))(requests) if ZERO_GPU else self.engine.stream(requests)
+        """Snapshots as tokens arrive; on ZeroGPU from a spaces.GPU generator, so the page still streams."""
+        if ZERO_GPU:
+            from clo.app import zerogpu
+
+            return zerogpu.stream(self.engine, requests)
+        return self.engine.stream(requests)
 
     def requests(self, prompt: str, variants: list[str], owner: str | None = None) -> list[Request]:
         """One request per variant; `owner` (the visitor's address) is whom the engine's fair queue serves in turn."""

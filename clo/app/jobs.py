@@ -63,6 +63,25 @@ def on_gpu(fn, duration: int = 60):
     return spaces.GPU(duration=duration)(fn)
 
 
+def _train_in_worker(recipe: Recipe, log: str, parent: int) -> str:
+    """Runs inside spaces.GPU's forked worker: the run, its printed lines into `log` (as a subprocess run's go to
+    its output.log; only in a fork, where no other thread prints), and its outcome as one line. A refusal comes
+    back as its sentence: spaces returns only the class name of an exception other than a gr.Error."""
+    import contextlib
+
+    from clo.train.run import train
+
+    with open(log, "a", encoding="utf-8", buffering=1) as out, contextlib.ExitStack() as stack:
+        if os.getpid() != parent:  # in the fork nothing else prints; in the app's own process it would take its output
+            stack.enter_context(contextlib.redirect_stdout(out))
+            stack.enter_context(contextlib.redirect_stderr(out))
+        try:
+            written = train(recipe)
+        except CLOError as e:
+            return f"error: {e}"
+    return "done: " + ", ".join(str(p) for p in written)
+
+
 def _is_experiment(job: dict) -> bool:
     return bool(job) and job.get("kind") != "train"  # job files written before "experiment" named the model
 
@@ -342,9 +361,22 @@ class Jobs:
                              "folder": str(folder), "command": shlex.join(cmd), "started": time.time(), **extra})
 
     def _start_in_process(self, recipe: Recipe, folder: Path) -> dict:
-        from clo.train.run import train
+        """ZeroGPU: the run inside one spaces.GPU call, made from a thread here. spaces forks a worker from this
+        process for it (transformers' Trainer in a fork: it takes none of the engine's locks, and the engine's
+        scheduler thread, idle on ZeroGPU, is simply absent there); the adapter and the run log are files, so the
+        Train tab reads them as it reads a subprocess run's, and the worker's output and outcome go to output.log."""
+        log = folder / "output.log"
+        log.touch()
 
-        self.thread = threading.Thread(target=on_gpu(train, duration=600), args=(recipe,), daemon=True)
+        def run():
+            try:
+                outcome = on_gpu(_train_in_worker, duration=600)(recipe, str(log), os.getpid())
+            except Exception as e:  # noqa: BLE001 (spaces' own failure, e.g. no GPU or quota: the Train tab shows it)
+                outcome = f"error: the ZeroGPU run failed: {' '.join(str(e).split())[:300] or type(e).__name__}"
+            with open(log, "a", encoding="utf-8") as out:
+                out.write(outcome + "\n")
+
+        self.thread = threading.Thread(target=run, name="clo-zerogpu-train", daemon=True)
         self.thread.start()
         return self._record({"id": folder.name, "kind": "train", "pid": os.getpid(), "pid_started": process_started(os.getpid()),
                              "folder": str(folder), "command": "clo.train.run.train (in process, ZeroGPU)", "started": time.time()})

@@ -2,7 +2,8 @@
 
 Every flag can also come from an environment variable (for Spaces); clo.cli builds the parser from the fields:
 
-    --model CLO_MODEL   --adapters-dir CLO_ADAPTERS_DIR   --db CLO_DB   --engine CLO_ENGINE   --url CLO_URL
+    --model CLO_MODEL   --adapters-dir CLO_ADAPTERS_DIR   --adapters CLO_ADAPTERS   --db CLO_DB   --engine CLO_ENGINE   --url CLO_URL
+    --snapshot-seconds CLO_SNAPSHOT_SECONDS (how often a --db on a network or FUSE mount is copied there)
     --host CLO_HOST     --port CLO_PORT                   --demo-mode CLO_DEMO_MODE
     --max-prompt-chars CLO_MAX_PROMPT_CHARS                --max-tokens CLO_MAX_TOKENS
     --repetition-penalty CLO_REPETITION_PENALTY
@@ -12,6 +13,7 @@ Every flag can also come from an environment variable (for Spaces); clo.cli buil
     --max-upload-mb CLO_MAX_UPLOAD_MB   --max-upload-rows CLO_MAX_UPLOAD_ROWS   --debug CLO_DEBUG
     --judge-url CLO_JUDGE_URL   --judge-model CLO_JUDGE_MODEL   --judge-background CLO_JUDGE_BACKGROUND (on|off)
     --judge-constraint CLO_JUDGE_CONSTRAINT (auto|choice|logprobs|none)   the judge's API key: CLO_JUDGE_API_KEY
+    --votes-repo CLO_VOTES_REPO (owner/name, with HF_TOKEN)   --votes-every-minutes CLO_VOTES_EVERY_MINUTES
     admin password: CLO_ADMIN_PASSWORD   allowed Hugging Face users: CLO_ALLOWED_USERS (comma-separated)
     voter pseudonyms' key: CLO_SECRET (else one made once and kept in the vote store)
 
@@ -80,8 +82,15 @@ class Settings:
                         f"models' table ({', '.join(sorted(MODELS))}: `python -m clo models list`), made on first use",
                         env="CLO_MODEL")
     adapters_dir: str = option(help="", env="CLO_ADAPTERS_DIR", default_factory=lambda: _default("adapters"))
+    adapters: str | None = option(None, "comma-separated adapters to serve: folders under --adapters-dir and hub repos "
+                                  "owner/name[@revision] (default: every folder under --adapters-dir)",
+                                  env="CLO_ADAPTERS")
     db: str = option(help="vote store: a path, sqlite:///... or postgresql://...", env="CLO_DB",
                      default_factory=lambda: _default("votes.db"))
+    snapshot_seconds: float = option(30.0, "a vote store on a network or FUSE mount (a Space's /data bucket) lives on "
+                                     "local disk and is copied there this often, in seconds, and at shutdown; a crash "
+                                     "loses the votes since the last copy (default 30)", env="CLO_SNAPSHOT_SECONDS",
+                                     positive=True)  # clo.evaluate.snapshot
     engine: str = option("auto", "", choices=("auto", "vllm", "remote", "peft"), env="CLO_ENGINE")
     url: str | None = option(None, "vLLM server for --engine remote", env="CLO_URL")  # the remote engine's server
     host: str | None = option(None, "address to listen on (default: GRADIO_SERVER_NAME, which a Space sets to 0.0.0.0, "
@@ -134,6 +143,17 @@ class Settings:
                                    from_env=_judge_constraint)
     judge_api_key: str | None = option(None, "the judge server's API key", cli=False, env="CLO_JUDGE_API_KEY",
                                        from_env=lambda raw: raw or None)
+    votes_repo: str | None = option(None, "a Hugging Face dataset repo (owner/name) the votes are mirrored to, "
+                                    "committed every --votes-every-minutes; needs HF_TOKEN (clo.evaluate.hub_sync)",
+                                    env="CLO_VOTES_REPO", from_env=lambda raw: (raw or "").strip() or None)
+    votes_every_minutes: float = option(5.0, "minutes between two commits of the votes mirror (default 5)",
+                                        env="CLO_VOTES_EVERY_MINUTES", positive=True)
+
+    def adapter_names(self) -> list[str] | None:
+        """--adapters as a list (None: every folder under --adapters-dir)."""
+        if self.adapters is None or not self.adapters.strip():
+            return None
+        return list(dict.fromkeys(a.strip() for a in self.adapters.split(",") if a.strip()))
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "Settings":

@@ -78,8 +78,13 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("CLO_URL", "variable", "the vLLM server for `CLO_ENGINE=remote`"),
     ("CLO_ADAPTERS_DIR", "variable", "trained adapters and the serving line-up (default /data/adapters when /data is "
                                      "writable, else adapters/)"),
+    ("CLO_ADAPTERS", "variable", "comma-separated adapters to serve: folders under CLO_ADAPTERS_DIR and hub repos "
+                                 "`owner/name[@revision]` (default: every folder there); a private repo needs HF_TOKEN"),
     ("CLO_DB", "variable", "vote store: a path, sqlite:///… or postgresql://… (default /data/votes.db when /data is "
                            "writable, else votes.db); a URL with a password belongs in a secret"),
+    ("CLO_SNAPSHOT_SECONDS", "variable", "a vote store on a Storage Bucket (or another network or FUSE mount) "
+                                         "lives on local disk and is copied to it this often, in seconds, and at "
+                                         "shutdown (default 30); a crash loses the votes since the last copy"),
     ("CLO_MAX_PROMPT_CHARS", "variable", "longest prompt accepted (default 4000)"),
     ("CLO_MAX_TOKENS", "variable", "longest answer, in tokens (default: the served model's own, else 256)"),
     ("CLO_REPETITION_PENALTY", "variable",
@@ -103,12 +108,20 @@ VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("CLO_JUDGE_CONSTRAINT", "variable", "how the judge's replies are read (--judge-constraint): auto (default; right "
                                          "for vLLM), choice, logprobs, or none for a server that answers plain text"),
     ("CLO_JUDGE_API_KEY", "secret", "the judge server's API key, when it needs one (never taken from OPENAI_API_KEY)"),
+    ("CLO_VOTES_REPO", "variable", "a dataset repo `owner/name` the people's votes are mirrored to (JSONL shards and "
+                                   "a card, made private if new); needs HF_TOKEN with write access; unset: no mirror"),
+    ("CLO_VOTES_EVERY_MINUTES", "variable", "minutes between two commits of the votes mirror (default 5); a crash "
+                                            "loses at most that much from the repo, never from the vote store"),
     ("CLO_HOST", "variable", "address to listen on; leave unset on a Space"),
     ("CLO_PORT", "variable", "port to listen on; leave unset on a Space"),
-    ("HF_TOKEN", "secret", "a Hugging Face token: huggingface_hub uses it to download a private or gated CLO_MODEL"),
+    ("HF_TOKEN", "secret", "a Hugging Face token: huggingface_hub uses it to download a private or gated CLO_MODEL, "
+                           "and the votes mirror (CLO_VOTES_REPO) to commit"),
     ("GRADIO_SERVER_NAME", "platform", "0.0.0.0 on a Space: where the app listens when CLO_HOST is unset"),
     ("GRADIO_SERVER_PORT", "platform", "the port the app listens on when CLO_PORT is unset (7860)"),
-    ("SPACE_ID", "platform", "set on every Space; the app then shows the Hugging Face sign-in button"),
+    ("SPACE_ID", "platform", "set on every Space; demo mode is then on by default"),
+    ("OAUTH_CLIENT_ID", "platform", "set (with OAUTH_CLIENT_SECRET, OAUTH_SCOPES, OPENID_PROVIDER_URL) on a Space whose "
+                                    "front matter has `hf_oauth: true`; with gradio[oauth] installed the sign-in button "
+                                    "then shows for CLO_ALLOWED_USERS"),
     ("SPACES_ZERO_GPU", "platform", "set on ZeroGPU; generation and training then run inside `spaces.GPU` calls"),
 )
 

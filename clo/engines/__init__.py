@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from pathlib import Path
 
 from clo import CLOError
 from clo.engines.base import BASE, Adapter, Answer, Engine, Request, Sampling, find_adapters, read_adapter
@@ -53,7 +54,13 @@ def load_engine(kind: str = "auto", model: str = "", adapters_dir: str = "adapte
         _say(kind, reason)
         if not url:
             raise CLOError("the remote engine needs the server's URL (--url http://host:8000)")
-        return RemoteEngine(url, model=model or None, **options)
+        engine = RemoteEngine(url, model=model or None, **options)
+        from clo.hub import fetch_adapter, is_hub_adapter
+        for spec in adapters or []:  # a hub repo: fetched here, loaded from the cache's folder (the server reads it)
+            if is_hub_adapter(spec) and not (Path(adapters_dir) / spec).is_dir():
+                hub = fetch_adapter(spec)
+                engine.add_adapter(hub.folder, hub.name, hub.source)
+        return engine
     from clo.engines.peft_engine import PeftEngine
 
     if kind == "vllm":

@@ -194,10 +194,12 @@ class Adapter:
     target_lang: str | None = None
     modules_to_save: tuple[str, ...] = ()
     base_fingerprint: str | None = None  # clo.hub.model_fingerprint of the base it was trained on (None: saved before)
+    source: str | None = None  # "owner/name@commit" for an adapter fetched from the hub (clo.hub.fetch_adapter)
 
 
-def read_adapter(path: str | Path, name: str | None = None) -> Adapter:
-    """Read and check one adapter folder; a clear error for missing or malformed files."""
+def read_adapter(path: str | Path, name: str | None = None, source: str | None = None) -> Adapter:
+    """Read and check one adapter folder; a clear error for missing or malformed files. `source`: the hub repo and
+    commit the folder is a snapshot of."""
     path = Path(path)
     if not path.is_dir():
         raise CLOError(f"adapter folder {path} does not exist")
@@ -233,6 +235,7 @@ def read_adapter(path: str | Path, name: str | None = None) -> Adapter:
         target_lang=manifest.get("target_lang"),
         modules_to_save=tuple(config.get("modules_to_save") or ()),
         base_fingerprint=recorded.get("fingerprint") if isinstance(recorded.get("fingerprint"), str) else None,
+        source=source,
     )
 
 
@@ -295,18 +298,36 @@ def _check_safetensors(file: Path) -> None:
 def find_adapters(adapters_dir: str | Path, names: list[str] | None = None) -> list[Adapter]:
     """The adapters under `adapters_dir` (every complete folder, or those named: [] names none), sorted by name.
 
+    A name is a folder under `adapters_dir`, or, when no such folder exists, an adapter on the hub named
+    owner/name[@revision] (clo.hub.fetch_adapter: fetched into the hub cache, served from there as the repo's name).
     Hidden folders are never adapters: `.tmp-*` / `.old-*` are staging folders of a save (clo.files.staging), and
     those that a killed run left behind are removed here first, so every engine start (and the app's) cleans up.
     """
     root = Path(adapters_dir)
     for folder in remove_stale(root):
         print(f"[clo] cleaned up {folder}, left by a run that was killed while saving", flush=True)
-    if names is not None:
-        return [read_adapter(root / n, n) for n in names]
-    if not root.is_dir():
-        return []
-    return [read_adapter(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
-            and (p / "adapter_config.json").is_file()]
+    if names is None:
+        if not root.is_dir():
+            return []
+        return [read_adapter(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
+                and (p / "adapter_config.json").is_file()]
+    found = [named_adapter(root, n) for n in names]
+    twice = sorted({a.name for a in found if [b.name for b in found].count(a.name) > 1})
+    if twice:
+        raise CLOError(f"two adapters would both be served as {twice[0]!r} (a hub repo is served by its name): name "
+                       "each variant once, or copy one under --adapters-dir with another folder name")
+    return found
+
+
+def named_adapter(adapters_dir: str | Path, name: str) -> Adapter:
+    """The adapter `name` names: its folder under `adapters_dir`, else the hub repo owner/name[@revision]."""
+    from clo.hub import fetch_adapter, is_hub_adapter
+
+    folder = Path(adapters_dir) / name
+    if folder.is_dir() or not is_hub_adapter(name):
+        return read_adapter(folder, name)
+    hub = fetch_adapter(name)
+    return read_adapter(hub.folder, hub.name, source=hub.source)
 
 
 def same_model(a: str, b: str, recorded: str | None = None) -> bool:
@@ -350,6 +371,10 @@ class Engine(ABC):
         """Variant name -> adapter hash (None for the base)."""
         return {BASE: None, **{n: a.sha256 for n, a in self.adapters.items()}}
 
+    def sources(self) -> dict[str, str]:
+        """Variant name -> "owner/name@commit" for each adapter fetched from the hub (votes record it)."""
+        return {n: a.source for n, a in self.adapters.items() if a.source}
+
     def check_adapter(self, adapter: Adapter) -> None:
         if adapter.name == BASE:
             raise CLOError(f"an adapter cannot be named {BASE!r}")
@@ -360,9 +385,10 @@ class Engine(ABC):
             differ = ", whose config or weights differ from those it was trained on" if adapter.base_fingerprint else ""
             raise CLOError(f"adapter {adapter.name} was trained on {adapter.base_model}, but this engine serves {self.model}{differ}")
 
-    def add_adapter(self, path: str | Path, name: str | None = None) -> Adapter:
-        """Load (or replace) an adapter while serving; returns what was loaded."""
-        adapter = read_adapter(path, name)
+    def add_adapter(self, path: str | Path, name: str | None = None, source: str | None = None) -> Adapter:
+        """Load (or replace) an adapter while serving; returns what was loaded. `source`: the hub repo and commit
+        the folder is a snapshot of (clo.hub.HubAdapter.source)."""
+        adapter = read_adapter(path, name, source)
         self.check_adapter(adapter)
         self._load(adapter)
         self.adapters[adapter.name] = adapter

@@ -56,9 +56,12 @@ class Handover(Engine):
     def check(self, requests: list[Request]) -> None:
         self.current.check(requests)
 
-    def add_adapter(self, path: str | Path, name: str | None = None) -> Adapter:
+    def add_adapter(self, path: str | Path, name: str | None = None, source: str | None = None) -> Adapter:
         with self.lock:  # not while the engines swap: the successor is given what the current one serves then
-            return self.current.add_adapter(path, name)
+            return self.current.add_adapter(path, name, source)
+
+    def sources(self) -> dict[str, str]:
+        return self.current.sources()
 
     def _load(self, adapter: Adapter) -> None:  # add_adapter is the current engine's own
         raise NotImplementedError
@@ -92,7 +95,7 @@ class Handover(Engine):
                     return
                 for name, adapter in first.adapters.items():  # loaded while the successor was starting
                     if name not in successor.adapters or successor.adapters[name].sha256 != adapter.sha256:
-                        successor.add_adapter(adapter.path, name)
+                        successor.add_adapter(adapter.path, name, adapter.source)
                 self.current = successor
         except Exception as e:  # noqa: BLE001 (an adapter the successor refuses: keep the engine that serves it)
             successor.close()

@@ -10,13 +10,21 @@ next step (the whole `generate` ends when none is left). transformers' own conti
 (`init_continuous_batching` / `generate_batch`) is not used: its requests carry no adapter, and PEFT's
 per-row `adapter_names` needs the padded batch layout that `generate` keeps.
 
+The direct path (`generate_here` / `stream_here`) decodes one caller's requests itself, with the same batch step
+(`_decode`) and so the same answers, without the scheduler thread: for ZeroGPU, whose `spaces.GPU` calls run in a
+process forked from the app (clo.app.zerogpu), where that thread does not exist and `generate` would wait forever.
+In a fork it takes no lock (one held by a parent thread at fork time is never released there) and refuses when
+the engine's lock was held at fork time; in the engine's own process it takes the lock like the scheduler.
+
     engine = PeftEngine("models/tiny", find_adapters("adapters"))
     engine.generate([Request("base", msgs), Request("clo-ko", msgs)])
+    engine.generate_here(requests)                  # decoded in this thread: what a spaces.GPU call runs
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import re
 import threading
@@ -100,6 +108,7 @@ class PeftEngine(Engine):
         self.tokenizer.padding_side = "left"
         self.peft = None
         self.lock = threading.Lock()  # held by each generate and each adapter load: they never overlap
+        self.pid = os.getpid()  # the process whose threads take `lock` (a forked child takes none: _lock_here)
         eos = self.base.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.context = getattr(self.base.config, "max_position_embeddings", None)
@@ -173,13 +182,8 @@ class PeftEngine(Engine):
         return self._stream_groups(requests, jobs, groups)
 
     def _stream_groups(self, requests: list[Request], jobs: list[Job], groups: list[list[int]]) -> Iterator[list[Answer]]:
-        answers = [Answer(r.variant) for r in requests]
         try:
-            for job, rows in zip(jobs, groups):
-                for snapshot in job.results():
-                    for i, a in zip(rows, snapshot):
-                        answers[i] = a
-                    yield list(answers)
+            yield from _collect(requests, list(zip(jobs, groups)))
         finally:
             for job in jobs:
                 job.cancelled.set()
@@ -239,6 +243,15 @@ class PeftEngine(Engine):
 
     def _run(self, jobs: list[Job]) -> None:
         step = self.current = _Batch(self, jobs)
+        try:
+            self._decode(step, self.lock)
+        finally:
+            self.current = None
+
+    def _decode(self, step: _Batch, lock) -> None:
+        """One `generate` over the rows of `step` with `lock` held, then each job finished (or failed with a clear
+        error): the one batch-decoding step of the scheduler thread and of the direct path."""
+        jobs = step.jobs
         requests = [job.requests[k] for job, k in step.rows]
         sampling: Sampling = requests[0].sampling
         try:
@@ -253,7 +266,7 @@ class PeftEngine(Engine):
                 kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p)
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
-            with self.lock, torch.no_grad():
+            with lock, torch.no_grad():
                 model = self.base
                 if self.peft is not None:
                     model = self.peft
@@ -266,10 +279,76 @@ class PeftEngine(Engine):
             for job in jobs:
                 job.fail(e)
             return
-        finally:
-            self.current = None
         for job in jobs:
             job.finish()
+
+    # ---- the direct path: decoded by the caller, no scheduler thread (ZeroGPU's forked spaces.GPU calls) ----
+    def generate_here(self, requests: list[Request]) -> list[Answer]:
+        """`generate` decoded in the calling thread: one `generate` per sampling setting, all of this call's requests
+        batched together and never with another caller's. What a `spaces.GPU` call runs in its forked
+        process, where the scheduler thread does not exist."""
+        jobs, lock = self._jobs_here(requests), self._lock_here()
+        for job, _ in jobs:
+            self._decode(_Batch(self, [job]), lock)
+        final = None
+        for final in _collect(requests, jobs):
+            pass
+        return final
+
+    def stream_here(self, requests: list[Request]) -> Iterator[list[Answer]]:
+        """`stream` decoded in this process: a thread started here runs the same batches as `generate_here` while
+        the caller reads the snapshots; closing the generator cancels the rows and waits for that thread, so the
+        next call never meets a `generate` still running."""
+        jobs, lock = self._jobs_here(requests), self._lock_here()
+
+        def decode():
+            for job, _ in jobs:
+                if not job.cancelled.is_set():
+                    self._decode(_Batch(self, [job]), lock)
+
+        worker = threading.Thread(target=decode, name="clo-peft-direct", daemon=True)
+        worker.start()
+        try:
+            yield from _collect(requests, jobs)
+        finally:
+            for job, _ in jobs:
+                job.cancelled.set()
+            worker.join()
+
+    def catch_up(self, adapters: dict[str, Adapter]) -> None:
+        """Load each of `adapters` (name -> adapter, as another copy of this engine serves it) that this copy lacks
+        or holds in another version: a spaces.GPU worker forked before an adapter was (re)loaded in the parent."""
+        for name, adapter in adapters.items():
+            if self.adapters.get(name) != adapter:
+                self._lock_here()  # refuses where a load could wait forever on a lock copied held into this fork
+                self.check_adapter(adapter)
+                self._load(adapter)
+                self.adapters[name] = adapter
+
+    def _jobs_here(self, requests: list[Request]) -> list[tuple[Job, list[int]]]:
+        """`requests` checked and split as `stream` splits them: a job per sampling setting (one `generate` each, as
+        the scheduler runs a job whole), each with the indices of its requests."""
+        self.check(requests)
+        for r in requests:
+            self._check_length(self.prompt_ids(r.messages), r.sampling.max_tokens)
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(_sampling_key(r.sampling), []).append(i)
+        return [(Job([requests[i] for i in rows]), rows) for rows in groups.values()]
+
+    def _lock_here(self):
+        """The lock the direct path decodes under. In the process that built the engine it is `self.lock`, so a
+        direct call never overlaps the scheduler's `generate` or an adapter load. In a forked child (spaces.GPU) no
+        other thread uses the model, and `self.lock` may never be released there: a thread of the parent that held
+        it at fork time does not exist in the child. So the child takes no lock, and refuses outright when the lock
+        was held at fork time, since the model may be half-way through an adapter load or a `generate` whose PEFT
+        hooks are still attached (spaces then forks a fresh worker for the next call)."""
+        if os.getpid() == self.pid:
+            return self.lock
+        if self.lock.locked():
+            raise CLOError("the GPU worker was forked while the server was loading an adapter or decoding, so its copy "
+                           "of the model may be half-changed: try again")
+        return contextlib.nullcontext()
 
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<layer>.+)\.lora_(?P<part>A|B|embedding_A|embedding_B)(?:\.weight)?$")
@@ -314,6 +393,16 @@ def load_failure(adapter: Adapter, error: BaseException, model_name: str) -> str
                 f"[{m[3]}], so it was trained for another base model; serve it with that model, or retrain it on this one")
     reason = " ".join(text.split())[:300] or type(error).__name__
     return f"cannot load adapter {adapter.path} into {model_name}: {reason}"
+
+
+def _collect(requests: list[Request], jobs: list[tuple[Job, list[int]]]) -> Iterator[list[Answer]]:
+    """The jobs' snapshots as snapshots of all `requests`, in request order (a failed job raises its error)."""
+    answers = [Answer(r.variant) for r in requests]
+    for job, rows in jobs:
+        for snapshot in job.results():
+            for i, a in zip(rows, snapshot):
+                answers[i] = a
+            yield list(answers)
 
 
 def _sampling_key(s: Sampling) -> tuple:

@@ -86,6 +86,7 @@ def battle_stream(services: Services, prompt: str | None, lang: str, voter: str,
                 battle = services.store.create_battle(voter=voter, language=lang, prompt=text,
                                                       answers={v: answers[v] for v in (left, right)},
                                                       hashes={v: hashes.get(v) for v in (left, right)},
+                                                      sources=services.engine.sources(),
                                                       engine=services.engine.kind, placed=(left, right),
                                                       detected={v: services.detect(answers[v], lang, prompt=text).code
                                                                 for v in (left, right)},
@@ -128,6 +129,8 @@ def cast_vote(services: Services, request, battle_id: str, outcome: str) -> dict
         raise CLOError(f"unknown outcome {outcome!r}; use one of {', '.join(OUTCOMES)}")
     reveal = services.store.vote(battle_id, outcome, *services.voter(request))
     services.judging.poke()  # a background judge, when there is one, judges the new battle in its own thread
+    if services.votes_mirror is not None:  # the votes mirror appends it in its own thread (clo.evaluate.hub_sync)
+        services.votes_mirror.poke(reveal["battle_id"])
     return reveal
 
 

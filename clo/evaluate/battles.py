@@ -101,13 +101,14 @@ def create_battle(store: VoteStore, voter: str, language: str, prompt: str, answ
                   hashes: dict[str, str | None] | None = None, engine: str | None = None, blind: bool = True,
                   detected: dict[str, str] | None = None, address: str | None = None,
                   base: tuple[str, str | None] | None = None, placed: tuple[str, str] | None = None,
-                  leak: str | None = None) -> Battle:
+                  leak: str | None = None, sources: dict[str, str] | None = None) -> Battle:
     """Store a battle between the two variants of `answers`, placed left/right at random (or as `placed` says: a
     caller that streamed the answers drew the sides with `place` before showing them), owned by session
     `voter` from `address`; `detected` holds each answer's language code (clo.evaluate.langid), kept with the vote and
     the detector's version so no one detects it again unless the detector has changed since; `base` is the base
     model behind every variant (its name and fingerprint, `clo.evaluate.ratings.base_key`), kept with the vote;
-    `leak`, why the battle is not blind (clo.evaluate.leaks), kept with the vote, which is then never rated."""
+    `leak`, why the battle is not blind (clo.evaluate.leaks), kept with the vote, which is then never rated;
+    `sources`, "owner/name@commit" of each variant fetched from the hub (clo.engines.Engine.sources)."""
     if len(answers) != 2:
         raise CLOError(f"a battle has exactly two answers, got {len(answers)}")
     store._check_prompt(prompt)
@@ -119,7 +120,7 @@ def create_battle(store: VoteStore, voter: str, language: str, prompt: str, answ
     created = now_utc()
     battle = Battle(str(uuid.uuid4()), language, prompt, answers[left], answers[right],
                     (created + dt.timedelta(seconds=store.limits.battle_ttl_s)).isoformat())
-    hashes, detected = hashes or {}, detected or {}
+    hashes, detected, sources = hashes or {}, detected or {}, sources or {}
     who, where = store.pseudonyms(voter, address)
     with store._transaction() as cur:
         store._insert(cur, "battles", {
@@ -128,7 +129,8 @@ def create_battle(store: VoteStore, voter: str, language: str, prompt: str, answ
             "answer_b": battle.answer_b, "hash_a": hashes.get(left), "hash_b": hashes.get(right), "engine": engine,
             "blind": int(blind), "lang_a": detected.get(left), "lang_b": detected.get(right), "voter_address": where,
             "langid_version": LANGID_VERSION if detected else None, "base_model": (base or (None, None))[0],
-            "base_hash": (base or (None, None))[1], "leak": leak})
+            "base_hash": (base or (None, None))[1], "leak": leak, "source_a": sources.get(left),
+            "source_b": sources.get(right)})
     return battle
 
 
@@ -203,6 +205,7 @@ def insert_vote(store: VoteStore, cur, battle: dict, outcome: str, created: dt.d
         "judge_protocol": protocol, "judge_reply": reply, "langid_version": b.get("langid_version"),
         **dict(zip(("judge_orders", "judge_first", "judge_second", "judge_reply_second"), orders)),
         "base_model": b.get("base_model"), "base_hash": b.get("base_hash"), "leak": b.get("leak"),
+        "source_a": b.get("source_a"), "source_b": b.get("source_b"),
         "pair_key": pair_key(b["language"], b["prompt"], b["variant_a"], b["answer_a"], b["variant_b"], b["answer_b"])})
 
 

@@ -66,6 +66,8 @@ class Judgment:
     reply_second: str | None = None
     base_model: str | None = None  # the base model behind both answers (clo.evaluate.battles.create_battle's `base`)
     base_hash: str | None = None
+    source_a: str | None = None  # "owner/name@commit" of a variant fetched from the hub
+    source_b: str | None = None
 
     @property
     def pair_key(self) -> str:
@@ -91,7 +93,8 @@ def record_judgment(store: VoteStore, judgment: Judgment) -> bool:
               "voter": JUDGE_VOTER, "language": j.language, "prompt": j.prompt, "variant_a": j.variant_a,
               "variant_b": j.variant_b, "answer_a": j.answer_a, "answer_b": j.answer_b, "hash_a": j.hash_a,
               "hash_b": j.hash_b, "engine": j.engine, "blind": 1, "lang_a": None, "lang_b": None, "voter_address": None,
-              "langid_version": None, "base_model": j.base_model, "base_hash": j.base_hash}
+              "langid_version": None, "base_model": j.base_model, "base_hash": j.base_hash,
+              "source_a": j.source_a, "source_b": j.source_b}
     try:
         with store._transaction() as cur:
             cur.execute(store._sql("SELECT 1 FROM votes WHERE judge = ? AND judge_protocol = ? AND pair_key = ?"),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from clo import CLOError
+from clo.evaluate.snapshot import open_snapshot, shared_mount
 
 if TYPE_CHECKING:
     from clo.evaluate.store import VoteStore
@@ -26,11 +27,12 @@ if TYPE_CHECKING:
 APPLICATION_ID = 0x434C4F31  # "CLO1" in the SQLite header: our files are recognisable, foreign ones refused
 BATTLE_COLUMNS = ("id", "created_utc", "expires_utc", "voter", "language", "prompt", "variant_a", "variant_b",
                   "answer_a", "answer_b", "hash_a", "hash_b", "engine", "blind", "lang_a", "lang_b", "voter_address",
-                  "langid_version")
+                  "langid_version", "source_a", "source_b")
 VOTE_COLUMNS = ("id", "battle_id", "created_utc", "voter", "language", "prompt", "variant_a", "variant_b", "answer_a",
                 "answer_b", "left_variant", "outcome", "engine", "hash_a", "hash_b", "blind", "lang_a", "lang_b",
                 "voter_address", "judge", "judge_protocol", "judge_reply", "pair_key", "langid_version", "judge_orders",
-                "judge_first", "judge_second", "judge_reply_second", "base_model", "base_hash", "leak")
+                "judge_first", "judge_second", "judge_reply_second", "base_model", "base_hash", "leak", "source_a",
+                "source_b")
 
 # Each migration brings the schema from version i to i + 1; never edit one that has shipped.
 MIGRATIONS = [
@@ -110,6 +112,14 @@ MIGRATIONS = [
     ALTER TABLE battles ADD COLUMN leak TEXT;
     ALTER TABLE votes ADD COLUMN leak TEXT;
     """,
+    # 10: where an adapter fetched from the hub came from, "owner/name@commit" (clo.hub.fetch_adapter), per side;
+    # NULL for the base, a local folder, and older rows
+    """
+    ALTER TABLE battles ADD COLUMN source_a TEXT;
+    ALTER TABLE battles ADD COLUMN source_b TEXT;
+    ALTER TABLE votes ADD COLUMN source_a TEXT;
+    ALTER TABLE votes ADD COLUMN source_b TEXT;
+    """,
 ]
 
 
@@ -174,7 +184,10 @@ def check_sqlite_file(path: Path, read_only: bool) -> None:
 def open_read_only(path: Path, **kwargs) -> sqlite3.Connection:
     """A connection that cannot change the file: `mode=ro` and query_only. A WAL-mode file in a folder this process
     may not write (no -shm can be made) is opened `immutable` instead, when it has no -wal file (so nothing is
-    waiting to be checkpointed and no writer has it open)."""
+    waiting to be checkpointed and no writer has it open). A file on a network or FUSE mount is a snapshot, read
+    `immutable` without locks or journals there (clo.evaluate.snapshot.open_snapshot)."""
+    if shared_mount(path):
+        return open_snapshot(path, **kwargs)
     conn = sqlite3.connect(_sqlite_uri(path, "mode=ro"), uri=True, **kwargs)
     try:
         conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()

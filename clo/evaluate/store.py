@@ -9,15 +9,20 @@
 This module holds the connections: one per thread, in the store's dialect, each write one transaction. What a store
 does is bound from the modules of each concern: people's battles and votes (clo.evaluate.battles), a judge's votes
 (clo.evaluate.judgments), the tables and their migrations (clo.evaluate.schema); exports are
-clo.evaluate.export (the hub mirror clo.evaluate.hub_sync is not wired to the app yet).
+clo.evaluate.export, and the app's mirror of the votes to a dataset repo is clo.evaluate.hub_sync.
 A voter is a session from a client address; the store keeps only keyed hashes of both (HMAC with a secret made once
 per store and kept in it, or CLO_SECRET), never a raw address, and limits votes per voter and per address (`Limits`).
 SQLite runs in WAL mode with synchronous=FULL: a vote that `vote` returned from survives a crash. `store.close()`
 (the app calls it when it stops) lets the writes under way finish, folds the log into the file and closes every
 thread's connection, so the file alone holds every vote.
+A file on a network or FUSE mount (a Space's Storage Bucket at /data, NFS, SMB; `shared_mount`) never runs WAL:
+the store opens a live copy on local disk instead (`store.file`, in ~/.cache/clo/votes/; `store.path` stays the
+file on the mount) and `store.mirror` (clo.evaluate.snapshot.Snapshots) restores it from the mount at start and
+copies it back whole every `snapshot_seconds` (default 30) and at close; a crash loses the votes since the last copy.
 `open_store(url, read_only=True)` (the command line's leaderboard and export) changes nothing: SQLite is opened with
-`mode=ro` and `query_only`, PostgreSQL with read-only transactions; no journal mode is set, no schema migrated, no
-secret made, and a store from an older schema is read with the columns it has.
+`mode=ro` and `query_only` (on a network or FUSE mount, `immutable`: the snapshot as the last copy left it),
+PostgreSQL with read-only transactions; no journal mode is set, no schema migrated, no secret made, and a store
+from an older schema is read with the columns it has.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from clo import CLOError
 from clo.engines.base import prompt_text
 from clo.evaluate import battles, judgments
 from clo.evaluate.schema import check_sqlite_file, migrate, open_read_only
+from clo.evaluate.snapshot import Snapshots, shared_mount
 
 
 def keyed_hash(secret: str, raw: str) -> str:
@@ -59,8 +65,10 @@ class Limits:
 class VoteStore:
     """A vote store on SQLite (`sqlite:///path`) or PostgreSQL (`postgresql://...`)."""
 
-    def __init__(self, url: str, limits: Limits | None = None, seed: int | None = None, read_only: bool = False):
+    def __init__(self, url: str, limits: Limits | None = None, seed: int | None = None, read_only: bool = False,
+                 snapshot_seconds: float = 30.0):
         self.url, self.limits, self.read_only = url, limits or Limits(), read_only
+        self.mirror: Snapshots | None = None  # a store on a network or FUSE mount: its live copy and snapshots
         self.blank = False  # read-only and never initialised: no tables, so no votes
         self.pruned_at = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
         self.rng = random.Random(seed)
@@ -73,14 +81,26 @@ class VoteStore:
             self.kind, self.path, self.ph = "sqlite", Path(url.split("sqlite:///", 1)[-1]), "?"
             self.where = str(self.path)
             check_sqlite_file(self.path, read_only)
+            self.file = self.path  # the file SQLite opens: the store itself, or its live copy on local disk
+            mount = None if read_only else shared_mount(self.path)  # a read-only open never writes: no copy needed
+            if mount:  # WAL is unsafe there: the store lives on local disk, and the mount holds its snapshots
+                self.mirror = Snapshots(self.path, mount, snapshot_seconds)
+                self.file = self.mirror.local
         elif parsed.scheme in ("postgresql", "postgres"):
-            self.kind, self.path, self.ph = "postgresql", None, "%s"
+            self.kind, self.path, self.file, self.ph = "postgresql", None, None, "%s"
             self.where = _redacted(url)
         else:
             raise CLOError(f"unknown vote store URL {_redacted(url)!r}: use sqlite:///path/votes.db or "
                            "postgresql://user@host/db")
-        self.blank = migrate(self)
-        self.secret = os.environ.get("CLO_SECRET") or (None if read_only else self._stored_secret())
+        try:
+            self.blank = migrate(self)
+            self.secret = os.environ.get("CLO_SECRET") or (None if read_only else self._stored_secret())
+            if self.mirror:
+                self.mirror.start()
+        except BaseException:
+            if self.mirror:  # its lock released and its live copy gone: nothing was cast
+                self.close()
+            raise
 
     # ---- people's battles and votes (clo.evaluate.battles) ----
     vote_counts = battles.vote_counts
@@ -139,9 +159,9 @@ class VoteStore:
             return conn
         # check_same_thread=False: each thread uses only its own connection, but `close` closes them all from one
         if self.kind == "sqlite" and self.read_only:  # nothing in the file may change, not even its journal mode
-            conn = open_read_only(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            conn = open_read_only(self.file, timeout=60, isolation_level=None, check_same_thread=False)
         elif self.kind == "sqlite":
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.file, timeout=60, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -227,11 +247,13 @@ class VoteStore:
             if self.kind == "sqlite" and not self.read_only and connections:
                 blocked = connections[0].execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
                 if blocked:  # another process is reading: the log stays, and the file is not whole without it
-                    print(f"[clo] another process holds the vote store {self.path} open, so its write-ahead log "
-                          f"{self.path}-wal was not folded in: keep the two files together", file=sys.stderr, flush=True)
+                    print(f"[clo] another process holds the vote store {self.file} open, so its write-ahead log "
+                          f"{self.file}-wal was not folded in: keep the two files together", file=sys.stderr, flush=True)
         finally:
             for conn in connections:
                 conn.close()
+            if self.mirror:  # a last snapshot of the closed file, then its live copy goes
+                self.mirror.close()
 
 
 class _Transaction:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import gradio as gr
@@ -15,7 +16,28 @@ import gradio as gr
 from clo.app.ui import arena, compare, data, leaderboard, train
 from clo.app.context import Services
 
-ON_SPACE = bool(os.environ.get("SPACE_ID"))
+# What gradio's OAuth (gradio/oauth.py) needs on a Space: the variables the platform sets with `hf_oauth: true` in the
+# README's front matter, and gradio[oauth]'s packages; a LoginButton without them stops the app at launch
+OAUTH_VARIABLES = ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES", "OPENID_PROVIDER_URL")
+OAUTH_PACKAGES = ("authlib", "itsdangerous")
+
+
+def sign_in_missing() -> str | None:
+    """Why Hugging Face sign-in cannot work here (None when it can): gradio's real OAuth runs only on a Space
+    (SYSTEM=spaces and SPACE_ID, gradio.utils.get_space) with the platform's OAuth variables and gradio[oauth]."""
+    from gradio.utils import get_space
+
+    if get_space() is None:
+        return "this is not a Hugging Face Space"
+    unset = [v for v in OAUTH_VARIABLES if not os.environ.get(v)]
+    if unset:
+        return (f"{', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set: add `hf_oauth: true` to the Space's "
+                "README front matter")
+    absent = [p for p in OAUTH_PACKAGES if importlib.util.find_spec(p) is None]
+    if absent:
+        return (f"{', '.join(absent)} {'is' if len(absent) == 1 else 'are'} not installed: add gradio[oauth] to "
+                "requirements.txt")
+    return None
 # answers in equal boxes; the line under each (language, tokens, speed) readable from the back of a room
 CSS = """
 .answer { min-height: 6em; padding: 0.5em; border: 1px solid var(--border-color-primary); border-radius: 8px; }
@@ -25,6 +47,12 @@ CSS = """
 
 def build_app(services: Services) -> gr.Blocks:
     s = services.settings
+    wanted = s.demo_mode and bool(s.allowed_users)  # allowed accounts unlock Train by signing in
+    missing = sign_in_missing() if wanted else None
+    sign_in = wanted and missing is None  # the login button, only where gradio can really sign a visitor in
+    if wanted and missing:
+        print(f"[clo] Hugging Face sign-in is off ({missing}), so CLO_ALLOWED_USERS cannot unlock Train"
+              + ("; the admin password still does" if s.admin_password else ""), flush=True)
     # delete_cache: files served to visitors (vote exports, plots) are dropped after an hour, checked hourly
     with gr.Blocks(title="Cross-Lingual Optimization", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
@@ -47,11 +75,14 @@ def build_app(services: Services) -> gr.Blocks:
                     if s.admin_password:
                         password = gr.Textbox(type="password", label="Admin password", scale=3)
                         unlock = gr.Button("Unlock training", scale=1)
-                    if ON_SPACE and s.allowed_users:  # Hugging Face OAuth exists only on a Space
-                        gr.LoginButton(scale=1)
+                    if sign_in:
+                        gr.LoginButton(scale=1, elem_id="sign-in")
                     if not s.admin_password and not s.allowed_users:
                         gr.Markdown("Training is closed on this demo: it has no admin password (`CLO_ADMIN_PASSWORD`) "
                                     "and no allowed accounts (`CLO_ALLOWED_USERS`).", elem_id="train-closed")
+                    elif not s.admin_password and not sign_in:
+                        gr.Markdown("Training is closed on this demo: its allowed accounts (`CLO_ALLOWED_USERS`) "
+                                    "cannot sign in here, since Hugging Face sign-in is off.", elem_id="train-closed")
                 train_tab = train.build(services, visible=not locked)
             with gr.Tab("Data", id="data"):
                 data_tab = data.build(services)
@@ -68,10 +99,10 @@ def build_app(services: Services) -> gr.Blocks:
             show = services.access.allows(request)
             return gr.update(visible=not show), gr.update(visible=show), gr.update()
 
-        if not ON_SPACE:
+        if not sign_in:
             on_load_with_profile = on_load
 
-            def on_load(request: gr.Request):  # noqa: F811 (no OAuth off a Space)
+            def on_load(request: gr.Request):  # noqa: F811 (no sign-in: nobody has a profile)
                 return on_load_with_profile(request, None)
 
         def on_tab(evt: gr.SelectData, request: gr.Request):  # the Train tab's job polling runs only while it is open

@@ -26,6 +26,7 @@ from clo.evaluate.judge.client import API_KEY_VARIABLE, JudgeClient, excerpt
 from clo.evaluate.judge.prompts import PromptPair, load_prompt_pairs
 from clo.evaluate.judge.protocol import CONSTRAINTS
 from clo.evaluate.judge.run import CONSISTENCY_FLOOR, Item, JudgeRun, judge_items, judge_results
+from clo.hub import served_name
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """`python -m clo judge`: the parser, added to the command line's subparsers."""
@@ -35,7 +36,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "judge which answer of each pair is better, store its verdicts as judge votes, and print the first variant's "
         f"win rate with a 95% bootstrap interval and the length-controlled win rate. API key: ${API_KEY_VARIABLE}.")
     p.add_argument("--adapters", required=True, metavar="FIRST,SECOND",
-                   help="the two variants, e.g. clo-ko,sft-ko (an adapter under --adapters-dir, or base)")
+                   help="the two variants, e.g. clo-ko,sft-ko (an adapter under --adapters-dir, a hub repo owner/name[@revision], "
+                        "or base)")
     p.add_argument("--lang", required=True, type=lang_arg, help="the target language of the prompts")
     p.add_argument("--prompts", default="sample", metavar="sample|held-out|FILE|HUB_ID",
                    help="the shipped sample, its held-out fifth (never trained on), a JSONL file, or a hub prompt set "
@@ -90,7 +92,8 @@ def answer_pairs(engine, prompts: list[PromptPair], lang: str, variants: list[st
                     failed += 1
                     continue
                 items.append(Item(language, text, {a.variant: a.text for a in pair},
-                                  {v: served[v] for v in variants}, engine.kind, engine.base_identity()))
+                                  {v: served[v] for v in variants}, engine.kind, engine.base_identity(),
+                                  {v: s for v, s in engine.sources().items() if v in variants}))
         return items, failed
     finally:
         engine.close()
@@ -125,6 +128,7 @@ def _judge(args: argparse.Namespace) -> dict:
         adapters = [v for v in variants if v != BASE]
         engine = load_engine(args.engine, model=args.model, adapters_dir=args.adapters_dir, adapters=adapters or None,
                              url=args.url)
+        variants = [served_name(v) for v in variants]  # a hub repo owner/name is served as its name
         items, failed = answer_pairs(engine, prompts, args.lang, variants, Sampling(max_tokens=args.max_tokens))
         print(f"[clo] judging {len(items)} pairs in both orders with {client.model} at {client.url} "
               f"({client.constraint}, {client.concurrency} in flight)", flush=True)

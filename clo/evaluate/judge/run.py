@@ -53,6 +53,7 @@ class Item:
     hashes: dict[str, str | None] = field(default_factory=dict)
     engine: str | None = None
     base: tuple[str | None, str | None] = (None, None)  # the base model's name and fingerprint, kept with the verdict
+    sources: dict[str, str] = field(default_factory=dict)  # "owner/name@commit" of a variant fetched from the hub
 
     @property
     def key(self) -> str:
@@ -193,7 +194,8 @@ def _judgment(item: Item, client: JudgeClient, first: str, second: str, outcome:
                     variant_a=first, variant_b=second, answer_a=item.answers[first], answer_b=item.answers[second],
                     outcome=outcome, reply=reply, hash_a=item.hashes.get(first), hash_b=item.hashes.get(second),
                     engine=item.engine, orders=orders, first=verdicts[0], second=verdicts[1],
-                    reply_second=reply_second, base_model=item.base[0], base_hash=item.base[1])
+                    reply_second=reply_second, base_model=item.base[0], base_hash=item.base[1],
+                    source_a=item.sources.get(first), source_b=item.sources.get(second))
 
 
 def _both_orders(verdicts):
@@ -242,7 +244,8 @@ def battle_items(votes, language: str | None = None) -> list[Item]:
     rows = rows.sort_values("created_utc", kind="stable").drop_duplicates("pair_key")
     return [Item(r.language, r.prompt, {r.variant_a: r.answer_a, r.variant_b: r.answer_b},
                  {r.variant_a: _text_or_none(r.hash_a), r.variant_b: _text_or_none(r.hash_b)}, _text_or_none(r.engine),
-                 (_text_or_none(r.base_model), _text_or_none(r.base_hash)))
+                 (_text_or_none(r.base_model), _text_or_none(r.base_hash)),
+                 {v: s for v, s in ((r.variant_a, _text_or_none(r.source_a)), (r.variant_b, _text_or_none(r.source_b))) if s})
             for r in rows.itertuples() if r.variant_a != r.variant_b]
 
 
