@@ -1,4 +1,4 @@
-"""Command line: `python -m clo prepare|train|push|generate|votes|leaderboard|judge|miniature|replicate|models|tiny|space|langid`.
+"""Command line: `python -m clo prepare|train|push|generate|votes|leaderboard|evaluate|judge|miniature|replicate|models|tiny|space|langid`.
 
     python -m clo prepare --lang ko --pairs 50               # build + cache the cross-lingual pairs, preview them
     python -m clo train --config recipes/demo.yaml --method clo,sft --max-steps 20
@@ -7,6 +7,7 @@
     python -m clo generate --lang ko --prompts sample        # language fidelity per variant
     python -m clo votes export --format parquet              # the votes, for analysis
     python -m clo leaderboard --lang ko                      # W/T/L, win rates, Bradley–Terry, Elo (per base model)
+    python -m clo evaluate --adapters base,clo-ko --lang ko --limit 200   # Belebele + KoBEST per variant, stored
     python -m clo judge --adapters clo-ko,sft-ko --lang ko --judge-url http://127.0.0.1:8001 --judge-model NAME   # LLM judge
     python -m clo miniature                                  # SFT vs CLO on a synthetic language, offline, ~5 min
     python -m clo replicate --model smollm2 --lang ko        # English retention on a real model, SFT vs CLO, ~45 min
@@ -233,6 +234,36 @@ def _print_board(battles, args: argparse.Namespace) -> dict:
     return tables
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Score the base model and adapters on lm-evaluation-harness tasks (clo.evaluate.harness); store and print."""
+    import contextlib
+
+    from clo.evaluate.harness import evaluate, print_table
+    from clo.evaluate.store import open_store
+
+    store = open_store(args.db)  # opened first: a store it cannot write is said before a model loads
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    if args.adapters is None:  # as generate: the base and every adapter folder under --adapters-dir
+        from clo.engines.base import BASE, find_adapters
+
+        variants = [BASE, *(a.name for a in find_adapters(args.adapters_dir))]
+    else:
+        variants = [v.strip() for v in args.adapters.split(",") if v.strip()]
+    try:
+        # with --json, stdout holds the one JSON object: every progress line goes to stderr
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            run = evaluate(args.model, variants, tasks=tasks, lang=args.lang, limit=args.limit,
+                           num_fewshot=args.num_fewshot, batch_size=args.batch_size, adapters_dir=args.adapters_dir,
+                           store=store)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(run.as_json(), indent=2, ensure_ascii=False))
+    else:
+        print_table(run)
+        print(f"stored {len(run.rows)} rows in {args.db} (run {run.run_id})")
+
+
 def cmd_space_build(args: argparse.Namespace) -> None:
     from clo.app.space import build_space, hub_token, push_space
 
@@ -387,6 +418,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "and language, the focus variant's wins, ties, losses, n, win_rate with its interval and "
                    "length_controlled against each opponent, the ratings; a judge's position consistency")
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("evaluate", help="score the base model and adapters on lm-evaluation-harness benchmarks "
+                       "(Belebele, KoBEST, XCOPA; smoke offline), stored beside the votes",
+                       description="Load the base model once, every adapter beside it (PEFT), and score each variant "
+                       "on the same items with lm-evaluation-harness; an adapter whose log-likelihoods equal the base "
+                       "model's is reported as having no effect, never scored. Results go to the vote store (--db).")
+    p.add_argument("--model", default="Qwen/Qwen2.5-0.5B-Instruct", help="base model: hub id, local folder or an "
+                   "offline shorthand (smollm2, tiny)")
+    p.add_argument("--adapters-dir", default="adapters")
+    p.add_argument("--adapters", help="comma-separated variants: base, folder names under --adapters-dir, hub "
+                   "repos owner/name[@revision] (default: base and every folder under --adapters-dir)")
+    p.add_argument("--tasks", help="comma-separated lm-eval tasks or groups, or smoke (this project's offline task: "
+                   "smoke_en, smoke_ko, smoke_sw); default: --lang's set plus belebele_eng_Latn")
+    p.add_argument("--lang", type=lang_arg, help="without --tasks: run this language's default set (ko: Belebele + "
+                   "KoBEST; sw: Belebele + XCOPA; yo; zh; de; id)")
+    p.add_argument("--limit", type=above_zero(int), help="score only the first N items of each task (default: all)")
+    p.add_argument("--num-fewshot", type=int, default=0, help="few-shot examples per prompt (default 0)")
+    p.add_argument("--batch-size", type=above_zero(int), default=8, help="requests per forward pass")
+    add_store_option(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object (the stored rows, the guard's "
+                   "findings, seconds and requests per variant) instead of the table")
+    p.set_defaults(func=cmd_evaluate)
 
     from clo.evaluate.judge.cli import add_parser as add_judge_parser
 

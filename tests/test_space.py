@@ -69,8 +69,10 @@ def test_folder_holds_the_app_and_nothing_else(built):
     assert {p.name for p in out.iterdir()} == {MARKER, "README.md", "requirements.txt", "app.py", "clo", "recipes",
                                                "assets"}
     assert (out / "app.py").read_bytes() == (ROOT / "app.py").read_bytes()
-    assert [p.name for p in (out / "assets").iterdir()] == ["sample"]
+    assert sorted(p.name for p in (out / "assets").iterdir()) == ["benchmarks", "sample"]
     assert {p.name for p in (out / "assets" / "sample").iterdir()} == {"pairs.jsonl", "README.md"}
+    assert {p.name for p in (out / "assets" / "benchmarks").iterdir()} == {  # the offline smoke task, no caches
+        p.name for p in (ROOT / "assets" / "benchmarks").iterdir() if p.name != "__pycache__"}
     assert {p.name for p in (out / "recipes").iterdir()} == {p.name for p in (ROOT / "recipes").iterdir()}
     ours = {p.relative_to(out) for p in (out / "clo").rglob("*") if p.is_file()}
     theirs = {p.relative_to(ROOT) for p in (ROOT / "clo").rglob("*.py") if "__pycache__" not in p.parts}
@@ -174,7 +176,7 @@ def test_requirements_fit_the_hardware(built):
         assert set(reqs) == repo
     elif hardware == "zero-gpu":
         assert str(reqs["torch"].specifier) == f"=={torch}"
-        assert set(reqs) == repo - {"bitsandbytes"} | {"spaces"}
+        assert set(reqs) == repo - {"bitsandbytes", "lm_eval", "lm-eval"} | {"spaces"}
     else:
         assert str(reqs["torch"].specifier) == f"=={torch}"
         assert str(reqs["vllm"].specifier) == f"=={vllm}"

@@ -393,7 +393,7 @@ def test_a_store_of_the_previous_schema_is_read_as_it_is_and_migrated_when_writt
     conn.close()
     store = open_store(str(db))  # opened to write: migrated to the current schema, the old vote kept
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == len(MIGRATIONS) == 10
+        assert conn.execute("SELECT version FROM schema_version").fetchone()[0] == len(MIGRATIONS) == 11
     conn.close()
     votes = store.votes()
     assert len(votes) == 1 and votes.iloc[0].judge is None and votes.iloc[0].lang_a == "ko"

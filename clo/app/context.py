@@ -158,7 +158,7 @@ class Services:
         self.lineup = Lineup(Path(settings.adapters_dir) / LINEUP_FILE, self.engine)
         self.access = Access(settings.demo_mode, settings.admin_password, settings.allowed_users)
         self.jobs = Jobs(settings.model, settings.adapters_dir, self.engine, self.access,
-                         max_upload_mb=settings.max_upload_mb, max_upload_rows=settings.max_upload_rows)
+                         max_upload_mb=settings.max_upload_mb, max_upload_rows=settings.max_upload_rows, store=self.store)
         self.judging = Judging(self.store, self.access, settings.judge_url, settings.judge_model,
                                api_key=settings.judge_api_key, background=settings.judge_background,
                                constraint=settings.judge_constraint)

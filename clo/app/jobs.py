@@ -3,6 +3,7 @@
     jobs = Jobs(model="models/tiny", adapters_dir="adapters", engine=engine, access=access)
     jobs.start(request, recipe)      # `python -m clo train --config runs/ui/<id>/recipe.yaml`
     jobs.start_experiment(request, "miniature")   # an offline model's experiment (clo.models.table), e.g. `python -m clo miniature`
+    jobs.start_evaluation(request, ["base", "clo-ko"], "smoke", limit=20)   # `python -m clo evaluate`, stored on its end
     jobs.events(); jobs.tail()       # the run's JSONL log and output, for any page (a reload re-attaches)
     jobs.hot_load(request)           # serve the adapters it finished
     jobs.stop(request)               # SIGTERM to the process group, SIGKILL after 10 s
@@ -83,7 +84,10 @@ def _train_in_worker(recipe: Recipe, log: str, parent: int) -> str:
 
 
 def _is_experiment(job: dict) -> bool:
-    return bool(job) and job.get("kind") != "train"  # job files written before "experiment" named the model
+    return bool(job) and job.get("kind") not in ("train", "evaluate")  # older job files have no "experiment" name
+
+
+BENCH_DB = "benchmarks.db"  # an evaluation job's own results, copied into the app's vote store when it has ended
 
 
 def command(recipe_path: Path) -> list[str]:
@@ -154,8 +158,9 @@ class Jobs:
     """At most one training subprocess; its state lives in runs/ui/job.json so any page can re-attach."""
 
     def __init__(self, model: str, adapters_dir: str, engine, access: Access, max_upload_mb: float = MAX_UPLOAD_MB,
-                 max_upload_rows: int = MAX_UPLOAD_ROWS):
+                 max_upload_rows: int = MAX_UPLOAD_ROWS, store=None):
         self.model, self.adapters_dir, self.engine, self.access = model, adapters_dir, engine, access
+        self.store = store  # where a finished evaluation's results go (the app's vote store)
         self.max_upload_mb, self.max_upload_rows = max_upload_mb, max_upload_rows
         self.state_file = RUNS / "job.json"
         self.loaded: set[str] = set()
@@ -241,6 +246,56 @@ class Jobs:
                    *experiment.arguments(self.model, self.adapters_dir)]
             return self._launch(cmd, folder, "experiment", experiment=name)
 
+    def start_evaluation(self, caller, variants: list[str], tasks: str, limit: int | None = None) -> dict:
+        """`python -m clo evaluate` on the served model and `variants` (the base and served adapters) over `tasks`
+        (a task set such as `smoke`, or comma-separated lm-evaluation-harness task names), at most `limit` items
+        per task. It writes into a database of its own in the job's folder (the app's store may be locked to this
+        process: clo.evaluate.snapshot), copied into the app's store once it has ended (`hot_load`)."""
+        self.access.require(caller)
+        if ZERO_GPU:
+            raise CLOError("evaluation runs as a separate process, which has no GPU on ZeroGPU: run "
+                           "`python -m clo evaluate` on a machine with one and give the app its --db")
+        served = self.engine.variants() if self.engine is not None else {}
+        unknown = [v for v in variants if v not in served]
+        if not variants or unknown:
+            raise CLOError(f"choose variants this app serves ({', '.join(served)}), got {', '.join(unknown) or 'none'}")
+        tasks = (tasks or "").strip()
+        if not tasks or not re.fullmatch(r"[A-Za-z0-9_.,-]+", tasks):
+            raise CLOError(f"tasks must be a task set such as smoke, or task names separated by commas, got {tasks!r}")
+        if limit is not None and (int(limit) != limit or limit < 1):
+            raise CLOError(f"the limit must be a whole number of items per task, at least 1, got {limit}")
+        # each as the command names it: a hub adapter by its repo and commit, a folder by its name
+        named = [(self.engine.adapters[v].source or v) if v in self.engine.adapters else v for v in variants]
+        with self.claim:
+            self._check_idle()
+            folder = self._new_folder()
+            cmd = [sys.executable, "-m", "clo", "evaluate", "--model", self.model, "--adapters-dir", self.adapters_dir,
+                   "--adapters", ",".join(named), "--tasks", tasks, "--db", str(folder / BENCH_DB),
+                   *(["--limit", str(int(limit))] if limit else [])]
+            return self._launch(cmd, folder, "evaluate", variants=variants)
+
+    def collect(self) -> int:
+        """Copy a finished evaluation's results into the app's store, once; returns how many rows were copied."""
+        job = self.current() or {}
+        if job.get("kind") != "evaluate" or self.running() or job["id"] in self.loaded or self.store is None:
+            return 0
+        self.loaded.add(job["id"])
+        source = Path(job["folder"]) / BENCH_DB
+        if not source.is_file():
+            return 0
+        from clo.evaluate.store import open_store
+
+        results = open_store(str(source), read_only=True)
+        try:
+            rows = results.benchmarks()
+        finally:
+            results.close()
+        have = set(self.store.benchmarks()["run_id"])  # a restarted app collects the last job again: copied once
+        rows = rows[~rows["run_id"].isin(have)]
+        for row in rows.to_dict(orient="records"):
+            self.store.record_benchmark(**row)
+        return len(rows)
+
     def stop(self, caller) -> str:
         self.access.require(caller)
         job = self.current()
@@ -263,6 +318,9 @@ class Jobs:
         job = self.current() or {}
         if _is_experiment(job):
             return self._reload_served(job)
+        if job.get("kind") == "evaluate":  # no adapter to serve: its results go to the Leaderboard's store
+            self.collect()
+            return []
         added = []
         for e in self.events():
             if e["event"] == "done" and e["path"] not in self.loaded:

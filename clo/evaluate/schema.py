@@ -120,6 +120,19 @@ MIGRATIONS = [
     ALTER TABLE votes ADD COLUMN source_a TEXT;
     ALTER TABLE votes ADD COLUMN source_b TEXT;
     """,
+    # 11: benchmark scores (python -m clo evaluate, clo.evaluate.benchmarks): one row per variant, task and metric,
+    # with what makes it comparable (base fingerprint, adapter hash, task version, shots, limit, the items' hash);
+    # an adapter with no effect has a row with effect 'no effect' and no metric, value or n
+    """
+    CREATE TABLE benchmarks (
+        id TEXT PRIMARY KEY, created_utc TEXT NOT NULL, base_model TEXT NOT NULL, base_hash TEXT,
+        variant TEXT NOT NULL, adapter_hash TEXT, source TEXT, task TEXT NOT NULL, task_version TEXT, language TEXT,
+        num_fewshot INTEGER NOT NULL, item_limit INTEGER, metric TEXT, value DOUBLE PRECISION,
+        stderr DOUBLE PRECISION, n INTEGER, chance DOUBLE PRECISION, items TEXT,
+        effect TEXT NOT NULL CHECK (effect IN ('applied', 'no effect')), lm_eval TEXT NOT NULL, run_id TEXT NOT NULL
+    );
+    CREATE INDEX benchmarks_base ON benchmarks (base_model, base_hash)
+    """,
 ]
 
 

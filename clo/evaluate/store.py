@@ -8,7 +8,7 @@
 
 This module holds the connections: one per thread, in the store's dialect, each write one transaction. What a store
 does is bound from the modules of each concern: people's battles and votes (clo.evaluate.battles), a judge's votes
-(clo.evaluate.judgments), the tables and their migrations (clo.evaluate.schema); exports are
+(clo.evaluate.judgments), benchmark scores (clo.evaluate.benchmarks), the tables and their migrations (clo.evaluate.schema); exports are
 clo.evaluate.export, and the app's mirror of the votes to a dataset repo is clo.evaluate.hub_sync.
 A voter is a session from a client address; the store keeps only keyed hashes of both (HMAC with a secret made once
 per store and kept in it, or CLO_SECRET), never a raw address, and limits votes per voter and per address (`Limits`).
@@ -44,6 +44,7 @@ from urllib.parse import urlparse
 from clo import CLOError
 from clo.engines.base import prompt_text
 from clo.evaluate import battles, judgments
+from clo.evaluate import benchmarks as scores
 from clo.evaluate.schema import check_sqlite_file, migrate, open_read_only
 from clo.evaluate.snapshot import Snapshots, shared_mount
 
@@ -118,6 +119,10 @@ class VoteStore:
     judged_keys = judgments.judged_keys
     record_unreadable = judgments.record_unreadable
     unreadable = judgments.unreadable
+
+    # ---- benchmark scores (clo.evaluate.benchmarks; python -m clo evaluate) ----
+    record_benchmark = scores.record_benchmark
+    benchmarks = scores.benchmarks
 
     def pseudonyms(self, voter: str, address: str | None) -> tuple[str, str | None]:
         """(voter key, address key): keyed hashes of the session from its address, and of the address."""

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from clo.app.context import Services
-from clo.evaluate.board import COLUMNS
+from clo.evaluate.board import COLUMNS, benchmarks_shown
 from clo.evaluate.board import tables as board_tables
 from clo.evaluate.ratings import COUNTS, base_key, base_label, bases
 from clo.evaluate.export import export_votes
@@ -279,6 +279,10 @@ def build(services: Services):
         style_coefficients = table("style_coefficients", "What each style difference is worth, in rating points (95% "
                                    "intervals): language = an answer in the prompt's language against one that is not; "
                                    "length and markdown per standard deviation")
+    with gr.Accordion("Benchmarks (lm-evaluation-harness): accuracy per variant, the same items for each", open=False):
+        benchmarks = gr.Dataframe(pd.DataFrame(columns=["task", "language", "variant", "accuracy", "n", "chance", "note"]),
+                                  label="accuracy (%) ± its standard error; run under Train → Benchmarks or with "
+                                  "`python -m clo evaluate`", interactive=False, wrap=True, elem_id="board-benchmarks")
     with gr.Accordion("LLM judge beside the people", open=False):
         judge = table("judge", "CLO's wins / ties / losses by each judge (judge votes are never counted above)")
         agree = table("agreement", "Judge vs people on the battles both judged: agreement and Cohen's κ (95% intervals); "
@@ -287,6 +291,11 @@ def build(services: Services):
         judge_bt = table("judge_ratings", "Bradley–Terry from each judge's verdicts beside the people's rating (— : too "
                          "few verdicts per pair to rate yet)")
     timer = gr.Timer(15)
+
+    def bench(code, key):
+        services.jobs.collect()  # a finished evaluation's scores, shown without waiting for an admin's page
+        return benchmarks_shown(services.store.benchmarks(), None if code in (None, "", ALL) else code,
+                                key or served_base(services))
 
     def update(code, key=None):
         t, files = board.get(code, key)  # recomputed only when a vote was added
@@ -298,7 +307,8 @@ def build(services: Services):
             return ["*no votes on this base model yet: judge a few battles in the Arena*", styled("standings", None),
                     gr.update(value=None, visible=False)] + \
                 [styled(k, None) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons + \
-                [styled(k, None) for k in ("judge", "agreement", "judge_ratings", "style", "style_coefficients")] + [picker]
+                [styled(k, None) for k in ("judge", "agreement", "judge_ratings", "style", "style_coefficients")] + \
+                [picker, bench(code, key)]
         text = status_line(t, code) + (
             f" *{t['note']}: keep voting in the Arena.*" if t["note"]
             else " Ratings: Bradley–Terry, ties count half, 95% bootstrap intervals; `base`, when rated, is the anchor at 1000.")
@@ -307,10 +317,11 @@ def build(services: Services):
         figure = rating_plot(t["bradley_terry"])
         return [text, styled("standings", t["standings"]), gr.update(value=figure, visible=figure is not None)] + \
             [styled(k, t[k]) for k in ("wtl", "bradley_terry", "win_rate", "fidelity", "summary")] + buttons + \
-            [styled(k, t[k]) for k in ("judge", "agreement", "judge_ratings", "style", "style_coefficients")] + [picker]
+            [styled(k, t[k]) for k in ("judge", "agreement", "judge_ratings", "style", "style_coefficients")] + \
+            [picker, bench(code, key)]
 
     outputs = [status, standings, plot, wtl, bt, win_rate, fid, summary, download, download_parquet, judge, agree,
-               judge_bt, style, style_coefficients, base]
+               judge_bt, style, style_coefficients, base, benchmarks]
     for trigger in (lang.change, base.change, refresh.click, timer.tick):  # their own queue: never behind generation
         trigger(update, [lang, base], outputs, api_visibility="private", show_progress="hidden", concurrency_id="board")
 
@@ -320,6 +331,7 @@ def build(services: Services):
         "note" says why there are no ratings yet (None once there are). Full precision: the page rounds, the API
         does not."""
         out = records(board.get(language, base or None)[0])
+        out["benchmarks"] = bench(language, base or None).to_dict(orient="records")
         out["bases"] = [{"key": k, "label": label} for label, k in board.choices()]
         return out
 

@@ -114,6 +114,16 @@ def progress(events: list[dict]) -> tuple[str, pd.DataFrame]:
     return text, pd.DataFrame(rows, columns=["step", "value", "series"])
 
 
+def evaluation_status(tail: str, running: bool) -> str:
+    """An evaluation job's status line: its last progress line while it runs, where its results went once done."""
+    said = [line.strip() for line in tail.splitlines() if line.startswith(("[clo]", "error:"))]
+    if running:
+        return f"evaluating… {said[-1].removeprefix('[clo] ') if said else 'loading the model'}"
+    if said and said[-1].startswith("error:"):
+        return f"the evaluation failed: {said[-1].removeprefix('error: ')}"
+    return "**Finished**: the scores are under the Leaderboard's Benchmarks"
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainTab:
     """What `build` hands the page (clo.app.ui.build_app) to wire to the gate and to the page's load."""
@@ -156,6 +166,18 @@ def build(services: Services, visible: bool = True) -> TrainTab:
             tail = gr.Code(label="Log", language=None, wrap_lines=True, lines=4, max_lines=20)
         serving_panel = serving.build(services)
         judge_panel = judging.build(services)
+        with gr.Accordion("Benchmarks: score the served variants (lm-evaluation-harness)", open=False):
+            gr.Markdown("Reading comprehension and reasoning in the target language and in English, each variant on "
+                        "the same items. `smoke` is a small offline task (ko, sw, en); the real ones (e.g. "
+                        "`belebele_kor_Hang,belebele_eng_Latn`, or a language code for its default set) need the "
+                        "hub. An adapter that changes nothing is reported as such, never scored. Scores go to the "
+                        "Leaderboard's Benchmarks.")
+            with gr.Row():
+                bench_variants = gr.CheckboxGroup(list(services.engine.variants()), value=list(services.engine.variants()),
+                                                  label="Variants", elem_id="bench-variants", scale=3)
+                bench_tasks = gr.Textbox("smoke", label="Tasks", elem_id="bench-tasks", scale=2)
+                bench_limit = gr.Number(20, precision=0, minimum=1, label="Items per task (limit)", scale=1)
+            bench_start = gr.Button("Evaluate", elem_id="bench-start")
         runs = {}  # the experiments the offline models bring (clo.models.table): name -> (button, summary, plot)
         for entry in experiments():
             with gr.Accordion(entry.experiment.title, open=False):
@@ -204,6 +226,13 @@ def build(services: Services, visible: bool = True) -> TrainTab:
         except CLOError as e:
             raise refusal(e) from None
 
+    def on_evaluate(request: gr.Request, variants, tasks, limit):
+        try:
+            job = jobs.start_evaluation(request, list(variants or []), tasks, int(limit) if limit else None)
+        except CLOError as e:
+            raise refusal(e) from None
+        return f"started: `{job['command']}`", gr.Timer(active=True)
+
     def experiment_starter(name: str):
         def on_experiment_start(request: gr.Request):
             try:
@@ -229,6 +258,10 @@ def build(services: Services, visible: bool = True) -> TrainTab:
         events = jobs.events()
         if not events and not jobs.current():  # no job: stop polling until one starts
             return [gr.update()] * (4 + 2 * len(runs)) + unchanged + [gr.Timer(active=False)]
+        if (jobs.current() or {}).get("kind") == "evaluate":  # no curve: its progress lines, then where it stored
+            running = jobs.running()
+            return ([evaluation_status(jobs.tail(), running), gr.update(), jobs.tail()] + [gr.update()] * (1 + 2 * len(runs))
+                    + unchanged + [gr.update() if running else gr.Timer(active=False)])
         text, frame = progress(events)
         result = jobs.result()
         finished = not jobs.running() and (result or any(e["event"] == "done" for e in events))
@@ -254,6 +287,7 @@ def build(services: Services, visible: bool = True) -> TrainTab:
         w.change(on_preview, inputs, preview, api_visibility="private")
     start.click(on_start, inputs, [status, timer], api_visibility="private")
     stop.click(on_stop, None, status, api_visibility="private")
+    bench_start.click(on_evaluate, [bench_variants, bench_tasks, bench_limit], [status, timer], api_visibility="private")
     for name, (button, summary, image) in runs.items():
         button.click(experiment_starter(name), None, [status, summary, image, timer], api_visibility="private")
     timer.tick(on_tick, [serving_panel.lang, *inputs], [status, plot, tail, *[p for r in runs.values() for p in r[1:]],
