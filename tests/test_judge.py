@@ -413,21 +413,21 @@ def test_leaderboard_shows_the_judge_beside_the_people(scripted, store):
         tab = build(services)
     update, outputs = tab.update, tab.outputs
     sent = update(ALL)
-    assert len(sent) == len(outputs) == 16
+    assert len(sent) == len(outputs) == 17
     assert "background" not in sent[0]  # no background judge: the page does not claim one
-    shown = outputs[-6].postprocess(sent[-6])
+    shown = outputs[-7].postprocess(sent[-7])
     assert shown.headers[:2] == ["judge", "opponent"] and shown.metadata["display_value"][0][5] == "100.0"
-    kappa = outputs[-5].postprocess(sent[-5]).metadata["display_value"][0]
+    kappa = outputs[-6].postprocess(sent[-6]).metadata["display_value"][0]
     assert kappa[2] == "50.0" and kappa[5] == "0.00"
     # the judge's Bradley–Terry beside the people's: 6 verdicts on one pair are enough to rate, 4 votes are not
     ratings = t["judge_ratings"].set_index("variant")
     assert list(ratings["judge"].unique()) == [FAKE] and ratings.loc[["clo-ko", "sft-ko"], "judge battles"].tolist() == [6, 6]
     assert ratings.at["clo-ko", "judge rating"] > ratings.at["sft-ko", "judge rating"]
     assert ratings["people rating"].isna().all()  # the people's 4 votes are under MIN_PAIR_BATTLES: not rated yet
-    shown = outputs[-4].postprocess(sent[-4])
+    shown = outputs[-5].postprocess(sent[-5])
     assert shown.headers == ["judge", "variant", "judge rating", "lower", "upper", "judge battles", "people rating"]
     assert shown.metadata["display_value"][0][-1] == "—"
-    picker = sent[-1]  # the base-model choice: the served base, whose votes these are, first and chosen
+    picker = sent[-2]  # the base-model choice: the served base, whose votes these are, first and chosen
     assert picker["value"] == SERVED_BASE[0] and picker["choices"][0] == (f"{SERVED_BASE[0]}: served now", SERVED_BASE[0])
 
 

@@ -161,6 +161,7 @@ class Jobs:
                  max_upload_rows: int = MAX_UPLOAD_ROWS, store=None):
         self.model, self.adapters_dir, self.engine, self.access = model, adapters_dir, engine, access
         self.store = store  # where a finished evaluation's results go (the app's vote store)
+        self.collecting = threading.Lock()  # the watcher and a page's poll never copy the same rows twice
         self.max_upload_mb, self.max_upload_rows = max_upload_mb, max_upload_rows
         self.state_file = RUNS / "job.json"
         self.loaded: set[str] = set()
@@ -272,10 +273,18 @@ class Jobs:
             cmd = [sys.executable, "-m", "clo", "evaluate", "--model", self.model, "--adapters-dir", self.adapters_dir,
                    "--adapters", ",".join(named), "--tasks", tasks, "--db", str(folder / BENCH_DB),
                    *(["--limit", str(int(limit))] if limit else [])]
-            return self._launch(cmd, folder, "evaluate", variants=variants)
+            job = self._launch(cmd, folder, "evaluate", variants=variants)
+        proc = self.proc  # its scores reach the store when it ends, whoever has a page open then
+        threading.Thread(target=lambda: (proc.wait(), self.collect()), name="clo-evaluate-collect", daemon=True).start()
+        return job
 
     def collect(self) -> int:
-        """Copy a finished evaluation's results into the app's store, once; returns how many rows were copied."""
+        """Copy a finished evaluation's results into the app's store, once; returns how many rows were copied.
+        Called when its process ends, and on an admin's poll (a job that ended while the app was down)."""
+        with self.collecting:
+            return self._collect()
+
+    def _collect(self) -> int:
         job = self.current() or {}
         if job.get("kind") != "evaluate" or self.running() or job["id"] in self.loaded or self.store is None:
             return 0

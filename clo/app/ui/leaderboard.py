@@ -293,7 +293,6 @@ def build(services: Services):
     timer = gr.Timer(15)
 
     def bench(code, key):
-        services.jobs.collect()  # a finished evaluation's scores, shown without waiting for an admin's page
         return benchmarks_shown(services.store.benchmarks(), None if code in (None, "", ALL) else code,
                                 key or served_base(services))
 
