@@ -127,11 +127,17 @@ class TrainingConfig:
     overwrite: bool = option(False, "Replace an existing adapter of the same name.", cli="--overwrite")
     max_steps: int = option(-1, "Optimizer steps; -1 = train for `epochs`.", cli="--max-steps", label="Max steps (−1: by epochs)")
     epochs: float = option(1.0, "Passes over the pairs when max_steps is -1.", cli="--epochs", label="Epochs")
-    batch_size: int = option(4, "Cross-lingual pairs per device per forward.", cli="--batch-size")
-    grad_accum: int = option(1, "Gradient accumulation steps (pairs per step = batch_size × grad_accum).")
+    batch_size: int = option(4, "Cross-lingual pairs per process (device) per forward; several processes (torchrun) each take this many.", cli="--batch-size")
+    grad_accum: int = option(1, "Gradient accumulation steps (pairs per step = batch_size × grad_accum × processes).")
     learning_rate: float = option(1e-4, "Peak learning rate.", cli="--lr")
     lr_scheduler: str = option("cosine", "Learning-rate schedule (transformers' names).")
     warmup: float = option(0.03, "Warm-up: a fraction of the steps if < 1, else a number of steps.")
+    optim: str = option(
+        "adamw_torch",
+        "Optimizer (transformers' names): adamw_torch; adamw_8bit / paged_adamw_8bit with bitsandbytes; sgd, whose step "
+        "is the gradient itself (tests/test_distributed.py compares processes' updates with it).",
+        choices=("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd"),
+    )
     max_length: int = option(512, "Longest prompt + answer, in tokens.")
     max_prompt_length: int = option(256, "Longest prompt, in tokens (longer prompts keep their end).")
     overlong: str = option(

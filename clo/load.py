@@ -7,6 +7,8 @@ Kept apart from clo.train so that serving does not import the training stack.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from clo import CLOError
@@ -33,9 +35,10 @@ def load_base(cfg: ModelConfig, verbose: bool = True):
         kw["dtype"] = compute
     else:
         kw["dtype"] = compute if cuda else torch.float32
+    gpu = int(os.environ.get("LOCAL_RANK", "0"))  # each process of a multi-GPU run (torchrun, accelerate) on its own GPU
     with explain_missing(source):
         tokenizer = AutoTokenizer.from_pretrained(source.name, **{k: kw[k] for k in ("revision", "trust_remote_code", "local_files_only")})
-        model = AutoModelForCausalLM.from_pretrained(source.name, use_safetensors=True, device_map={"": 0} if cuda else None, **kw)
+        model = AutoModelForCausalLM.from_pretrained(source.name, use_safetensors=True, device_map={"": gpu} if cuda else None, **kw)
     if getattr(model, "_hf_peft_config_loaded", False):  # a hub adapter repo: transformers loads its base and the adapter
         bases = {getattr(c, "base_model_name_or_path", None) for c in model.peft_config.values()} - {None, ""}
         raise CLOError(f"{cfg.name_or_path} is a LoRA adapter, not a base model; its base is "

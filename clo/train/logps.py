@@ -18,28 +18,39 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from clo.train import TrainingStopped
+from clo.train import TrainingStopped, ranks
 from clo.train.batches import PairCollator
 from clo.train.data import KeyValueCache
 from clo.train.objective import KEYS, sequence_logps
 
 
-def group_logps(model, batch: dict, keys, chunk: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def group_logps(model, batch: dict, keys, chunk: int = 0, unwrapped=None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """One forward over the sequences of `keys`: key -> (summed answer log-probs [B], answer tokens [B]).
 
     Logits are computed only from the first answer position of the batch on (`logits_to_keep`). With `chunk` > 0
     they are never whole: the decoder's hidden states go through the output layer and the log-softmax `chunk`
     answer positions at a time (`chunked_answer_logps`), the same numbers in a fraction of the memory.
+
+    `unwrapped` is the model inside `model` when `model` is a wrapper (DistributedDataParallel, given by the Trainer's
+    accelerator): its config and output layer are read there, but the forward still goes through the wrapper, since
+    DDP all-reduces the gradients of a backward only after its own forward has run (a forward of the decoder alone
+    would leave each process with its own gradient, silently). The wrapper's forward then returns the last hidden
+    state (`hidden_states[-1]`, after the final norm) beside one position's logits.
     """
+    inner = model if unwrapped is None else unwrapped
     width = max(batch[f"{k}_input_ids"].shape[1] for k in keys)
     pad = lambda t, value: F.pad(t, (0, width - t.shape[1]), value=value)  # noqa: E731
     ids = torch.cat([pad(batch[f"{k}_input_ids"], 0) for k in keys])
     mask = torch.cat([pad(batch[f"{k}_attention_mask"], 0) for k in keys])
     labels = torch.cat([pad(batch[f"{k}_labels"], -100) for k in keys])
     first_answer = int((labels != -100).int().argmax(-1).min())
-    if chunk and plain_output_layer(model):
-        hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        sums, counts = chunked_answer_logps(model.get_output_embeddings(), hidden[:, first_answer - 1 : -1],
+    if chunk and plain_output_layer(inner):
+        if inner is model:
+            hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        else:
+            hidden = model(input_ids=ids, attention_mask=mask, logits_to_keep=1, output_hidden_states=True,
+                           use_cache=False).hidden_states[-1]
+        sums, counts = chunked_answer_logps(inner.get_output_embeddings(), hidden[:, first_answer - 1 : -1],
                                             labels[:, first_answer:], chunk)
     else:
         keep = width - first_answer + 1
@@ -102,6 +113,19 @@ class ReferenceCache(KeyValueCache):
         return self.digest(self.model, input_ids, labels)
 
 
+def read_reference_cache(features: list[dict], cache: ReferenceCache | None) -> dict[int, dict[str, str]]:
+    """Fill in the π_ref values of the pairs whose four sequences are all in `cache`; returns each pair's cache keys
+    (by id of its feature dict)."""
+    if cache is None:
+        return {}
+    keys = {id(f): {k: cache.key(f[f"{k}_input_ids"], f[f"{k}_labels"]) for k in KEYS} for f in features}
+    known = cache.get([key for per in keys.values() for key in per.values()])
+    for f in features:
+        if all(key in known for key in keys[id(f)].values()):
+            f.update({f"ref_{k}": known[key] for k, key in keys[id(f)].items()})
+    return keys
+
+
 @torch.no_grad()
 def add_reference_logps(model, features: list[dict], collator: PairCollator, batch_size: int, should_stop=lambda: False,
                         chunk: int = 0, cache: ReferenceCache | None = None) -> int:
@@ -110,20 +134,14 @@ def add_reference_logps(model, features: list[dict], collator: PairCollator, bat
     Returns how many pairs came from the cache."""
     from tqdm.auto import tqdm
 
-    keys = {}
-    if cache is not None:
-        keys = {id(f): {k: cache.key(f[f"{k}_input_ids"], f[f"{k}_labels"]) for k in KEYS} for f in features}
-        known = cache.get([key for per in keys.values() for key in per.values()])
-        for f in features:
-            if all(key in known for key in keys[id(f)].values()):
-                f.update({f"ref_{k}": known[key] for k, key in keys[id(f)].items()})
+    keys = read_reference_cache(features, cache)
     todo = [f for f in features if f"ref_{KEYS[0]}" not in f]
     if not todo:
         return len(features)
     was_training = model.training
     model.eval()
     with model.disable_adapter():
-        for start in tqdm(range(0, len(todo), batch_size), desc="reference log-probs", unit="batch"):
+        for start in tqdm(range(0, len(todo), batch_size), desc="reference log-probs", unit="batch", disable=not ranks.is_main()):
             if should_stop():
                 raise TrainingStopped()
             rows = todo[start : start + batch_size]
@@ -134,4 +152,30 @@ def add_reference_logps(model, features: list[dict], collator: PairCollator, bat
             if cache is not None:  # batch by batch: a stopped run keeps what it scored
                 cache.put({keys[id(f)][k]: f[f"ref_{k}"] for f in rows for k in KEYS})
     model.train(was_training)
+    return len(features) - len(todo)
+
+
+def share_reference_logps(model, features: list[dict], collator: PairCollator, batch_size: int, should_stop=lambda: False,
+                          chunk: int = 0, cache: ReferenceCache | None = None) -> int:
+    """`add_reference_logps` over the processes of a run (clo.train.ranks): the main process reads the cache, each
+    process scores every N-th of the pairs left (its share), and all values are gathered on every process; only the
+    main process writes them to the cache (one SQLite writer). One process: `add_reference_logps` itself."""
+    if ranks.world_size() == 1:
+        return add_reference_logps(model, features, collator, batch_size, should_stop, chunk, cache)
+    if ranks.is_main():
+        read_reference_cache(features, cache)
+    values = lambda f: {k: f[f"ref_{k}"] for k in KEYS}  # noqa: E731
+    known = ranks.share([values(f) if f"ref_{KEYS[0]}" in f else None for f in features])
+    todo = [i for i, v in enumerate(known) if v is None]
+    mine = todo[ranks.rank()::ranks.world_size()]
+    add_reference_logps(model, [features[i] for i in mine], collator, batch_size, should_stop, chunk)
+    for i, v in enumerate(known):
+        if v is not None:
+            features[i].update({f"ref_{k}": x for k, x in v.items()})
+    for scored in ranks.gather({i: values(features[i]) for i in mine}):
+        for i, v in scored.items():
+            features[i].update({f"ref_{k}": x for k, x in v.items()})
+    if ranks.is_main() and cache is not None and todo:
+        cache.put({cache.key(features[i][f"{k}_input_ids"], features[i][f"{k}_labels"]): features[i][f"ref_{k}"]
+                   for i in todo for k in KEYS})
     return len(features) - len(todo)

@@ -10,7 +10,8 @@ The reference π_ref is the same weights with the adapter disabled, evaluated on
 Each run appends JSON lines to runs/<run>/log.jsonl; adapters are written to a temporary folder and
 renamed into adapters/<name>/ only when complete, holding ADAPTER_FILES (weights, the resolved recipe,
 the manifest: base model, data, versions; metrics; the run's log lines). SIGINT/SIGTERM stop at the next
-step, writing nothing.
+step, writing nothing. Launched on several processes (`torchrun --nproc_per_node N -m clo train ...`), the same code
+trains data-parallel: clo.train.ranks says which process writes (the main one) and shares the run folder and π_ref.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from clo.files import new_folder, remove_stale, staging
 from clo.hub import model_fingerprint
 from clo.load import load_base, train_4bit_on_cpu
 from clo.models.table import locate_model
-from clo.train import TrainingStopped
+from clo.train import TrainingStopped, ranks
 from clo.train.batches import PairCollator, needed_keys, tokenize_rows
 from clo.train.data import CrossLingualData, build_pairs
-from clo.train.logps import ReferenceCache, add_reference_logps
+from clo.train.logps import ReferenceCache, share_reference_logps
 from clo.train.objective import KEYS
 from clo.train.trainer import CLOTrainer, RunLog, training_arguments
 
@@ -89,8 +90,9 @@ def setup(recipe: Recipe, data: CrossLingualData | None = None) -> Setup:
         if dest.exists() and not t.overwrite:
             raise CLOError(f"adapter folder {dest} already exists; pass --overwrite to replace it")
     locate_model(recipe.model.name_or_path, flag="--model")  # fail fast on a missing path
-    data = data or build_pairs(recipe.data)
-    model, tokenizer, mode = load_base(recipe.model)
+    with ranks.main_first():  # one process translates and downloads; the others read its caches
+        data = data or build_pairs(recipe.data)
+        model, tokenizer, mode = load_base(recipe.model)
     check_target_modules(model, recipe.lora.target_modules, recipe.model.name_or_path)
     if mode == "qlora-4bit":
         if model.device.type == "cpu":
@@ -142,10 +144,10 @@ def fit(s: Setup, recipe: Recipe, method: str, run_dir: Path, callbacks=(), stop
         for cb in callbacks:
             if isinstance(cb, RunLog):
                 cb.write("reference_begin", pairs=len(s.features))
-        cache = reference_cache(recipe, s)
+        cache = reference_cache(recipe, s) if ranks.is_main() else None  # one SQLite writer
         try:
-            reused = add_reference_logps(peft_model, s.features, PairCollator(s.tokenizer.pad_token_id, KEYS),
-                                         2 * t.batch_size, stop_requested, t.logits_chunk, cache)
+            reused = share_reference_logps(peft_model, s.features, PairCollator(s.tokenizer.pad_token_id, KEYS),
+                                           2 * t.batch_size, stop_requested, t.logits_chunk, cache)
         finally:
             if cache is not None:
                 cache.close()
@@ -200,6 +202,7 @@ def save_adapter(model, dest: Path, recipe: Recipe, method: str, data: CrossLing
                            "commit": getattr(config, "_commit_hash", None), "architecture": (config.architectures or [None])[0],
                            "fingerprint": model_fingerprint(recipe.model.name_or_path, recipe.model.revision)},  # what it is, wherever it lies
             "mode": mode,
+            "world_size": ranks.world_size(),  # processes that trained it together (training.batch_size is per process)
             "data": data.manifest,
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "versions": {"clo": clo.__version__, "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
@@ -247,16 +250,30 @@ def peak_memory_mb() -> dict[str, float]:
 # ---- the whole run: setup -> fit -> save ----
 
 def train(recipe: Recipe, data: CrossLingualData | None = None) -> list[Path]:
-    """Train one adapter per method of the recipe; returns the adapter folders."""
+    """Train one adapter per method of the recipe; returns the adapter folders (on the main process; [] on the others
+    of a run launched on several processes, clo.train.ranks)."""
+    ranks.start()
+    with ranks.quiet_unless_main():
+        return _train(recipe, data)
+
+
+def _train(recipe: Recipe, data: CrossLingualData | None) -> list[Path]:
     t = recipe.training
-    for folder in remove_stale(t.adapters_dir):  # what runs killed while saving left behind
-        print(f"[clo] cleaned up {folder}, left by a run that was killed while saving", flush=True)
+    if ranks.is_main():
+        for folder in remove_stale(t.adapters_dir):  # what runs killed while saving left behind
+            print(f"[clo] cleaned up {folder}, left by a run that was killed while saving", flush=True)
     s = setup(recipe, data)
-    run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{recipe.data.target_lang}-{'-'.join(recipe.method.method)}"
-    run_dir = new_folder(t.runs_dir, run_id)  # its own folder: a run started in the same second gets run_id-2
+    if len(set(ranks.gather(s.data.manifest.get("rows_sha256")))) > 1:
+        raise CLOError("the training processes built different pairs; give them the same data and cache_dir")
+    run_dir = None
+    if ranks.is_main():
+        run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{recipe.data.target_lang}-{'-'.join(recipe.method.method)}"
+        run_dir = new_folder(t.runs_dir, run_id)  # its own folder: a run started in the same second gets run_id-2
+    run_dir = Path(ranks.share(str(run_dir) if run_dir else None))  # one folder for all the processes
     run_id = run_dir.name
     log_path = run_dir / "log.jsonl"
-    print(f"[clo] run {run_id}: {len(s.features)} pairs, log {log_path}", flush=True)
+    processes = f", {ranks.world_size()} processes" if ranks.world_size() > 1 else ""
+    print(f"[clo] run {run_id}: {len(s.features)} pairs{processes}, log {log_path}", flush=True)
 
     written = []
     with stop_on_signals() as stop_requested:
@@ -267,12 +284,12 @@ def train(recipe: Recipe, data: CrossLingualData | None = None) -> list[Path]:
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             peft_model, trainer = fit(s, recipe, method, run_dir, [log], stop_requested)
-            if stop_requested():
+            if ranks.any_process(stop_requested()):
                 log.write("stopped", step=trainer.state.global_step)
                 raise TrainingStopped()
             state = trainer.state
             last = next((h for h in reversed(state.log_history) if "loss" in h), {})
-            pairs_seen = state.global_step * t.batch_size * t.grad_accum
+            pairs_seen = state.global_step * t.batch_size * t.grad_accum * ranks.world_size()  # training.batch_size is per process
             metrics = {
                 "method": method, "steps": state.global_step, "pairs_seen": pairs_seen,
                 "train_loss": next((h["train_loss"] for h in state.log_history if "train_loss" in h), None),
@@ -281,11 +298,13 @@ def train(recipe: Recipe, data: CrossLingualData | None = None) -> list[Path]:
                 **peak_memory_mb(),
                 "final": {k: v for k, v in last.items() if k not in ("step", "epoch")},
             }
-            log.write("saving", step=state.global_step)
-            lines = [line for line in log_path.read_text(encoding="utf-8").splitlines(keepends=True)
-                     if json.loads(line).get("adapter") == dest.name]
-            written.append(save_adapter(peft_model, dest, recipe, method, s.data, s.mode, metrics, lines, t.overwrite))
-            log.write("done", path=str(dest), metrics=metrics)
-            print(f"[clo] wrote {dest}", flush=True)
+            if ranks.is_main():  # one adapter; the other processes wait for it at the barrier below
+                log.write("saving", step=state.global_step)
+                lines = [line for line in log_path.read_text(encoding="utf-8").splitlines(keepends=True)
+                         if json.loads(line).get("adapter") == dest.name]
+                written.append(save_adapter(peft_model, dest, recipe, method, s.data, s.mode, metrics, lines, t.overwrite))
+                log.write("done", path=str(dest), metrics=metrics)
+                print(f"[clo] wrote {dest}", flush=True)
+            ranks.barrier()
             s.model = peft_model.unload()  # the clean base again, for the next method
     return written

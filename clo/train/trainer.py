@@ -22,6 +22,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from clo.config import Recipe
+from clo.train import ranks
 from clo.train.batches import needed_keys
 from clo.train.logps import group_logps
 from clo.train.objective import DIRECTIONS, KEYS, clo_loss, orpo_loss, token_mean_nll
@@ -57,7 +58,7 @@ class CLOTrainer(Trainer):
         return clo_loss(policy, reference, target_nll, beta=self.beta, lam=self.lam if self.method == "clo" else 0.0)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, metrics = self.method_loss(group_logps(model, inputs, self.keys, self.chunk), inputs)
+        loss, metrics = self.method_loss(group_logps(model, inputs, self.keys, self.chunk, self._inner(model)), inputs)
         self._store(metrics)
         return (loss, None) if return_outputs else loss
 
@@ -77,10 +78,10 @@ class CLOTrainer(Trainer):
         known: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if len(self.passes) == len(KEYS):  # one sequence per pass: first the rejected answers' values
             with torch.no_grad(), self.compute_loss_context_manager():
-                known.update(group_logps(model, inputs, tuple(r for _, r in DIRECTIONS.values()), self.chunk))
+                known.update(group_logps(model, inputs, tuple(r for _, r in DIRECTIONS.values()), self.chunk, self._inner(model)))
         for keys in self.passes:
             with self.compute_loss_context_manager():
-                fresh = group_logps(model, inputs, keys, self.chunk)
+                fresh = group_logps(model, inputs, keys, self.chunk, self._inner(model))
             stand_in = _placeholder(fresh[keys[0]])
             logps = {k: fresh.get(k) or known.get(k) or stand_in for k in KEYS}
             loss, _ = self.method_loss(logps, inputs)
@@ -89,6 +90,10 @@ class CLOTrainer(Trainer):
         loss, metrics = self.method_loss(known, inputs)
         self._store(metrics)
         return loss.detach() / self.current_gradient_accumulation_steps
+
+    def _inner(self, model):
+        """The model inside the Trainer's wrapper (DistributedDataParallel with several processes), for group_logps."""
+        return self.accelerator.unwrap_model(model)
 
     def _store(self, metrics: dict[str, float]) -> None:
         if self.model.training:
@@ -115,6 +120,8 @@ class RunLog(TrainerCallback):
         self.started = time.time()
 
     def write(self, event: str, **fields) -> None:
+        if not ranks.is_main():  # one log for the run, however many processes train it
+            return
         record = {"event": event, "adapter": self.adapter, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **fields}
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -131,7 +138,7 @@ class RunLog(TrainerCallback):
         self.write(event, step=state.global_step, max_steps=state.max_steps, elapsed=round(elapsed, 2), eta=round(eta, 2), **(logs or {}))
 
     def on_step_end(self, args, state, control, **kw):
-        if self.stop_requested():
+        if ranks.any_process(self.stop_requested()):  # every process stops at the same step, or none does
             control.should_training_stop = True
         return control
 
@@ -161,7 +168,11 @@ def training_arguments(recipe: Recipe, output_dir: Path, quantized: bool) -> Tra
         use_cpu=not cuda,
         gradient_checkpointing=gc and not quantized,  # prepare_model_for_kbit_training enables it for 4-bit
         gradient_checkpointing_kwargs={"use_reentrant": False},
+        # with several processes: every trainable weight is a LoRA matrix on the path to every answer's log-prob, so
+        # none is unused, and DDP's search for unused ones would only cost a graph walk per forward (and would hide
+        # a weight that truly got no gradient, which DDP now reports at the next step)
+        ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
-        optim="adamw_torch",
+        optim=t.optim,
     )
 

@@ -1,0 +1,106 @@
+"""Several training processes (`torchrun --nproc_per_node N -m clo train ...`, `accelerate launch -m clo train ...`):
+which one this is, and how they agree. One process (no launcher, WORLD_SIZE unset or 1) makes every call here a no-op.
+
+    ranks.start()                       # the process group, before the model loads (gloo on CPU, NCCL on GPUs)
+    with ranks.main_first(): ...        # the main process downloads / translates / caches first, the others then read
+    run_dir = ranks.share(path)         # the main process's value on every process
+    values = ranks.gather(mine)         # every process's value, in rank order, on every process
+
+The main process (rank 0) alone prints, writes the run log, the adapter and its manifest (clo.train.run); the
+Trainer wraps the model in DistributedDataParallel and shards the batches itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+
+def world_size() -> int:
+    """How many processes train together: the launcher's WORLD_SIZE (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def start() -> None:
+    """Join the launcher's process group before anything is loaded, so that the processes can agree on the run folder
+    and share the π_ref pass; accelerate picks the backend (gloo on the CPU, NCCL on CUDA) and each process's GPU
+    (LOCAL_RANK). The Trainer's own setup later finds the group already there and keeps it."""
+    if world_size() == 1:
+        return
+    import torch
+    from accelerate import PartialState
+
+    PartialState(cpu=not torch.cuda.is_available())
+
+
+def _group() -> bool:
+    import torch.distributed as dist
+
+    return world_size() > 1 and dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    if _group():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def share(value):
+    """The main process's `value`, on every process (what the others pass is ignored)."""
+    if not _group():
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(value) -> list:
+    """Every process's `value`, in rank order, on every process."""
+    if not _group():
+        return [value]
+    import torch.distributed as dist
+
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when it is true on any: a stop decided at a step boundary by all processes together,
+    since a process that stopped alone would leave the others waiting in the next gradient all-reduce."""
+    return any(gather(bool(flag)))
+
+
+@contextlib.contextmanager
+def main_first():
+    """The main process runs the block first (a download, a translation written to a cache), the others after it,
+    reading what it left; a failure on the main process ends the run there (the launcher stops the others)."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
+@contextlib.contextmanager
+def quiet_unless_main():
+    """Standard output only from the main process: N processes would print every line N times. Errors (stderr) still
+    come from every process, so a failure on any one is seen."""
+    if is_main() or world_size() == 1:
+        yield
+        return
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        yield
+        sys.stdout.flush()
