@@ -345,7 +345,7 @@ def train_worker(spec: dict) -> dict:
     results = {}
     s = clo.train.run.setup(recipe)
     loaded = memory_now_mb()
-    reference = clo.train.run.add_reference_logps
+    reference = clo.train.run.share_reference_logps
 
     for variant in methods:
         method, _, backward = variant.partition("-")  # "clo-pair": CLO back-propagating a pair in one pass
@@ -361,7 +361,7 @@ def train_worker(spec: dict) -> dict:
             sync()
             r["reference_s"] = time.perf_counter() - started
 
-        clo.train.run.add_reference_logps = timed_reference
+        clo.train.run.share_reference_logps = timed_reference
         reset_peak()
         peft_model, trainer = clo.train.run.fit(s, run_recipe, method, Path(spec["work"]) / "runs" / variant,
                                                 callbacks=[timer])
@@ -375,7 +375,7 @@ def train_worker(spec: dict) -> dict:
         s.model = peft_model.unload()
         gc.collect()
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    clo.train.run.add_reference_logps = reference
+    clo.train.run.share_reference_logps = reference
     if "trl" in spec["methods"] and quantized:
         try:  # a failure of the baseline keeps CLO's and SFT's figures
             results["trl-qlora"] = trl_method(spec, recipe, s)

@@ -168,14 +168,14 @@ def worker(method: str, args, model_dir: Path, work: Path) -> dict:
         s = clo.train.run.setup(recipe)
         make_resident(s.model)
         result["loaded_mb"] = rss_mb()
-        reference = clo.train.run.add_reference_logps  # fit calls it by module name: time the one-off π_ref pass
+        reference = clo.train.run.share_reference_logps  # fit calls it by module name: time the one-off π_ref pass
 
         def timed_reference(*a, **kw):
             started = time.perf_counter()
             reference(*a, **kw)
             result["reference_s"], result["reference_peak_mb"] = time.perf_counter() - started, peak_rss_mb()
 
-        clo.train.run.add_reference_logps = timed_reference
+        clo.train.run.share_reference_logps = timed_reference
         clo.train.run.fit(s, recipe, recipe.method.method[0], work / "runs", callbacks=[timer])
         keys = clo.train.batches.needed_keys(recipe.method.method[0])  # the sequences π_θ sees per pair
         result["tokens_per_pair"] = sum(len(f[f"{k}_input_ids"]) for f in s.features for k in keys) / len(s.features)
