@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The prepared device command for a lent GPU: the gpu-marked tests, then bench/gpu.py, all output under $OUT.
+# The prepared device command for a lent GPU: the gpu-marked tests, with 2 GPUs or more bench/ddp.py (several
+# processes), then bench/gpu.py, all output under $OUT.
 #
 #   bash bench/gpu-run.sh --fetch    here, first: download the wheels the GPU machine lacks into .whl/ (git-ignored)
 #   bash bench/gpu-run.sh            there: install those wheels, print the stack, run the tests and the benchmark
@@ -42,5 +43,12 @@ for n in ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "trl", 
 } 2>&1 | tee "$OUT/env.txt"
 status=0
 timeout 180 python3 -m pytest -m gpu -rs -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$OUT/tests.log" || status=1
-timeout 470 python3 bench/gpu.py --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log" || status=1
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+if [ "$gpus" -ge 2 ]; then  # one process, 2-process DDP and 2-process FSDP side by side (bench/ddp.py), then less for gpu.py
+  timeout 150 python3 bench/ddp.py --out "$OUT" 2>&1 | tee "$OUT/ddp.log" || status=1
+  timeout 330 python3 bench/gpu.py --out "$OUT" --budget-s 270 "$@" 2>&1 | tee "$OUT/bench.log" || status=1
+else
+  echo "$gpus GPU: the 2-process DDP / FSDP step (bench/ddp.py) needs 2 GPUs, so it did not run" | tee "$OUT/ddp.log"
+  timeout 470 python3 bench/gpu.py --out "$OUT" "$@" 2>&1 | tee "$OUT/bench.log" || status=1
+fi
 exit $status

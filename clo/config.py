@@ -138,6 +138,14 @@ class TrainingConfig:
         "is the gradient itself (tests/test_distributed.py compares processes' updates with it).",
         choices=("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "sgd"),
     )
+    parallel: str = option(
+        "ddp",
+        "How several processes (torchrun / accelerate launch) share the model: ddp (each holds all of it) or fsdp "
+        "(PyTorch FSDP2 through transformers: weights, gradients and optimizer state sharded across the GPUs, for a "
+        "base bigger than one GPU; one method per launch). One process ignores it. docs/training.md gives the "
+        "commands and which work with a 4-bit base.",
+        choices=("ddp", "fsdp"),
+    )
     max_length: int = option(512, "Longest prompt + answer, in tokens.")
     max_prompt_length: int = option(256, "Longest prompt, in tokens (longer prompts keep their end).")
     overlong: str = option(

@@ -17,8 +17,11 @@ from clo.hub import explain_missing
 from clo.models.table import locate_model
 
 
-def load_base(cfg: ModelConfig, verbose: bool = True):
-    """(model, tokenizer, mode) with mode 'qlora-4bit' or 'lora-<dtype>'; the one line saying which runs is printed."""
+def load_base(cfg: ModelConfig, verbose: bool = True, sharded: bool = False):
+    """(model, tokenizer, mode) with mode 'qlora-4bit' or 'lora-<dtype>'; the one line saying which runs is printed.
+
+    `sharded`: the model is for FSDP (training.parallel: fsdp), which moves each process's shard to its GPU itself, so
+    it is loaded into CPU memory, not whole onto one GPU. A 4-bit base is refused there (docs/training.md)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     source = locate_model(cfg.name_or_path, flag="--model")
@@ -26,6 +29,10 @@ def load_base(cfg: ModelConfig, verbose: bool = True):
     want_4bit = cfg.load_in_4bit == "true" or (cfg.load_in_4bit == "auto" and cuda and _has_bitsandbytes())
     if want_4bit and not _has_bitsandbytes():
         raise CLOError("model.load_in_4bit is true but bitsandbytes is not installed (pip install bitsandbytes)")
+    if want_4bit and sharded:
+        raise CLOError("training.parallel: fsdp cannot shard a 4-bit base here (tried: the sharded 4-bit model's LoRA "
+                       "weights are invisible to PEFT's saving); shard a 16-bit base (model.load_in_4bit: false), or "
+                       "train the 4-bit base with training.parallel: ddp")
     compute = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda else torch.float32)
     kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, local_files_only=source.local_files_only)
     if want_4bit:
@@ -38,7 +45,7 @@ def load_base(cfg: ModelConfig, verbose: bool = True):
     gpu = int(os.environ.get("LOCAL_RANK", "0"))  # each process of a multi-GPU run (torchrun, accelerate) on its own GPU
     with explain_missing(source):
         tokenizer = AutoTokenizer.from_pretrained(source.name, **{k: kw[k] for k in ("revision", "trust_remote_code", "local_files_only")})
-        model = AutoModelForCausalLM.from_pretrained(source.name, use_safetensors=True, device_map={"": gpu} if cuda else None, **kw)
+        model = AutoModelForCausalLM.from_pretrained(source.name, use_safetensors=True, device_map={"": gpu} if cuda and not sharded else None, **kw)
     if getattr(model, "_hf_peft_config_loaded", False):  # a hub adapter repo: transformers loads its base and the adapter
         bases = {getattr(c, "base_model_name_or_path", None) for c in model.peft_config.values()} - {None, ""}
         raise CLOError(f"{cfg.name_or_path} is a LoRA adapter, not a base model; its base is "

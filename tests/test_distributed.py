@@ -1,6 +1,8 @@
 """Several training processes: `torchrun --nproc_per_node 2 -m clo train` and `accelerate launch` with
 recipes/accelerate/ddp-2.yaml, on the CPU (gloo), train the tiny model's adapter to the same weights as one process on
-the same global batch, and write one adapter and one run folder."""
+the same global batch, and write one adapter and one run folder; so does training.parallel: fsdp, the model sharded by
+FSDP2 (tests/fsdp_on_cpu.py lets accelerate shard CPU processes). Without that, fsdp on CPUs is refused, as are a
+4-bit base and several methods under fsdp."""
 
 import json
 import os
@@ -38,23 +40,34 @@ def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "adapter_model.safetensors")
 
 
-LAUNCHERS = {  # the two ways a user starts several processes; -m clo train follows either
-    "torchrun": lambda port: ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                              "--master_port", str(port)],
+TORCHRUN = lambda port: ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",  # noqa: E731
+                          "--master_port", str(port)]
+LAUNCHERS = {  # the two ways a user starts several processes (-m clo train follows either), and FSDP on the CPU
+    "torchrun": lambda port: [*TORCHRUN(port), "-m", "clo"],
     "accelerate": lambda port: ["-m", "accelerate.commands.launch", "--config_file",
-                                str(ROOT / "recipes" / "accelerate" / "ddp-2.yaml"), "--main_process_port", str(port)],
+                                str(ROOT / "recipes" / "accelerate" / "ddp-2.yaml"), "--main_process_port", str(port),
+                                "-m", "clo"],
+    # training.parallel: fsdp, with accelerate's one CPU refusal turned off (tests/fsdp_on_cpu.py says why)
+    "fsdp": lambda port: [*TORCHRUN(port), str(ROOT / "tests" / "fsdp_on_cpu.py")],
 }
+EXTRA = {"fsdp": ["--training.parallel", "fsdp"]}
+
+
+def launch(launcher: str, cwd: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
+    cwd.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *LAUNCHERS[launcher](free_port()), *COMMON, "--model", str(model),
+                           "--name", "two", *EXTRA.get(launcher, []), *extra], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
 
 
 def launch_two(launcher: str, cwd: Path, model: Path) -> Path:
     """`<launcher> -m clo train` on 2 CPU processes in its own folder; checks there is one of everything; the adapter."""
-    cwd.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, *LAUNCHERS[launcher](free_port()), "-m", "clo", *COMMON, "--model", str(model),
-                        "--name", "two"], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    r = launch(launcher, cwd, model)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count("[clo] run ") == 1 and "2 processes" in r.stdout  # printed by the main process only
     assert r.stdout.count("[clo] wrote adapters/two") == 1
+    assert r.stderr.count("fsdp_on_cpu: FSDP over gloo") == (2 if launcher == "fsdp" else 0)  # both processes sharded
     assert [p.name for p in (cwd / "adapters").iterdir()] == ["two"]
     runs = list((cwd / "runs").iterdir())
     assert len(runs) == 1
@@ -63,6 +76,7 @@ def launch_two(launcher: str, cwd: Path, model: Path) -> Path:
     manifest = json.loads((cwd / "adapters" / "two" / "manifest.json").read_text())
     metrics = json.loads((cwd / "adapters" / "two" / "metrics.json").read_text())
     assert manifest["world_size"] == 2 and metrics["steps"] == 2 and metrics["pairs_seen"] == 8
+    assert manifest["parallel"] == ("fsdp" if launcher == "fsdp" else "ddp")
     return cwd / "adapters" / "two"
 
 
@@ -77,8 +91,11 @@ def test_two_processes_train_the_one_process_adapter(project, tiny_model):
     one, half = (adapter_tensors(project / "adapters" / name) for name in ("one", "half"))
     for launcher, two in launched.items():
         assert two.keys() == one.keys() and any("lora_B" in k and v.abs().max() > 0 for k, v in two.items())
-        for k in two:  # measured: ≤ 7e-8 apart, on values up to 4e-2
-            assert torch.allclose(two[k], one[k], rtol=1e-5, atol=1e-7), (launcher, k)
+        # measured: DDP ≤ 7e-8 apart, on values up to 4e-2; FSDP ≤ 1.3e-7 (its logits come whole from the forward
+        # and its reduce-scatter adds in another order), still 2,000 times below the control's smallest gap
+        atol = 5e-7 if launcher == "fsdp" else 1e-7
+        for k in two:
+            assert torch.allclose(two[k], one[k], rtol=1e-5, atol=atol), (launcher, k)
         for k in (k for k in two if "lora_B" in k):  # measured: 3e-4 to 3e-2 apart, a whole update: it can fail
             assert not torch.allclose(two[k], half[k], rtol=1e-5, atol=1e-7), (launcher, k)
 
@@ -118,3 +135,53 @@ def test_chunked_logps_through_a_wrapper_match_the_bare_model(project, tiny_mode
     assert g_bare.keys() == g_wrapped.keys() and g_bare
     for k in g_bare:
         assert torch.allclose(g_wrapped[k], g_bare[k], atol=1e-6, rtol=1e-5), k
+
+
+def test_fsdp_on_cpu_processes_is_refused_leaving_nothing(project, tiny_model):
+    """accelerate shards with FSDP only on GPU-like processes: on CPU ones it would train plain DDP while the recipe
+    says fsdp, so the run stops with one sentence and leaves no adapter and no run folder."""
+    r = launch("torchrun", project / "cpu", tiny_model, "--training.parallel", "fsdp")
+    assert r.returncode != 0
+    assert "training.parallel: fsdp needs GPUs" in r.stderr and "use training.parallel: ddp here" in r.stderr
+    assert not (project / "cpu" / "adapters").exists() and not any((project / "cpu" / "runs").iterdir())
+
+
+def test_fsdp_refuses_a_4bit_base_and_several_methods(tiny_model, monkeypatch):
+    """Checked before anything loads: FSDP shards the base in place (one method per launch), and a sharded 4-bit
+    base's LoRA weights do not reach PEFT's saving (seen with tests/fsdp_on_cpu.py: an adapter of 0 tensors)."""
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
+    from clo import CLOError
+    from clo.config import ModelConfig, Recipe
+    from clo.load import load_base
+    from clo.train.run import setup
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under a launcher; nothing here joins a process group
+    recipe = Recipe.load(overrides={"model.name_or_path": str(tiny_model), "method.method": ["clo", "sft"],
+                                    "training.parallel": "fsdp"})
+    with pytest.raises(CLOError, match=r"fsdp trains one method per launch; launch once for each of clo, sft"):
+        setup(recipe)
+    with pytest.raises(CLOError, match=r"fsdp cannot shard a 4-bit base here"):
+        load_base(ModelConfig(name_or_path=str(tiny_model), load_in_4bit="true"), sharded=True)
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process ignores training.parallel
+    assert setup(Recipe.load(overrides={"model.name_or_path": str(tiny_model), "data.pairs": 2,
+                                        "training.parallel": "fsdp"})).features
+
+
+def test_an_adapter_missing_trained_weights_is_not_written(tmp_path, tiny_model):
+    """The guard behind the 4-bit refusal: an adapter whose file would hold fewer tensors than the model trained
+    (PEFT's saving did not see them) stops the save; the staging folder goes, nothing lands."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from clo import CLOError
+    from clo.config import Recipe
+    from clo.train.data import CrossLingualData
+    from clo.train.run import save_adapter
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=4, target_modules=["q_proj"]))
+    recipe = Recipe.load(overrides={"model.name_or_path": str(tiny_model)})
+    data = CrossLingualData([], {})
+    with pytest.raises(CLOError, match=r"holds 0 tensors but the model trained 4; nothing was written"):
+        save_adapter(model, tmp_path / "empty", recipe, "clo", data, "lora-float32", {}, [], False, weights={})
+    assert list(tmp_path.iterdir()) == []
+    assert save_adapter(model, tmp_path / "whole", recipe, "clo", data, "lora-float32", {}, [], False) == tmp_path / "whole"

@@ -159,7 +159,9 @@ def share_reference_logps(model, features: list[dict], collator: PairCollator, b
                           chunk: int = 0, cache: ReferenceCache | None = None) -> int:
     """`add_reference_logps` over the processes of a run (clo.train.ranks): the main process reads the cache, each
     process scores every N-th of the pairs left (its share), and all values are gathered on every process; only the
-    main process writes them to the cache (one SQLite writer). One process: `add_reference_logps` itself."""
+    main process writes them to the cache (one SQLite writer). One process: `add_reference_logps` itself. `model` may
+    be the Trainer's FSDP-sharded model (clo.train.trainer.ReferencePass): then every process must run it as often as
+    the others, which the shares below ensure."""
     if ranks.world_size() == 1:
         return add_reference_logps(model, features, collator, batch_size, should_stop, chunk, cache)
     if ranks.is_main():
@@ -168,7 +170,11 @@ def share_reference_logps(model, features: list[dict], collator: PairCollator, b
     known = ranks.share([values(f) if f"ref_{KEYS[0]}" in f else None for f in features])
     todo = [i for i, v in enumerate(known) if v is None]
     mine = todo[ranks.rank()::ranks.world_size()]
-    add_reference_logps(model, [features[i] for i in mine], collator, batch_size, should_stop, chunk)
+    # every process the same number of batches: under FSDP each forward is a collective every process must join, so
+    # a process with one pair fewer scores a copy of its first pair again (a result nobody keeps)
+    share = -(-len(todo) // ranks.world_size())
+    extra = [dict(features[todo[0]]) for _ in range(share - len(mine))]
+    add_reference_logps(model, [features[i] for i in mine] + extra, collator, batch_size, should_stop, chunk)
     for i, v in enumerate(known):
         if v is not None:
             features[i].update({f"ref_{k}": x for k, x in v.items()})

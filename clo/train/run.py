@@ -21,6 +21,7 @@ import datetime as dt
 import errno
 import json
 import resource
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from clo.train.batches import PairCollator, needed_keys, tokenize_rows
 from clo.train.data import CrossLingualData, build_pairs
 from clo.train.logps import ReferenceCache, share_reference_logps
 from clo.train.objective import KEYS
-from clo.train.trainer import CLOTrainer, RunLog, training_arguments
+from clo.train.trainer import CLOTrainer, ReferencePass, RunLog, sharded, training_arguments
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md",
                  "recipe.yaml", "manifest.json", "metrics.json", "train_log.jsonl")
@@ -85,6 +86,9 @@ def setup(recipe: Recipe, data: CrossLingualData | None = None) -> Setup:
 
     recipe.validate()
     t = recipe.training
+    if sharded(t.parallel) and len(recipe.method.method) > 1:  # FSDP shards the base in place: one adapter per launch
+        raise CLOError(f"training.parallel: fsdp trains one method per launch; launch once for each of "
+                       f"{', '.join(recipe.method.method)} (--method {recipe.method.method[0]})")
     for method in recipe.method.method:
         dest = Path(t.adapters_dir) / recipe.adapter_name(method)
         if dest.exists() and not t.overwrite:
@@ -92,7 +96,7 @@ def setup(recipe: Recipe, data: CrossLingualData | None = None) -> Setup:
     locate_model(recipe.model.name_or_path, flag="--model")  # fail fast on a missing path
     with ranks.main_first():  # one process translates and downloads; the others read its caches
         data = data or build_pairs(recipe.data)
-        model, tokenizer, mode = load_base(recipe.model)
+        model, tokenizer, mode = load_base(recipe.model, sharded=sharded(t.parallel))
     check_target_modules(model, recipe.lora.target_modules, recipe.model.name_or_path)
     if mode == "qlora-4bit":
         if model.device.type == "cpu":
@@ -140,25 +144,33 @@ def fit(s: Setup, recipe: Recipe, method: str, run_dir: Path, callbacks=(), stop
     lora = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
                       target_modules=list(recipe.lora.target_modules), bias="none", task_type="CAUSAL_LM")
     peft_model = get_peft_model(s.model, lora)
-    if method in ("clo", "dpo") and "ref_tgt_tgt" not in s.features[0]:
+    callbacks = list(callbacks)
+
+    def score_reference(model, chunk: int) -> None:
         for cb in callbacks:
             if isinstance(cb, RunLog):
                 cb.write("reference_begin", pairs=len(s.features))
         cache = reference_cache(recipe, s) if ranks.is_main() else None  # one SQLite writer
         try:
-            reused = share_reference_logps(peft_model, s.features, PairCollator(s.tokenizer.pad_token_id, KEYS),
-                                           2 * t.batch_size, stop_requested, t.logits_chunk, cache)
+            reused = share_reference_logps(model, s.features, PairCollator(s.tokenizer.pad_token_id, KEYS),
+                                           2 * t.batch_size, stop_requested, chunk, cache)
         finally:
             if cache is not None:
                 cache.close()
         if reused:
             print(f"[clo] reference log-probs: {reused} of {len(s.features)} pairs from {cache.path}", flush=True)
+
+    if method in ("clo", "dpo") and "ref_tgt_tgt" not in s.features[0]:
+        if sharded(t.parallel):  # through the model once the Trainer has sharded it, logits from its forward
+            callbacks.append(ReferencePass(lambda model: score_reference(model, 0)))
+        else:
+            score_reference(peft_model, t.logits_chunk)
     trainer = CLOTrainer(
         model=peft_model,
         args=training_arguments(recipe, run_dir / method, s.mode == "qlora-4bit"),
         train_dataset=s.features,
         data_collator=PairCollator(s.tokenizer.pad_token_id, needed_keys(method, recipe.method.sft_english)),
-        callbacks=list(callbacks),
+        callbacks=callbacks,
         method=method, lam=recipe.method.lam, beta=recipe.method.beta, orpo_lambda=recipe.method.orpo_lambda,
         sft_english=recipe.method.sft_english, backward=t.backward, logits_chunk=t.logits_chunk,
     )
@@ -178,9 +190,18 @@ def reference_cache(recipe: Recipe, s: Setup) -> ReferenceCache | None:
 
 # ---- save ----
 
+def adapter_weights(model) -> dict[str, torch.Tensor]:
+    """The LoRA weights of an FSDP-sharded PEFT model, whole, on the CPU (a collective: every process calls it)."""
+    from torch.distributed.tensor import DTensor
+
+    return {name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu()
+            for name, p in model.state_dict().items() if "lora_" in name}
+
+
 def save_adapter(model, dest: Path, recipe: Recipe, method: str, data: CrossLingualData, mode: str,
-                 metrics: dict, log_lines: list[str], overwrite: bool) -> Path:
-    """Write the adapter folder in a staging folder beside its destination, then rename it into place.
+                 metrics: dict, log_lines: list[str], overwrite: bool, weights: dict | None = None) -> Path:
+    """Write the adapter folder in a staging folder beside its destination, then rename it into place. `weights`:
+    the adapter's tensors when the model holds only shards of them (adapter_weights).
 
     A full disk is one sentence, with nothing written; the staging folders of a killed run are removed at the next
     start (`clo.files.remove_stale`)."""
@@ -189,7 +210,8 @@ def save_adapter(model, dest: Path, recipe: Recipe, method: str, data: CrossLing
 
     with _disk_full_says(dest), staging(dest.parent, dest.name) as stage:
         tmp = stage / dest.name
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": weights} if weights is not None else {}))
+        check_saved(tmp, model)
         single = Recipe.from_dict(recipe.to_dict())
         single.method.method, single.training.name = [method], dest.name
         single.save(tmp / "recipe.yaml")
@@ -203,6 +225,7 @@ def save_adapter(model, dest: Path, recipe: Recipe, method: str, data: CrossLing
                            "fingerprint": model_fingerprint(recipe.model.name_or_path, recipe.model.revision)},  # what it is, wherever it lies
             "mode": mode,
             "world_size": ranks.world_size(),  # processes that trained it together (training.batch_size is per process)
+            "parallel": recipe.training.parallel if ranks.world_size() > 1 else None,  # ddp, or fsdp: the base sharded
             "data": data.manifest,
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "versions": {"clo": clo.__version__, "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
@@ -223,6 +246,18 @@ def save_adapter(model, dest: Path, recipe: Recipe, method: str, data: CrossLing
                 (aside / dest.name).rename(dest)
                 raise
     return dest
+
+
+def check_saved(folder: Path, model) -> None:
+    """The written adapter holds a tensor for every weight the model trained (a wrapper that hid them from PEFT's
+    saving would otherwise leave an empty adapter that loads and does nothing)."""
+    from safetensors import safe_open
+
+    trained = sum(p.requires_grad for p in model.parameters())
+    with safe_open(folder / "adapter_model.safetensors", "pt") as fh:
+        saved = len(list(fh.keys()))
+    if saved != trained:
+        raise CLOError(f"the adapter to be written holds {saved} tensors but the model trained {trained}; nothing was written")
 
 
 @contextlib.contextmanager
@@ -283,7 +318,12 @@ def _train(recipe: Recipe, data: CrossLingualData | None) -> list[Path]:
             started = time.time()
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            peft_model, trainer = fit(s, recipe, method, run_dir, [log], stop_requested)
+            try:
+                peft_model, trainer = fit(s, recipe, method, run_dir, [log], stop_requested)
+            except CLOError:  # refused before a step: the run folder, empty, goes too
+                if ranks.is_main() and not any(f.is_file() for f in run_dir.rglob("*")):
+                    shutil.rmtree(run_dir)
+                raise
             if ranks.any_process(stop_requested()):
                 log.write("stopped", step=trainer.state.global_step)
                 raise TrainingStopped()
@@ -298,13 +338,15 @@ def _train(recipe: Recipe, data: CrossLingualData | None) -> list[Path]:
                 **peak_memory_mb(),
                 "final": {k: v for k, v in last.items() if k not in ("step", "epoch")},
             }
+            weights = adapter_weights(peft_model) if trainer.is_fsdp_enabled else None  # every process joins the gather
             if ranks.is_main():  # one adapter; the other processes wait for it at the barrier below
                 log.write("saving", step=state.global_step)
                 lines = [line for line in log_path.read_text(encoding="utf-8").splitlines(keepends=True)
                          if json.loads(line).get("adapter") == dest.name]
-                written.append(save_adapter(peft_model, dest, recipe, method, s.data, s.mode, metrics, lines, t.overwrite))
+                written.append(save_adapter(peft_model, dest, recipe, method, s.data, s.mode, metrics, lines, t.overwrite, weights))
                 log.write("done", path=str(dest), metrics=metrics)
                 print(f"[clo] wrote {dest}", flush=True)
             ranks.barrier()
-            s.model = peft_model.unload()  # the clean base again, for the next method
+            if not trainer.is_fsdp_enabled:  # (FSDP: one method per launch)
+                s.model = peft_model.unload()  # the clean base again, for the next method
     return written

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from clo import CLOError
 from clo.config import Recipe
 from clo.train import ranks
 from clo.train.batches import needed_keys
@@ -36,7 +37,11 @@ class CLOTrainer(Trainer):
     def __init__(self, *args, method: str, lam: float, beta: float, orpo_lambda: float,
                  sft_english: bool, backward: str = "sequence", logits_chunk: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.chunk = logits_chunk
+        if self.args.fsdp and not self.is_fsdp_enabled:  # accelerate would quietly train DDP instead
+            raise CLOError("training.parallel: fsdp needs GPUs: accelerate shards a model with FSDP only on CUDA "
+                           "(or another accelerator's) processes, not on CPU ones; use training.parallel: ddp here")
+        # under FSDP the output layer's weight is a shard outside the model's forward: the logits come from the forward
+        self.chunk = 0 if self.is_fsdp_enabled else logits_chunk
         self.method, self.lam, self.beta, self.orpo_lambda = method, lam, beta, orpo_lambda
         self.keys = needed_keys(method, sft_english)
         self.passes = BACKWARD_PASSES["pair" if method == "sft" else backward]
@@ -112,6 +117,17 @@ def _placeholder(like: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor,
     return -torch.ones_like(like[0]), torch.ones_like(like[1])
 
 
+class ReferencePass(TrainerCallback):
+    """π_ref for a sharded run (training.parallel: fsdp): `score(model)` through the model the Trainer has just
+    sharded, before the first step, where an unsharded pass would need the whole base on each GPU."""
+
+    def __init__(self, score):
+        self.score = score
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self.score(model)
+
+
 class RunLog(TrainerCallback):
     """Appends one JSON object per event to a JSONL file that a UI can poll; also stops on a signal."""
 
@@ -166,7 +182,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, quantized: bool) -> Tra
         bf16=cuda and torch.cuda.is_bf16_supported(),
         fp16=cuda and not torch.cuda.is_bf16_supported(),
         use_cpu=not cuda,
-        gradient_checkpointing=gc and not quantized,  # prepare_model_for_kbit_training enables it for 4-bit
+        gradient_checkpointing=gc and not quantized and not sharded(t.parallel),  # 4-bit: prepare_model_for_kbit_training
         gradient_checkpointing_kwargs={"use_reentrant": False},
         # with several processes: every trainable weight is a LoRA matrix on the path to every answer's log-prob, so
         # none is unused, and DDP's search for unused ones would only cost a graph walk per forward (and would hide
@@ -174,5 +190,20 @@ def training_arguments(recipe: Recipe, output_dir: Path, quantized: bool) -> Tra
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         optim=t.optim,
+        **sharding_arguments(t.parallel, gc),
     )
 
+
+def sharding_arguments(parallel: str, checkpointing: bool) -> dict:
+    """TrainingArguments for `training.parallel` when several processes train (none for ddp, or for one process)."""
+    if not sharded(parallel):
+        return {}
+    # FSDP2: each decoder layer (the model's _no_split_modules) a unit of its own, the rest with the root; activation
+    # checkpointing FSDP's way (the Trainer's own would all-gather each layer once more in the backward)
+    return {"fsdp": True, "fsdp_config": {"version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                          "state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": checkpointing}}
+
+
+def sharded(parallel: str) -> bool:
+    """Whether this run shards the model across its processes (training.parallel: fsdp, and more than one process)."""
+    return parallel == "fsdp" and ranks.world_size() > 1
