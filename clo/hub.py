@@ -247,6 +247,15 @@ class HubAdapter:
         return f"{self.repo_id}@{self.commit}"
 
 
+def check_repo_id(repo_id: str | None, says: str) -> str:
+    """`repo_id` as a hub repo id owner/name (HUB_ADAPTER's, with no @revision); anything else is the caller's
+    sentence `says` naming its option, its `{!r}` filled with the id as given."""
+    match = HUB_ADAPTER.match(repo_id or "")
+    if not match or match.group(2):
+        raise CLOError(says.format(repo_id))
+    return repo_id
+
+
 def is_hub_adapter(spec: str) -> bool:
     """Whether `spec` names an adapter on the hub (owner/name[@revision]) rather than a folder under --adapters-dir."""
     return bool(HUB_ADAPTER.match(spec))

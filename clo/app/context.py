@@ -28,7 +28,8 @@ from clo.app.jobs import ZERO_GPU, Jobs
 from clo.languages import LANGUAGES, lang_code, language
 from clo.app.lineup import Lineup
 from clo.app.settings import Settings, _default
-from clo.evaluate.hub_sync import HubSync, check_repo_id
+from clo.evaluate.hub_sync import VOTES_REPO_SAYS, HubSync
+from clo.hub import check_repo_id
 from clo.evaluate.judge.background import Judging
 from clo.models.table import MODELS, app_fallback, canonical, entry_for, fallbacks, resolve_model, sample_examples
 from clo.evaluate.store import Limits, open_store
@@ -112,7 +113,7 @@ def votes_mirror(settings: Settings, store, log=_say) -> HubSync | None:
     keeps both), or under /data (else here) for PostgreSQL, one per repo; the hub is reached in a thread."""
     if not settings.votes_repo:
         return None
-    repo = check_repo_id(settings.votes_repo)
+    repo = check_repo_id(settings.votes_repo.strip(), VOTES_REPO_SAYS)
     token = os.environ.get("HF_TOKEN")  # only this: a token saved on a laptop never uploads votes unasked
     if not token:
         log(f"[clo] votes mirror to {repo} is off: HF_TOKEN is not set (a token that may write to it; on a Space, "

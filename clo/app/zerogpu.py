@@ -70,9 +70,7 @@ def _prepare(engine: Engine, requests: list[Request]) -> tuple[int, dict[str, Ad
     if not isinstance(engine, PeftEngine):
         raise CLOError(f"on ZeroGPU the app answers with the PEFT engine inside spaces.GPU calls, not the {engine.kind} "
                        "engine: start it with --engine peft (CLO_ENGINE=peft) or auto")
-    engine.check(requests)
-    for r in requests:
-        engine._check_length(engine.prompt_ids(r.messages), r.sampling.max_tokens)
+    engine.check(requests)  # the variants, the sampling and each prompt's length: the worker checks none again
     _ENGINES[id(engine)] = engine
     return id(engine), {r.variant: engine.adapters[r.variant] for r in requests if r.variant != BASE}
 

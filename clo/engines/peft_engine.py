@@ -14,7 +14,8 @@ The direct path (`generate_here` / `stream_here`) decodes one caller's requests 
 (`_decode`) and so the same answers, without the scheduler thread: for ZeroGPU, whose `spaces.GPU` calls run in a
 process forked from the app (clo.app.zerogpu), where that thread does not exist and `generate` would wait forever.
 In a fork it takes no lock (one held by a parent thread at fork time is never released there) and refuses when
-the engine's lock was held at fork time; in the engine's own process it takes the lock like the scheduler.
+the engine's lock was held at fork time; in the engine's own process it takes the lock like the scheduler. It takes
+requests its caller has checked (`check`): clo.app.zerogpu checks them in the parent, where a refusal costs no GPU time.
 
     engine = PeftEngine("models/tiny", find_adapters("adapters"))
     engine.generate([Request("base", msgs), Request("clo-ko", msgs)])
@@ -164,10 +165,15 @@ class PeftEngine(Engine):
         return chat_ids(self.tokenizer, messages)
 
     # ---- serving: one scheduler thread owns the model; callers submit jobs and read their own queue ----
+    def check(self, requests: list[Request]) -> None:
+        """Engine.check, and each prompt with its max_tokens within the model's context: a prompt that cannot fit
+        fails here, alone, before it joins anyone's batch (or, on ZeroGPU, before any GPU time is asked for)."""
+        super().check(requests)
+        for r in requests:
+            self._check_length(self.prompt_ids(r.messages), r.sampling.max_tokens)
+
     def stream(self, requests: list[Request]) -> Iterator[list[Answer]]:
         self.check(requests)
-        for r in requests:  # a prompt that cannot fit fails here, alone, before it joins anyone's batch
-            self._check_length(self.prompt_ids(r.messages), r.sampling.max_tokens)
         groups: dict[tuple, list[int]] = {}  # one generate has one sampling setting: a job per setting
         for i, r in enumerate(requests):
             groups.setdefault(_sampling_key(r.sampling), []).append(i)
@@ -286,7 +292,7 @@ class PeftEngine(Engine):
     def generate_here(self, requests: list[Request]) -> list[Answer]:
         """`generate` decoded in the calling thread: one `generate` per sampling setting, all of this call's requests
         batched together and never with another caller's. What a `spaces.GPU` call runs in its forked
-        process, where the scheduler thread does not exist."""
+        process, where the scheduler thread does not exist, on requests the parent has checked (`check`)."""
         jobs, lock = self._jobs_here(requests), self._lock_here()
         for job, _ in jobs:
             self._decode(_Batch(self, [job]), lock)
@@ -326,11 +332,8 @@ class PeftEngine(Engine):
                 self.adapters[name] = adapter
 
     def _jobs_here(self, requests: list[Request]) -> list[tuple[Job, list[int]]]:
-        """`requests` checked and split as `stream` splits them: a job per sampling setting (one `generate` each, as
-        the scheduler runs a job whole), each with the indices of its requests."""
-        self.check(requests)
-        for r in requests:
-            self._check_length(self.prompt_ids(r.messages), r.sampling.max_tokens)
+        """`requests`, already checked by the caller (`check`), split as `stream` splits them: a job per sampling
+        setting (one `generate` each, as the scheduler runs a job whole), each with the indices of its requests."""
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault(_sampling_key(r.sampling), []).append(i)

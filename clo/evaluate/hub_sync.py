@@ -31,9 +31,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clo import CLOError
 from clo.evaluate.schema import VOTE_COLUMNS
 from clo.files import atomic_write
+from clo.hub import check_repo_id
 
 if TYPE_CHECKING:
     from clo.evaluate.store import VoteStore
@@ -107,12 +107,7 @@ session id is stored. Prompts are what visitors typed and may contain anything t
 """
 
 
-def check_repo_id(repo_id: str) -> str:
-    """`owner/name`, as the hub spells a dataset repo; anything else is one sentence naming the setting."""
-    parts = repo_id.strip().split("/")
-    if len(parts) != 2 or not all(parts) or any(c.isspace() for c in repo_id.strip()):
-        raise CLOError(f"CLO_VOTES_REPO / --votes-repo must be a dataset repo as owner/name, got {repo_id!r}")
-    return repo_id.strip()
+VOTES_REPO_SAYS = "CLO_VOTES_REPO / --votes-repo must be a dataset repo as owner/name, got {!r}"  # clo.hub.check_repo_id
 
 
 def card(repo_id: str) -> str:
@@ -141,7 +136,7 @@ class HubSync:
 
     def __init__(self, store: "VoteStore", folder: str | Path, repo_id: str, replica: str | None = None, log=print):
         self.store, self.folder, self.log = store, Path(folder), log
-        self.repo_id = check_repo_id(repo_id)
+        self.repo_id = check_repo_id(repo_id.strip(), VOTES_REPO_SAYS)
         self.replica = replica or uuid.uuid4().hex[:12]
         (self.folder / DATA).mkdir(parents=True, exist_ok=True)
         self.card = self.folder / "README.md"

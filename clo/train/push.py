@@ -24,7 +24,7 @@ from pathlib import Path
 
 from clo import CLOError
 from clo.files import new_folder
-from clo.hub import HUB_ADAPTER, HUB_ID, _endpoint, _reason, hub_online
+from clo.hub import HUB_ID, _endpoint, _reason, check_repo_id, hub_online
 
 PUSHED = ("adapter_config.json", "adapter_model.safetensors", "manifest.json", "metrics.json", "recipe.yaml",
           "train_log.jsonl")  # README.md, the card, is written; everything else in the folder stays here
@@ -35,12 +35,7 @@ METHODS = {"clo": "CLO: λ·L_SFT + (1−λ)·L_CL, L_CL being DPO on cross-ling
 PAPER = "https://arxiv.org/abs/2505.14297"
 
 
-def check_repo(repo: str) -> str:
-    """`repo` as owner/name (no revision); anything else is one sentence."""
-    match = HUB_ADAPTER.match(repo or "")
-    if not match or match.group(2):
-        raise CLOError(f"--repo must be a hub repo id OWNER/NAME (letters, digits, . _ -), got {repo!r}")
-    return repo
+REPO_SAYS = "--repo must be a hub repo id OWNER/NAME (letters, digits, . _ -), got {!r}"  # clo.hub.check_repo_id
 
 
 def push_targets(template: str, methods: list[str], lang: str) -> dict[str, str]:
@@ -50,7 +45,7 @@ def push_targets(template: str, methods: list[str], lang: str) -> dict[str, str]
         raise CLOError(f"--push-to-hub {template} would push {len(methods)} adapters ({', '.join(methods)}) to one repo: "
                        "put {method} in the name, e.g. me/qwen2.5-0.5b-{method}-{lang}")
     try:
-        return {m: check_repo(template.format(method=m, lang=lang)) for m in methods}
+        return {m: check_repo_id(template.format(method=m, lang=lang), REPO_SAYS) for m in methods}
     except (KeyError, IndexError, ValueError):
         raise CLOError(f"--push-to-hub {template!r}: only {{method}} and {{lang}} can be filled in") from None
 
@@ -74,7 +69,7 @@ def push(adapter_dir: str | Path, repo: str, private: bool = False, dry_run: boo
     `dry_run`, write the repo's files in a new folder under `out` instead. Returns the commit's URL or the folder."""
     from clo.engines.base import read_adapter
 
-    repo = check_repo(repo)
+    repo = check_repo_id(repo, REPO_SAYS)
     adapter = read_adapter(adapter_dir)  # a complete, readable adapter (safetensors weights), or one sentence
     folder = Path(adapter_dir)
     base = base_hub_id(folder, _read_json(folder / "manifest.json"), base_model)

@@ -17,6 +17,7 @@ import os
 import sys
 
 
+# the launcher's variables, not PartialState: they hold before start(), and one process builds no accelerate state
 def world_size() -> int:
     """How many processes train together: the launcher's WORLD_SIZE (1 without a launcher)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -43,6 +44,8 @@ def start() -> None:
 
 
 def _group() -> bool:
+    """Whether the process group is there (start() made it, and accelerate's state with it): accelerate's helpers
+    are called only then, since PartialState() would otherwise set itself up (a device, a group) on the spot."""
     import torch.distributed as dist
 
     return world_size() > 1 and dist.is_available() and dist.is_initialized()
@@ -50,31 +53,27 @@ def _group() -> bool:
 
 def barrier() -> None:
     if _group():
-        import torch.distributed as dist
+        from accelerate import PartialState
 
-        dist.barrier()
+        PartialState().wait_for_everyone()
 
 
 def share(value):
     """The main process's `value`, on every process (what the others pass is ignored)."""
     if not _group():
         return value
-    import torch.distributed as dist
+    from accelerate.utils import broadcast_object_list
 
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return broadcast_object_list([value])[0]
 
 
 def gather(value) -> list:
     """Every process's `value`, in rank order, on every process."""
     if not _group():
         return [value]
-    import torch.distributed as dist
+    from accelerate.utils import gather_object
 
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return out
+    return gather_object([value])  # accelerate joins the processes' lists: a list of one value each
 
 
 def any_process(flag: bool) -> bool:
@@ -87,11 +86,10 @@ def any_process(flag: bool) -> bool:
 def main_first():
     """The main process runs the block first (a download, a translation written to a cache), the others after it,
     reading what it left; a failure on the main process ends the run there (the launcher stops the others)."""
-    if not is_main():
-        barrier()
-    yield
-    if is_main():
-        barrier()
+    from accelerate import PartialState
+
+    with PartialState().main_process_first() if _group() else contextlib.nullcontext():
+        yield
 
 
 @contextlib.contextmanager
