@@ -283,8 +283,8 @@ def adapters_dir(tiny_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_serve(tiny_model, adapters_dir):
-    """A real `vllm serve` of the tiny model with LoRA (alpha loaded), started once per run for test_engines and
-    test_judge (tests take `vllm_server`); skipped with the reason where vLLM cannot run."""
+    """A real `vllm serve` of the tiny model with LoRA (alpha loaded), started once per run for test_engines,
+    test_judge and test_replicas (tests take `vllm_server`); skipped with the reason where vLLM cannot run."""
     from clo.engines.vllm_engine import vllm_usable
 
     usable, why = vllm_usable()

@@ -307,3 +307,17 @@ def test_the_apps_copy_of_a_withdrawn_adapter_is_removed_and_nothing_else(projec
     assert said == [f"[clo] smollm2: removed {project / 'served' / 'sft-xx'}, the app's copy of an adapter the project "
                     "withdrew: it broke"]
     assert MODELS["smollm2"].withdrawn_adapters and all(len(sha) == 64 for _, sha, _ in MODELS["smollm2"].withdrawn_adapters)
+
+
+def test_with_the_remote_engine_a_hub_model_is_taken_as_named_even_offline(project, offline):
+    """The remote engine's server holds the model and the app loads none: offline, a hub id not cached here is not
+    replaced by the miniature (its examples, its language, its name on every vote), and no model folder is made."""
+    from clo.app.context import choose_model
+    from clo.app.settings import Settings
+
+    said = []
+    remote = Settings(model="Qwen/Qwen2.5-72B-Instruct", engine="remote", url="http://127.0.0.1:8000")
+    assert choose_model(remote, log=said.append) == "" and remote.model == "Qwen/Qwen2.5-72B-Instruct"
+    assert said == [] and not (project / "models").exists()
+    local = Settings(model="Qwen/Qwen2.5-72B-Instruct", engine="peft")  # the same model loaded here: the fallback
+    assert "unreachable" in choose_model(local, log=said.append) and local.model == "models/miniature/base"

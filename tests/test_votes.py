@@ -234,6 +234,28 @@ def test_postgresql_store(postgres):
     assert len(replica.votes()) == 1
 
 
+
+def test_replicas_opening_a_new_postgresql_database_at_once_all_open_it(postgres):
+    """Four stores (as four app replicas would, each with its own connection) open one new database at the same
+    moment: each opens it and they share one voter secret. Before the migration took an advisory lock, all but one
+    stopped with PostgreSQL's unique violation on pg_type (two CREATE TABLEs of one name at once)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    together = threading.Barrier(4)
+
+    def start(_):
+        together.wait()
+        s = open_store(postgres)
+        try:
+            return s.secret
+        finally:
+            s.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        secrets = list(pool.map(start, range(4)))
+    assert len(set(secrets)) == 1
+
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
 def test_export_round_trips(store, tmp_path, fmt):
     import pandas as pd

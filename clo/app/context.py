@@ -43,11 +43,15 @@ def choose_model(settings: Settings, log=print) -> str:
     An offline model (a shorthand of clo.models.table, or a folder one of them made) is served from its folder, made on
     first use, with its own adapters when --adapters-dir was not given. Any other model is served when it is a local
     folder, the hub answers or it is cached here; otherwise the registry's app fallback is served instead, saying why.
+    With the remote engine the server holds the model and nothing is loaded here, so any other model is taken as named
+    (it names the base the votes record), never replaced by the fallback.
     """
     from clo.hub import hub_online, locate
 
     asked, note = settings.model, ""
     entry = entry_for(asked)
+    if entry is None and settings.engine == "remote":
+        return ""
     if entry is None:
         source = locate(asked, kind="model", flag="--model")
         if source.local or hub_online() or _cached(asked):

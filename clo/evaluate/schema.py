@@ -4,9 +4,10 @@
     blank = migrate(store)               # bring the schema up to len(MIGRATIONS), or (read-only) only look
 
 A store's schema version is the number of MIGRATIONS applied to it (table `schema_version`); SQLite files carry
-APPLICATION_ID in their header, so a foreign database is refused untouched. Before an older SQLite store is migrated
-it is copied to `<file>.bak-v<old version>` (never over an existing file) and a line says so. A read-only store is
-never migrated: it is read with the columns it has.
+APPLICATION_ID in their header, so a foreign database is refused untouched. Processes that open one store at once
+(app replicas on one PostgreSQL database) migrate it one after another: SQLite's write lock, PostgreSQL's advisory
+lock MIGRATION_LOCK. Before an older SQLite store is migrated it is copied to `<file>.bak-v<old version>` (never over
+an existing file) and a line says so. A read-only store is never migrated: it is read with the columns it has.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ if TYPE_CHECKING:
     from clo.evaluate.store import VoteStore
 
 APPLICATION_ID = 0x434C4F31  # "CLO1" in the SQLite header: our files are recognisable, foreign ones refused
+# PostgreSQL: the key of the transaction-level advisory lock a migration holds. Without it, app replicas started
+# together on a new (or older) database ran the same CREATE TABLE / ALTER TABLE at once, and all but one stopped with
+# a unique violation in PostgreSQL's catalog (pg_type_typname_nsp_index) or "column already exists"; with it, the
+# first migrates and the others then find the schema current. SQLite's BEGIN IMMEDIATE serialises them already.
+MIGRATION_LOCK = APPLICATION_ID
 BATTLE_COLUMNS = ("id", "created_utc", "expires_utc", "voter", "language", "prompt", "variant_a", "variant_b",
                   "answer_a", "answer_b", "hash_a", "hash_b", "engine", "blind", "lang_a", "lang_b", "voter_address",
                   "langid_version", "source_a", "source_b")
@@ -228,6 +234,8 @@ def migrate(store: VoteStore) -> bool:
         check_version(store._read("SELECT MAX(version) FROM schema_version")[0][0][0] or 0, store.where)
         return False
     with store._transaction() as cur:
+        if store.kind == "postgresql":  # replicas starting at once migrate one after another (see MIGRATION_LOCK)
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         cur.execute("SELECT version FROM schema_version")
         row = cur.fetchone()
