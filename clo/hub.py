@@ -248,10 +248,16 @@ class HubAdapter:
 
 
 def check_repo_id(repo_id: str | None, says: str) -> str:
-    """`repo_id` as a hub repo id owner/name (HUB_ADAPTER's, with no @revision); anything else is the caller's
-    sentence `says` naming its option, its `{!r}` filled with the id as given."""
-    match = HUB_ADAPTER.match(repo_id or "")
-    if not match or match.group(2):
+    """`repo_id` as a hub repo id owner/name (no @revision), by huggingface_hub's own rules (validate_repo_id: no
+    leading or trailing - or ., no -- or .., not .git); anything else is the caller's sentence `says` naming its
+    option, its `{!r}` filled with the id as given."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id or "")
+    except HFValidationError:
+        raise CLOError(says.format(repo_id)) from None
+    if "/" not in (repo_id or ""):  # the hub allows a bare name for its own old repos; a repo of ours has an owner
         raise CLOError(says.format(repo_id))
     return repo_id
 

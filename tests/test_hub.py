@@ -173,3 +173,16 @@ def test_https_endpoint_tunnels_through_https_proxy(probe, serve):
 def test_malformed_endpoint_is_offline(probe):
     probe.setenv("HF_ENDPOINT", "not a url")
     assert hub.hub_online() is False
+
+
+def test_a_repo_id_is_checked_by_the_hub_libraries_own_rules():
+    """push --repo and CLO_VOTES_REPO name a repo as owner/name, by huggingface_hub's validate_repo_id: an underscore
+    may lead, a trailing newline, a doubled or trailing dash or dot, a revision and a missing owner may not."""
+    from clo import CLOError
+    from clo.hub import check_repo_id
+
+    for good in ("me/clo-votes", "me/_votes", "_me/x", "Org.Name/x.y_z"):
+        assert check_repo_id(good, "bad {!r}") == good
+    for bad in ("clo-votes", "me/x\n", "me/x-", "me/x..y", "me/x--y", "me/x.git", "me/x@main", "a/b/c", "", None):
+        with pytest.raises(CLOError, match=r"^bad "):
+            check_repo_id(bad, "bad {!r}")
