@@ -185,3 +185,23 @@ def test_an_adapter_missing_trained_weights_is_not_written(tmp_path, tiny_model)
         save_adapter(model, tmp_path / "empty", recipe, "clo", data, "lora-float32", {}, [], False, weights={})
     assert list(tmp_path.iterdir()) == []
     assert save_adapter(model, tmp_path / "whole", recipe, "clo", data, "lora-float32", {}, [], False) == tmp_path / "whole"
+
+
+@pytest.mark.parametrize("variable", ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"])
+def test_several_processes_without_a_torch_launcher_are_refused(project, tiny_model, monkeypatch, variable):
+    """mpirun or a bare `srun --ntasks N` starts N processes that set no WORLD_SIZE: each would train the whole run
+    alone and write the same adapter. One sentence instead, before anything loads; one task of a SLURM step is fine."""
+    from clo import CLOError
+    from clo.config import Recipe
+    from clo.train.run import train
+
+    recipe = Recipe.load(overrides={"model.name_or_path": str(tiny_model), "data.pairs": 2, "training.max_steps": 1,
+                                    "method.method": ["sft"], "training.max_length": 128,
+                                    "training.max_prompt_length": 64})
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv(variable, "4")
+    with pytest.raises(CLOError, match=rf"^{variable}=4: several processes were started without torchrun"):
+        train(recipe)
+    assert not (project / "runs").exists() and not (project / "adapters").exists()
+    monkeypatch.setenv(variable, "1")
+    assert [p.name for p in train(recipe)] == [recipe.adapter_name("sft")]

@@ -36,11 +36,29 @@ def start() -> None:
     and share the π_ref pass; accelerate picks the backend (gloo on the CPU, NCCL on CUDA) and each process's GPU
     (LOCAL_RANK). The Trainer's own setup later finds the group already there and keeps it."""
     if world_size() == 1:
+        check_not_launched_bare()
         return
     import torch
     from accelerate import PartialState
 
     PartialState(cpu=not torch.cuda.is_available())
+
+
+# what MPI launchers (Open MPI, MPICH / Intel MPI, MVAPICH) and a SLURM job step tell each of several processes they
+# start: a launcher that sets these but not WORLD_SIZE / RANK leaves every process believing it trains alone
+_OTHER_LAUNCHERS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
+
+
+def check_not_launched_bare() -> None:
+    """One process by WORLD_SIZE, but several by another launcher's variables: stop with one sentence, before N
+    processes each train the whole run and write the same adapter."""
+    from clo import CLOError
+
+    for name in _OTHER_LAUNCHERS:
+        if os.environ.get(name, "1").strip().isdigit() and int(os.environ.get(name, "1")) > 1:
+            raise CLOError(f"{name}={os.environ[name]}: several processes were started without torchrun or accelerate "
+                           "launch, so each would train alone and write the same adapter; start them as "
+                           "`torchrun --nproc_per_node N -m clo train ...` (under srun: one task per node running torchrun)")
 
 
 def _group() -> bool:
