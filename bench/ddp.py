@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))  # `python bench/ddp.py` from anywhere finds clo/
 COMMON = ["train", "--lang", "sw", "--method", "clo", "--pairs", "8", "--max-steps", "2", "--batch-size", "2",
           "--training.max_length", "128", "--training.max_prompt_length", "64", "--lora.dropout", "0",
           "--training.warmup", "0", "--training.lr_scheduler", "constant", "--training.optim", "sgd",
-          "--training.learning_rate", "0.5", "--model.load_in_4bit", "false"]  # fsdp refuses 4-bit; the same base for all
+          "--training.learning_rate", "0.5", "--model.load_in_4bit", "false"]  # one float base for all runs
 
 
 def free_port() -> int:

@@ -142,8 +142,8 @@ class TrainingConfig:
         "ddp",
         "How several processes (torchrun / accelerate launch) share the model: ddp (each holds all of it) or fsdp "
         "(PyTorch FSDP2 through transformers: weights, gradients and optimizer state sharded across the GPUs, for a "
-        "base bigger than one GPU; one method per launch). One process ignores it. docs/training.md gives the "
-        "commands and which work with a 4-bit base.",
+        "base bigger than one GPU, 16-bit or 4-bit; one method per launch). One process ignores it. docs/training.md "
+        "gives the commands.",
         choices=("ddp", "fsdp"),
     )
     max_length: int = option(512, "Longest prompt + answer, in tokens.")

@@ -21,7 +21,8 @@ def load_base(cfg: ModelConfig, verbose: bool = True, sharded: bool = False):
     """(model, tokenizer, mode) with mode 'qlora-4bit' or 'lora-<dtype>'; the one line saying which runs is printed.
 
     `sharded`: the model is for FSDP (training.parallel: fsdp), which moves each process's shard to its GPU itself, so
-    it is loaded into CPU memory, not whole onto one GPU. A 4-bit base is refused there (docs/training.md)."""
+    it is loaded into CPU memory, not whole onto one GPU; a 4-bit base keeps its packed weights in the compute dtype
+    (bnb_4bit_quant_storage)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     source = locate_model(cfg.name_or_path, flag="--model")
@@ -29,15 +30,14 @@ def load_base(cfg: ModelConfig, verbose: bool = True, sharded: bool = False):
     want_4bit = cfg.load_in_4bit == "true" or (cfg.load_in_4bit == "auto" and cuda and _has_bitsandbytes())
     if want_4bit and not _has_bitsandbytes():
         raise CLOError("model.load_in_4bit is true but bitsandbytes is not installed (pip install bitsandbytes)")
-    if want_4bit and sharded:
-        raise CLOError("training.parallel: fsdp cannot shard a 4-bit base here (tried: the sharded 4-bit model's LoRA "
-                       "weights are invisible to PEFT's saving); shard a 16-bit base (model.load_in_4bit: false), or "
-                       "train the 4-bit base with training.parallel: ddp")
     compute = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else (torch.float16 if cuda else torch.float32)
     kw = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, local_files_only=source.local_files_only)
     if want_4bit:
         kw["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute,
+            # FSDP: the packed 4-bit weights stored in the compute dtype, as bitsandbytes' FSDP-QLoRA guide sets it,
+            # so that every tensor FSDP shards is a floating-point one of the same dtype
+            **({"bnb_4bit_quant_storage": compute} if sharded else {}),
         )
         kw["dtype"] = compute
     else:

@@ -1,8 +1,8 @@
 """Several training processes: `torchrun --nproc_per_node 2 -m clo train` and `accelerate launch` with
 recipes/accelerate/ddp-2.yaml, on the CPU (gloo), train the tiny model's adapter to the same weights as one process on
 the same global batch, and write one adapter and one run folder; so does training.parallel: fsdp, the model sharded by
-FSDP2 (tests/fsdp_on_cpu.py lets accelerate shard CPU processes). Without that, fsdp on CPUs is refused, as are a
-4-bit base and several methods under fsdp."""
+FSDP2 (tests/fsdp_on_cpu.py lets accelerate shard CPU processes), with a full-precision and a 4-bit base. Without that,
+fsdp on CPUs is refused, as are several methods under fsdp."""
 
 import json
 import os
@@ -146,13 +146,10 @@ def test_fsdp_on_cpu_processes_is_refused_leaving_nothing(project, tiny_model):
     assert not (project / "cpu" / "adapters").exists() and not any((project / "cpu" / "runs").iterdir())
 
 
-def test_fsdp_refuses_a_4bit_base_and_several_methods(tiny_model, monkeypatch):
-    """Checked before anything loads: FSDP shards the base in place (one method per launch), and a sharded 4-bit
-    base's LoRA weights do not reach PEFT's saving (seen with tests/fsdp_on_cpu.py: an adapter of 0 tensors)."""
-    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
+def test_fsdp_refuses_several_methods(tiny_model, monkeypatch):
+    """Checked before anything loads: FSDP shards the base in place, so one method per launch."""
     from clo import CLOError
-    from clo.config import ModelConfig, Recipe
-    from clo.load import load_base
+    from clo.config import Recipe
     from clo.train.run import setup
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # as under a launcher; nothing here joins a process group
@@ -160,16 +157,37 @@ def test_fsdp_refuses_a_4bit_base_and_several_methods(tiny_model, monkeypatch):
                                     "training.parallel": "fsdp"})
     with pytest.raises(CLOError, match=r"fsdp trains one method per launch; launch once for each of clo, sft"):
         setup(recipe)
-    with pytest.raises(CLOError, match=r"fsdp cannot shard a 4-bit base here"):
-        load_base(ModelConfig(name_or_path=str(tiny_model), load_in_4bit="true"), sharded=True)
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process ignores training.parallel
     assert setup(Recipe.load(overrides={"model.name_or_path": str(tiny_model), "data.pairs": 2,
                                         "training.parallel": "fsdp"})).features
 
 
+@pytest.mark.slow
+def test_fsdp_shards_a_4bit_base_with_gradient_checkpointing(project, tiny_model):
+    """QLoRA under FSDP: the 4-bit base (packed weights stored in the compute dtype) sharded over 2 processes, with
+    gradient checkpointing on (auto with 4-bit), trains the one-process 4-bit adapter. FSDP's own activation
+    checkpointing once wrapped each layer so that PEFT's saving found no LoRA weight (an adapter of 0 tensors);
+    transformers' checkpointing is used instead, and `check_saved` would stop such an adapter."""
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed")
+    four = ("--model.load_in_4bit", "true")
+    r = launch("fsdp", project / "fsdp-4bit", tiny_model, *four)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "mode: qlora-4bit" in r.stdout and r.stderr.count("fsdp_on_cpu: FSDP over gloo") == 2
+    assert run_clo(*COMMON, "--model", tiny_model, "--name", "one", "--training.grad_accum", "2", *four,
+                   cwd=project).returncode == 0
+    assert run_clo(*COMMON, "--model", tiny_model, "--name", "half", *four, cwd=project).returncode == 0
+    two = adapter_tensors(project / "fsdp-4bit" / "adapters" / "two")
+    one, half = (adapter_tensors(project / "adapters" / name) for name in ("one", "half"))
+    assert two.keys() == one.keys() and len(two) == 16
+    for k in two:  # measured: ≤ 2.1e-7 apart
+        assert torch.allclose(two[k], one[k], rtol=1e-5, atol=5e-7), k
+    for k in (k for k in two if "lora_B" in k):  # measured: ≥ 2.5e-4 apart
+        assert not torch.allclose(two[k], half[k], rtol=1e-5, atol=1e-7), k
+
+
 def test_an_adapter_missing_trained_weights_is_not_written(tmp_path, tiny_model):
-    """The guard behind the 4-bit refusal: an adapter whose file would hold fewer tensors than the model trained
-    (PEFT's saving did not see them) stops the save; the staging folder goes, nothing lands."""
+    """An adapter whose file would hold fewer tensors than the model trained (PEFT's saving did not see them, as under
+    FSDP's activation checkpointing) stops the save; the staging folder goes, nothing lands."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 

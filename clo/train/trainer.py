@@ -182,7 +182,7 @@ def training_arguments(recipe: Recipe, output_dir: Path, quantized: bool) -> Tra
         bf16=cuda and torch.cuda.is_bf16_supported(),
         fp16=cuda and not torch.cuda.is_bf16_supported(),
         use_cpu=not cuda,
-        gradient_checkpointing=gc and not quantized and not sharded(t.parallel),  # 4-bit: prepare_model_for_kbit_training
+        gradient_checkpointing=gc and not quantized,  # prepare_model_for_kbit_training enables it for 4-bit
         gradient_checkpointing_kwargs={"use_reentrant": False},
         # with several processes: every trainable weight is a LoRA matrix on the path to every answer's log-prob, so
         # none is unused, and DDP's search for unused ones would only cost a graph walk per forward (and would hide
@@ -190,18 +190,20 @@ def training_arguments(recipe: Recipe, output_dir: Path, quantized: bool) -> Tra
         ddp_find_unused_parameters=False,
         dataloader_num_workers=0,
         optim=t.optim,
-        **sharding_arguments(t.parallel, gc),
+        **sharding_arguments(t.parallel),
     )
 
 
-def sharding_arguments(parallel: str, checkpointing: bool) -> dict:
+def sharding_arguments(parallel: str) -> dict:
     """TrainingArguments for `training.parallel` when several processes train (none for ddp, or for one process)."""
     if not sharded(parallel):
         return {}
-    # FSDP2: each decoder layer (the model's _no_split_modules) a unit of its own, the rest with the root; activation
-    # checkpointing FSDP's way (the Trainer's own would all-gather each layer once more in the backward)
+    # FSDP2: each decoder layer (the model's _no_split_modules) a unit of its own, the rest with the root. Activation
+    # checkpointing stays transformers' (gradient_checkpointing): FSDP's own wraps each layer in a CheckpointWrapper,
+    # whose `_checkpoint_wrapped_module` in the module names hides every LoRA weight from PEFT's saving (an adapter
+    # of 0 tensors, seen on gloo), at the price of one more all-gather per layer in the backward
     return {"fsdp": True, "fsdp_config": {"version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                                          "state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": checkpointing}}
+                                          "state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": False}}
 
 
 def sharded(parallel: str) -> bool:
