@@ -54,7 +54,7 @@ EXTRA = {"fsdp": ["--training.parallel", "fsdp"]}
 
 
 def launch(launcher: str, cwd: Path, model: Path, *extra: str) -> subprocess.CompletedProcess:
-    cwd.mkdir()
+    cwd.mkdir(exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, *LAUNCHERS[launcher](free_port()), *COMMON, "--model", str(model),
                            "--name", "two", *EXTRA.get(launcher, []), *extra], cwd=cwd, env=env, capture_output=True,
@@ -223,3 +223,15 @@ def test_several_processes_without_a_torch_launcher_are_refused(project, tiny_mo
     assert not (project / "runs").exists() and not (project / "adapters").exists()
     monkeypatch.setenv(variable, "1")
     assert [p.name for p in train(recipe)] == [recipe.adapter_name("sft")]
+
+
+@pytest.mark.slow
+def test_a_second_run_on_several_processes_reads_the_reference_cache(project, tiny_model):
+    """π_ref is cached by the main process; a second launch in the same folder reads every pair from that cache
+    (which the other process does not hold: it once failed there, printing the cache's path)."""
+    first = launch("torchrun", project / "runs2", tiny_model)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = launch("torchrun", project / "runs2", tiny_model, "--name", "again")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "[clo] reference log-probs: 8 of 8 pairs from cache/reference_logps.sqlite" in second.stdout
+    assert sorted(p.name for p in (project / "runs2" / "adapters").iterdir()) == ["again", "two"]

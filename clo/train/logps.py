@@ -164,8 +164,7 @@ def share_reference_logps(model, features: list[dict], collator: PairCollator, b
     the others, which the shares below ensure."""
     if ranks.world_size() == 1:
         return add_reference_logps(model, features, collator, batch_size, should_stop, chunk, cache)
-    if ranks.is_main():
-        read_reference_cache(features, cache)
+    keys = read_reference_cache(features, cache) if ranks.is_main() else {}  # each sequence's cache key, hashed once
     values = lambda f: {k: f[f"ref_{k}"] for k in KEYS}  # noqa: E731
     known = ranks.share([values(f) if f"ref_{KEYS[0]}" in f else None for f in features])
     todo = [i for i, v in enumerate(known) if v is None]
@@ -182,6 +181,5 @@ def share_reference_logps(model, features: list[dict], collator: PairCollator, b
         for i, v in scored.items():
             features[i].update({f"ref_{k}": x for k, x in v.items()})
     if ranks.is_main() and cache is not None and todo:
-        cache.put({cache.key(features[i][f"{k}_input_ids"], features[i][f"{k}_labels"]): features[i][f"ref_{k}"]
-                   for i in todo for k in KEYS})
+        cache.put({keys[id(features[i])][k]: features[i][f"ref_{k}"] for i in todo for k in KEYS})
     return len(features) - len(todo)

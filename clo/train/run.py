@@ -157,7 +157,7 @@ def fit(s: Setup, recipe: Recipe, method: str, run_dir: Path, callbacks=(), stop
         finally:
             if cache is not None:
                 cache.close()
-        if reused:
+        if reused and cache is not None:  # (only the main process holds the cache, and prints)
             print(f"[clo] reference log-probs: {reused} of {len(s.features)} pairs from {cache.path}", flush=True)
 
     if method in ("clo", "dpo") and "ref_tgt_tgt" not in s.features[0]:
