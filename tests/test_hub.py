@@ -186,3 +186,22 @@ def test_a_repo_id_is_checked_by_the_hub_libraries_own_rules():
     for bad in ("clo-votes", "me/x\n", "me/x-", "me/x..y", "me/x--y", "me/x.git", "me/x@main", "a/b/c", "", None):
         with pytest.raises(CLOError, match=r"^bad "):
             check_repo_id(bad, "bad {!r}")
+
+
+def test_a_bad_push_to_hub_target_names_its_own_flag():
+    from clo import CLOError
+    from clo.train.push import push_targets
+
+    assert push_targets("me/tiny-{method}-{lang}", ["clo"], "ko") == {"clo": "me/tiny-clo-ko"}
+    with pytest.raises(CLOError, match=r"^--push-to-hub must name a hub repo id OWNER/NAME .*got 'me/a b-clo'$"):
+        push_targets("me/a b-{method}", ["clo"], "ko")
+
+
+def test_the_remote_engine_refuses_two_hub_adapters_served_under_one_name(tmp_path):
+    """Two repos of one name would be one variant on the server, the second replacing the first: refused, as
+    find_adapters refuses it for the local engines, before the server is asked anything."""
+    from clo import CLOError
+    from clo.engines import load_engine
+
+    with pytest.raises(CLOError, match="both be served as 'x'"):
+        load_engine("remote", url="http://127.0.0.1:9", adapters_dir=str(tmp_path), adapters=["a/x", "b/x@main"])

@@ -301,9 +301,10 @@ class Jobs:
             results.close()
         have = set(self.store.benchmarks()["run_id"])  # a restarted app collects the last job again: copied once
         rows = rows[~rows["run_id"].isin(have)]
-        for row in rows.to_dict(orient="records"):
-            self.store.record_benchmark(**row)
-        return len(rows)
+        from clo.evaluate.benchmarks import _row_from
+
+        # one transaction: a copy that fails leaves none of the run's rows, so a restart copies it whole
+        return self.store.record_benchmark([_row_from(r) for r in rows.to_dict(orient="records")])
 
     def stop(self, caller) -> str:
         self.access.require(caller)

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from clo import CLOError
-from clo.engines.base import BASE, Adapter, Answer, Engine, Request, Sampling, find_adapters, read_adapter
+from clo.engines.base import BASE, Adapter, Answer, Engine, Request, Sampling, find_adapters, read_adapter, served_once
 
 __all__ = ["BASE", "Adapter", "Answer", "Engine", "Request", "Sampling", "find_adapters", "read_adapter", "load_engine", "choose_engine"]
 log = logging.getLogger("clo.engines")
@@ -54,12 +54,13 @@ def load_engine(kind: str = "auto", model: str = "", adapters_dir: str = "adapte
         _say(kind, reason)
         if not url:
             raise CLOError("the remote engine needs the server's URL (--url http://host:8000)")
+        from clo.hub import fetch_adapter, is_hub_adapter, served_name
+        hub_specs = [s for s in adapters or [] if is_hub_adapter(s) and not (Path(adapters_dir) / s).is_dir()]
+        served_once([served_name(s) for s in hub_specs])  # before the server is asked anything
         engine = RemoteEngine(url, model=model or None, **options)
-        from clo.hub import fetch_adapter, is_hub_adapter
-        for spec in adapters or []:  # a hub repo: fetched here, loaded from the cache's folder (the server reads it)
-            if is_hub_adapter(spec) and not (Path(adapters_dir) / spec).is_dir():
-                hub = fetch_adapter(spec)
-                engine.add_adapter(hub.folder, hub.name, hub.source)
+        for spec in hub_specs:  # a hub repo: fetched here, loaded from the cache's folder (the server reads it)
+            hub = fetch_adapter(spec)
+            engine.add_adapter(hub.folder, hub.name, hub.source)
         return engine
     from clo.engines.peft_engine import PeftEngine
 

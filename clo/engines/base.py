@@ -21,6 +21,7 @@ import time
 import unicodedata
 import uuid
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -312,11 +313,16 @@ def find_adapters(adapters_dir: str | Path, names: list[str] | None = None) -> l
         return [read_adapter(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
                 and (p / "adapter_config.json").is_file()]
     found = [named_adapter(root, n) for n in names]
-    twice = sorted({a.name for a in found if [b.name for b in found].count(a.name) > 1})
+    served_once([a.name for a in found])
+    return found
+
+
+def served_once(names: list[str]) -> None:
+    """Refuse two adapters served under one variant name (the second would silently replace the first)."""
+    twice = sorted(n for n, count in Counter(names).items() if count > 1)
     if twice:
         raise CLOError(f"two adapters would both be served as {twice[0]!r} (a hub repo is served by its name): name "
                        "each variant once, or copy one under --adapters-dir with another folder name")
-    return found
 
 
 def named_adapter(adapters_dir: str | Path, name: str) -> Adapter:

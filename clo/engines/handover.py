@@ -60,9 +60,6 @@ class Handover(Engine):
         with self.lock:  # not while the engines swap: the successor is given what the current one serves then
             return self.current.add_adapter(path, name, source)
 
-    def sources(self) -> dict[str, str]:
-        return self.current.sources()
-
     def _load(self, adapter: Adapter) -> None:  # add_adapter is the current engine's own
         raise NotImplementedError
 

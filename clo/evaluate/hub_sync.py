@@ -24,7 +24,6 @@ uploaded itself).
 from __future__ import annotations
 
 import json
-import os
 import threading
 import uuid
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from clo.evaluate.schema import VOTE_COLUMNS
 from clo.files import atomic_write
-from clo.hub import check_repo_id
+from clo.hub import _endpoint, check_repo_id
 
 if TYPE_CHECKING:
     from clo.evaluate.store import VoteStore
@@ -225,8 +224,7 @@ class HubSync:
     def _connect(self, token: str, every_minutes: float, endpoint: str | None) -> None:
         from huggingface_hub import HfApi
 
-        # HF_ENDPOINT as it is now: huggingface_hub reads it once, at import (clo.hub does the same)
-        api = HfApi(endpoint=endpoint or (os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None, token=token)
+        api = HfApi(endpoint=endpoint or _endpoint(), token=token)  # HF_ENDPOINT as it is now, not at import
         try:
             api.create_repo(self.repo_id, repo_type="dataset", private=True, exist_ok=True)
             has_card = api.file_exists(self.repo_id, "README.md", repo_type="dataset")

@@ -36,6 +36,7 @@ PAPER = "https://arxiv.org/abs/2505.14297"
 
 
 REPO_SAYS = "--repo must be a hub repo id OWNER/NAME (letters, digits, . _ -), got {!r}"  # clo.hub.check_repo_id
+TARGET_SAYS = "--push-to-hub must name a hub repo id OWNER/NAME (letters, digits, . _ -), got {!r}"
 
 
 def push_targets(template: str, methods: list[str], lang: str) -> dict[str, str]:
@@ -45,7 +46,7 @@ def push_targets(template: str, methods: list[str], lang: str) -> dict[str, str]
         raise CLOError(f"--push-to-hub {template} would push {len(methods)} adapters ({', '.join(methods)}) to one repo: "
                        "put {method} in the name, e.g. me/qwen2.5-0.5b-{method}-{lang}")
     try:
-        return {m: check_repo_id(template.format(method=m, lang=lang), REPO_SAYS) for m in methods}
+        return {m: check_repo_id(template.format(method=m, lang=lang), TARGET_SAYS) for m in methods}
     except (KeyError, IndexError, ValueError):
         raise CLOError(f"--push-to-hub {template!r}: only {{method}} and {{lang}} can be filled in") from None
 
@@ -67,7 +68,7 @@ def push(adapter_dir: str | Path, repo: str, private: bool = False, dry_run: boo
          base_model: str | None = None, judge_json: list[str] = (), out: str | Path = "push") -> str:
     """Push the adapter in `adapter_dir` to the model repo `repo` in one commit (create it if needed); with
     `dry_run`, write the repo's files in a new folder under `out` instead. Returns the commit's URL or the folder."""
-    from clo.engines.base import read_adapter
+    from clo.engines.base import read_adapter  # upward, lazily: the adapter folder as every engine reads it
 
     repo = check_repo_id(repo, REPO_SAYS)
     adapter = read_adapter(adapter_dir)  # a complete, readable adapter (safetensors weights), or one sentence
@@ -208,11 +209,6 @@ def _length(t) -> str:
     return f"{t.epochs:g} epoch{'s' if t.epochs != 1 else ''}"
 
 
-def _lora_rank_flag(rank: int) -> int:
-    """The smallest --max-lora-rank vLLM accepts that holds `rank`."""
-    return next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank), rank)
-
-
 def _pct(x) -> str:
     try:
         value = float(x)
@@ -240,6 +236,8 @@ def model_card(folder: Path, repo: str, base: str, judge_json: list[str] = ()) -
     """README.md of the repo: metadata, then what the adapter is, how it was made and measured, and how to load it.
     `base`: the base model's hub id (base_hub_id)."""
     from huggingface_hub import ModelCardData
+
+    from clo.engines.vllm_engine import lora_rank_slot  # upward, lazily: the serving side says which ranks vLLM takes
 
     from clo.config import Recipe
 
@@ -324,7 +322,7 @@ def model_card(folder: Path, repo: str, base: str, judge_json: list[str] = ()) -
             f'model = PeftModel.from_pretrained(base, "{repo}")',
             f'tokenizer = AutoTokenizer.from_pretrained("{base}")', "```", "",
             "With vLLM (the adapter as a served model of its own):", "", "```bash",
-            f"vllm serve {base} --enable-lora --lora-modules {variant}={repo} --max-lora-rank {_lora_rank_flag(rank)}",
+            f"vllm serve {base} --enable-lora --lora-modules {variant}={repo} --max-lora-rank {lora_rank_slot(rank)}",
             "```", "",
             "In the CLO demo app, beside the base and other adapters (a revision is pinned with `@commit`):", "",
             "```bash", f"python app.py --model {base} --adapters {repo}", "```", "",
