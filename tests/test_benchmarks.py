@@ -211,3 +211,24 @@ def test_benchmark_rows_in_postgresql(postgres):
         _round_trip(store)
     finally:
         store.close()
+
+
+def test_the_leaderboards_benchmark_table_is_read_again_only_when_a_row_arrives(store, monkeypatch):
+    """Every open page refreshes the Leaderboard every 15 s: its Benchmarks table costs one COUNT query until a
+    benchmark row is added, as the vote tables cost one until a vote is."""
+    from types import SimpleNamespace
+
+    from clo.app.ui.leaderboard import Board
+
+    board = Board(SimpleNamespace(store=store))
+    reads = []
+    read = store.benchmarks
+    monkeypatch.setattr(store, "benchmarks", lambda *a, **kw: reads.append(1) or read(*a, **kw))
+    assert board.benchmarks("ko", "sha256:b").empty
+    store.record_benchmark([_row()])
+    first = board.benchmarks("ko", "sha256:b")
+    for _ in range(5):
+        assert board.benchmarks("ko", "sha256:b") is first
+    assert len(first) == 1 and len(reads) == 2
+    store.record_benchmark([_row(variant="clo-ko", adapter_hash="h1", value=0.4)])
+    assert list(board.benchmarks("ko", "sha256:b")["variant"]) == ["base", "clo-ko"] and len(reads) == 3

@@ -194,6 +194,14 @@ def benchmarks(store: VoteStore, base: str | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+def benchmark_count(store: VoteStore) -> int:
+    """How many benchmark rows are stored: rows are only ever added, so it changes exactly when one is."""
+    if store.blank or not store._has_table("benchmarks"):
+        return 0
+    rows, _ = store._read("SELECT COUNT(*) FROM benchmarks")
+    return int(rows[0][0])
+
+
 # ---- what the Leaderboard shows ----
 
 TABLE_COLUMNS = ("task", "language", "shots", "variant", "accuracy", "n", "chance", "note", "base")

@@ -123,6 +123,7 @@ class VoteStore:
     # ---- benchmark scores (clo.evaluate.benchmarks; python -m clo evaluate) ----
     record_benchmark = scores.record_benchmark
     benchmarks = scores.benchmarks
+    benchmark_count = scores.benchmark_count
 
     def pseudonyms(self, voter: str, address: str | None) -> tuple[str, str | None]:
         """(voter key, address key): keyed hashes of the session from its address, and of the address."""

@@ -91,12 +91,13 @@ def tables(services: Services, language: str | None, votes: pd.DataFrame | None 
 
 class Board:
     """The tables and the export files (CSV, Parquet), computed again only when a vote was added (keyed on the
-    store's count) and shared by every open page: a refresh without a new vote costs one COUNT query, and a
-    download button already holds its file, so one click downloads it."""
+    store's count) and shared by every open page: a refresh without a new vote costs one COUNT query (and one of the
+    benchmark rows for their table), and a download button already holds its file, so one click downloads it."""
 
     def __init__(self, services: Services):
         self.services, self.lock = services, threading.Lock()
         self.key, self.votes, self.cached, self.computed, self.files = None, None, {}, 0, {}
+        self.bench_key, self.bench_rows, self.bench_cached = None, None, {}
         self.folder = Path(tempfile.mkdtemp(prefix="clo-votes-"))
 
     def get(self, language: str | None, base: str | None = None) -> tuple[dict, dict[str, str]]:
@@ -110,6 +111,16 @@ class Board:
                 self.cached[language, base] = tables(self.services, language, self.votes, base)
                 self.computed += 1
             return self.cached[language, base], self.files
+
+    def benchmarks(self, language: str | None, base: str) -> pd.DataFrame:
+        """The Benchmarks table (benchmarks_shown), read again only when a benchmark row was added."""
+        with self.lock:
+            key = self.services.store.benchmark_count()
+            if key != self.bench_key:
+                self.bench_key, self.bench_rows, self.bench_cached = key, self.services.store.benchmarks(), {}
+            if (language, base) not in self.bench_cached:
+                self.bench_cached[language, base] = benchmarks_shown(self.bench_rows, language, base)
+            return self.bench_cached[language, base]
 
     def choices(self) -> list[tuple[str, str]]:
         """The base-model choices (`base_choices`) of the votes as last read."""
@@ -293,8 +304,7 @@ def build(services: Services):
     timer = gr.Timer(15)
 
     def bench(code, key):
-        return benchmarks_shown(services.store.benchmarks(), None if code in (None, "", ALL) else code,
-                                key or served_base(services))
+        return board.benchmarks(None if code in (None, "", ALL) else code, key or served_base(services))
 
     def update(code, key=None):
         t, files = board.get(code, key)  # recomputed only when a vote was added
